@@ -1,0 +1,208 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Map layouts of the Meridian VPC data path: the one place on the C side.
+ * The Go mirror is dataplane/datapath/layout.go; layout_test.go checks that
+ * both agree with the BTF of the compiled object, so change both together.
+ *
+ * Byte order: IPv4 addresses and L4 ports are kept in network byte order
+ * (as they appear on the wire) so that LPM keys compare bit by bit in the
+ * order the trie expects and the fast path never swaps bytes.
+ */
+#pragma once
+
+#define MAX_PORTS        65536
+#define MAX_PORT_IPS     262144
+#define MAX_SUBNETS      16384
+#define MAX_ROUTES       262144
+#define MAX_CT           262144
+#define MAX_IPCACHE      262144
+#define MAX_SG_POLICY    1048576
+#define MAX_ACL_ENTRIES  262144
+#define MAX_DROP_KEYS    65536
+
+/* ACL rules per ACL and direction; bitmaps are ACL_WORDS 64-bit words. */
+#define ACL_MAX_RULES 256
+#define ACL_WORDS     (ACL_MAX_RULES / 64)
+
+enum dir {
+	DIR_EGRESS  = 0,
+	DIR_INGRESS = 1,
+};
+
+/* Drop reasons; mirrored by datapath.DropReason. Never renumber. */
+enum drop_reason {
+	DROP_UNKNOWN_PORT   = 1,  /* ingress_ifindex is not a registered port */
+	DROP_SPOOF_MAC      = 2,
+	DROP_SPOOF_IP       = 3,
+	DROP_NOT_IPV4       = 4,  /* ethertype other than IPv4/ARP (IPv6 too) */
+	DROP_ARP            = 5,  /* ARP other than a request we answer */
+	DROP_MALFORMED      = 6,  /* truncated header, bad IHL or total length */
+	DROP_FRAGMENT       = 7,
+	DROP_TTL_EXCEEDED   = 8,
+	DROP_NO_ROUTE       = 9,
+	DROP_SG_EGRESS      = 10,
+	DROP_SG_INGRESS     = 11,
+	DROP_ACL_EGRESS     = 12,
+	DROP_ACL_INGRESS    = 13,
+	DROP_NOT_LOCAL      = 14, /* overlay packet for a port not on this node */
+	DROP_UNKNOWN_SUBNET = 15, /* port refers to a subnet not installed */
+};
+
+enum route_kind {
+	ROUTE_LOCAL  = 1, /* destination port on this node */
+	ROUTE_REMOTE = 2, /* destination behind a VXLAN tunnel to node_ip */
+};
+
+enum ct_state {
+	CT_SYN_SENT    = 1,
+	CT_ESTABLISHED = 2,
+	CT_FIN_WAIT    = 3,
+	CT_CLOSED      = 4,
+	CT_UDP         = 5,
+	CT_OTHER       = 6, /* ICMP and other protocols */
+};
+
+enum ct_stat {
+	CT_STAT_INSERT      = 0,
+	CT_STAT_INSERT_FAIL = 1,
+	CT_STAT_HIT         = 2,
+	CT_STAT_MISS        = 3,
+	CT_STAT_EXPIRED     = 4, /* entry found but timed out: replaced */
+	CT_STAT_MAX         = 5,
+};
+
+struct port_info {
+	__u32 ifindex;   /* host end of the workload veth */
+	__u32 vpc;       /* VPC id, also the VXLAN VNI */
+	__u32 subnet;
+	__u32 sg_policy; /* compiled security-group policy id */
+	__u8  mac[6];
+	__u8  pad[2];
+};
+
+struct port_ip_key {
+	__u32 port;
+	__u32 ip;
+};
+
+struct subnet_info {
+	__u32 gateway_ip;
+	__u32 acl;       /* 0: no network ACL attached, everything allowed */
+	__u8  router_mac[6];
+	__u8  pad[2];
+};
+
+struct route_key {
+	__u32 prefixlen; /* 32 (vpc) + IP prefix length */
+	__u32 vpc;
+	__u32 ip;
+};
+
+struct route_entry {
+	__u32 kind;
+	__u32 port;      /* ROUTE_LOCAL */
+	__u32 subnet;    /* subnet of the destination, for the TTL rule */
+	__u32 node_ip;   /* ROUTE_REMOTE: underlay address of the node */
+};
+
+struct ct_key {
+	__u32 vpc;
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8  proto;
+	__u8  pad[3];
+};
+
+struct ct_entry {
+	__u64 expires;   /* bpf_ktime_get_ns deadline */
+	__u8  state;
+	__u8  fin;       /* bit 0: FIN seen from originator, bit 1: from replier */
+	__u8  pad[6];
+};
+
+struct ipcache_key {
+	__u32 prefixlen; /* 32 (vpc) + IP prefix length */
+	__u32 vpc;
+	__u32 ip;
+};
+
+struct ipcache_value {
+	__u32 identity;
+};
+
+struct sg_key {
+	__u32 prefixlen; /* 80 + port prefix length */
+	__u32 policy;
+	__u32 identity;
+	__u8  dir;
+	__u8  proto;     /* 0: any protocol */
+	__u8  port[2];   /* TCP/UDP dport, or ICMP type, code */
+};
+
+struct sg_value {
+	__u32 rule;
+};
+
+struct acl_cidr_key {
+	__u32 prefixlen; /* 64 + IP prefix length */
+	__u32 acl;
+	__u32 dir;
+	__u32 ip;
+};
+
+struct acl_proto_key {
+	__u32 acl;
+	__u32 dir;
+	__u32 proto;     /* ACL_PROTO_OTHER: protocols no rule names */
+};
+
+#define ACL_PROTO_OTHER 0xffff
+
+struct acl_port_key {
+	__u32 prefixlen; /* 64 + port prefix length */
+	__u32 acl;
+	__u32 dir;
+	__u8  port[2];
+	__u8  pad[2];
+};
+
+struct acl_bitmap {
+	__u64 w[ACL_WORDS];
+};
+
+struct acl_rule_key {
+	__u32 acl;
+	__u32 dir;
+	__u32 index;     /* position in rule-number order */
+};
+
+struct acl_rule {
+	__u32 rule;      /* rule id given by the controller */
+	__u32 allow;     /* 1 allow, 0 deny */
+};
+
+struct node_config {
+	__u32 vxlan_ifindex;
+	__u32 pad;
+};
+
+struct drop_key {
+	__u32 port;
+	__u32 reason;
+};
+
+struct drop_event {
+	__u32 reason;
+	__u32 rule;      /* 0: default deny / no rule allows */
+	__u32 port;
+	__u32 vpc;
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8  proto;
+	__u8  dir;
+	__u8  pad[2];
+};

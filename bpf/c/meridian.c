@@ -1,0 +1,871 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Meridian VPC data path: tc (tcx) programs for
+ *   - meridian_from_port:    ingress of the host end of a workload veth,
+ *   - meridian_from_overlay: ingress of the VXLAN device (external mode).
+ *
+ * Pipeline (see fw/doc.go and dataplane/datapath/doc.go for the why):
+ *   from a port: anti-spoofing -> ARP answers -> IPv4 validation ->
+ *   conntrack lookup -> ACL egress (source subnet, every packet) ->
+ *   SG egress (new flows) -> VPC route -> TTL -> [local destination:
+ *   ACL ingress, SG ingress (new flows)] -> conntrack commit ->
+ *   deliver (bpf_redirect_peer) or encapsulate (tunnel key + redirect).
+ *   from the overlay: VNI = VPC -> route to a local port -> ACL ingress ->
+ *   SG ingress (new flows) -> conntrack commit -> deliver.
+ */
+#include "include/vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "maps.h"
+
+#define TC_ACT_OK       0
+#define TC_ACT_SHOT     2
+#define TC_ACT_REDIRECT 7
+
+#define ETH_P_IP  0x0800
+#define ETH_P_ARP 0x0806
+#define ETH_HLEN  14
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO      8
+
+#define SEC_NS(s) ((__u64)(s) * 1000000000ULL)
+#define CT_TIMEOUT_ESTABLISHED SEC_NS(6 * 3600)
+#define CT_TIMEOUT_OTHER       SEC_NS(120)
+#define CT_TIMEOUT_CLOSED      SEC_NS(30)
+
+/* Bytes of headers we want in the linear area before parsing. */
+#define PULL_LEN 128
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PORTS);
+	__type(key, __u32);
+	__type(value, struct port_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PORTS);
+	__type(key, __u32);   /* ifindex */
+	__type(value, __u32); /* port id */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} port_by_ifindex SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PORT_IPS);
+	__type(key, struct port_ip_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} port_ips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SUBNETS);
+	__type(key, __u32);
+	__type(value, struct subnet_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} subnets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_ROUTES);
+	__type(key, struct route_key);
+	__type(value, struct route_entry);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CT);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CT_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_IPCACHE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sg_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_SG_POLICY);
+	__type(key, struct sg_key);
+	__type(value, struct sg_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sg_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_ACL_ENTRIES);
+	__type(key, struct acl_cidr_key);
+	__type(value, struct acl_bitmap);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} acl_cidr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ACL_ENTRIES);
+	__type(key, struct acl_proto_key);
+	__type(value, struct acl_bitmap);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} acl_proto SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_ACL_ENTRIES);
+	__type(key, struct acl_port_key);
+	__type(value, struct acl_bitmap);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} acl_port SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ACL_ENTRIES);
+	__type(key, struct acl_rule_key);
+	__type(value, struct acl_rule);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} acl_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} node_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, MAX_DROP_KEYS);
+	__type(key, struct drop_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} drop_events SEC(".maps");
+
+/* Parsed IPv4 packet; addresses and ports in network byte order. */
+struct pkt {
+	__u32 vpc;
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;   /* conntrack ports; ICMP echo: the identifier */
+	__u16 dport;
+	__u8  pport[2]; /* policy port: TCP/UDP dport, ICMP {type, code} */
+	__u8  proto;
+	__u8  tcp_flags;
+	__u8  ttl;
+	__u8  pad[3];
+};
+
+struct arp_eth {
+	__be16 htype;
+	__be16 ptype;
+	__u8   hlen;
+	__u8   plen;
+	__be16 op;
+	__u8   sha[6];
+	__u8   spa[4];
+	__u8   tha[6];
+	__u8   tpa[4];
+} __attribute__((packed));
+
+/* Read skb->data / data_end with a single load each: left to itself clang
+ * may compute &skb->data_end as a pointer and dereference it later, which
+ * the verifier rejects ("dereference of modified ctx ptr"). */
+static __always_inline void *skb_data(struct __sk_buff *skb)
+{
+	void *p;
+
+	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(p)
+		     : "r"(skb), "i"(__builtin_offsetof(struct __sk_buff, data)));
+	return p;
+}
+
+static __always_inline void *skb_data_end(struct __sk_buff *skb)
+{
+	void *p;
+
+	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(p)
+		     : "r"(skb), "i"(__builtin_offsetof(struct __sk_buff, data_end)));
+	return p;
+}
+
+static __always_inline int is_policy_drop(__u32 reason)
+{
+	return reason >= DROP_SG_EGRESS && reason <= DROP_ACL_INGRESS;
+}
+
+/* fill_event is a real function (not inlined) so that struct drop_event
+ * appears in the object's BTF, from which bpf2go generates its Go twin. */
+static __noinline void fill_event(struct drop_event *ev, __u32 port, __u32 reason,
+				  struct pkt *p, __u32 rule)
+{
+	ev->reason = reason;
+	ev->rule = rule;
+	ev->port = port;
+	ev->vpc = p->vpc;
+	ev->saddr = p->saddr;
+	ev->daddr = p->daddr;
+	ev->sport = p->sport;
+	ev->dport = p->dport;
+	ev->proto = p->proto;
+	ev->dir = (reason == DROP_SG_EGRESS || reason == DROP_ACL_EGRESS) ?
+			  DIR_EGRESS : DIR_INGRESS;
+	ev->pad[0] = 0;
+	ev->pad[1] = 0;
+	if (p->proto == IPPROTO_ICMP) {
+		/* type and code say more than the echo id */
+		ev->sport = 0;
+		ev->dport = bpf_htons(((__u16)p->pport[0] << 8) | p->pport[1]);
+	}
+}
+
+/* drop counts the drop for (port, reason) and, for policy drops, tells
+ * userspace which rule (0: none allowed) and which flow it was. */
+static __noinline int drop(__u32 port, __u32 reason, struct pkt *p, __u32 rule)
+{
+	struct drop_key k = { .port = port, .reason = reason };
+	__u64 one = 1, *cnt;
+
+	cnt = bpf_map_lookup_elem(&drops, &k);
+	if (cnt)
+		*cnt += 1; /* per-CPU value: no atomics needed */
+	else
+		bpf_map_update_elem(&drops, &k, &one, BPF_NOEXIST);
+
+	if (p && is_policy_drop(reason)) {
+		struct drop_event *ev;
+
+		ev = bpf_ringbuf_reserve(&drop_events, sizeof(*ev), 0);
+		if (!ev)
+			return TC_ACT_SHOT; /* reader too slow: the counter still counts */
+		fill_event(ev, port, reason, p, rule);
+		bpf_ringbuf_submit(ev, 0);
+	}
+	return TC_ACT_SHOT;
+}
+
+static __always_inline void ct_stat(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&ct_stats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	return *(const __u32 *)a == *(const __u32 *)b &&
+	       *(const __u16 *)(a + 4) == *(const __u16 *)(b + 4);
+}
+
+static __always_inline void mac_copy(__u8 *dst, const __u8 *src)
+{
+	*(__u32 *)dst = *(const __u32 *)src;
+	*(__u16 *)(dst + 4) = *(const __u16 *)(src + 4);
+}
+
+static __always_inline void pull_headers(struct __sk_buff *skb)
+{
+	__u32 linear = skb_data_end(skb) - skb_data(skb);
+
+	if (linear < PULL_LEN && skb->len > linear)
+		bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN);
+}
+
+/* parse_ipv4 validates the IPv4 header at ETH_HLEN and the L4 header the
+ * policy needs. Returns 0 or a drop reason. IP options are skipped (IHL is
+ * honoured); fragments are dropped because non-first fragments carry no
+ * ports and we keep no reassembly state (see dataplane/datapath/doc.go). */
+static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = skb_data(skb);
+	void *data_end = skb_data_end(skb);
+	struct iphdr *ip = data + ETH_HLEN;
+	__u32 ihl, tot, avail;
+	void *l4;
+
+	if ((void *)(ip + 1) > data_end)
+		return DROP_MALFORMED;
+	if (ip->version != 4 || ip->ihl < 5)
+		return DROP_MALFORMED;
+	ihl = ip->ihl * 4;
+	tot = bpf_ntohs(ip->tot_len);
+	avail = skb->len - ETH_HLEN;
+	if (tot < ihl || tot > avail)
+		return DROP_MALFORMED;
+	if (ip->frag_off & bpf_htons(0x3fff))
+		return DROP_FRAGMENT;
+
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->proto = ip->protocol;
+	p->ttl = ip->ttl;
+	l4 = (void *)ip + ihl;
+	tot -= ihl; /* L4 bytes the IP header claims */
+
+	switch (ip->protocol) {
+	case IPPROTO_TCP: {
+		struct tcphdr *tcp = l4;
+
+		if ((void *)(tcp + 1) > data_end || tot < sizeof(*tcp))
+			return DROP_MALFORMED;
+		if (tcp->doff < 5)
+			return DROP_MALFORMED;
+		p->sport = tcp->source;
+		p->dport = tcp->dest;
+		__builtin_memcpy(p->pport, &tcp->dest, 2);
+		p->tcp_flags = ((__u8 *)tcp)[13];
+		break;
+	}
+	case IPPROTO_UDP: {
+		struct udphdr *udp = l4;
+
+		if ((void *)(udp + 1) > data_end || tot < sizeof(*udp))
+			return DROP_MALFORMED;
+		p->sport = udp->source;
+		p->dport = udp->dest;
+		__builtin_memcpy(p->pport, &udp->dest, 2);
+		break;
+	}
+	case IPPROTO_ICMP: {
+		struct icmphdr *icmp = l4;
+
+		if ((void *)(icmp + 1) > data_end || tot < sizeof(*icmp))
+			return DROP_MALFORMED;
+		p->pport[0] = icmp->type;
+		p->pport[1] = icmp->code;
+		if (icmp->type == ICMP_ECHO || icmp->type == ICMP_ECHOREPLY) {
+			/* same key both ways so the reply finds the request */
+			p->sport = icmp->un.echo.id;
+			p->dport = icmp->un.echo.id;
+		}
+		break;
+	}
+	default:
+		break;
+	}
+	return 0;
+}
+
+/* ---- connection tracking ---- */
+
+struct ct_result {
+	struct ct_entry *e; /* NULL: new flow */
+	__u8 reply;         /* packet travels replier -> originator */
+};
+
+static __always_inline void ct_fill_key(struct ct_key *k, struct pkt *p, int reverse)
+{
+	k->vpc = p->vpc;
+	k->proto = p->proto;
+	if (!reverse) {
+		k->saddr = p->saddr;
+		k->daddr = p->daddr;
+		k->sport = p->sport;
+		k->dport = p->dport;
+	} else {
+		k->saddr = p->daddr;
+		k->daddr = p->saddr;
+		k->sport = p->dport;
+		k->dport = p->sport;
+	}
+}
+
+static __always_inline int is_new_syn(struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP &&
+	       (p->tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN;
+}
+
+/* ct_lookup finds the flow of p in either direction. An expired entry, or a
+ * closed one that sees a new SYN from its originator, counts as no entry:
+ * the packet is a new flow and goes through policy again. */
+static __noinline void ct_lookup(struct pkt *p, struct ct_result *r)
+{
+	struct ct_key k = {};
+	struct ct_entry *e;
+
+	r->e = NULL;
+	r->reply = 0;
+	ct_fill_key(&k, p, 0);
+	e = bpf_map_lookup_elem(&conntrack, &k);
+	if (!e) {
+		ct_fill_key(&k, p, 1);
+		e = bpf_map_lookup_elem(&conntrack, &k);
+		if (!e) {
+			ct_stat(CT_STAT_MISS);
+			return;
+		}
+		r->reply = 1;
+	}
+	if (e->expires < bpf_ktime_get_ns()) {
+		ct_stat(CT_STAT_EXPIRED);
+		return;
+	}
+	if (e->state == CT_CLOSED && !r->reply && is_new_syn(p)) {
+		ct_stat(CT_STAT_MISS);
+		return;
+	}
+	ct_stat(CT_STAT_HIT);
+	r->e = e;
+}
+
+static __always_inline __u64 ct_timeout(__u8 state)
+{
+	switch (state) {
+	case CT_ESTABLISHED:
+		return CT_TIMEOUT_ESTABLISHED;
+	case CT_CLOSED:
+		return CT_TIMEOUT_CLOSED;
+	default:
+		return CT_TIMEOUT_OTHER;
+	}
+}
+
+/* ct_next is the TCP state machine, shared by new and existing entries. */
+static __always_inline void ct_next(struct ct_entry *e, struct pkt *p, int reply)
+{
+	__u8 f = p->tcp_flags;
+
+	if (p->proto != IPPROTO_TCP)
+		return;
+	if (f & TCP_RST) {
+		e->state = CT_CLOSED;
+		return;
+	}
+	if (f & TCP_FIN) {
+		e->fin |= reply ? 2 : 1;
+		e->state = e->fin == 3 ? CT_CLOSED : CT_FIN_WAIT;
+		return;
+	}
+	if (e->state == CT_SYN_SENT && reply)
+		e->state = CT_ESTABLISHED;
+}
+
+/* ct_commit records a packet that is about to be forwarded. */
+static __noinline void ct_commit(struct pkt *p, struct ct_result *r)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_entry *e = r->e;
+
+	if (e) {
+		ct_next(e, p, r->reply);
+		e->expires = now + ct_timeout(e->state);
+		return;
+	}
+
+	struct ct_entry n = {};
+	struct ct_key k = {};
+
+	switch (p->proto) {
+	case IPPROTO_TCP:
+		/* Mid-stream pickup (no SYN) is trusted as established: the
+		 * packet passed policy, as the SYN would have. */
+		n.state = (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN ?
+				  CT_SYN_SENT : CT_ESTABLISHED;
+		ct_next(&n, p, 0);
+		break;
+	case IPPROTO_UDP:
+		n.state = CT_UDP;
+		break;
+	default:
+		n.state = CT_OTHER;
+		break;
+	}
+	n.expires = now + ct_timeout(n.state);
+	ct_fill_key(&k, p, 0);
+	if (bpf_map_update_elem(&conntrack, &k, &n, BPF_ANY) == 0)
+		ct_stat(CT_STAT_INSERT);
+	else
+		ct_stat(CT_STAT_INSERT_FAIL);
+}
+
+/* ---- policy ---- */
+
+/* sg_allows returns the id of a rule of policy that allows the packet in
+ * direction dir with the given remote address, or 0. Two LPM lookups at
+ * most, whatever the number of rules (fw/doc.go). */
+static __noinline __u32 sg_allows(__u32 policy, __u32 dir, __u32 remote, struct pkt *p)
+{
+	struct ipcache_key ik = { .prefixlen = 64, .vpc = p->vpc, .ip = remote };
+	struct ipcache_value *iv;
+	struct sg_key k = {};
+	struct sg_value *v;
+
+	iv = bpf_map_lookup_elem(&sg_ipcache, &ik);
+	k.prefixlen = 96;
+	k.policy = policy;
+	k.identity = iv ? iv->identity : 0;
+	k.dir = dir;
+	k.proto = p->proto;
+	k.port[0] = p->pport[0];
+	k.port[1] = p->pport[1];
+	v = bpf_map_lookup_elem(&sg_policy, &k);
+	if (v)
+		return v->rule;
+	k.proto = 0; /* rules for any protocol ignore the port */
+	v = bpf_map_lookup_elem(&sg_policy, &k);
+	return v ? v->rule : 0;
+}
+
+static __always_inline __u32 ctz64(__u64 x)
+{
+	__u32 n = 0;
+
+	if (!(x & 0xffffffffULL)) { n += 32; x >>= 32; }
+	if (!(x & 0xffffULL))     { n += 16; x >>= 16; }
+	if (!(x & 0xffULL))       { n += 8;  x >>= 8; }
+	if (!(x & 0xfULL))        { n += 4;  x >>= 4; }
+	if (!(x & 0x3ULL))        { n += 2;  x >>= 2; }
+	if (!(x & 0x1ULL))        { n += 1; }
+	return n;
+}
+
+/* acl_allows evaluates network ACL acl (0: none attached, allow) for the
+ * packet: the three per-field bitmaps of rules matching the remote address,
+ * the protocol and the port are ANDed; the lowest set bit is the matching
+ * rule with the lowest number. No bit: the default deny. */
+static __noinline int acl_allows(__u32 acl, __u32 dir, __u32 remote, struct pkt *p, __u32 *rule)
+{
+	struct acl_cidr_key ck = { .prefixlen = 96, .acl = acl, .dir = dir, .ip = remote };
+	struct acl_proto_key pk = { .acl = acl, .dir = dir, .proto = p->proto };
+	struct acl_port_key qk = { .prefixlen = 80, .acl = acl, .dir = dir };
+	struct acl_bitmap *c, *pr, *q;
+	struct acl_rule_key rk = { .acl = acl, .dir = dir };
+	struct acl_rule *r;
+
+	*rule = 0;
+	if (acl == 0)
+		return 1;
+	qk.port[0] = p->pport[0];
+	qk.port[1] = p->pport[1];
+	c = bpf_map_lookup_elem(&acl_cidr, &ck);
+	if (!c)
+		return 0;
+	pr = bpf_map_lookup_elem(&acl_proto, &pk);
+	if (!pr) {
+		pk.proto = ACL_PROTO_OTHER;
+		pr = bpf_map_lookup_elem(&acl_proto, &pk);
+		if (!pr)
+			return 0;
+	}
+	q = bpf_map_lookup_elem(&acl_port, &qk);
+	if (!q)
+		return 0;
+
+#pragma unroll
+	for (int i = 0; i < ACL_WORDS; i++) {
+		__u64 w = c->w[i] & pr->w[i] & q->w[i];
+
+		if (!w)
+			continue;
+		rk.index = i * 64 + ctz64(w);
+		r = bpf_map_lookup_elem(&acl_rules, &rk);
+		if (!r)
+			return 0;
+		*rule = r->rule;
+		return r->allow;
+	}
+	return 0;
+}
+
+/* ---- forwarding ---- */
+
+static __always_inline void ttl_decrement(struct iphdr *ip)
+{
+	__u32 check = ip->check;
+
+	check += bpf_htons(0x0100);
+	ip->check = (__u16)(check + (check >= 0xffff));
+	ip->ttl--;
+}
+
+/* deliver rewrites the frame as routed by the virtual router and hands it to
+ * the destination workload's namespace. */
+static __always_inline int deliver(struct __sk_buff *skb, struct port_info *dst,
+				   struct subnet_info *dsub, int decrement_ttl)
+{
+	void *data = skb_data(skb);
+	void *data_end = skb_data_end(skb);
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + ETH_HLEN;
+
+	if ((void *)(ip + 1) > data_end)
+		return TC_ACT_SHOT;
+	if (decrement_ttl)
+		ttl_decrement(ip);
+	mac_copy(eth->h_source, dsub->router_mac);
+	mac_copy(eth->h_dest, dst->mac);
+	return bpf_redirect_peer(dst->ifindex, 0);
+}
+
+static __always_inline int port_has_ip(__u32 port, __u32 ip)
+{
+	struct port_ip_key k = { .port = port, .ip = ip };
+
+	return bpf_map_lookup_elem(&port_ips, &k) != NULL;
+}
+
+/* handle_arp answers ARP requests from a port for its gateway and, as a
+ * proxy, for any address routed in the VPC: the data path is L3 only, so
+ * every neighbour resolves to the router MAC. */
+static __always_inline int handle_arp(struct __sk_buff *skb, __u32 port_id, struct port_info *port)
+{
+	void *data = skb_data(skb);
+	void *data_end = skb_data_end(skb);
+	struct ethhdr *eth = data;
+	struct arp_eth *arp = data + ETH_HLEN;
+	struct subnet_info *sub;
+	struct route_key rk = { .prefixlen = 64, .vpc = port->vpc };
+	__u32 spa, tpa;
+
+	if ((void *)(arp + 1) > data_end)
+		return drop(port_id, DROP_MALFORMED, NULL, 0);
+	if (arp->htype != bpf_htons(1) || arp->ptype != bpf_htons(ETH_P_IP) ||
+	    arp->hlen != 6 || arp->plen != 4 || arp->op != bpf_htons(1))
+		return drop(port_id, DROP_ARP, NULL, 0);
+	if (!mac_eq(arp->sha, port->mac))
+		return drop(port_id, DROP_SPOOF_MAC, NULL, 0);
+	__builtin_memcpy(&spa, arp->spa, 4);
+	__builtin_memcpy(&tpa, arp->tpa, 4);
+	/* 0.0.0.0 is an address probe (RFC 5227) */
+	if (spa != 0 && !port_has_ip(port_id, spa))
+		return drop(port_id, DROP_SPOOF_IP, NULL, 0);
+	sub = bpf_map_lookup_elem(&subnets, &port->subnet);
+	if (!sub)
+		return drop(port_id, DROP_UNKNOWN_SUBNET, NULL, 0);
+	/* Never claim the asker's own address: that would be a conflict. */
+	if (tpa == spa || port_has_ip(port_id, tpa))
+		return drop(port_id, DROP_ARP, NULL, 0);
+	if (tpa != sub->gateway_ip) {
+		rk.ip = tpa;
+		if (!bpf_map_lookup_elem(&routes, &rk))
+			return drop(port_id, DROP_ARP, NULL, 0);
+	}
+
+	arp->op = bpf_htons(2);
+	mac_copy(arp->tha, arp->sha);
+	__builtin_memcpy(arp->tpa, &spa, 4);
+	mac_copy(arp->sha, sub->router_mac);
+	__builtin_memcpy(arp->spa, &tpa, 4);
+	mac_copy(eth->h_dest, eth->h_source);
+	mac_copy(eth->h_source, sub->router_mac);
+	/* out of the host end of the veth, i.e. back to the workload */
+	return bpf_redirect(skb->ingress_ifindex, 0);
+}
+
+SEC("tc")
+int meridian_from_port(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ingress_ifindex;
+	struct port_info *port, *dst = NULL;
+	struct subnet_info *sub, *dsub = NULL;
+	struct route_entry *rt;
+	struct route_key rk = { .prefixlen = 64 };
+	struct ct_result ct;
+	struct pkt p = {};
+	__u32 *pid, port_id, reason, rule, dst_id = 0;
+	struct ethhdr *eth;
+	void *data, *data_end;
+	int cross;
+
+	pid = bpf_map_lookup_elem(&port_by_ifindex, &ifindex);
+	if (!pid)
+		return drop(0, DROP_UNKNOWN_PORT, NULL, 0);
+	port_id = *pid;
+	port = bpf_map_lookup_elem(&ports, &port_id);
+	if (!port)
+		return drop(port_id, DROP_UNKNOWN_PORT, NULL, 0);
+
+	pull_headers(skb);
+	data = skb_data(skb);
+	data_end = skb_data_end(skb);
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(port_id, DROP_MALFORMED, NULL, 0);
+	if (!mac_eq(eth->h_source, port->mac))
+		return drop(port_id, DROP_SPOOF_MAC, NULL, 0);
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return handle_arp(skb, port_id, port);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return drop(port_id, DROP_NOT_IPV4, NULL, 0);
+
+	p.vpc = port->vpc;
+	reason = parse_ipv4(skb, &p);
+	if (reason)
+		return drop(port_id, reason, NULL, 0);
+	if (!port_has_ip(port_id, p.saddr))
+		return drop(port_id, DROP_SPOOF_IP, NULL, 0);
+	sub = bpf_map_lookup_elem(&subnets, &port->subnet);
+	if (!sub)
+		return drop(port_id, DROP_UNKNOWN_SUBNET, NULL, 0);
+
+	ct_lookup(&p, &ct);
+	if (!acl_allows(sub->acl, DIR_EGRESS, p.daddr, &p, &rule))
+		return drop(port_id, DROP_ACL_EGRESS, &p, rule);
+	if (!ct.e) {
+		rule = sg_allows(port->sg_policy, DIR_EGRESS, p.daddr, &p);
+		if (!rule)
+			return drop(port_id, DROP_SG_EGRESS, &p, 0);
+	}
+
+	rk.vpc = p.vpc;
+	rk.ip = p.daddr;
+	rt = bpf_map_lookup_elem(&routes, &rk);
+	if (!rt)
+		return drop(port_id, DROP_NO_ROUTE, &p, 0);
+	if (rt->kind == ROUTE_LOCAL) {
+		dst_id = rt->port;
+		dst = bpf_map_lookup_elem(&ports, &dst_id);
+		if (!dst || dst->vpc != p.vpc)
+			return drop(port_id, DROP_NO_ROUTE, &p, 0);
+		cross = dst->subnet != port->subnet;
+	} else if (rt->kind == ROUTE_REMOTE) {
+		cross = rt->subnet != port->subnet;
+	} else {
+		return drop(port_id, DROP_NO_ROUTE, &p, 0);
+	}
+	if (cross && p.ttl <= 1)
+		return drop(port_id, DROP_TTL_EXCEEDED, &p, 0);
+
+	if (dst) {
+		dsub = bpf_map_lookup_elem(&subnets, &dst->subnet);
+		if (!dsub)
+			return drop(dst_id, DROP_UNKNOWN_SUBNET, &p, 0);
+		if (!acl_allows(dsub->acl, DIR_INGRESS, p.saddr, &p, &rule))
+			return drop(dst_id, DROP_ACL_INGRESS, &p, rule);
+		if (!ct.e && !sg_allows(dst->sg_policy, DIR_INGRESS, p.saddr, &p))
+			return drop(dst_id, DROP_SG_INGRESS, &p, 0);
+		ct_commit(&p, &ct);
+		return deliver(skb, dst, dsub, cross);
+	}
+
+	/* remote node: the receiving node runs the ingress policy */
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&node_cfg, &zero);
+	struct bpf_tunnel_key tk = {};
+
+	if (!cfg || !cfg->vxlan_ifindex)
+		return drop(port_id, DROP_NO_ROUTE, &p, 0);
+	ct_commit(&p, &ct);
+	if (cross) {
+		data = skb_data(skb);
+		data_end = skb_data_end(skb);
+		struct iphdr *ip = data + ETH_HLEN;
+
+		if ((void *)(ip + 1) > data_end)
+			return TC_ACT_SHOT;
+		ttl_decrement(ip);
+	}
+	tk.tunnel_id = p.vpc;
+	tk.remote_ipv4 = bpf_ntohl(rt->node_ip);
+	tk.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), BPF_F_ZERO_CSUM_TX) < 0)
+		return drop(port_id, DROP_NO_ROUTE, &p, 0);
+	return bpf_redirect(cfg->vxlan_ifindex, 0);
+}
+
+/* from_overlay runs the receiving half of the pipeline for a decapsulated
+ * frame of VPC vpc. Packets of VXLAN are trusted to come from Meridian
+ * nodes: the sender ran anti-spoofing, egress policy and the TTL rule. */
+static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vpc)
+{
+	struct route_key rk = { .prefixlen = 64, .vpc = vpc };
+	struct port_info *dst;
+	struct subnet_info *dsub;
+	struct route_entry *rt;
+	struct ct_result ct;
+	struct pkt p = {};
+	struct ethhdr *eth;
+	__u32 reason, rule, dst_id;
+	void *data, *data_end;
+
+	pull_headers(skb);
+	data = skb_data(skb);
+	data_end = skb_data_end(skb);
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(0, DROP_MALFORMED, NULL, 0);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return drop(0, DROP_NOT_IPV4, NULL, 0);
+	p.vpc = vpc;
+	reason = parse_ipv4(skb, &p);
+	if (reason)
+		return drop(0, reason, NULL, 0);
+
+	rk.ip = p.daddr;
+	rt = bpf_map_lookup_elem(&routes, &rk);
+	if (!rt)
+		return drop(0, DROP_NO_ROUTE, &p, 0);
+	if (rt->kind != ROUTE_LOCAL)
+		return drop(0, DROP_NOT_LOCAL, &p, 0);
+	dst_id = rt->port;
+	dst = bpf_map_lookup_elem(&ports, &dst_id);
+	if (!dst || dst->vpc != vpc)
+		return drop(0, DROP_NOT_LOCAL, &p, 0);
+	dsub = bpf_map_lookup_elem(&subnets, &dst->subnet);
+	if (!dsub)
+		return drop(dst_id, DROP_UNKNOWN_SUBNET, &p, 0);
+
+	ct_lookup(&p, &ct);
+	if (!acl_allows(dsub->acl, DIR_INGRESS, p.saddr, &p, &rule))
+		return drop(dst_id, DROP_ACL_INGRESS, &p, rule);
+	if (!ct.e && !sg_allows(dst->sg_policy, DIR_INGRESS, p.saddr, &p))
+		return drop(dst_id, DROP_SG_INGRESS, &p, 0);
+	ct_commit(&p, &ct);
+	return deliver(skb, dst, dsub, 0);
+}
+
+SEC("tc")
+int meridian_from_overlay(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key tk = {};
+
+	/* Without tunnel metadata the frame is not VXLAN-external traffic:
+	 * leave it to whatever is chained after us. */
+	if (bpf_skb_get_tunnel_key(skb, &tk, sizeof(tk), 0) < 0)
+		return TCX_NEXT;
+	return from_overlay(skb, tk.tunnel_id);
+}
+
+/* meridian_from_overlay_mark is from_overlay with the VNI taken from
+ * skb->mark. It exists for tests only: BPF_PROG_TEST_RUN cannot attach
+ * tunnel metadata to a packet. The Go loader never attaches it. */
+SEC("tc")
+int meridian_from_overlay_mark(struct __sk_buff *skb)
+{
+	return from_overlay(skb, skb->mark);
+}
