@@ -1,0 +1,432 @@
+package fw
+
+import (
+	"cmp"
+	"fmt"
+	"hash/fnv"
+	"math/bits"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// PortPrefix is a prefix of the 16-bit port space: the Bits high bits of
+// Value. For ICMP the port space holds type<<8 | code.
+type PortPrefix struct {
+	Value uint16
+	Bits  uint8
+}
+
+// Contains reports whether port v is inside the prefix.
+func (pp PortPrefix) Contains(v uint16) bool {
+	if pp.Bits == 0 {
+		return true
+	}
+	shift := 16 - pp.Bits
+	return v>>shift == pp.Value>>shift
+}
+
+// rangePrefixes decomposes the inclusive range [lo, hi] into the minimal
+// list of prefixes (at most 30).
+func rangePrefixes(lo, hi uint16) []PortPrefix {
+	var out []PortPrefix
+	cur, end := uint32(lo), uint32(hi)
+	for cur <= end {
+		// largest aligned block starting at cur that fits in [cur, end]
+		size := uint32(1) << 16
+		if cur != 0 {
+			size = cur & -cur
+		}
+		for cur+size-1 > end {
+			size >>= 1
+		}
+		out = append(out, PortPrefix{Value: uint16(cur), Bits: uint8(16 - bits.TrailingZeros32(size))})
+		cur += size
+	}
+	return out
+}
+
+// portSpan is the interval of the port space a rule covers.
+func portSpan(proto uint8, ports PortRange, icmp *ICMPMatch) (lo, hi uint16) {
+	switch proto {
+	case ProtoTCP, ProtoUDP:
+		if ports.All() {
+			return 0, 0xffff
+		}
+		return ports.From, ports.To
+	case ProtoICMP:
+		switch {
+		case icmp == nil:
+			return 0, 0xffff
+		case icmp.AnyCode:
+			t := uint16(icmp.Type) << 8
+			return t, t | 0xff
+		default:
+			v := uint16(icmp.Type)<<8 | uint16(icmp.Code)
+			return v, v
+		}
+	}
+	return 0, 0xffff
+}
+
+// ---- security groups ----
+
+// IPCacheEntry maps a remote prefix of a VPC to its identity.
+type IPCacheEntry struct {
+	Prefix   netip.Prefix
+	Identity uint32
+}
+
+// SGEntry allows traffic of a policy from/to a remote identity.
+// Protocol ProtoAny entries ignore the port.
+type SGEntry struct {
+	Policy    uint32
+	Identity  uint32
+	Direction Direction
+	Protocol  uint8
+	Port      PortPrefix
+	Rule      uint32 // lowest id of the rules that produced the entry
+}
+
+// CompiledSG is the compiled form of the security-group policies of a VPC.
+type CompiledSG struct {
+	VPC      uint32
+	Policies []uint32 // ids of the policies compiled, sorted
+	IPCache  []IPCacheEntry
+	Entries  []SGEntry
+}
+
+type selector struct {
+	cidr  netip.Prefix // valid for CIDR selectors
+	group uint32       // non-zero for remote-group selectors
+}
+
+func (s selector) String() string {
+	if s.group != 0 {
+		return "g" + strconv.FormatUint(uint64(s.group), 10)
+	}
+	return s.cidr.String()
+}
+
+func ruleSelector(r *SGRule) selector {
+	if r.RemoteGroup != 0 {
+		return selector{group: r.RemoteGroup}
+	}
+	return selector{cidr: r.RemoteCIDR.Masked()}
+}
+
+// CompileSecurityGroups compiles the policies of one VPC, given the members
+// of the remote groups they reference.
+func CompileSecurityGroups(vpc uint32, policies []SecurityGroupPolicy, groups GroupMembers) (*CompiledSG, error) {
+	cidrs := map[netip.Prefix]bool{}
+	referenced := map[uint32]bool{}
+	ids := map[uint32]bool{}
+	for i := range policies {
+		p := &policies[i]
+		if err := p.Validate(); err != nil {
+			return nil, fmt.Errorf("compile security groups of vpc %d: %w", vpc, err)
+		}
+		if ids[p.ID] {
+			return nil, fmt.Errorf("compile security groups of vpc %d: %w: policy %d twice", vpc, ErrInvalid, p.ID)
+		}
+		ids[p.ID] = true
+		for j := range p.Rules {
+			s := ruleSelector(&p.Rules[j])
+			if s.group != 0 {
+				referenced[s.group] = true
+			} else {
+				cidrs[s.cidr] = true
+			}
+		}
+	}
+
+	// Every selector becomes a prefix; groups contribute their members.
+	prefixes := map[netip.Prefix]bool{}
+	for c := range cidrs {
+		prefixes[c] = true
+	}
+	memberOf := map[netip.Addr][]uint32{}
+	for g := range referenced {
+		for _, a := range groups[g] {
+			if !a.Is4() {
+				return nil, fmt.Errorf("compile security groups of vpc %d: %w: group %d member %v is not IPv4", vpc, ErrInvalid, g, a)
+			}
+			if !slices.Contains(memberOf[a], g) {
+				memberOf[a] = append(memberOf[a], g)
+			}
+			prefixes[netip.PrefixFrom(a, 32)] = true
+		}
+	}
+
+	// A prefix's identity is the set of selectors containing it: the only
+	// CIDR selectors that can contain an address are its prefix's ancestors
+	// in the set, because the longest match is the most specific one.
+	out := &CompiledSG{VPC: vpc}
+	byKey := map[string]uint32{}
+	used := map[uint32]string{}
+	members := map[selector][]uint32{} // selector -> identities containing it
+	for _, p := range sortedPrefixes(prefixes) {
+		var sels []selector
+		for b := 0; b <= p.Bits(); b++ {
+			if c := netip.PrefixFrom(p.Addr(), b).Masked(); cidrs[c] {
+				sels = append(sels, selector{cidr: c})
+			}
+		}
+		if p.Bits() == 32 {
+			for _, g := range memberOf[p.Addr()] {
+				sels = append(sels, selector{group: g})
+			}
+		}
+		names := make([]string, len(sels))
+		for i, s := range sels {
+			names[i] = s.String()
+		}
+		slices.Sort(names)
+		key := strings.Join(names, ",")
+		id, ok := byKey[key]
+		if !ok {
+			id = identityOf(key, used)
+			byKey[key] = id
+			used[id] = key
+			for _, s := range sels {
+				members[s] = append(members[s], id)
+			}
+		}
+		out.IPCache = append(out.IPCache, IPCacheEntry{Prefix: p, Identity: id})
+	}
+
+	type entryKey struct {
+		policy, identity uint32
+		dir              Direction
+		proto            uint8
+		port             PortPrefix
+	}
+	entries := map[entryKey]uint32{}
+	for i := range policies {
+		p := &policies[i]
+		out.Policies = append(out.Policies, p.ID)
+		for j := range p.Rules {
+			r := &p.Rules[j]
+			proto, ports := sgPorts(r)
+			for _, id := range members[ruleSelector(r)] {
+				for _, pp := range ports {
+					k := entryKey{p.ID, id, r.Direction, proto, pp}
+					if old, ok := entries[k]; !ok || r.ID < old {
+						entries[k] = r.ID
+					}
+				}
+			}
+		}
+	}
+	for k, rule := range entries {
+		out.Entries = append(out.Entries, SGEntry{
+			Policy: k.policy, Identity: k.identity, Direction: k.dir,
+			Protocol: k.proto, Port: k.port, Rule: rule,
+		})
+	}
+	slices.Sort(out.Policies)
+	slices.SortFunc(out.Entries, func(a, b SGEntry) int {
+		return cmp.Or(cmp.Compare(a.Policy, b.Policy), cmp.Compare(a.Identity, b.Identity),
+			cmp.Compare(a.Direction, b.Direction), cmp.Compare(a.Protocol, b.Protocol),
+			cmp.Compare(a.Port.Value, b.Port.Value), cmp.Compare(a.Port.Bits, b.Port.Bits))
+	})
+	return out, nil
+}
+
+// sgPorts is the protocol key and port prefixes of a rule's entries.
+func sgPorts(r *SGRule) (uint8, []PortPrefix) {
+	switch r.Protocol {
+	case ProtoAny:
+		return ProtoAny, []PortPrefix{{}}
+	case ProtoTCP, ProtoUDP, ProtoICMP:
+		lo, hi := portSpan(r.Protocol, r.Ports, r.ICMP)
+		return r.Protocol, rangePrefixes(lo, hi)
+	}
+	return r.Protocol, []PortPrefix{{}}
+}
+
+// identityOf derives an identity from the selector set so that it survives
+// recompilation when unrelated rules change; collisions probe upwards.
+// Identity 0 is reserved for "no selector matches".
+func identityOf(key string, used map[uint32]string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	id := h.Sum32()
+	for {
+		if other, taken := used[id]; id != 0 && (!taken || other == key) {
+			return id
+		}
+		id++
+	}
+}
+
+func sortedPrefixes(set map[netip.Prefix]bool) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(set))
+	for p := range set {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+	})
+	return out
+}
+
+// ---- network ACLs ----
+
+// Bitmap has bit i set for the i-th rule of an ACL direction in number order.
+type Bitmap [MaxACLRules / 64]uint64
+
+func (b *Bitmap) set(i int) { b[i/64] |= 1 << (i % 64) }
+
+// ACLProtoOther is the protocol key of the bitmap for protocols no rule names.
+const ACLProtoOther uint16 = 0xffff
+
+// ACLCIDREntry: the rules whose CIDR contains Prefix.
+type ACLCIDREntry struct {
+	Direction Direction
+	Prefix    netip.Prefix
+	Rules     Bitmap
+}
+
+// ACLProtoEntry: the rules matching Protocol (or any protocol).
+type ACLProtoEntry struct {
+	Direction Direction
+	Protocol  uint16
+	Rules     Bitmap
+}
+
+// ACLPortEntry: the rules whose port span covers the whole Port prefix.
+type ACLPortEntry struct {
+	Direction Direction
+	Port      PortPrefix
+	Rules     Bitmap
+}
+
+// ACLRuleEntry: what bit Index of Direction stands for.
+type ACLRuleEntry struct {
+	Direction Direction
+	Index     uint32
+	Rule      uint32
+	Action    ACLAction
+}
+
+// CompiledACL is the bitmap form of one ACL.
+type CompiledACL struct {
+	ID        uint32
+	CIDRs     []ACLCIDREntry
+	Protocols []ACLProtoEntry
+	Ports     []ACLPortEntry
+	Rules     []ACLRuleEntry
+}
+
+// CompileACL compiles a network ACL into per-field bitmaps.
+func CompileACL(a *ACL) (*CompiledACL, error) {
+	if err := a.Validate(); err != nil {
+		return nil, fmt.Errorf("compile acl: %w", err)
+	}
+	out := &CompiledACL{ID: a.ID}
+	for _, d := range []Direction{Egress, Ingress} {
+		rules := a.sorted(d)
+		for i, r := range rules {
+			out.Rules = append(out.Rules, ACLRuleEntry{Direction: d, Index: uint32(i), Rule: r.ID, Action: r.Action})
+		}
+		out.CIDRs = append(out.CIDRs, aclCIDRs(d, rules)...)
+		out.Protocols = append(out.Protocols, aclProtocols(d, rules)...)
+		out.Ports = append(out.Ports, aclPorts(d, rules)...)
+	}
+	return out, nil
+}
+
+func aclCIDRs(d Direction, rules []ACLRule) []ACLCIDREntry {
+	set := map[netip.Prefix]bool{netip.MustParsePrefix("0.0.0.0/0"): true}
+	for _, r := range rules {
+		set[r.CIDR.Masked()] = true
+	}
+	var out []ACLCIDREntry
+	for _, p := range sortedPrefixes(set) {
+		e := ACLCIDREntry{Direction: d, Prefix: p}
+		for i, r := range rules {
+			c := r.CIDR.Masked()
+			if c.Bits() <= p.Bits() && c.Contains(p.Addr()) {
+				e.Rules.set(i)
+			}
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func aclProtocols(d Direction, rules []ACLRule) []ACLProtoEntry {
+	var protos []uint16
+	for _, r := range rules {
+		if r.Protocol != ProtoAny && !slices.Contains(protos, uint16(r.Protocol)) {
+			protos = append(protos, uint16(r.Protocol))
+		}
+	}
+	slices.Sort(protos)
+	protos = append(protos, ACLProtoOther)
+	var out []ACLProtoEntry
+	for _, p := range protos {
+		e := ACLProtoEntry{Direction: d, Protocol: p}
+		for i, r := range rules {
+			if r.Protocol == ProtoAny || uint16(r.Protocol) == p {
+				e.Rules.set(i)
+			}
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// aclPorts cuts the port space into elementary intervals at every rule
+// boundary, so each interval is covered entirely or not at all by each
+// rule, merges neighbours with equal bitmaps and emits their prefixes.
+func aclPorts(d Direction, rules []ACLRule) []ACLPortEntry {
+	type span struct{ lo, hi uint32 }
+	spans := make([]span, len(rules))
+	cuts := map[uint32]bool{0: true}
+	for i, r := range rules {
+		lo, hi := portSpan(r.Protocol, r.Ports, r.ICMP)
+		spans[i] = span{uint32(lo), uint32(hi)}
+		cuts[uint32(lo)] = true
+		if hi < 0xffff {
+			cuts[uint32(hi)+1] = true
+		}
+	}
+	starts := make([]uint32, 0, len(cuts))
+	for c := range cuts {
+		starts = append(starts, c)
+	}
+	slices.Sort(starts)
+
+	type interval struct {
+		lo, hi uint32
+		rules  Bitmap
+	}
+	var merged []interval
+	for k, lo := range starts {
+		hi := uint32(0xffff)
+		if k+1 < len(starts) {
+			hi = starts[k+1] - 1
+		}
+		var b Bitmap
+		for i, s := range spans {
+			if s.lo <= lo && s.hi >= hi {
+				b.set(i)
+			}
+		}
+		if n := len(merged); n > 0 && merged[n-1].rules == b {
+			merged[n-1].hi = hi
+			continue
+		}
+		merged = append(merged, interval{lo, hi, b})
+	}
+	var out []ACLPortEntry
+	for _, iv := range merged {
+		for _, pp := range rangePrefixes(uint16(iv.lo), uint16(iv.hi)) {
+			out = append(out, ACLPortEntry{Direction: d, Port: pp, Rules: iv.rules})
+		}
+	}
+	return out
+}

@@ -1,0 +1,55 @@
+// Package fw owns Meridian's packet-filtering rule model — stateful security
+// groups and stateless, ordered network ACLs — its compilation into lookup
+// tables for the eBPF data path, and a reference evaluator that decides the
+// same questions by walking the rules.
+//
+// fw knows nothing about maps, file descriptors or the kernel: the compiler
+// emits plain Go entries that dataplane/datapath writes into BPF maps, and the
+// reference model (SecurityGroupPolicy.Evaluate, ACL.Evaluate) is the oracle
+// the data-path tests compare against. It must stay obvious rather than fast.
+//
+// # Why two compilation schemes
+//
+// Per-packet cost must not grow with the number of rules.
+//
+// Security groups are allow-only, unordered and can be large (thousands of
+// rules, remote groups with many members), so they compile Cilium-style into
+// exact lookups:
+//
+//   - every remote selector of a VPC (rule CIDRs, and a /32 per member of each
+//     referenced remote group) becomes a prefix in an LPM trie keyed by
+//     {VPC, IP}. Overlapping CIDRs are resolved at compile time: a prefix's
+//     identity is the set of selectors that contain it, so the longest match
+//     for an address carries exactly the selectors that match that address.
+//     Identities are a hash of that set, so they stay stable when unrelated
+//     rules change;
+//   - a second LPM trie keyed by {policy, identity, direction, protocol,
+//     port} holds one entry per (rule, identity containing its selector,
+//     port prefix). Port ranges and ICMP type/code wildcards are decomposed
+//     into prefixes of the 16-bit port (ICMP: type<<8 | code), so a range
+//     costs at most 30 entries and no per-packet work.
+//
+// A packet costs one ipcache lookup and at most two policy lookups (its
+// protocol, then "any protocol"), whatever the rule count. The price is
+// paid in memory: a rule whose CIDR contains many other selectors (0.0.0.0/0
+// in a VPC with many remote-group members) gets one entry per such identity.
+//
+// Network ACLs are ordered with first-match-wins and deny rules, which exact
+// lookups cannot express without a combinatorial product. They compile to
+// per-field bitmaps over the ACL's rules sorted by number: one bitmap per
+// remote prefix (LPM), per protocol (hash) and per elementary port interval
+// (LPM over port prefixes). The data path ANDs the three and takes the lowest
+// set bit: the matching rule with the lowest number. The bitmap width bounds
+// the work, so an ACL holds at most MaxACLRules rules per direction (AWS
+// allows 20 by default, 40 at most); four 64-bit words are ANDed per packet.
+//
+// # Semantics
+//
+// Protocol 0 means any protocol. Ports apply to TCP and UDP only (zero range:
+// all ports) and always name the destination port, in both directions, as
+// in AWS. ICMP rules may name a type, or a type and code. A security-group
+// rule's remote is a CIDR or a remote group (the addresses of the ports in
+// it); for egress rules the remote is the destination, for ingress the
+// source. An ACL with no matching rule denies (the "*" rule of AWS).
+// IPv4 only for now.
+package fw
