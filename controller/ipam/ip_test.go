@@ -373,3 +373,36 @@ func TestDeleteSubnetRefusesWhileAddressesAreHeld(t *testing.T) {
 		t.Errorf("AllocateIP after recreate = %v, %v; want 10.0.0.2", a, err)
 	}
 }
+
+func TestIPv6CursorWrapsAtTheEndOfA64(t *testing.T) {
+	tx := ipamtest.NewTx()
+	s := subnet("v6", "fd00:1::/64", "fd00:1::1")
+	// Park the cursor two addresses before the end of the /64: the walk must
+	// cross the uint64 boundary correctly (no broadcast in IPv6) and wrap.
+	if err := tx.Put("ipam/ipcursor/v6", []byte("fd00:1::ffff:ffff:ffff:fffe")); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"fd00:1::ffff:ffff:ffff:ffff", "fd00:1::2", "fd00:1::3"} {
+		a, err := ipam.AllocateIP(tx, s, "p")
+		if err != nil || a.String() != want {
+			t.Fatalf("AllocateIP = %v, %v; want %s", a, err, want)
+		}
+	}
+}
+
+func TestAllocateIPTrustsOwnerKeysOverAStaleIndex(t *testing.T) {
+	tx := ipamtest.NewTx()
+	s := subnet("s", "10.0.0.0/29", "10.0.0.1")
+	// An owner key written without its index bit (e.g. by a bug or a manual
+	// repair) must still never be handed out again.
+	if err := tx.Put("ipam/ip/s/10.0.0.2", []byte("legacy")); err != nil {
+		t.Fatal(err)
+	}
+	a, err := ipam.AllocateIP(tx, s, "p")
+	if err != nil || a.String() != "10.0.0.3" {
+		t.Fatalf("AllocateIP = %v, %v; want 10.0.0.3", a, err)
+	}
+	if got := allocateAll(t, tx, s, 100); len(got) != 3 {
+		t.Fatalf("remaining allocations %v, want .4 .5 .6", got)
+	}
+}
