@@ -92,9 +92,9 @@ func TestConcurrentAllocationsNeverDuplicate(t *testing.T) {
 						t.Errorf("stored owner of %s = %q, %v, %v; want %q", a, o, ok, err, owner)
 					}
 				}
-				n, err := tx.Count("ipam/ip/sub-27/")
-				if err != nil || n != usable {
-					t.Errorf("stored allocations = %d, %v; want %d", n, err, usable)
+				used, total, err := ipam.Usage(tx, s)
+				if err != nil || used != usable || total != usable {
+					t.Errorf("Usage = %d of %d, %v; want %d of %d", used, total, err, usable, usable)
 				}
 				return nil
 			}); err != nil {

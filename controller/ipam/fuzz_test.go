@@ -113,7 +113,11 @@ func fuzzOne(t *testing.T, which byte, ops []byte) {
 		}
 	}
 	// Stored state equals the model: one key per held address, right owner.
-	kvs, err := tx.List("ipam/ip/"+s.ID+"/", "", 0)
+	fam := "v4/"
+	if s.CIDR.Addr().Is6() {
+		fam = "v6/"
+	}
+	kvs, err := tx.List("ipam/ip/"+s.ID+"/"+fam, "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +125,7 @@ func fuzzOne(t *testing.T, which byte, ops []byte) {
 		t.Fatalf("store holds %d addresses, model %d", len(kvs), len(model))
 	}
 	for _, kv := range kvs {
-		a := netip.MustParseAddr(strings.TrimPrefix(kv.Key, "ipam/ip/"+s.ID+"/"))
+		a := netip.MustParseAddr(strings.TrimPrefix(kv.Key, "ipam/ip/"+s.ID+"/"+fam))
 		if isReserved(s, a) {
 			t.Fatalf("reserved address %s is owned by %s", a, kv.Value)
 		}

@@ -13,7 +13,9 @@ import (
 
 // Subnet identifies an address pool. ID is the subnet's stable resource name
 // and keys all of its state, so the CIDR of a subnet must never change while
-// it has allocations (API validation makes CIDR immutable).
+// it has allocations (API validation makes CIDR immutable). A dual-stack
+// subnet uses the same ID for its IPv4 and its IPv6 Subnet: state is kept per
+// address family.
 //
 // Reserved, never handed out and refused by ReserveIP:
 //   - the network address (offset 0; for IPv6 the subnet-router anycast),
@@ -105,15 +107,24 @@ func (p *pool) reserved(off uint64) bool {
 
 func (p *pool) String() string { return fmt.Sprintf("subnet %q (%s)", p.s.ID, p.cidr) }
 
-func (p *pool) ipKey(off uint64) string {
-	return prefix + "ip/" + p.id + "/" + p.addr(off).String()
+// family is a key segment, so one subnet ID can carry an IPv4 and an IPv6
+// CIDR (dual stack) without their cursors and indexes colliding.
+func (p *pool) family() string {
+	if p.v4 {
+		return "v4"
+	}
+	return "v6"
 }
+
+func (p *pool) ipPrefix() string { return prefix + "ip/" + p.id + "/" + p.family() + "/" }
+
+func (p *pool) ipKey(off uint64) string { return p.ipPrefix() + p.addr(off).String() }
 
 func (p *pool) idxKey(block uint64) string {
-	return prefix + "ipidx/" + p.id + "/" + strconv.FormatUint(block, 16)
+	return prefix + "ipidx/" + p.id + "/" + p.family() + "/" + strconv.FormatUint(block, 16)
 }
 
-func (p *pool) cursorKey() string { return prefix + "ipcursor/" + p.id }
+func (p *pool) cursorKey() string { return prefix + "ipcursor/" + p.id + "/" + p.family() }
 
 // check validates an address given by a caller.
 func (p *pool) check(a netip.Addr) (uint64, error) {
@@ -349,10 +360,33 @@ func Owner(tx store.ReadTx, s Subnet, addr netip.Addr) (owner string, ok bool, e
 	return string(kv.Value), ok, nil
 }
 
-// DeleteSubnet removes the cursor and index of a subnet that is being deleted,
-// so a new subnet reusing the ID starts clean. It fails with ErrInUse while
-// any address of the subnet is still held: the caller must release them (or
-// delete their ports) in the same transaction first.
+// Usage reports how many addresses of s are held and how many could be
+// (the subnet size minus network, gateway and IPv4 broadcast). For an IPv6
+// /64 usable is 2^64-2, which still fits.
+func Usage(tx store.ReadTx, s Subnet) (used, usable uint64, err error) {
+	p, err := newPool(s)
+	if err != nil {
+		return 0, 0, fmt.Errorf("ipam: usage: %w", err)
+	}
+	n, err := tx.Count(p.ipPrefix())
+	if err != nil {
+		return 0, 0, fmt.Errorf("ipam: usage of %s: %w", p, err)
+	}
+	reserved := map[uint64]bool{0: true}
+	if p.v4 {
+		reserved[p.last] = true
+	}
+	if p.hasGW {
+		reserved[p.gw] = true
+	}
+	// Modular arithmetic: last+1 wraps to 0 for a /64, the difference does not.
+	return uint64(n), p.last + 1 - uint64(len(reserved)), nil
+}
+
+// DeleteSubnet removes all ipam state of the subnet ID (both address
+// families) when the subnet is deleted, so a new subnet reusing the ID starts
+// clean. It fails with ErrInUse while any address is still held: the caller
+// must release them (or delete their ports) in the same transaction first.
 func DeleteSubnet(tx store.Tx, subnetID string) error {
 	id := url.PathEscape(subnetID)
 	n, err := tx.Count(prefix + "ip/" + id + "/")
@@ -362,19 +396,18 @@ func DeleteSubnet(tx store.Tx, subnetID string) error {
 	if n > 0 {
 		return fmt.Errorf("ipam: delete subnet %q: %d addresses still held: %w", subnetID, n, ErrInUse)
 	}
-	// Blocks are deleted when they empty, so normally none remain; clear any
-	// stale ones anyway.
-	kvs, err := tx.List(prefix+"ipidx/"+id+"/", "", 0)
-	if err != nil {
-		return fmt.Errorf("ipam: delete subnet %q: %w", subnetID, err)
-	}
-	for _, kv := range kvs {
-		if err := tx.Delete(kv.Key); err != nil {
+	// Index blocks are deleted as they empty, so normally none remain;
+	// clear any stale ones anyway.
+	for _, pfx := range []string{prefix + "ipidx/" + id + "/", prefix + "ipcursor/" + id + "/"} {
+		kvs, err := tx.List(pfx, "", 0)
+		if err != nil {
 			return fmt.Errorf("ipam: delete subnet %q: %w", subnetID, err)
 		}
-	}
-	if err := tx.Delete(prefix + "ipcursor/" + id); err != nil {
-		return fmt.Errorf("ipam: delete subnet %q: %w", subnetID, err)
+		for _, kv := range kvs {
+			if err := tx.Delete(kv.Key); err != nil {
+				return fmt.Errorf("ipam: delete subnet %q: %w", subnetID, err)
+			}
+		}
 	}
 	return nil
 }

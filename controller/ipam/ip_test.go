@@ -379,7 +379,7 @@ func TestIPv6CursorWrapsAtTheEndOfA64(t *testing.T) {
 	s := subnet("v6", "fd00:1::/64", "fd00:1::1")
 	// Park the cursor two addresses before the end of the /64: the walk must
 	// cross the uint64 boundary correctly (no broadcast in IPv6) and wrap.
-	if err := tx.Put("ipam/ipcursor/v6", []byte("fd00:1::ffff:ffff:ffff:fffe")); err != nil {
+	if err := tx.Put("ipam/ipcursor/v6/v6", []byte("fd00:1::ffff:ffff:ffff:fffe")); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"fd00:1::ffff:ffff:ffff:ffff", "fd00:1::2", "fd00:1::3"} {
@@ -395,7 +395,7 @@ func TestAllocateIPTrustsOwnerKeysOverAStaleIndex(t *testing.T) {
 	s := subnet("s", "10.0.0.0/29", "10.0.0.1")
 	// An owner key written without its index bit (e.g. by a bug or a manual
 	// repair) must still never be handed out again.
-	if err := tx.Put("ipam/ip/s/10.0.0.2", []byte("legacy")); err != nil {
+	if err := tx.Put("ipam/ip/s/v4/10.0.0.2", []byte("legacy")); err != nil {
 		t.Fatal(err)
 	}
 	a, err := ipam.AllocateIP(tx, s, "p")
@@ -404,5 +404,68 @@ func TestAllocateIPTrustsOwnerKeysOverAStaleIndex(t *testing.T) {
 	}
 	if got := allocateAll(t, tx, s, 100); len(got) != 3 {
 		t.Fatalf("remaining allocations %v, want .4 .5 .6", got)
+	}
+}
+
+func TestDualStackSubnetSharesIDAcrossFamilies(t *testing.T) {
+	tx := ipamtest.NewTx()
+	v4 := subnet("dual", "10.0.0.0/29", "10.0.0.1")
+	v6 := subnet("dual", "fd00::/64", "fd00::1")
+	want := []string{"10.0.0.2", "fd00::2", "10.0.0.3", "fd00::3"}
+	for i, w := range want {
+		s := v4
+		if i%2 == 1 {
+			s = v6
+		}
+		a, err := ipam.AllocateIP(tx, s, "p")
+		if err != nil || a.String() != w {
+			t.Fatalf("AllocateIP = %v, %v; want %s", a, err, w)
+		}
+	}
+	if used, _, err := ipam.Usage(tx, v4); err != nil || used != 2 {
+		t.Errorf("v4 Usage used = %d, %v; want 2", used, err)
+	}
+	if err := ipam.DeleteSubnet(tx, "dual"); !errors.Is(err, ipam.ErrInUse) {
+		t.Fatalf("DeleteSubnet with held addresses: %v, want ErrInUse", err)
+	}
+	for i, w := range want {
+		s := v4
+		if i%2 == 1 {
+			s = v6
+		}
+		if err := ipam.ReleaseIP(tx, s, netip.MustParseAddr(w)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ipam.DeleteSubnet(tx, "dual"); err != nil {
+		t.Fatal(err)
+	}
+	if kvs, _ := tx.List("ipam/", "", 0); len(kvs) != 0 {
+		t.Errorf("ipam keys left after DeleteSubnet: %v", kvs)
+	}
+}
+
+func TestUsageCountsUsableAddresses(t *testing.T) {
+	tests := []struct {
+		name   string
+		s      ipam.Subnet
+		usable uint64
+	}{
+		{"v4 /24 with gateway", subnet("s", "10.0.0.0/24", "10.0.0.1"), 253},
+		{"v4 /24 without gateway", subnet("s", "10.0.0.0/24", ""), 254},
+		{"v4 /16", subnet("s", "10.0.0.0/16", "10.0.0.1"), 65533},
+		{"v4 /31", subnet("s", "10.0.0.0/31", "10.0.0.1"), 0},
+		{"v4 /32", subnet("s", "10.0.0.0/32", ""), 0},
+		{"v6 /120", subnet("s", "fd00::/120", "fd00::1"), 254},
+		{"v6 /64", subnet("s", "fd00::/64", "fd00::1"), 1<<64 - 2},
+		{"v6 /128", subnet("s", "fd00::/128", ""), 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			used, usable, err := ipam.Usage(ipamtest.NewTx(), tt.s)
+			if err != nil || used != 0 || usable != tt.usable {
+				t.Errorf("Usage = %d, %d, %v; want 0, %d", used, usable, err, tt.usable)
+			}
+		})
 	}
 }

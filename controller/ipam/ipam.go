@@ -12,9 +12,10 @@
 // Key layout (subnet IDs and ID kinds are path-escaped, so a "/" in a resource
 // name can not make two subnets' keys collide):
 //
-//	ipam/ip/<subnetID>/<addr>       owner of an allocated address (authoritative)
-//	ipam/ipidx/<subnetID>/<block>   256-bit occupancy bitmap of addresses block*256..block*256+255
-//	ipam/ipcursor/<subnetID>        last address handed out by AllocateIP
+//	ipam/ip/<subnetID>/<fam>/<addr>      owner of an allocated address (authoritative)
+//	ipam/ipidx/<subnetID>/<fam>/<block>  256-bit occupancy bitmap of offsets block*256..block*256+255
+//	ipam/ipcursor/<subnetID>/<fam>       last address handed out by AllocateIP
+//	  (<fam> is "v4" or "v6", <block> hex, <addr> in netip.Addr.String form)
 //	ipam/mac/<mac>                  owner of a MAC address
 //	ipam/maccursor                  last MAC suffix handed out by AllocateMAC
 //	ipam/vni/<vni>                  owner of a VNI
