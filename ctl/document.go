@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -121,7 +123,7 @@ func parseDocument(ks kinds, source string, raw rawDoc) (*Document, error) {
 	d := &Document{Source: source, Index: raw.index, Line: raw.line}
 	j, err := yaml.YAMLToJSON(raw.text)
 	if err != nil {
-		return nil, fmt.Errorf("%s: invalid YAML: %w", d.where(), err)
+		return nil, fmt.Errorf("%s: invalid YAML: %s", d.where(), fileLines(err.Error(), raw.line))
 	}
 	var obj map[string]any
 	if err := json.Unmarshal(j, &obj); err != nil || obj == nil {
@@ -155,6 +157,20 @@ func parseDocument(ks kinds, source string, raw rawDoc) (*Document, error) {
 		return nil, fmt.Errorf("%s: %w", d.where(), err)
 	}
 	return d, nil
+}
+
+var yamlLine = regexp.MustCompile(`\bline (\d+)`)
+
+// fileLines rewrites the document-relative "line N" of a YAML error into a
+// line of the file, which is what an editor jumps to.
+func fileLines(msg string, start int) string {
+	return yamlLine.ReplaceAllStringFunc(msg, func(m string) string {
+		n, err := strconv.Atoi(strings.TrimPrefix(m, "line "))
+		if err != nil {
+			return m
+		}
+		return fmt.Sprintf("line %d", n+start-1)
+	})
 }
 
 // decodeResource turns a JSON object into a message of kind k, rejecting
