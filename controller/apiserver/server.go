@@ -153,4 +153,3 @@ func (s *Server) checkQuota(c *txc, k *resource.Kind, project string) error {
 	}
 	return nil
 }
-

@@ -142,10 +142,14 @@ func field(m proto.Message, name protoreflect.Name) protoreflect.FieldDescriptor
 func Name(m proto.Message) string { return m.ProtoReflect().Get(field(m, "name")).String() }
 
 // SetName sets the resource's name.
-func SetName(m proto.Message, s string) { m.ProtoReflect().Set(field(m, "name"), protoreflect.ValueOfString(s)) }
+func SetName(m proto.Message, s string) {
+	m.ProtoReflect().Set(field(m, "name"), protoreflect.ValueOfString(s))
+}
 
 // Etag returns the resource's etag.
 func Etag(m proto.Message) string { return m.ProtoReflect().Get(field(m, "etag")).String() }
 
 // SetEtag sets the resource's etag.
-func SetEtag(m proto.Message, s string) { m.ProtoReflect().Set(field(m, "etag"), protoreflect.ValueOfString(s)) }
+func SetEtag(m proto.Message, s string) {
+	m.ProtoReflect().Set(field(m, "etag"), protoreflect.ValueOfString(s))
+}
