@@ -1,0 +1,169 @@
+package datapath
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/meridian-sdn/meridian/bpf"
+	"github.com/meridian-sdn/meridian/fw"
+)
+
+// Policy tables are replaced by "write the new entries, then delete what is
+// no longer wanted": a packet in between sees the old or the new entry for
+// each key, never a gap for a key present in both. Identities are stable
+// across compilations (fw), so unchanged rules keep their keys.
+
+func ipcacheKey(vpc uint32, e fw.IPCacheEntry) bpf.MeridianIpcacheKey {
+	return bpf.MeridianIpcacheKey{Prefixlen: 32 + uint32(e.Prefix.Bits()), Vpc: vpc, Ip: be32(e.Prefix.Masked().Addr())}
+}
+
+func sgKey(e fw.SGEntry) bpf.MeridianSgKey {
+	return bpf.MeridianSgKey{
+		Prefixlen: 80 + uint32(e.Port.Bits),
+		Policy:    e.Policy,
+		Identity:  e.Identity,
+		Dir:       uint8(e.Direction),
+		Proto:     e.Protocol,
+		Port:      [2]byte{byte(e.Port.Value >> 8), byte(e.Port.Value)},
+	}
+}
+
+// ApplySecurityGroups makes the installed security-group state of c.VPC and
+// of the policies in c equal to c.
+func (d *Datapath) ApplySecurityGroups(c *fw.CompiledSG) error {
+	m := &d.objs.MeridianMaps
+	wantIP := make(map[bpf.MeridianIpcacheKey]bool, len(c.IPCache))
+	for _, e := range c.IPCache {
+		k := ipcacheKey(c.VPC, e)
+		wantIP[k] = true
+		if err := m.SgIpcache.Update(k, bpf.MeridianIpcacheValue{Identity: e.Identity}, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("apply security groups of vpc %d: ipcache %v: %w", c.VPC, e.Prefix, err)
+		}
+	}
+	wantSG := make(map[bpf.MeridianSgKey]bool, len(c.Entries))
+	for _, e := range c.Entries {
+		k := sgKey(e)
+		wantSG[k] = true
+		if err := m.SgPolicy.Update(k, bpf.MeridianSgValue{Rule: e.Rule}, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("apply security groups of vpc %d: policy %d entry: %w", c.VPC, e.Policy, err)
+		}
+	}
+	if err := deleteWhere(m.SgIpcache, func(k bpf.MeridianIpcacheKey) bool {
+		return k.Vpc == c.VPC && !wantIP[k]
+	}); err != nil {
+		return fmt.Errorf("apply security groups of vpc %d: prune ipcache: %w", c.VPC, err)
+	}
+	if err := deleteWhere(m.SgPolicy, func(k bpf.MeridianSgKey) bool {
+		_, ours := slices.BinarySearch(c.Policies, k.Policy)
+		return ours && !wantSG[k]
+	}); err != nil {
+		return fmt.Errorf("apply security groups of vpc %d: prune policies: %w", c.VPC, err)
+	}
+	return nil
+}
+
+// DeleteSecurityGroupPolicy removes every entry of a policy.
+func (d *Datapath) DeleteSecurityGroupPolicy(id uint32) error {
+	if err := deleteWhere(d.objs.SgPolicy, func(k bpf.MeridianSgKey) bool { return k.Policy == id }); err != nil {
+		return fmt.Errorf("delete security-group policy %d: %w", id, err)
+	}
+	return nil
+}
+
+// DeleteSecurityGroupsOfVPC removes the remote-address identities of a VPC
+// (its policies are deleted one by one).
+func (d *Datapath) DeleteSecurityGroupsOfVPC(vpc uint32) error {
+	if err := deleteWhere(d.objs.SgIpcache, func(k bpf.MeridianIpcacheKey) bool { return k.Vpc == vpc }); err != nil {
+		return fmt.Errorf("delete security groups of vpc %d: %w", vpc, err)
+	}
+	return nil
+}
+
+func bitmap(b fw.Bitmap) bpf.MeridianAclBitmap { return bpf.MeridianAclBitmap{W: b} }
+
+// ApplyACL makes the installed state of ACL c.ID equal to c.
+func (d *Datapath) ApplyACL(c *fw.CompiledACL) error {
+	m := &d.objs.MeridianMaps
+	wantCIDR := map[bpf.MeridianAclCidrKey]bool{}
+	for _, e := range c.CIDRs {
+		k := bpf.MeridianAclCidrKey{Prefixlen: 64 + uint32(e.Prefix.Bits()), Acl: c.ID, Dir: uint32(e.Direction), Ip: be32(e.Prefix.Masked().Addr())}
+		wantCIDR[k] = true
+		if err := m.AclCidr.Update(k, bitmap(e.Rules), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("apply acl %d: cidr %v: %w", c.ID, e.Prefix, err)
+		}
+	}
+	wantProto := map[bpf.MeridianAclProtoKey]bool{}
+	for _, e := range c.Protocols {
+		k := bpf.MeridianAclProtoKey{Acl: c.ID, Dir: uint32(e.Direction), Proto: uint32(e.Protocol)}
+		wantProto[k] = true
+		if err := m.AclProto.Update(k, bitmap(e.Rules), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("apply acl %d: protocol %d: %w", c.ID, e.Protocol, err)
+		}
+	}
+	wantPort := map[bpf.MeridianAclPortKey]bool{}
+	for _, e := range c.Ports {
+		k := bpf.MeridianAclPortKey{Prefixlen: 64 + uint32(e.Port.Bits), Acl: c.ID, Dir: uint32(e.Direction),
+			Port: [2]byte{byte(e.Port.Value >> 8), byte(e.Port.Value)}}
+		wantPort[k] = true
+		if err := m.AclPort.Update(k, bitmap(e.Rules), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("apply acl %d: port %v: %w", c.ID, e.Port, err)
+		}
+	}
+	wantRule := map[bpf.MeridianAclRuleKey]bool{}
+	for _, e := range c.Rules {
+		k := bpf.MeridianAclRuleKey{Acl: c.ID, Dir: uint32(e.Direction), Index: e.Index}
+		wantRule[k] = true
+		if err := m.AclRules.Update(k, bpf.MeridianAclRule{Rule: e.Rule, Allow: uint32(e.Action)}, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("apply acl %d: rule %d: %w", c.ID, e.Rule, err)
+		}
+	}
+	return d.pruneACL(c.ID, wantCIDR, wantProto, wantPort, wantRule)
+}
+
+// DeleteACL removes an ACL. Subnets still naming it deny everything.
+func (d *Datapath) DeleteACL(id uint32) error {
+	return d.pruneACL(id, nil, nil, nil, nil)
+}
+
+func (d *Datapath) pruneACL(id uint32, cidr map[bpf.MeridianAclCidrKey]bool, proto map[bpf.MeridianAclProtoKey]bool,
+	port map[bpf.MeridianAclPortKey]bool, rule map[bpf.MeridianAclRuleKey]bool) error {
+	m := &d.objs.MeridianMaps
+	if err := deleteWhere(m.AclCidr, func(k bpf.MeridianAclCidrKey) bool { return k.Acl == id && !cidr[k] }); err != nil {
+		return fmt.Errorf("prune acl %d cidrs: %w", id, err)
+	}
+	if err := deleteWhere(m.AclProto, func(k bpf.MeridianAclProtoKey) bool { return k.Acl == id && !proto[k] }); err != nil {
+		return fmt.Errorf("prune acl %d protocols: %w", id, err)
+	}
+	if err := deleteWhere(m.AclPort, func(k bpf.MeridianAclPortKey) bool { return k.Acl == id && !port[k] }); err != nil {
+		return fmt.Errorf("prune acl %d ports: %w", id, err)
+	}
+	if err := deleteWhere(m.AclRules, func(k bpf.MeridianAclRuleKey) bool { return k.Acl == id && !rule[k] }); err != nil {
+		return fmt.Errorf("prune acl %d rules: %w", id, err)
+	}
+	return nil
+}
+
+// deleteWhere deletes the keys of m selected by stale. Keys are collected
+// first: deleting while iterating restarts iteration on hash maps.
+func deleteWhere[K comparable](m *ebpf.Map, stale func(K) bool) error {
+	var keys []K
+	var k K
+	v := make([]byte, m.ValueSize())
+	it := m.Iterate()
+	for it.Next(&k, v) {
+		if stale(k) {
+			keys = append(keys, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate %v: %w", m, err)
+	}
+	for _, k := range keys {
+		if err := deleteIgnoreMissing(m, k); err != nil {
+			return fmt.Errorf("delete from %v: %w", m, err)
+		}
+	}
+	return nil
+}
