@@ -19,7 +19,7 @@ import (
 // json names; command-line flags override it.
 type Config struct {
 	DataDir    string `json:"data_dir"`    // holds the store file
-	ListenGRPC string `json:"listen_grpc"` // tenant/compute API and agent protocol
+	ListenGRPC string `json:"listen_grpc"` // tenant/compute API and agent protocol: host:port or unix:/path
 	ListenHTTP string `json:"listen_http"` // HTTP/JSON API, /metrics, /healthz, /readyz
 	TokensFile string `json:"tokens_file"` // identities and bearer tokens
 	TLSCert    string `json:"tls_cert"`    // server certificate (enables TLS on gRPC)
@@ -62,6 +62,9 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("data_dir is required"))
 	}
 	for name, addr := range map[string]string{"listen_grpc": c.ListenGRPC, "listen_http": c.ListenHTTP} {
+		if name == "listen_grpc" && strings.HasPrefix(addr, "unix:/") {
+			continue
+		}
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: want host:port: %w", name, addr, err))
 		}

@@ -114,6 +114,17 @@ func New(cfg Config, log *slog.Logger, agents AgentsFactory) (*Controller, error
 	return c, nil
 }
 
+// listen accepts "host:port" or "unix:/path". A unix socket lets agents in
+// other network namespaces of the same host reach the controller without
+// any address (the e2e topologies use that).
+func listen(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		os.Remove(path)
+		return net.Listen("unix", path)
+	}
+	return net.Listen("tcp", addr)
+}
+
 func serverTLS(cfg Config) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
 	if err != nil {
@@ -140,7 +151,7 @@ func serverTLS(cfg Config) (*tls.Config, error) {
 // Serve listens and serves until ctx is done, then stops gracefully.
 func (c *Controller) Serve(ctx context.Context) error {
 	var err error
-	if c.grpcLis, err = net.Listen("tcp", c.cfg.ListenGRPC); err != nil {
+	if c.grpcLis, err = listen(c.cfg.ListenGRPC); err != nil {
 		return fmt.Errorf("listen gRPC: %w", err)
 	}
 	if c.httpLis, err = net.Listen("tcp", c.cfg.ListenHTTP); err != nil {
