@@ -58,27 +58,46 @@ func (a *app) apply(ctx context.Context, docs []*Document, dryRun bool) error {
 	if err != nil {
 		return err
 	}
-	pending := false // dry run: an earlier document would have been created
+	var pending []string // dry run: names that would have been created
 	for _, d := range orderDocuments(docs) {
 		line, err := a.applyOne(ctx, rc, d, dryRun)
-		if err != nil && dryRun && pending && (isCode(err, codes.NotFound) || isCode(err, codes.FailedPrecondition)) {
+		if err != nil && dryRun && dependsOnPending(err, pending) {
 			// Nothing was stored for the earlier documents, so the controller
 			// cannot find what this one refers to: not the document's fault.
-			a.printf("%s %s created (dry run; not fully validated: it depends on resources this dry run did not store)\n", d.Kind.Command, d.Name)
+			a.printf("%s %s %s (dry run; not fully validated: it refers to resources this dry run did not store)\n",
+				d.Kind.Command, d.Name, line)
+			pending = append(pending, d.Name)
 			continue
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", d.where(), err)
 		}
-		if dryRun && strings.HasPrefix(line, "created") {
-			pending = true
+		if dryRun && line == "created" {
+			pending = append(pending, d.Name)
 		}
 		a.printf("%s %s %s%s\n", d.Kind.Command, d.Name, line, dryRunNote(dryRun && line != "unchanged"))
 	}
 	return nil
 }
 
-// applyOne converges one document and says what it did.
+// dependsOnPending reports whether a dry-run failure is only that the
+// request names resources the dry run would have created: the controller
+// reports a missing parent as NotFound and a missing reference as an
+// InvalidArgument or FailedPrecondition naming it.
+func dependsOnPending(err error, pending []string) bool {
+	if !isCode(err, codes.NotFound) && !isCode(err, codes.InvalidArgument) && !isCode(err, codes.FailedPrecondition) {
+		return false
+	}
+	for _, name := range pending {
+		if strings.Contains(err.Error(), name) {
+			return true
+		}
+	}
+	return false
+}
+
+// applyOne converges one document and says what it did or, with an error,
+// what it tried to do.
 func (a *app) applyOne(ctx context.Context, rc *resourceClient, d *Document, dryRun bool) (string, error) {
 	k := d.Kind
 	var cur proto.Message
@@ -97,7 +116,7 @@ func (a *app) applyOne(ctx context.Context, rc *resourceClient, d *Document, dry
 			return err
 		})
 		if err != nil {
-			return "", a.explain("create "+k.Command+" "+d.Name, err)
+			return "created", a.explain("create "+k.Command+" "+d.Name, err)
 		}
 		return "created", nil
 	case err != nil:
@@ -112,10 +131,11 @@ func (a *app) applyOne(ctx context.Context, rc *resourceClient, d *Document, dry
 		_, err := rc.Update(ctx, k, upd, mask, dryRun)
 		return err
 	})
+	line := "updated (" + strings.Join(mask, ", ") + ")"
 	if err != nil {
-		return "", a.explain("update "+k.Command+" "+d.Name+" ("+strings.Join(mask, ", ")+")", err)
+		return line, a.explain("update "+k.Command+" "+d.Name+" ("+strings.Join(mask, ", ")+")", err)
 	}
-	return "updated (" + strings.Join(mask, ", ") + ")", nil
+	return line, nil
 }
 
 // updateMessage is the document's resource reduced to name, the etag of

@@ -39,8 +39,15 @@ func explain(err error, op, endpoint, configPath string, who identity) error {
 	var b strings.Builder
 	switch st.Code() {
 	case codes.InvalidArgument:
-		fmt.Fprintf(&b, "%s: invalid request: %s", op, msg)
-		for _, v := range fieldViolations(st) {
+		vs := fieldViolations(st)
+		if len(vs) == 0 {
+			fmt.Fprintf(&b, "%s: invalid request: %s", op, msg)
+		} else {
+			// The status message only summarises the violations (the first
+			// one and a count): list them all instead, one per line.
+			fmt.Fprintf(&b, "%s: invalid request:", op)
+		}
+		for _, v := range vs {
 			fmt.Fprintf(&b, "\n  %s: %s", v.GetField(), v.GetDescription())
 		}
 	case codes.NotFound:

@@ -138,7 +138,9 @@ func fieldText(m protoreflect.Message, path string, count bool) string {
 			}
 			return strings.Join(s, ",")
 		default:
-			if !m.Has(fd) && fd.Kind() != protoreflect.BoolKind {
+			// Unset text is "-"; numbers and booleans print even when zero,
+			// since 0 available IPs or "false" are facts, not absences.
+			if !m.Has(fd) && (fd.Kind() == protoreflect.StringKind || fd.Message() != nil) {
 				return "-"
 			}
 			return scalarText(fd, v)
@@ -150,7 +152,8 @@ func fieldText(m protoreflect.Message, path string, count bool) string {
 func scalarText(fd protoreflect.FieldDescriptor, v protoreflect.Value) string {
 	if fd.Kind() == protoreflect.EnumKind {
 		if ev := fd.Enum().Values().ByNumber(v.Enum()); ev != nil {
-			return string(ev.Name())
+			// PORT_STATE_ACTIVE reads as ACTIVE in a column headed STATE.
+			return strings.TrimPrefix(string(ev.Name()), enumPrefix(fd.Enum()))
 		}
 		return fmt.Sprint(v.Enum())
 	}
@@ -162,4 +165,17 @@ func scalarText(fd protoreflect.FieldDescriptor, v protoreflect.Value) string {
 		return string(b)
 	}
 	return v.String()
+}
+
+// enumPrefix is the conventional value prefix of an enum: "PORT_STATE_"
+// for PortState.
+func enumPrefix(ed protoreflect.EnumDescriptor) string {
+	var b strings.Builder
+	for i, r := range string(ed.Name()) {
+		if i > 0 && r >= 'A' && r <= 'Z' {
+			b.WriteByte('_')
+		}
+		b.WriteRune(r)
+	}
+	return strings.ToUpper(b.String()) + "_"
 }

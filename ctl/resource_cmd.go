@@ -262,7 +262,9 @@ func (a *app) listCommand(k *kindInfo) *cobra.Command {
 	}
 	f := cmd.Flags()
 	if k.Parent != nil {
-		f.StringVar(&parent, "parent", "", fmt.Sprintf("parent (%s); empty: all you may see", k.Parent.Pattern()))
+		// The controller lists one collection at a time.
+		f.StringVar(&parent, "parent", "", fmt.Sprintf("parent (%s)", k.Parent.Pattern()))
+		_ = cmd.MarkFlagRequired("parent") // cannot fail: the flag was just defined
 	}
 	f.StringVar(&filter, "filter", "", `field=value terms joined by " AND ", e.g. "labels.tier=web"`)
 	f.Int32Var(&pageSize, "page-size", 0, "resources per page (default: the controller's)")

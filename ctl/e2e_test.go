@@ -1,0 +1,352 @@
+package ctl
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+)
+
+// TestEndToEnd drives meridianctl (in process, through the cobra root)
+// against a real meridian-controller process: apply, idempotence, one-field
+// edits, CRUD, errors, audit, watch and delete -f.
+//
+// The controller is built from ./cmd/meridian-controller, or taken from
+// $MERIDIAN_CONTROLLER_BIN when that names a prebuilt binary.
+func TestEndToEnd(t *testing.T) {
+	bin := controllerBinary(t)
+	dir := t.TempDir()
+	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
+	tokens, err := filepath.Abs("../examples/tokens.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dataDir := filepath.Join(dir, "data")
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	srv := exec.Command(bin, "--data-dir", dataDir, "--tokens-file", tokens,
+		"--listen-grpc", grpcAddr, "--listen-http", httpAddr)
+	srv.Stdout, srv.Stderr = &logs, &logs
+	if err := srv.Start(); err != nil {
+		t.Fatalf("start controller: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- srv.Wait() }()
+	t.Cleanup(func() {
+		_ = srv.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("controller log:\n%s", logs.String())
+		}
+	})
+	waitListening(t, grpcAddr, exited, &logs)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// run executes meridianctl as the given token's identity; no config
+	// file and no environment, so only the flags count.
+	run := func(token string, args ...string) (string, error) {
+		var out, errOut bytes.Buffer
+		full := append([]string{"--config=", "--endpoint", grpcAddr, "--token", token}, args...)
+		err := Run(ctx, full, Streams{In: strings.NewReader(""), Out: &out, Err: &errOut}, func(string) string { return "" })
+		return out.String(), err
+	}
+	admin := func(args ...string) string {
+		t.Helper()
+		out, err := run("demo-admin-token", args...)
+		if err != nil {
+			t.Fatalf("meridianctl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	const topology = "../examples/topology.yaml"
+	docs, err := parseDocuments(kindTable(), topology, mustRead(t, topology))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Who am I.
+	if out := admin("whoami"); !strings.Contains(out, "admin") || !strings.Contains(out, "system-admin") {
+		t.Errorf("whoami:\n%s", out)
+	}
+
+	// First apply creates everything, in dependency order.
+	out := admin("apply", "-f", topology)
+	lines := expectLines(t, "first apply", out, len(docs), " created")
+	if !strings.HasPrefix(lines[0], "project projects/demo ") || !strings.HasPrefix(lines[len(lines)-1], "port ") {
+		t.Errorf("first apply is not in dependency order:\n%s", out)
+	}
+
+	// Second apply changes nothing.
+	expectLines(t, "second apply", admin("apply", "-f", topology), len(docs), " unchanged")
+
+	// Edit one rule: exactly that security group is updated, in its rules.
+	edited := filepath.Join(dir, "edited.yaml")
+	text := string(mustRead(t, topology))
+	text = strings.Replace(text, "portRangeMin: 443\n  portRangeMax: 443", "portRangeMin: 8443\n  portRangeMax: 8443", 1)
+	mustWrite(t, edited, text)
+	// A dry run validates the change on the controller and stores nothing.
+	out = admin("apply", "--dry-run", "-f", edited)
+	expectOneUpdated(t, "dry run", out, len(docs), "security-group projects/demo/securityGroups/web updated (rules) (dry run)")
+	out = admin("apply", "-f", edited)
+	expectOneUpdated(t, "rule edit", out, len(docs), "security-group projects/demo/securityGroups/web updated (rules)")
+	expectLines(t, "apply after rule edit", admin("apply", "-f", edited), len(docs), " unchanged")
+
+	// Edit one label: exactly the VPC is updated, in its labels.
+	text = strings.Replace(text, "labels:\n  env: prod", "labels:\n  env: staging", 1)
+	mustWrite(t, edited, text)
+	out = admin("apply", "-f", edited)
+	expectOneUpdated(t, "label edit", out, len(docs), "vpc projects/demo/vpcs/prod updated (labels)")
+	if out := admin("vpc", "get", "projects/demo/vpcs/prod", "-o", "json"); !strings.Contains(out, `"env": "staging"`) || !strings.Contains(out, `"vni"`) {
+		t.Errorf("vpc get -o json:\n%s", out)
+	}
+
+	// Listing follows page tokens.
+	out = admin("port", "list", "--parent", "projects/demo", "--page-size", "1")
+	if n := strings.Count(out, "projects/demo/ports/"); n != 3 {
+		t.Errorf("port list with page size 1 shows %d ports, want 3:\n%s", n, out)
+	}
+	if !strings.HasPrefix(out, "NAME") || !strings.Contains(out, "10.0.1.11") {
+		t.Errorf("port list table:\n%s", out)
+	}
+	if out := admin("sg", "list", "--parent", "projects/demo", "-o", "yaml"); !strings.HasPrefix(out, "- ") || strings.Count(out, "  name: projects/demo/securityGroups/") != 2 {
+		t.Errorf("sg list -o yaml:\n%s", out)
+	}
+
+	// Imperative CRUD with the convenience flags and short names.
+	out = admin("vpc", "create", "projects/demo/vpcs/extra", "--cidr", "172.16.0.0/16", "--label", "team=net")
+	if !strings.Contains(out, "projects/demo/vpcs/extra") || !strings.Contains(out, "172.16.0.0/16") {
+		t.Errorf("vpc create:\n%s", out)
+	}
+	out = admin("subnet", "create", "projects/demo/vpcs/extra/subnets/a", "--cidr", "172.16.5.0/24", "--gateway", "172.16.5.254")
+	if !strings.Contains(out, "172.16.5.254") {
+		t.Errorf("subnet create:\n%s", out)
+	}
+	admin("acl", "create", "projects/demo/networkAcls/extra", "--vpc", "projects/demo/vpcs/extra")
+	admin("rt", "create", "projects/demo/routeTables/extra", "--vpc", "projects/demo/vpcs/extra")
+	admin("sg", "create", "projects/demo/securityGroups/extra", "--vpc", "projects/demo/vpcs/extra")
+	out = admin("port", "create", "projects/demo/ports/extra", "--subnet", "projects/demo/vpcs/extra/subnets/a",
+		"--ip", "172.16.5.10", "--sg", "projects/demo/securityGroups/extra", "--node", "nodes/node-1")
+	if !strings.Contains(out, "172.16.5.10") || !strings.Contains(out, "nodes/node-1") {
+		t.Errorf("port create:\n%s", out)
+	}
+	admin("node", "create", "nodes/node-3", "--underlay-ip", "192.0.2.13")
+	admin("project", "create", "projects/extra", "--org", "acme")
+	upd := filepath.Join(dir, "update.yaml")
+	mustWrite(t, upd, "description: extra network\nlabels: {team: net, cost: '42'}\n")
+	if out := admin("vpc", "update", "projects/demo/vpcs/extra", "-f", upd, "-o", "json"); !strings.Contains(out, `"extra network"`) || !strings.Contains(out, `"cost": "42"`) {
+		t.Errorf("vpc update:\n%s", out)
+	}
+	if out := admin("vpc", "update", "projects/demo/vpcs/extra", "-f", upd, "--mask", "description", "--description", "only this"); !strings.Contains(out, "projects/demo/vpcs/extra") {
+		t.Errorf("vpc update --mask:\n%s", out)
+	}
+	// A stale etag is refused.
+	if _, err := run("demo-admin-token", "vpc", "delete", "projects/demo/vpcs/extra", "--etag", "1"); !isCode(err, codes.Aborted) && !isCode(err, codes.FailedPrecondition) {
+		t.Errorf("delete with a stale etag: %v", err)
+	}
+	for _, name := range []string{"port projects/demo/ports/extra", "subnet projects/demo/vpcs/extra/subnets/a", "sg projects/demo/securityGroups/extra",
+		"rt projects/demo/routeTables/extra", "acl projects/demo/networkAcls/extra", "vpc projects/demo/vpcs/extra", "node nodes/node-3", "project projects/extra"} {
+		kind, n, _ := strings.Cut(name, " ")
+		if out := admin(kind, "delete", n); !strings.Contains(out, "deleted") {
+			t.Errorf("%s delete: %s", kind, out)
+		}
+	}
+
+	// Errors say what to fix.
+	_, err = run("demo-admin-token", "vpc", "create", "projects/demo/vpcs/bad", "--cidr", "10.0.0.1/16")
+	if !isCode(err, codes.InvalidArgument) || !strings.Contains(err.Error(), "cidr_blocks") || !strings.Contains(err.Error(), "\n  ") {
+		t.Errorf("invalid CIDR: want InvalidArgument with a field violation line, got %v", err)
+	}
+	_, err = run("demo-alice-token", "node", "create", "nodes/node-9", "--underlay-ip", "192.0.2.19")
+	if !isCode(err, codes.PermissionDenied) || !strings.Contains(err.Error(), "subject alice") {
+		t.Errorf("alice creating a node: want PermissionDenied naming alice, got %v", err)
+	}
+	_, err = run("not-a-valid-token", "whoami")
+	if !isCode(err, codes.Unauthenticated) || !strings.Contains(err.Error(), "MERIDIAN_TOKEN") {
+		t.Errorf("bad token: want Unauthenticated with a hint, got %v", err)
+	}
+	// Alice sees her project.
+	if out, err := run("demo-alice-token", "port", "list", "--parent", "projects/demo"); err != nil || strings.Count(out, "projects/demo/ports/") != 3 {
+		t.Errorf("alice lists ports: %v\n%s", err, out)
+	}
+
+	// The audit log names who did what.
+	if out := admin("audit", "list", "--project", "projects/demo"); !strings.Contains(out, "CreateVpc") || !strings.Contains(out, "admin") {
+		t.Errorf("audit list:\n%s", out)
+	}
+
+	// Watch replays from revision 1 and streams until stopped.
+	var watchOut syncBuffer
+	wctx, wcancel := context.WithCancel(ctx)
+	watchDone := make(chan error, 1)
+	go func() {
+		watchDone <- Run(wctx, []string{"--config=", "--endpoint", grpcAddr, "--token", "demo-admin-token", "watch", "--kind", "vpc", "--from-revision", "1"},
+			Streams{In: strings.NewReader(""), Out: &watchOut, Err: &watchOut}, func(string) string { return "" })
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(watchOut.String(), "projects/demo/vpcs/extra") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	wcancel()
+	if err := <-watchDone; err != nil {
+		t.Errorf("watch: %v", err)
+	}
+	if w := watchOut.String(); !strings.Contains(w, "PUT") || !strings.Contains(w, "DELETE") || !strings.Contains(w, "projects/demo/vpcs/prod") || strings.Contains(w, "ports/") {
+		t.Errorf("watch --kind vpc output:\n%s", w)
+	}
+
+	// delete -f removes everything, in reverse order; get then says NotFound.
+	out = admin("delete", "-f", edited)
+	lines = expectLines(t, "delete -f", out, len(docs), " deleted")
+	if !strings.HasPrefix(lines[0], "port ") || !strings.HasPrefix(lines[len(lines)-1], "project projects/demo ") {
+		t.Errorf("delete -f is not in reverse dependency order:\n%s", out)
+	}
+	_, err = run("demo-admin-token", "vpc", "get", "projects/demo/vpcs/prod")
+	if !isCode(err, codes.NotFound) || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("get after delete: want NotFound, got %v", err)
+	}
+	// The controller gone, the error says where it looked and how to start it.
+	_ = srv.Process.Kill()
+	<-exited
+	exited <- nil // for the cleanup
+	_, err = run("demo-admin-token", "whoami")
+	if !isCode(err, codes.Unavailable) || !strings.Contains(err.Error(), "cannot reach the controller at "+grpcAddr) {
+		t.Errorf("controller down: got %v", err)
+	}
+}
+
+// expectLines checks that out has n lines, each containing want.
+func expectLines(t *testing.T, what, out string, n int, want string) []string {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != n {
+		t.Errorf("%s: %d lines, want %d:\n%s", what, len(lines), n, out)
+	}
+	for _, l := range lines {
+		if !strings.Contains(l, want) {
+			t.Errorf("%s: line %q lacks %q", what, l, want)
+		}
+	}
+	return lines
+}
+
+// expectOneUpdated checks that exactly the line want changed something.
+func expectOneUpdated(t *testing.T, what, out string, n int, want string) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != n {
+		t.Errorf("%s: %d lines, want %d:\n%s", what, len(lines), n, out)
+	}
+	found := 0
+	for _, l := range lines {
+		switch {
+		case l == want:
+			found++
+		case !strings.HasSuffix(l, " unchanged"):
+			t.Errorf("%s: unexpected line %q", what, l)
+		}
+	}
+	if found != 1 {
+		t.Errorf("%s: want exactly one %q:\n%s", what, want, out)
+	}
+}
+
+// controllerBinary builds meridian-controller (or takes a prebuilt one).
+func controllerBinary(t *testing.T) string {
+	t.Helper()
+	if bin := os.Getenv("MERIDIAN_CONTROLLER_BIN"); bin != "" {
+		return bin
+	}
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+	}
+	bin := filepath.Join(t.TempDir(), "meridian-controller")
+	build := exec.Command(goTool, "build", "-o", bin, "./cmd/meridian-controller")
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build meridian-controller: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// freeAddr picks a loopback port nobody listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
+// waitListening waits for the controller's gRPC port, failing early if
+// the process exits.
+func waitListening(t *testing.T, addr string, exited chan error, logs fmt.Stringer) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("controller exited before listening: %v\n%s", err, logs.String())
+		default:
+		}
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			_ = c.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("controller not listening on %s after 30s\n%s", addr, logs.String())
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func mustWrite(t *testing.T, path, text string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
