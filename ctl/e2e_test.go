@@ -23,34 +23,8 @@ import (
 // The controller is built from ./cmd/meridian-controller, or taken from
 // $MERIDIAN_CONTROLLER_BIN when that names a prebuilt binary.
 func TestEndToEnd(t *testing.T) {
-	bin := controllerBinary(t)
 	dir := t.TempDir()
-	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
-	tokens, err := filepath.Abs("../examples/tokens.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dataDir := filepath.Join(dir, "data")
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	var logs syncBuffer
-	srv := exec.Command(bin, "--data-dir", dataDir, "--tokens-file", tokens,
-		"--listen-grpc", grpcAddr, "--listen-http", httpAddr)
-	srv.Stdout, srv.Stderr = &logs, &logs
-	if err := srv.Start(); err != nil {
-		t.Fatalf("start controller: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- srv.Wait() }()
-	t.Cleanup(func() {
-		_ = srv.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("controller log:\n%s", logs.String())
-		}
-	})
-	waitListening(t, grpcAddr, exited, &logs)
+	grpcAddr, srv := startController(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -217,13 +191,59 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("get after delete: want NotFound, got %v", err)
 	}
 	// The controller gone, the error says where it looked and how to start it.
-	_ = srv.Process.Kill()
-	<-exited
-	exited <- nil // for the cleanup
+	srv.stop()
 	_, err = run("demo-admin-token", "whoami")
 	if !isCode(err, codes.Unavailable) || !strings.Contains(err.Error(), "cannot reach the controller at "+grpcAddr) {
 		t.Errorf("controller down: got %v", err)
 	}
+}
+
+// controller is a running meridian-controller process.
+type controller struct {
+	cmd    *exec.Cmd
+	exited chan error
+	once   sync.Once
+}
+
+// stop kills the controller and waits for it; safe to call twice.
+func (c *controller) stop() {
+	c.once.Do(func() {
+		_ = c.cmd.Process.Kill()
+		<-c.exited
+	})
+}
+
+// startController runs meridian-controller on free loopback ports with the
+// example tokens file and a fresh data directory, waits until its gRPC port
+// accepts connections and stops it when the test ends.
+func startController(t *testing.T, extraArgs ...string) (string, *controller) {
+	t.Helper()
+	bin := controllerBinary(t)
+	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
+	tokens, err := filepath.Abs("../examples/tokens.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dataDir := filepath.Join(t.TempDir(), "data")
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	args := append([]string{"--data-dir", dataDir, "--tokens-file", tokens, "--listen-grpc", grpcAddr, "--listen-http", httpAddr}, extraArgs...)
+	c := &controller{cmd: exec.Command(bin, args...), exited: make(chan error, 1)}
+	c.cmd.Stdout, c.cmd.Stderr = logs, logs
+	if err := c.cmd.Start(); err != nil {
+		t.Fatalf("start controller: %v", err)
+	}
+	go func() { c.exited <- c.cmd.Wait() }()
+	t.Cleanup(func() {
+		c.stop()
+		if t.Failed() {
+			t.Logf("controller log:\n%s", logs.String())
+		}
+	})
+	waitListening(t, grpcAddr, c.exited, logs)
+	return grpcAddr, c
 }
 
 // expectLines checks that out has n lines, each containing want.
