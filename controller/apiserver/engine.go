@@ -368,7 +368,9 @@ func (s *Server) update(ctx context.Context, k *resource.Kind, in proto.Message,
 		if err != nil {
 			return err
 		}
-		t.QuotaChange = k == resource.KindProject && slices.Contains(mask, "quota") &&
+		// ok first: old is nil for a missing project, and the assertion
+		// below would panic (and take the whole process down with it).
+		t.QuotaChange = ok && k == resource.KindProject && slices.Contains(mask, "quota") &&
 			!proto.Equal(old.(*v1.Project).GetQuota(), in.(*v1.Project).GetQuota())
 		if err := auth.Authorize(caller, auth.VerbUpdate, t); err != nil {
 			return err
