@@ -171,26 +171,6 @@ func (c *resourceClient) ListPage(ctx context.Context, k *kindInfo, parent, filt
 	return items, next, nil
 }
 
-// List follows page tokens to the end of the listing.
-func (c *resourceClient) List(ctx context.Context, k *kindInfo, parent, filter string, pageSize int32) ([]proto.Message, error) {
-	var all []proto.Message
-	token := ""
-	for {
-		items, next, err := c.ListPage(ctx, k, parent, filter, pageSize, token)
-		if err != nil {
-			return nil, err
-		}
-		all = append(all, items...)
-		if next == "" {
-			return all, nil
-		}
-		if next == token {
-			return nil, fmt.Errorf("list %s: the controller returned the same page token %q twice", k.Name, next)
-		}
-		token = next
-	}
-}
-
 // Update writes the fields in mask of m (which carries name and etag).
 func (c *resourceClient) Update(ctx context.Context, k *kindInfo, m proto.Message, mask []string, validateOnly bool) (proto.Message, error) {
 	resp, err := c.invoke(ctx, k, "Update", func(req protoreflect.Message) error {
