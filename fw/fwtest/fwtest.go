@@ -17,6 +17,9 @@ type Gen struct {
 	R *rand.Rand
 	// NextID hands out rule ids; starts at 1.
 	NextID uint32
+	// Hosts, if set, are addresses of interest (say, a test topology's
+	// ports): Addr returns one of them half of the time.
+	Hosts []netip.Addr
 }
 
 // New returns a generator seeded with seed.
@@ -30,6 +33,9 @@ var portPool = []uint16{22, 53, 80, 443, 1000, 1023, 1024, 8080, 65535}
 
 // Addr returns a random IPv4 address from the pool.
 func (g *Gen) Addr() netip.Addr {
+	if len(g.Hosts) > 0 && g.R.IntN(2) == 0 {
+		return g.Hosts[g.R.IntN(len(g.Hosts))]
+	}
 	if g.R.IntN(10) == 0 {
 		return netip.AddrFrom4([4]byte{192, 168, byte(g.R.IntN(2)), byte(g.R.IntN(4))})
 	}
