@@ -1,0 +1,118 @@
+package plumbing
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+)
+
+// TestEnsureVXLANConverges: the overlay device is created in external mode,
+// left alone when right, adjusted in place where the kernel allows it and
+// replaced where it does not.
+func TestEnsureVXLANConverges(t *testing.T) {
+	node := newNetns(t, "node")
+	spec := VXLANSpec{Name: "mvx0", Underlay: netip.MustParseAddr("10.201.7.11"), MTU: 1450}
+	steps := []struct {
+		name        string
+		disturb     func(t *testing.T)
+		edit        func(s *VXLANSpec)
+		wantCreated bool
+		wantChanges []string
+	}{
+		{name: "creates the device", wantCreated: true},
+		{name: "second ensure changes nothing"},
+		{name: "new MTU is set in place", edit: func(s *VXLANSpec) { s.MTU = 1400 }, wantChanges: []string{"mvx0: mtu 1450 -> 1400"}},
+		{name: "device set down is brought up", disturb: func(t *testing.T) { setDown(t, "mvx0") }, wantChanges: []string{"mvx0: up"}},
+		{name: "new underlay address replaces the device", edit: func(s *VXLANSpec) { s.Underlay = netip.MustParseAddr("10.201.7.12") },
+			wantCreated: true, wantChanges: []string{"mvx0: replaced, its local address was 10.201.7.11"}},
+		{name: "learning device is replaced", disturb: func(t *testing.T) { replaceWithLearningVXLAN(t, "mvx0") },
+			wantCreated: true, wantChanges: []string{"mvx0: replaced, it was not in external mode"}},
+	}
+	for _, step := range steps {
+		t.Run(step.name, func(t *testing.T) {
+			enterNetns(t, node)
+			if step.disturb != nil {
+				step.disturb(t)
+			}
+			if step.edit != nil {
+				step.edit(&spec)
+			}
+			res, err := EnsureVXLAN(spec)
+			if err != nil {
+				t.Fatalf("EnsureVXLAN: %v", err)
+			}
+			if res.Created != step.wantCreated || (!step.wantCreated && len(step.wantChanges) == 0 && !res.Unchanged()) {
+				t.Errorf("result %+v, want created=%v and changes %q", res, step.wantCreated, step.wantChanges)
+			}
+			for _, c := range step.wantChanges {
+				if !slices.Contains(res.Changes, c) {
+					t.Errorf("changes %q lack %q", res.Changes, c)
+				}
+			}
+			l, err := netlink.LinkByName("mvx0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, ok := l.(*netlink.Vxlan)
+			if !ok {
+				t.Fatalf("mvx0 is a %s", l.Type())
+			}
+			local, _ := netip.AddrFromSlice(v.SrcAddr)
+			if !v.FlowBased || v.Learning || v.Port != DefaultVXLANPort || local.Unmap() != spec.Underlay ||
+				v.MTU != spec.MTU || v.Flags&net.FlagUp == 0 || v.Index != res.Index {
+				t.Errorf("mvx0 = external %v, learning %v, port %d, local %v, mtu %d, flags %v, index %d; want %+v at index %d",
+					v.FlowBased, v.Learning, v.Port, local, v.MTU, v.Flags, v.Index, spec, res.Index)
+			}
+			if got := readSysctlHere(t, "net/ipv4/conf/mvx0/rp_filter"); got != "0" {
+				t.Errorf("rp_filter = %s", got)
+			}
+		})
+	}
+}
+
+func replaceWithLearningVXLAN(t *testing.T, name string) {
+	t.Helper()
+	l, err := netlink.LinkByName(name)
+	if err == nil {
+		err = netlink.LinkDel(l)
+	}
+	if err == nil {
+		err = netlink.LinkAdd(&netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: name}, VxlanId: 7, Learning: true, Port: DefaultVXLANPort})
+	}
+	if err != nil {
+		t.Fatalf("replace %s with a learning vxlan: %v", name, err)
+	}
+}
+
+// TestConfigureTap converges an existing tap and refuses a missing one.
+func TestConfigureTap(t *testing.T) {
+	enterNetns(t, newNetns(t, "node"))
+	if _, err := ConfigureTap("mtap0", 1450); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("ConfigureTap of a missing tap: %v, want ErrNotFound", err)
+	}
+	tap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "mtap0"}, Mode: netlink.TUNTAP_MODE_TAP, Flags: netlink.TUNTAP_DEFAULTS | netlink.TUNTAP_NO_PI}
+	if err := netlink.LinkAdd(tap); err != nil {
+		t.Fatalf("create tap: %v", err)
+	}
+	t.Cleanup(func() {
+		for _, f := range tap.Fds {
+			f.Close()
+		}
+	})
+	for _, want := range []struct {
+		mtu       int
+		unchanged bool
+	}{{1450, false}, {1450, true}, {1400, false}} {
+		res, err := ConfigureTap("mtap0", want.mtu)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Unchanged() != want.unchanged {
+			t.Errorf("ConfigureTap(%d): changes %q, want unchanged=%v", want.mtu, res.Changes, want.unchanged)
+		}
+	}
+}
