@@ -71,6 +71,9 @@ type Stats struct {
 	Transactions uint64
 	// MaxBatch is the largest number of Update requests handled by one commit.
 	MaxBatch uint64
+	// WatchFallbacks counts how often a watcher's live buffer overflowed
+	// and it had to re-read the persisted log (a sign of slow consumers).
+	WatchFallbacks uint64
 	// Revision and CompactedRevision are the current values.
 	Revision          int64
 	CompactedRevision int64
@@ -105,9 +108,10 @@ type Bolt struct {
 	rev       atomic.Int64 // last committed (and published) revision
 	compacted atomic.Int64
 
-	commits  atomic.Uint64
-	txns     atomic.Uint64
-	maxBatch atomic.Uint64
+	commits        atomic.Uint64
+	txns           atomic.Uint64
+	maxBatch       atomic.Uint64
+	watchFallbacks atomic.Uint64
 }
 
 var _ Store = (*Bolt)(nil)
@@ -179,6 +183,7 @@ func (s *Bolt) Stats() Stats {
 		Commits:           s.commits.Load(),
 		Transactions:      s.txns.Load(),
 		MaxBatch:          s.maxBatch.Load(),
+		WatchFallbacks:    s.watchFallbacks.Load(),
 		Revision:          s.rev.Load(),
 		CompactedRevision: s.compacted.Load(),
 	}
@@ -223,6 +228,10 @@ type updateResult struct {
 }
 
 // Update queues fn for the committer and waits for its commit.
+//
+// fn runs on the committer goroutine, one fn at a time, which is what makes
+// transactions serializable. It must therefore be short and must not call
+// Update or View on the same store (that would deadlock the committer).
 //
 // ctx is honoured while waiting for the committer to take the request. Once
 // taken, the request is answered within one commit; Update then waits for

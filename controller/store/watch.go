@@ -202,6 +202,8 @@ func (s *Bolt) publish(committed []revEvents, rev, compacted int64) {
 			default:
 			}
 			w.lagging = true
+			s.watchFallbacks.Add(1)
+			s.log.Debug("watcher fell behind, falling back to the log", "prefix", w.prefix, "revision", c.rev)
 			select {
 			case w.lagged <- struct{}{}:
 			default:

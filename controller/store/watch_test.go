@@ -223,6 +223,9 @@ func TestWatchHandOverUnderConcurrentWrites(t *testing.T) {
 					break
 				}
 			}
+			if tt.buffer == 1 && s.Stats().WatchFallbacks == 0 {
+				t.Fatal("the tiny buffer never overflowed: the log fallback was not exercised")
+			}
 			for res := range results {
 				var want []int64
 				for r := res.from + 1; r <= final; r++ {
@@ -318,6 +321,9 @@ func TestSlowWatcherDoesNotBlockWriters(t *testing.T) {
 		put(t, s, fmt.Sprintf("k%d", i), "x")
 	}
 	t.Logf("%d writes with a stalled watcher: %v", n, time.Since(start))
+	if s.Stats().WatchFallbacks == 0 {
+		t.Fatal("stalled watcher never overflowed its buffer")
+	}
 	// The watcher then reads everything, in order, from the log.
 	got := collect(t, ch, n, 10*time.Second)
 	for i, r := range got {
