@@ -34,8 +34,11 @@ const (
 	SubnetGW = "10.0.1.1"
 )
 
-// Projects lists the seeded projects with their organisations.
-var Projects = []struct{ Name, Org string }{{ProjectA1, OrgA}, {ProjectA2, OrgA}, {ProjectB1, OrgB}}
+// ProjectRef is a project and its organisation.
+type ProjectRef struct{ Name, Org string }
+
+// Projects lists the seeded projects: a1, a2, b1.
+var Projects = []ProjectRef{{ProjectA1, OrgA}, {ProjectA2, OrgA}, {ProjectB1, OrgB}}
 
 // Seed creates the fixed topology as the system administrator:
 //
