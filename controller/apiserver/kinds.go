@@ -387,11 +387,10 @@ func prepareSubnet(c *txc, old, obj proto.Message) error {
 	return nil
 }
 
-func decorateSubnet(s *Server, tx store.ReadTx, m proto.Message, full bool) error {
+func decorateSubnet(s *Server, tx store.ReadTx, m proto.Message, _ bool) error {
 	sn := m.(*v1.Subnet)
-	if !full {
-		return nil // counting addresses costs a scan: not for every item of a listing
-	}
+	// Usage reads one occupancy bitmap per 256 addresses: cheap enough for
+	// listings too.
 	isn, err := ipamSubnet(sn, false)
 	if err != nil {
 		return err
