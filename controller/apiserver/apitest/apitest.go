@@ -189,14 +189,19 @@ type State struct {
 }
 
 // State returns the store revision and the number of audit records.
-func (e *Env) State() State {
-	e.T.Helper()
-	return State{Revision: e.Store.Revision(), Audit: e.AuditCount()}
+func (e *Env) State() State { return e.StateT(e.T) }
+
+// StateT is State reporting failures to t (inside fuzz targets, where the
+// *testing.F the Env was built with must not be used).
+func (e *Env) StateT(t testing.TB) State {
+	return State{Revision: e.Store.Revision(), Audit: e.AuditCountT(t)}
 }
 
 // AuditCount counts audit records directly in the store.
-func (e *Env) AuditCount() int {
-	e.T.Helper()
+func (e *Env) AuditCount() int { return e.AuditCountT(e.T) }
+
+// AuditCountT is AuditCount reporting failures to t.
+func (e *Env) AuditCountT(t testing.TB) int {
 	var n int
 	err := e.Store.View(context.Background(), func(tx store.ReadTx) error {
 		var err error
@@ -204,7 +209,7 @@ func (e *Env) AuditCount() int {
 		return err
 	})
 	if err != nil {
-		e.T.Fatalf("count audit records: %v", err)
+		t.Fatalf("count audit records: %v", err)
 	}
 	return n
 }

@@ -2,6 +2,7 @@ package apitest
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	v1 "github.com/meridian-sdn/meridian/api/meridian/v1"
@@ -98,4 +99,12 @@ func Seeded(t testing.TB) *Env {
 	e := New(t, Options{})
 	e.Seed()
 	return e
+}
+
+// ProjectOf returns the project part of a resource name.
+func ProjectOf(name string) string {
+	if i := strings.Index(strings.TrimPrefix(name, "projects/"), "/"); strings.HasPrefix(name, "projects/") && i >= 0 {
+		return name[:len("projects/")+i]
+	}
+	return name
 }
