@@ -59,8 +59,9 @@ type Config struct {
 	// MaxTombstones bounds the deleted keys remembered per node (default
 	// DefaultMaxTombstones). Trimming raises the node's resume floor.
 	MaxTombstones int
-	// Authorize, when set, is called on every agent RPC; an error is
-	// returned to the agent as is (use a gRPC status error).
+	// Authorize is called on every agent RPC; an error is returned to the
+	// agent as is (use a gRPC status error). Default SystemAdminOnly, so a
+	// wiring that forgets it fails closed.
 	Authorize func(ctx context.Context) error
 	// Now is the clock (default time.Now).
 	Now func() time.Time
@@ -138,6 +139,9 @@ func New(cfg Config) (*Distributor, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Authorize == nil {
+		cfg.Authorize = SystemAdminOnly
 	}
 	d := &Distributor{
 		cfg:       cfg,

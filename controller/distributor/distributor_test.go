@@ -13,6 +13,7 @@ import (
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
 	mv1 "github.com/meridian-sdn/meridian/api/meridian/v1"
+	"github.com/meridian-sdn/meridian/controller/auth"
 	"github.com/meridian-sdn/meridian/controller/distributor/agenttest"
 	"github.com/meridian-sdn/meridian/controller/resource"
 	"github.com/meridian-sdn/meridian/controller/store"
@@ -472,11 +473,11 @@ func TestSyncRequiresHello(t *testing.T) {
 	}
 }
 
-// TestAuthorize: the hook guards both RPCs.
+// TestAuthorize: the default hook (SystemAdminOnly) guards both RPCs.
 func TestAuthorize(t *testing.T) {
 	ctx := testCtx(t)
 	st, _ := openStore(t)
-	e := startEnv(t, st, func(c *Config) { c.Authorize = SystemAdminOnly })
+	e := startEnv(t, st, func(c *Config) { c.Authorize = nil })
 	client := agentv1.NewAgentServiceClient(e.conn)
 	if _, err := client.Register(ctx, &agentv1.RegisterRequest{Node: "n1", UnderlayIp: "192.0.2.1"}); status.Code(err) != codes.Unauthenticated {
 		t.Errorf("Register without identity: %v, want Unauthenticated", err)
@@ -487,5 +488,14 @@ func TestAuthorize(t *testing.T) {
 	}
 	if _, err := stream.Recv(); status.Code(err) != codes.Unauthenticated {
 		t.Errorf("Sync without identity: %v, want Unauthenticated", err)
+	}
+	for _, tc := range []struct {
+		role auth.Role
+		want codes.Code
+	}{{auth.RoleSystemAdmin, codes.OK}, {auth.RoleOrgAdmin, codes.PermissionDenied}, {auth.RoleUser, codes.PermissionDenied}} {
+		err := SystemAdminOnly(auth.WithIdentity(ctx, &auth.Identity{Subject: "node-n1", Role: tc.role}))
+		if status.Code(err) != tc.want {
+			t.Errorf("SystemAdminOnly(%s) = %v, want %v", tc.role, err, tc.want)
+		}
 	}
 }

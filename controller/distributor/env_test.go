@@ -79,7 +79,8 @@ type env struct {
 
 func startEnv(t *testing.T, st store.Store, mod func(*Config)) *env {
 	t.Helper()
-	cfg := Config{Store: st, Logger: quiet(), BatchWindow: 5 * time.Millisecond}
+	cfg := Config{Store: st, Logger: quiet(), BatchWindow: 5 * time.Millisecond,
+		Authorize: func(context.Context) error { return nil }} // no auth interceptor here
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -41,12 +41,7 @@ func SystemAdminOnly(ctx context.Context) error {
 	return nil
 }
 
-func (s *service) authorize(ctx context.Context) error {
-	if s.d.cfg.Authorize == nil {
-		return nil
-	}
-	return s.d.cfg.Authorize(ctx)
-}
+func (s *service) authorize(ctx context.Context) error { return s.d.cfg.Authorize(ctx) }
 
 var roleNames = map[string]mv1.NodeRole{
 	"compute": mv1.NodeRole_COMPUTE, "gateway": mv1.NodeRole_GATEWAY, "load-balancer": mv1.NodeRole_LOAD_BALANCER,
