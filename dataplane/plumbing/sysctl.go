@@ -107,3 +107,19 @@ func inNetns(ns netns.NsHandle, fn func() error) error {
 	}()
 	return <-errc
 }
+
+// RunInNetns runs fn on a locked thread inside the namespace at path (e.g.
+// /run/netns/web-1) and returns its error. Sockets fn creates stay in that
+// namespace after it returns, which is how tests open listeners and probes
+// in workload namespaces without a process per namespace.
+func RunInNetns(path string, fn func() error) error {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer ns.Close()
+	if err := inNetns(ns, fn); err != nil {
+		return fmt.Errorf("in netns %s: %w", path, err)
+	}
+	return nil
+}
