@@ -247,6 +247,9 @@ func (d *Distributor) reload(ctx context.Context) error {
 	for n := range dirty {
 		ns := d.node(n)
 		want := m.NodeState(n)
+		if len(ns.objs) == 0 {
+			ns.objs = make(map[string]entry, len(want))
+		}
 		changed := false
 		for k := range ns.objs {
 			if _, ok := want[k]; !ok {

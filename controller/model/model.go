@@ -539,7 +539,13 @@ func (m *Model) key(ref string) string { return m.resKey[ref] }
 // computeNodeKeys is the definition of a node's desired state; holds must
 // agree with it key by key.
 func (m *Model) computeNodeKeys(n string) set {
-	out := set{}
+	// Presize: ports dominate, and growing large maps is most of the cost
+	// of a full build.
+	size := len(m.nodeSGs[n]) * 2
+	for vpc := range m.nodeVpcs[n] {
+		size += len(m.vpcPorts[vpc]) + 3*len(m.vpcSubnets[vpc]) + len(m.vpcNodes[vpc]) + 1
+	}
+	out := make(set, size)
 	put := func(ref string) {
 		if k := m.key(ref); k != "" {
 			out[k] = struct{}{}
