@@ -43,11 +43,30 @@ func SystemAdminOnly(ctx context.Context) error {
 
 func (s *service) authorize(ctx context.Context) error { return s.d.cfg.Authorize(ctx) }
 
-var roleNames = map[string]mv1.NodeRole{
-	"compute": mv1.NodeRole_COMPUTE, "gateway": mv1.NodeRole_GATEWAY, "load-balancer": mv1.NodeRole_LOAD_BALANCER,
+// roleOf maps the agent protocol's role names to the API's roles.
+func roleOf(s string) (mv1.NodeRole, bool) {
+	switch s {
+	case "compute":
+		return mv1.NodeRole_COMPUTE, true
+	case "gateway":
+		return mv1.NodeRole_GATEWAY, true
+	case "load-balancer":
+		return mv1.NodeRole_LOAD_BALANCER, true
+	}
+	return mv1.NodeRole_NODE_ROLE_UNSPECIFIED, false
 }
 
-var realizationNames = map[string]mv1.Realization{"": mv1.Realization_EBPF, "ebpf": mv1.Realization_EBPF, "ovn": mv1.Realization_OVN}
+// realizationOf maps the agent protocol's realization names; empty means
+// the default, eBPF.
+func realizationOf(s string) (mv1.Realization, bool) {
+	switch s {
+	case "", "ebpf":
+		return mv1.Realization_EBPF, true
+	case "ovn":
+		return mv1.Realization_OVN, true
+	}
+	return mv1.Realization_REALIZATION_UNSPECIFIED, false
+}
 
 // invalid builds an InvalidArgument status naming the offending fields.
 func invalid(vs []*errdetails.BadRequest_FieldViolation) error {
@@ -81,7 +100,7 @@ func (s *service) Register(ctx context.Context, req *agentv1.RegisterRequest) (*
 	}
 	var roles []mv1.NodeRole
 	for i, r := range req.GetRoles() {
-		role, ok := roleNames[r]
+		role, ok := roleOf(r)
 		if !ok {
 			bad(fmt.Sprintf("roles[%d]", i), "unknown role %q (want compute, gateway or load-balancer)", r)
 		}
@@ -92,7 +111,7 @@ func (s *service) Register(ctx context.Context, req *agentv1.RegisterRequest) (*
 	}
 	slices.Sort(roles)
 	roles = slices.Compact(roles)
-	realization, ok := realizationNames[req.GetRealization()]
+	realization, ok := realizationOf(req.GetRealization())
 	if !ok {
 		bad("realization", "unknown realization %q (want ebpf or ovn)", req.GetRealization())
 	}

@@ -164,13 +164,19 @@ func (m *Model) compilePort(p *mv1.Port) (*agentv1.Object, []string) {
 	return &agentv1.Object{Key: key("port", p.GetId()), Body: &agentv1.Object_Port{Port: out}}, slices.Compact(deps)
 }
 
-// Protocol numbers of the names the API accepts.
-var protocolNumbers = map[string]uint32{"all": 0, "": 0, "icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
-
+// protocolNumber maps the API's protocol names and numbers to numbers.
 func protocolNumber(s string) uint32 {
-	s = strings.ToLower(strings.TrimSpace(s))
-	if n, ok := protocolNumbers[s]; ok {
-		return n
+	switch s = strings.ToLower(strings.TrimSpace(s)); s {
+	case "", "all":
+		return 0
+	case "icmp":
+		return 1
+	case "tcp":
+		return 6
+	case "udp":
+		return 17
+	case "icmpv6":
+		return 58
 	}
 	n, err := strconv.ParseUint(s, 10, 8)
 	if err != nil {

@@ -178,10 +178,13 @@ func (m *Model) reset() {
 	m.holders = map[string]set{}
 }
 
-// The resource kinds the model reads. Others (projects, ...) are ignored.
-var modelKinds = []*resource.Kind{
-	resource.KindNode, resource.KindVpc, resource.KindNetworkAcl, resource.KindRouteTable,
-	resource.KindSubnet, resource.KindSecurityGroup, resource.KindPort,
+// modelKinds are the resource kinds the model reads. Others (projects, ...)
+// are ignored.
+func modelKinds() []*resource.Kind {
+	return []*resource.Kind{
+		resource.KindNode, resource.KindVpc, resource.KindNetworkAcl, resource.KindRouteTable,
+		resource.KindSubnet, resource.KindSecurityGroup, resource.KindPort,
+	}
 }
 
 // Load replaces the model's content with a full build from tx.
@@ -189,7 +192,7 @@ func (m *Model) Load(tx store.ReadTx) error {
 	m.reset()
 	var discard changeSet
 	discard.init()
-	for _, k := range modelKinds {
+	for _, k := range modelKinds() {
 		kvs, err := tx.List(k.Prefix(), "", 0)
 		if err != nil {
 			return fmt.Errorf("model: list %s at revision %d: %w", k.Prefix(), tx.Revision(), err)
@@ -264,7 +267,7 @@ func parseKey(key string) (*resource.Kind, string, bool) {
 	if !ok {
 		return nil, "", false
 	}
-	for _, k := range modelKinds {
+	for _, k := range modelKinds() {
 		if k.Name == kindName {
 			return k, name, true
 		}
