@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -160,20 +161,21 @@ func (r *Run) startAgents(ctx context.Context, topo Topology) error {
 	if err != nil {
 		return err
 	}
+	bpffs, err := r.mountBPFFS()
+	if err != nil {
+		return err
+	}
 	st := r.State()
 	errs := make([]error, len(st.Nodes))
 	var wg sync.WaitGroup
 	for i, n := range st.Nodes {
 		node, _ := topo.node(n.Name)
 		sock := filepath.Join(st.RunDir, n.Name+"-agent.sock")
-		pins := "/sys/fs/bpf/meridian-" + st.RunID + "-" + n.Name
+		pins := filepath.Join(bpffs, "meridian-"+st.RunID+"-"+n.Name)
 		if len(sock) > maxSockPath {
 			return fmt.Errorf("agent socket path %s is longer than %d bytes: set TMPDIR shorter", sock, maxSockPath)
 		}
-		if err := r.record(func(st *State) {
-			st.Pins = append(st.Pins, pins)
-			st.Nodes[i].AgentSocket, st.Nodes[i].BPFFS = sock, pins
-		}); err != nil {
+		if err := r.record(func(st *State) { st.Nodes[i].AgentSocket, st.Nodes[i].BPFFS = sock, pins }); err != nil {
 			return err
 		}
 		argv := []string{"nsenter", "--net=" + netnsPath(n.Netns), "--", bin,
@@ -191,6 +193,39 @@ func (r *Run) startAgents(ctx context.Context, topo Topology) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// mountBPFFS mounts a bpffs of the run's own in the run directory. A
+// private instance, rather than directories under a shared /sys/fs/bpf
+// (which need not even be mounted), isolates runs from each other and from
+// the host, and unmounting it releases every pin an agent left behind.
+func (r *Run) mountBPFFS() (string, error) {
+	dir := filepath.Join(r.st.RunDir, "bpffs")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return "", fmt.Errorf("bpffs mount point: %w", err)
+	}
+	if err := r.record(func(st *State) { st.BPFFS = dir }); err != nil {
+		return "", err
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		return "", fmt.Errorf("mount bpffs on %s: %w", dir, err)
+	}
+	return dir, nil
+}
+
+// unmountBPFFS undoes mountBPFFS; nothing mounted there is fine.
+func unmountBPFFS(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("unmount bpffs %s: %w", dir, err)
+	}
+	return nil
 }
 
 // AgentClient connects to a node agent's local API.

@@ -285,7 +285,7 @@ func (r *Run) wireNode(fh *netlink.Handle, bridge int, portName, ns string, addr
 	return setUp(nh, uplinkName)
 }
 
-// Close stops every process of the run, removes its namespaces, pins and
+// Close stops every process of the run, removes its namespaces, bpffs and
 // (unless KeepRunDir) its directory. It is idempotent; if something cannot
 // be removed, the state file stays so that `meridian-e2e down` can retry.
 func (r *Run) Close() error {
@@ -308,10 +308,8 @@ func (r *Run) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	for _, pin := range r.st.Pins {
-		if err := os.RemoveAll(pin); err != nil {
-			errs = append(errs, fmt.Errorf("remove bpffs pins: %w", err))
-		}
+	if err := unmountBPFFS(r.st.BPFFS); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) > 0 || r.opts.KeepRunDir {
 		return errors.Join(errs...)
@@ -329,7 +327,6 @@ func (r *Run) State() State {
 	st := *r.st
 	st.Netns = slices.Clone(st.Netns)
 	st.Procs = slices.Clone(st.Procs)
-	st.Pins = slices.Clone(st.Pins)
 	st.Nodes = slices.Clone(st.Nodes)
 	st.Workloads = slices.Clone(st.Workloads)
 	return st

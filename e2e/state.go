@@ -24,7 +24,7 @@ type State struct {
 	HTTP      string          `json:"http,omitempty"`   // controller's HTTP address
 	Netns     []string        `json:"netns,omitempty"`  // every namespace created, in order
 	Procs     []ProcState     `json:"processes,omitempty"`
-	Pins      []string        `json:"pins,omitempty"` // bpffs directories handed to agents
+	BPFFS     string          `json:"bpffs,omitempty"` // the run's own bpffs mount; agents pin below it
 	Nodes     []NodeState     `json:"nodes,omitempty"`
 	Workloads []WorkloadState `json:"workloads,omitempty"`
 	Intent    string          `json:"intent,omitempty"` // path of the applied documents
