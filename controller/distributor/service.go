@@ -21,6 +21,10 @@ import (
 	"github.com/meridian-sdn/meridian/controller/store"
 )
 
+// largeResponse is the size above which a sync response is logged: gRPC's
+// default receive limit.
+const largeResponse = 4 << 20
+
 // service implements agentv1.AgentService. It is a separate type because
 // the RPC named Register would clash with Distributor.Register(*grpc.Server).
 type service struct {
@@ -239,6 +243,11 @@ func (s *service) Sync(stream agentv1.AgentService_SyncServer) error {
 	sent := uint64(0)
 	for {
 		if resp != nil {
+			if size := proto.Size(resp); size > largeResponse {
+				// gRPC clients refuse messages over 4 MiB by default; the
+				// protocol has no chunking, so the agent must raise its limit.
+				log.Warn("large sync response", "bytes", size, "version", resp.GetVersion(), "snapshot", resp.GetSnapshot())
+			}
 			if err := stream.Send(resp); err != nil {
 				return fmt.Errorf("sync %s: send version %d: %w", node, resp.GetVersion(), err)
 			}

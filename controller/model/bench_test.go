@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
 
 	mv1 "github.com/meridian-sdn/meridian/api/meridian/v1"
@@ -79,13 +80,30 @@ func benchStore(b *testing.B) *memTx {
 // BenchmarkFullBuild: Load of the whole model (objects and per-node state).
 func BenchmarkFullBuild(b *testing.B) {
 	tx := benchStore(b)
+	var m *Model
 	b.ResetTimer()
 	for b.Loop() {
-		m := New(quiet())
+		m = New(quiet())
 		if err := m.Load(tx); err != nil {
 			b.Fatal(err)
 		}
 	}
+	b.StopTimer()
+	// Retained memory of one built model, for sizing.
+	var before, after runtime.MemStats
+	m = nil
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	m = loadModel(b, tx)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "heap-MB")
+	entries := 0
+	for _, n := range m.Nodes() {
+		entries += len(m.NodeState(n))
+	}
+	b.ReportMetric(float64(entries), "node-objects")
+	runtime.KeepAlive(m)
 }
 
 // BenchmarkRuleChange: one rule of one security group changes.
