@@ -114,7 +114,7 @@ func TestCloseRemovesEverything(t *testing.T) {
 				t.Errorf("namespaces left: %v", left)
 			}
 			for _, p := range st.Procs {
-				if p.alive() {
+				if p.Alive() {
 					t.Errorf("process %s (pid %d) still runs", p.Name, p.PID)
 				}
 			}

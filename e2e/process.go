@@ -70,8 +70,8 @@ func procStartTime(pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
-// alive says whether the recorded process still runs (a zombie does not).
-func (p ProcState) alive() bool {
+// Alive says whether the recorded process still runs (a zombie does not).
+func (p ProcState) Alive() bool {
 	st, err := procStartTime(p.PID)
 	if err != nil || st != p.StartTime {
 		return false
@@ -88,7 +88,7 @@ func (p ProcState) alive() bool {
 // reaper's channel when this process started it, nil otherwise (then the
 // process is polled; its parent, init, reaps it).
 func (p ProcState) stop(exited <-chan struct{}, grace time.Duration) error {
-	if p.StartTime == 0 || !p.alive() {
+	if p.StartTime == 0 || !p.Alive() {
 		return nil
 	}
 	gone := func() bool {
@@ -100,7 +100,7 @@ func (p ProcState) stop(exited <-chan struct{}, grace time.Duration) error {
 				return false
 			}
 		}
-		return !p.alive()
+		return !p.Alive()
 	}
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
 		if err := syscall.Kill(p.PID, sig); err != nil && !errors.Is(err, syscall.ESRCH) {

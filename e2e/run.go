@@ -34,6 +34,32 @@ const (
 	StageWorkloads
 )
 
+func (s Stage) String() string {
+	switch s {
+	case StageFabric:
+		return "fabric"
+	case StageController:
+		return "controller"
+	case StageAgents:
+		return "agents"
+	case StageWorkloads:
+		return "workloads"
+	}
+	return fmt.Sprintf("stage(%d)", int(s))
+}
+
+// ParseStage is the inverse of Stage.String.
+func ParseStage(name string) (Stage, error) {
+	var names []string
+	for s := StageFabric; s <= StageWorkloads; s++ {
+		if s.String() == name {
+			return s, nil
+		}
+		names = append(names, s.String())
+	}
+	return 0, fmt.Errorf("stage %q is not one of %s", name, strings.Join(names, ", "))
+}
+
 // Options tune Up. The zero value builds everything with binaries from
 // $MERIDIAN_BIN_DIR or the module's bin/ directory.
 type Options struct {
