@@ -345,8 +345,13 @@ func (s *Server) update(ctx context.Context, k *resource.Kind, in proto.Message,
 		return nil, invalid(snake+".name", "%v", err)
 	}
 	h := s.hooks[k]
+	explicit := len(mask) > 0
 	mask = resource.NormalizePaths(k, mask)
-	if len(mask) == 0 {
+	// name and etag identify the resource and carry the precondition; they
+	// are never updated. grpc-gateway derives a PATCH's mask from the JSON
+	// body, so a body carrying its etag (as the API asks) puts "etag" in it.
+	mask = slices.DeleteFunc(mask, func(p string) bool { return p == "etag" || p == "name" })
+	if len(mask) == 0 && !explicit {
 		mask = h.mutable
 	}
 	var vs violations
