@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +41,7 @@ type Controller struct {
 	http    *http.Server
 	reg     *prometheus.Registry
 	ready   atomic.Bool
+	addrMu  sync.Mutex // guards grpcLis and httpLis: Addrs is called while Serve starts
 	grpcLis net.Listener
 	httpLis net.Listener
 	gwLis   net.Listener
@@ -151,10 +153,14 @@ func serverTLS(cfg Config) (*tls.Config, error) {
 // Serve listens and serves until ctx is done, then stops gracefully.
 func (c *Controller) Serve(ctx context.Context) error {
 	var err error
+	c.addrMu.Lock()
 	if c.grpcLis, err = listen(c.cfg.ListenGRPC); err != nil {
+		c.addrMu.Unlock()
 		return fmt.Errorf("listen gRPC: %w", err)
 	}
-	if c.httpLis, err = net.Listen("tcp", c.cfg.ListenHTTP); err != nil {
+	c.httpLis, err = net.Listen("tcp", c.cfg.ListenHTTP)
+	c.addrMu.Unlock()
+	if err != nil {
 		return fmt.Errorf("listen HTTP: %w", err)
 	}
 	// The HTTP/JSON gateway reaches the gRPC services over a private unix
@@ -226,6 +232,8 @@ func (c *Controller) Serve(ctx context.Context) error {
 
 // Addrs returns the listening addresses once Serve has started listening.
 func (c *Controller) Addrs() (grpcAddr, httpAddr string) {
+	c.addrMu.Lock()
+	defer c.addrMu.Unlock()
 	if c.grpcLis == nil || c.httpLis == nil {
 		return "", ""
 	}
