@@ -337,3 +337,22 @@ func TestConcurrentPortCreatesExhaustASlash27Exactly(t *testing.T) {
 		t.Fatalf("new port got %v, the only free address is %v", p.FixedIps, freed.FixedIps)
 	}
 }
+
+// TestEtagInTheMaskIsAPreconditionNotAField: grpc-gateway derives a
+// PATCH's mask from the body, so {"description":..,"etag":..} arrives with
+// "etag" in the mask; it must act as the precondition only, and a mask of
+// nothing but the etag must change nothing.
+func TestEtagInTheMaskIsAPreconditionNotAField(t *testing.T) {
+	e := apitest.Seeded(t)
+	ctx := apitest.Ctx(t)
+	vpc := apitest.Must[*v1.Vpc](t)(e.Admin.Net.GetVpc(ctx, &v1.GetVpcRequest{Name: apitest.VPC2}))
+	stale := vpc.Etag
+	vpc = apitest.Must[*v1.Vpc](t)(e.Admin.Net.UpdateVpc(ctx, &v1.UpdateVpcRequest{Vpc: &v1.Vpc{Name: apitest.VPC2, Etag: vpc.Etag, Description: "kept"}, UpdateMask: mask("description", "etag")}))
+	_, err := e.Admin.Net.UpdateVpc(ctx, &v1.UpdateVpcRequest{Vpc: &v1.Vpc{Name: apitest.VPC2, Etag: stale, Description: "lost"}, UpdateMask: mask("description", "etag")})
+	apitest.WantCode(t, err, codes.Aborted, "")
+	before := e.State()
+	got := apitest.Must[*v1.Vpc](t)(e.Admin.Net.UpdateVpc(ctx, &v1.UpdateVpcRequest{Vpc: &v1.Vpc{Name: apitest.VPC2, Etag: vpc.Etag}, UpdateMask: mask("etag")}))
+	if got.Description != "kept" || len(got.CidrBlocks) != 1 || e.State() != before {
+		t.Fatalf("an etag-only mask changed the resource: %v", got)
+	}
+}
