@@ -3,6 +3,7 @@ package distributor
 import (
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -497,5 +498,55 @@ func TestAuthorize(t *testing.T) {
 		if status.Code(err) != tc.want {
 			t.Errorf("SystemAdminOnly(%s) = %v, want %v", tc.role, err, tc.want)
 		}
+	}
+}
+
+// TestDeltaIsMinimal: a delta carries only what changed for the node, and a
+// change that alters no compiled object sends nothing.
+func TestDeltaIsMinimal(t *testing.T) {
+	ctx := testCtx(t)
+	st, _ := openStore(t)
+	rev := fixture(t, st)
+	e := startEnv(t, st, nil)
+	a := agenttest.New(e.conn, "n1")
+	var mu sync.Mutex
+	var last *agentv1.SyncResponse
+	a.OnResponse = func(r *agentv1.SyncResponse) { mu.Lock(); last = r; mu.Unlock() }
+	if err := a.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	converge(t, e, a, "n1", rev)
+
+	rev = write(t, st, sg(sgW, 1, vpcA, 80, 443, 9000))
+	converge(t, e, a, "n1", rev)
+	mu.Lock()
+	got := last
+	mu.Unlock()
+	if got.GetSnapshot() || len(got.GetUpserts()) != 1 || got.GetUpserts()[0].GetKey() != "sg/1" || len(got.GetDeletes()) != 0 {
+		t.Errorf("rule change delta = %v, want one upsert of sg/1", got)
+	}
+
+	v := a.Version()
+	desc := vpc(vpcA, 1)
+	desc.Description = "only words"
+	rev = write(t, st, desc)
+	if err := e.d.WaitRevision(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	if d := e.d.Status("n1").Desired; d != v {
+		t.Errorf("description change moved n1's desired version %d -> %d", v, d)
+	}
+
+	ev, err := st.Update(ctx, func(tx store.Tx) error { return tx.Delete(resource.KindPort.Key(proj + "/ports/a2")) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	converge(t, e, a, "n1", ev)
+	mu.Lock()
+	got = last
+	mu.Unlock()
+	// a2 was n2's only port: the port goes, and n2 stops being a peer.
+	if len(got.GetUpserts()) != 0 || !slices.Equal(got.GetDeletes(), []string{"node/n2", "port/2"}) {
+		t.Errorf("port delete delta = %v, want deletes [node/n2 port/2]", got)
 	}
 }
