@@ -230,7 +230,7 @@ func unmountBPFFS(dir string) error {
 
 // AgentClient connects to a node agent's local API.
 func (r *Run) AgentClient(node string) (agentv1.LocalAgentServiceClient, func() error, error) {
-	n, ok := findByName(r.State().Nodes, node, func(n NodeState) string { return n.Name })
+	n, ok := r.State().node(node)
 	if !ok || n.AgentSocket == "" {
 		return nil, nil, fmt.Errorf("node %s has no agent in run %s", node, r.st.RunID)
 	}
@@ -304,7 +304,7 @@ func (r *Run) AttachWorkload(ctx context.Context, w Workload) error {
 // DetachWorkload unplugs a workload through its node's agent; its
 // namespace stays until Close.
 func (r *Run) DetachWorkload(ctx context.Context, name string) error {
-	w, ok := findByName(r.State().Workloads, name, func(w WorkloadState) string { return w.Name })
+	w, ok := r.State().workload(name)
 	if !ok {
 		return fmt.Errorf("no workload %q in run %s", name, r.st.RunID)
 	}
@@ -327,10 +327,9 @@ func Build(ctx context.Context, dir string, cmds ...string) error {
 	if err != nil {
 		return err
 	}
-	gobin := filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-	if p, err := exec.LookPath("go"); err == nil {
-		gobin = p
-	} else if _, err := os.Stat("/usr/local/go/bin/go"); err == nil {
+	// Go is not always on root's PATH on these machines.
+	gobin, err := exec.LookPath("go")
+	if err != nil {
 		gobin = "/usr/local/go/bin/go"
 	}
 	args := []string{"build", "-o", dir + string(filepath.Separator)}

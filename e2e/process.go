@@ -41,7 +41,7 @@ func startProcess(name, logPath string, argv []string) (*child, error) {
 		c.err = cmd.Wait()
 		close(c.exited)
 	}()
-	st, err := procStartTime(c.PID)
+	st, _, err := procStat(c.PID)
 	if err != nil {
 		// It died at once; the caller sees that when it waits for readiness.
 		return c, nil
@@ -50,38 +50,32 @@ func startProcess(name, logPath string, argv []string) (*child, error) {
 	return c, nil
 }
 
-// procStartTime reads field 22 of /proc/PID/stat (start time in clock
-// ticks since boot), which with the PID names one process for good.
-func procStartTime(pid int) (uint64, error) {
+// procStat reads the start time (field 22 of /proc/PID/stat, clock ticks
+// since boot: with the PID it names one process for good) and the state
+// letter (field 3).
+func procStat(pid int) (start uint64, state string, err error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	// The command name (field 2) may hold spaces and parentheses: split
 	// after its closing parenthesis. Field 3 is then the first.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+		return 0, "", fmt.Errorf("/proc/%d/stat: no command name", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 20 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
+		return 0, "", fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
 	}
-	return strconv.ParseUint(f[19], 10, 64)
+	start, err = strconv.ParseUint(f[19], 10, 64)
+	return start, f[0], err
 }
 
 // Alive says whether the recorded process still runs (a zombie does not).
 func (p ProcState) Alive() bool {
-	st, err := procStartTime(p.PID)
-	if err != nil || st != p.StartTime {
-		return false
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.PID) + "/stat")
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i < 0 || len(b) < i+3 || b[i+2] != 'Z'
+	start, state, err := procStat(p.PID)
+	return err == nil && start == p.StartTime && state != "Z"
 }
 
 // stop ends the process: SIGTERM, then SIGKILL after grace. exited is the

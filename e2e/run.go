@@ -364,10 +364,10 @@ func (r *Run) Netns(name string) (string, error) {
 	if name == fabricName && st.Fabric != "" {
 		return st.Fabric, nil
 	}
-	if n, ok := findByName(st.Nodes, name, func(n NodeState) string { return n.Name }); ok {
+	if n, ok := st.node(name); ok {
 		return n.Netns, nil
 	}
-	if w, ok := findByName(st.Workloads, name, func(w WorkloadState) string { return w.Name }); ok {
+	if w, ok := st.workload(name); ok {
 		return w.Netns, nil
 	}
 	return "", fmt.Errorf("no node or workload %q in run %s", name, st.RunID)
@@ -381,10 +381,10 @@ func (r *Run) Addr(name string) (netip.Addr, error) {
 		return a, nil
 	}
 	st := r.State()
-	if n, ok := findByName(st.Nodes, name, func(n NodeState) string { return n.Name }); ok {
+	if n, ok := st.node(name); ok {
 		return n.Underlay, nil
 	}
-	if w, ok := findByName(st.Workloads, name, func(w WorkloadState) string { return w.Name }); ok {
+	if w, ok := st.workload(name); ok {
 		for _, ip := range w.IPs {
 			if p, err := netip.ParsePrefix(ip); err == nil && p.Addr().Is4() {
 				return p.Addr(), nil
@@ -393,16 +393,6 @@ func (r *Run) Addr(name string) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("workload %s has no IPv4 address (not attached?)", name)
 	}
 	return netip.Addr{}, fmt.Errorf("no node or workload %q in run %s", name, st.RunID)
-}
-
-func findByName[T any](items []T, name string, nameOf func(T) string) (T, bool) {
-	for _, it := range items {
-		if nameOf(it) == name {
-			return it, true
-		}
-	}
-	var zero T
-	return zero, false
 }
 
 // Exec runs argv in the namespace of a node, a workload or the fabric.

@@ -98,3 +98,21 @@ func (s State) underlay() map[string]netip.Addr {
 	}
 	return m
 }
+
+func (s State) node(name string) (NodeState, bool) {
+	for _, n := range s.Nodes {
+		if n.Name == name {
+			return n, true
+		}
+	}
+	return NodeState{}, false
+}
+
+func (s State) workload(name string) (WorkloadState, bool) {
+	for _, w := range s.Workloads {
+		if w.Name == name {
+			return w, true
+		}
+	}
+	return WorkloadState{}, false
+}

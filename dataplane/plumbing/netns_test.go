@@ -73,13 +73,8 @@ func enterNetns(t *testing.T, path string) {
 // readSysctlIn reads /proc/sys/<path> inside the namespace at nsPath.
 func readSysctlIn(t *testing.T, nsPath string, path ...string) string {
 	t.Helper()
-	ns, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
 	var val []byte
-	err = inNetns(ns, func() error {
+	err := RunInNetns(nsPath, func() error {
 		var err error
 		val, err = os.ReadFile(filepath.Join(append([]string{"/proc/sys"}, path...)...))
 		return err
