@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -36,21 +37,68 @@ func (r *Run) RunDir() string { return r.st.RunDir }
 // RunID is the random ID in every name the run creates.
 func (r *Run) RunID() string { return r.st.RunID }
 
-// spawn records and starts a process, then waits until ready succeeds.
-func (r *Run) spawn(ctx context.Context, name string, argv []string, ready func() error) error {
+// spawn records and starts a process, then waits until it accepts
+// connections on its unix socket.
+func (r *Run) spawn(ctx context.Context, name, socket string, argv []string) error {
 	c, err := startProcess(name, filepath.Join(r.st.RunDir, name+".log"), argv)
 	if err != nil {
 		return err
 	}
+	c.Socket = socket
 	r.mu.Lock()
 	r.children[c.PID] = c
 	r.mu.Unlock()
-	if err := r.record(func(st *State) { st.Procs = append(st.Procs, c.ProcState) }); err != nil {
+	if err := r.record(func(st *State) {
+		// A restarted process takes its predecessor's place in the order.
+		if i := slices.IndexFunc(st.Procs, func(p ProcState) bool { return p.Name == name }); i >= 0 {
+			st.Procs[i] = c.ProcState
+		} else {
+			st.Procs = append(st.Procs, c.ProcState)
+		}
+	}); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.opts.ReadyTimeout)
 	defer cancel()
-	return c.waitReady(ctx, ready)
+	return c.waitReady(ctx, dialable(socket))
+}
+
+// Stop ends one of the run's processes ("controller", "node-1-agent")
+// the way Close does, leaving its pins and state behind, e.g. to check
+// that the data path outlives its agent.
+func (r *Run) Stop(name string) error {
+	p, exited, err := r.proc(name)
+	if err != nil {
+		return err
+	}
+	return p.stop(exited, stopGrace)
+}
+
+// Restart stops a process if it runs and starts it again with the same
+// command line, waiting until it serves.
+func (r *Run) Restart(ctx context.Context, name string) error {
+	if err := r.Stop(name); err != nil {
+		return err
+	}
+	p, _, err := r.proc(name)
+	if err != nil {
+		return err
+	}
+	return r.spawn(ctx, name, p.Socket, p.Argv)
+}
+
+func (r *Run) proc(name string) (ProcState, <-chan struct{}, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := slices.IndexFunc(r.st.Procs, func(p ProcState) bool { return p.Name == name })
+	if i < 0 {
+		return ProcState{}, nil, fmt.Errorf("no process %q in run %s", name, r.st.RunID)
+	}
+	p := r.st.Procs[i]
+	if c := r.children[p.PID]; c != nil {
+		return p, c.exited, nil
+	}
+	return p, nil, nil
 }
 
 // dialable reports whether a unix socket accepts connections.
@@ -98,7 +146,7 @@ func (r *Run) startController(ctx context.Context, topo Topology) error {
 	}
 	argv := []string{bin, "--data-dir", data, "--tokens-file", tokens, "--listen-grpc", r.ControllerEndpoint(),
 		"--listen-http", httpAddr, "--log-level", "debug"}
-	if err := r.spawn(ctx, "controller", argv, dialable(r.controllerSocket())); err != nil {
+	if err := r.spawn(ctx, "controller", r.controllerSocket(), argv); err != nil {
 		return err
 	}
 	docs, err := topo.Documents(r.State().underlay())
@@ -186,7 +234,7 @@ func (r *Run) startAgents(ctx context.Context, topo Topology) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := r.spawn(ctx, n.Name+"-agent", argv, dialable(sock)); err != nil {
+			if err := r.spawn(ctx, n.Name+"-agent", sock, argv); err != nil {
 				errs[i] = fmt.Errorf("node %s: %w", n.Name, err)
 			}
 		}()

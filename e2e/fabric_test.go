@@ -45,6 +45,10 @@ func TestFabricConnectsNodes(t *testing.T) {
 	if !strings.Contains(out, want) {
 		t.Errorf("node-3's %s: %q, want address %s", uplinkName, out, want)
 	}
+	// /sys shows the root namespace under nsenter --net: ask netlink.
+	if out, err := r.Exec(ctx, "node-1", "ip", "-o", "link", "show", "dev", uplinkName); err != nil || !strings.Contains(out, " mtu 9000 ") {
+		t.Errorf("node-1's %s MTU: %q (%v), want the default 9000", uplinkName, out, err)
+	}
 	if out, err := r.Exec(ctx, fabricName, "ip", "-o", "link", "show", "master", bridgeName); err != nil || strings.Count(out, "\n") != 3 {
 		t.Errorf("bridge ports in the fabric: %v\n%s", err, out)
 	}
@@ -170,5 +174,18 @@ func TestControllerStageAppliesIntent(t *testing.T) {
 			t.Errorf("second apply changed something:\n%s", out)
 			break
 		}
+	}
+
+	// A restarted controller serves on the same socket from the same store.
+	before := r.State().Procs[0]
+	if err := r.Restart(ctx, "controller"); err != nil {
+		t.Fatal(err)
+	}
+	after := r.State().Procs
+	if len(after) != 1 || after[0].PID == before.PID || before.Alive() || !after[0].Alive() {
+		t.Errorf("processes after restart: %+v (before: pid %d)", after, before.PID)
+	}
+	if out, err := r.Ctl(ctx, "port", "list", "--parent", "projects/demo"); err != nil || !strings.Contains(out, "10.0.2.21") {
+		t.Errorf("port list after restart: %v\n%s", err, out)
 	}
 }

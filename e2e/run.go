@@ -270,7 +270,7 @@ func (r *Run) buildFabric(ctx context.Context, topo Topology) error {
 		if err != nil {
 			return err
 		}
-		if err := r.wireNode(fh, br.Index, fmt.Sprintf("n%d", i), ns, netip.PrefixFrom(ip, r.st.Subnet.Bits())); err != nil {
+		if err := r.wireNode(fh, br.Index, fmt.Sprintf("n%d", i), ns, netip.PrefixFrom(ip, r.st.Subnet.Bits()), topo.underlayMTU()); err != nil {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
 		if err := r.record(func(st *State) {
@@ -282,7 +282,7 @@ func (r *Run) buildFabric(ctx context.Context, topo Topology) error {
 	return nil
 }
 
-func (r *Run) wireNode(fh *netlink.Handle, bridge int, portName, ns string, addr netip.Prefix) error {
+func (r *Run) wireNode(fh *netlink.Handle, bridge int, portName, ns string, addr netip.Prefix, mtu int) error {
 	nh, nns, err := handleAt(ns)
 	if err != nil {
 		return err
@@ -290,8 +290,9 @@ func (r *Run) wireNode(fh *netlink.Handle, bridge int, portName, ns string, addr
 	defer nns.Close()
 	defer nh.Close()
 	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: portName, MasterIndex: bridge},
+		LinkAttrs:     netlink.LinkAttrs{Name: portName, MasterIndex: bridge, MTU: mtu},
 		PeerName:      uplinkName,
+		PeerMTU:       uint32(mtu),
 		PeerNamespace: netlink.NsFd(int(nns)),
 	}
 	if err := fh.LinkAdd(veth); err != nil {

@@ -60,6 +60,7 @@ type ProcState struct {
 	StartTime uint64   `json:"startTime"`
 	Argv      []string `json:"argv"`
 	Log       string   `json:"log"`
+	Socket    string   `json:"socket"` // serving on it means ready`
 }
 
 func (s *State) save() error {

@@ -22,6 +22,7 @@ import (
 //	  subnet: projects/demo/vpcs/prod/subnets/web   # optional, see Workload
 //	  ip: 10.0.1.11                                  # optional
 //	  securityGroups: [projects/demo/securityGroups/web]
+//	underlayMTU: 9000           # optional, the default
 //	intent: |
 //	  kind: Project
 //	  name: projects/demo
@@ -34,6 +35,20 @@ type Topology struct {
 	// Node documents and the Port documents of workloads with a Subnet are
 	// generated and appended; see Documents.
 	Intent string `json:"intent,omitempty"`
+	// UnderlayMTU is the MTU of the fabric; 0 means DefaultUnderlayMTU.
+	UnderlayMTU int `json:"underlayMTU,omitempty"`
+}
+
+// DefaultUnderlayMTU is a data-centre fabric's jumbo MTU, so that 1500-byte
+// workload packets fit after VXLAN's 50 bytes. Scenarios about MTU set
+// their own.
+const DefaultUnderlayMTU = 9000
+
+func (t Topology) underlayMTU() int {
+	if t.UnderlayMTU == 0 {
+		return DefaultUnderlayMTU
+	}
+	return t.UnderlayMTU
 }
 
 // Node is one host: a namespace with an underlay address and an agent.
@@ -91,6 +106,9 @@ func (t Topology) Validate() error {
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	if len(t.Nodes) == 0 {
 		bad("nodes: at least one node is needed")
+	}
+	if m := t.UnderlayMTU; m != 0 && (m < 1280 || m > 65535) {
+		bad("underlayMTU %d: want 1280..65535", m)
 	}
 	names := map[string]string{fabricName: "the fabric"}
 	hosts := map[uint8]string{}

@@ -20,6 +20,7 @@ func TestParseTopologyRejects(t *testing.T) {
 		{"node named like the fabric", "nodes: [{name: fabric}]", `"fabric" is already the fabric`},
 		{"upper-case name", "nodes: [{name: Node1}]", "only a-z"},
 		{"duplicate underlay host", "nodes: [{name: a, underlayHost: 12}, {name: b}]", "underlayHost 12 is already node a's"},
+		{"tiny underlay MTU", "nodes: [{name: a}]\nunderlayMTU: 576", "want 1280..65535"},
 		{"broadcast underlay host", "nodes: [{name: a, underlayHost: 255}]", "not a host address"},
 		{"unknown role", "nodes: [{name: a, roles: [router]}]", `role "router"`},
 		{"workload on a missing node", "nodes: [{name: a}]\nworkloads: [{name: w, node: b, port: projects/p/ports/w}]", `node "b" is not in nodes`},
