@@ -2,6 +2,7 @@ package plumbing
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 func baseSpec(workload string) WorkloadSpec {
@@ -177,27 +179,45 @@ func setDown(t *testing.T, name string) {
 	}
 }
 
-// TestEnsureWorkloadVethNetnsGone: when the workload's namespace has been
-// deleted, ensuring the port removes the host end and says why.
+// TestEnsureWorkloadVethNetnsGone: when the workload's namespace has gone,
+// however it went, ensuring the port removes the host end and says why.
 func TestEnsureWorkloadVethNetnsGone(t *testing.T) {
-	node, workload := newNetns(t, "node"), newNetns(t, "wl")
-	enterNetns(t, node)
-	spec := baseSpec(workload)
-	if _, err := EnsureWorkloadVeth(spec); err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name   string
+		remove func(path string) error
+	}{
+		{"namespace deleted", func(path string) error {
+			out, err := exec.Command("ip", "netns", "del", filepath.Base(path)).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("%w: %s", err, out)
+			}
+			return nil
+		}},
+		// What a crashed runtime can leave: the file without the namespace.
+		{"namespace unmounted, file left", func(path string) error { return unix.Unmount(path, unix.MNT_DETACH) }},
 	}
-	if out, err := exec.Command("ip", "netns", "del", filepath.Base(workload)).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns del: %v\n%s", err, out)
-	}
-	_, err := EnsureWorkloadVeth(spec)
-	if !errors.Is(err, ErrNetnsGone) {
-		t.Fatalf("EnsureWorkloadVeth after netns deletion: %v, want ErrNetnsGone", err)
-	}
-	if l, err := lookupLink(mustHandle(t), spec.HostName); err != nil || l != nil {
-		t.Errorf("host end still there (%v) or lookup failed: %v", l, err)
-	}
-	if err := DeleteWorkloadVeth(spec.HostName); err != nil {
-		t.Errorf("DeleteWorkloadVeth of a missing pair: %v, want nil", err)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			node, workload := newNetns(t, "node"), newNetns(t, "wl")
+			enterNetns(t, node)
+			spec := baseSpec(workload)
+			if _, err := EnsureWorkloadVeth(spec); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.remove(workload); err != nil {
+				t.Fatalf("remove %s: %v", workload, err)
+			}
+			_, err := EnsureWorkloadVeth(spec)
+			if !errors.Is(err, ErrNetnsGone) {
+				t.Fatalf("EnsureWorkloadVeth: %v, want ErrNetnsGone", err)
+			}
+			if l, err := lookupLink(mustHandle(t), spec.HostName); err != nil || l != nil {
+				t.Errorf("host end still there (%v) or lookup failed: %v", l, err)
+			}
+			if err := DeleteWorkloadVeth(spec.HostName); err != nil {
+				t.Errorf("DeleteWorkloadVeth of a missing pair: %v, want nil", err)
+			}
+		})
 	}
 }
 

@@ -116,3 +116,18 @@ func TestConfigureTap(t *testing.T) {
 		}
 	}
 }
+
+// TestEnsureNodeSysctls turns the node-wide reverse-path filter off once.
+func TestEnsureNodeSysctls(t *testing.T) {
+	enterNetns(t, newNetns(t, "node"))
+	writeSysctl(t, "net/ipv4/conf/all/rp_filter", "2")
+	for _, want := range []int{1, 0} {
+		changes, err := EnsureNodeSysctls()
+		if err != nil || len(changes) != want {
+			t.Fatalf("EnsureNodeSysctls: changes %q, err %v; want %d changes", changes, err, want)
+		}
+	}
+	if got := readSysctlHere(t, "net/ipv4/conf/all/rp_filter"); got != "0" {
+		t.Errorf("all/rp_filter = %s", got)
+	}
+}
