@@ -56,9 +56,15 @@ func handleAt(name string) (*netlink.Handle, netns.NsHandle, error) {
 	return h, ns, nil
 }
 
+// Command returns a command that runs argv inside the named namespace. It
+// enters with nsenter --net rather than `ip netns exec`, which remounts /sys
+// and so hides bpffs from the command.
+func Command(ctx context.Context, netnsName string, argv ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + netnsPath(netnsName), "--"}, argv...)...)
+}
+
 // Exec runs argv inside the named namespace and returns its combined
-// output. It enters with nsenter --net rather than `ip netns exec`, which
-// remounts /sys and so hides bpffs from the command.
+// output; the error includes the output too.
 func Exec(ctx context.Context, netnsName string, argv ...string) (string, error) {
 	if len(argv) == 0 {
 		return "", errors.New("exec: no command")
@@ -68,8 +74,7 @@ func Exec(ctx context.Context, netnsName string, argv ...string) (string, error)
 		ctx, cancel = context.WithTimeout(ctx, DefaultExecTimeout)
 		defer cancel()
 	}
-	args := append([]string{"--net=" + netnsPath(netnsName), "--"}, argv...)
-	out, err := exec.CommandContext(ctx, "nsenter", args...).CombinedOutput()
+	out, err := Command(ctx, netnsName, argv...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("exec in %s: %s: %w\n%s", netnsName, strings.Join(argv, " "), err, out)
 	}

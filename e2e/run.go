@@ -387,8 +387,14 @@ func (r *Run) Addr(name string) (netip.Addr, error) {
 	}
 	if w, ok := st.workload(name); ok {
 		for _, ip := range w.IPs {
-			if p, err := netip.ParsePrefix(ip); err == nil && p.Addr().Is4() {
-				return p.Addr(), nil
+			// The agent reports addresses with their prefix length; accept
+			// bare ones too.
+			a, err := netip.ParseAddr(ip)
+			if p, perr := netip.ParsePrefix(ip); perr == nil {
+				a, err = p.Addr(), nil
+			}
+			if err == nil && a.Is4() {
+				return a, nil
 			}
 		}
 		return netip.Addr{}, fmt.Errorf("workload %s has no IPv4 address (not attached?)", name)

@@ -222,7 +222,7 @@ func execIn(ctx context.Context, r *e2e.Run, args []string) (int, error) {
 	if err != nil {
 		return 1, err
 	}
-	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=/run/netns/" + ns, "--"}, argv...)...)
+	cmd := e2e.Command(ctx, ns, argv...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	err = cmd.Run()
 	var exit *exec.ExitError
