@@ -1,0 +1,126 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meridian-sdn/meridian/dataplane/datapath"
+)
+
+// WorkloadSpec is one workload interface to plumb.
+type WorkloadSpec struct {
+	HostName  string // host end of the veth
+	NetnsPath string
+	IfName    string
+	MAC       net.HardwareAddr
+	Addrs     []netip.Prefix
+	Gateway   netip.Addr
+	MTU       int
+}
+
+// Plumber creates and removes the node's interfaces. The agent's own
+// implementation uses netlink (package plumbing); tests may substitute.
+type Plumber interface {
+	EnsureWorkload(WorkloadSpec) error
+	DeleteWorkload(hostName string) error
+	// EnsureOverlay creates (or keeps) the VXLAN device in external mode and
+	// returns its ifindex.
+	EnsureOverlay(name string, underlay netip.Addr, mtu int) (int, error)
+}
+
+// setupNode prepares what every node needs once: the VXLAN device with the
+// overlay program, and the data path's knowledge of it.
+func (a *Agent) setupNode() error {
+	idx, err := a.plumb.EnsureOverlay(a.cfg.VXLANName, a.cfg.UnderlayIP, 1500)
+	if err != nil {
+		return fmt.Errorf("agent: overlay device: %w", err)
+	}
+	if err := a.dp.Attach(datapath.HookOverlay, idx); err != nil {
+		return fmt.Errorf("agent: attach overlay program: %w", err)
+	}
+	a.overlay = idx
+	return nil
+}
+
+// watchDrops turns policy drop events from the data path into structured
+// logs: who dropped what, by which rule.
+func (a *Agent) watchDrops(ctx context.Context) {
+	r, err := a.dp.DropEvents()
+	if err != nil {
+		a.log.Error("drop events unavailable", "err", err)
+		return
+	}
+	defer r.Close()
+	for ctx.Err() == nil {
+		r.SetDeadline(time.Now().Add(500 * time.Millisecond))
+		ev, err := r.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Error("read drop event", "err", err)
+			}
+			return
+		}
+		a.log.Info("policy drop", "reason", ev.Reason.String(), "rule", ev.Rule, "port", ev.Port,
+			"direction", ev.Direction.String(), "vpc", ev.VPC, "proto", ev.Protocol,
+			"src", ev.Src.String()+":"+strconv.Itoa(int(ev.SrcPort)), "dst", ev.Dst.String()+":"+strconv.Itoa(int(ev.DstPort)))
+	}
+}
+
+// dropCollector exports the data path's drop counters per reason and port
+// at scrape time, so nothing is copied between scrapes.
+type dropCollector struct {
+	dp   *datapath.Datapath
+	desc *prometheus.Desc
+	ct   *prometheus.Desc
+}
+
+func (c *dropCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc; ch <- c.ct }
+
+func (c *dropCollector) Collect(ch chan<- prometheus.Metric) {
+	drops, err := c.dp.Drops()
+	if err == nil {
+		for _, d := range drops {
+			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(d.Packets), d.Reason.String(), strconv.Itoa(int(d.Port)))
+		}
+	}
+	if st, err := c.dp.ConntrackStats(); err == nil {
+		for name, v := range map[string]uint64{"inserts": st.Inserts, "insert_failures": st.InsertFailures,
+			"hits": st.Hits, "misses": st.Misses, "expired": st.Expired} {
+			ch <- prometheus.MustNewConstMetric(c.ct, prometheus.CounterValue, float64(v), name)
+		}
+	}
+}
+
+// serveMetrics serves /metrics and /healthz on addr until ctx is done.
+func (a *Agent) serveMetrics(ctx context.Context, addr string) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&dropCollector{
+		dp:   a.dp,
+		desc: prometheus.NewDesc("meridian_agent_drops_total", "Packets dropped by the data path, by reason and port ID.", []string{"reason", "port"}, nil),
+		ct:   prometheus.NewDesc("meridian_agent_conntrack_events_total", "Conntrack table events.", []string{"event"}, nil),
+	})
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meridian_agent_desired_version", Help: "Version of the desired state received."},
+		func() float64 { a.mu.Lock(); defer a.mu.Unlock(); return float64(a.version) }))
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { <-ctx.Done(); srv.Close() }()
+	if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("agent metrics: %w", err)
+	}
+	return nil
+}
