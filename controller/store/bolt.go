@@ -28,6 +28,7 @@ const (
 	DefaultLogRetention = 100000
 	DefaultMaxBatch     = 512
 	DefaultWatchBuffer  = 1024
+	DefaultMmapSize     = 1 << 30
 )
 
 // Options configures Open. The zero value is usable.
@@ -42,6 +43,12 @@ type Options struct {
 	// WatchBuffer is the number of revisions buffered per watcher before it
 	// falls back to reading the persisted log (default DefaultWatchBuffer).
 	WatchBuffer int
+	// MmapSize is the initial size of bolt's memory map (default
+	// DefaultMmapSize). It only reserves address space. It matters because
+	// bolt must remap to grow the file, and a remap waits for every open
+	// read transaction: with a small map, one long View would stall all
+	// commits. Size it above the expected file size.
+	MmapSize int
 	// Logger receives operational messages (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -55,6 +62,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.WatchBuffer <= 0 {
 		o.WatchBuffer = DefaultWatchBuffer
+	}
+	if o.MmapSize <= 0 {
+		o.MmapSize = DefaultMmapSize
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -122,8 +132,9 @@ func Open(path string, opts Options) (*Bolt, error) {
 	opts = opts.withDefaults()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		// Fail instead of hanging forever if another process holds the file.
-		Timeout: 5 * time.Second,
-		NoSync:  false,
+		Timeout:         5 * time.Second,
+		NoSync:          false,
+		InitialMmapSize: opts.MmapSize,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
