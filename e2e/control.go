@@ -16,7 +16,9 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
 	"github.com/meridian-sdn/meridian/ctl"
@@ -325,13 +327,14 @@ func (r *Run) AttachWorkload(ctx context.Context, w Workload) error {
 	req := &agentv1.AttachPortRequest{Port: w.Port, Target: &agentv1.AttachPortRequest_NetnsPath{NetnsPath: netnsPath(ns)}}
 	var resp *agentv1.AttachPortResponse
 	for {
-		callCtx, callCancel := context.WithTimeout(ctx, 10*time.Second)
-		resp, err = client.AttachPort(callCtx, req)
-		callCancel()
+		resp, err = client.AttachPort(ctx, req)
 		if err == nil {
 			break
 		}
 		r.log.Debug("attach retry", "workload", w.Name, "err", err)
+		if permanent(err) {
+			return fmt.Errorf("attach workload %s to %s on %s: %w", w.Name, w.Port, w.Node, err)
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("attach workload %s to %s on %s: %w\nagent log:\n%s", w.Name, w.Port, w.Node, err,
@@ -347,6 +350,16 @@ func (r *Run) AttachWorkload(ctx context.Context, w Workload) error {
 			}
 		}
 	})
+}
+
+// permanent says whether retrying a call cannot help: the request itself
+// is wrong. Anything else may be an agent still catching up.
+func permanent(err error) bool {
+	switch status.Code(err) {
+	case codes.InvalidArgument, codes.PermissionDenied, codes.Unauthenticated, codes.Unimplemented, codes.AlreadyExists:
+		return true
+	}
+	return false
 }
 
 // DetachWorkload unplugs a workload through its node's agent; its

@@ -38,13 +38,19 @@ type WorkloadSpec struct {
 	// Gateway is the next hop of the default route (added on-link); the
 	// zero Addr means no default route.
 	Gateway netip.Addr
-	// MTU applies to both ends.
+	// MTU applies to both ends; 0 means DefaultMTU.
 	MTU int
 }
+
+// DefaultMTU is Ethernet's, for specs (and subnets) that leave it unset.
+const DefaultMTU = 1500
 
 func (s WorkloadSpec) normalize() (WorkloadSpec, error) {
 	if s.IfName == "" {
 		s.IfName = DefaultWorkloadIfName
+	}
+	if s.MTU == 0 {
+		s.MTU = DefaultMTU
 	}
 	if err := validIfName(s.HostName); err != nil {
 		return s, fmt.Errorf("host end: %w", err)

@@ -45,6 +45,8 @@ func TestEnsureWorkloadVethConverges(t *testing.T) {
 		{name: "second ensure changes nothing"},
 		{name: "new MTU is set on both ends", edit: func(s *WorkloadSpec) { s.MTU = 1400 },
 			wantChanges: []string{"mp42: mtu 1450 -> 1400", "eth0: mtu 1450 -> 1400"}},
+		{name: "unset MTU means 1500", edit: func(s *WorkloadSpec) { s.MTU = 0 },
+			wantChanges: []string{"mp42: mtu 1400 -> 1500", "eth0: mtu 1400 -> 1500"}},
 		{name: "new address replaces the old one", edit: func(s *WorkloadSpec) { s.Addrs = []netip.Prefix{netip.MustParsePrefix("10.0.1.12/24")} },
 			wantChanges: []string{"eth0: address 10.0.1.11/24 removed", "eth0: address 10.0.1.12/24 added"}},
 		{name: "new MAC is set on the workload end", edit: func(s *WorkloadSpec) { s.MAC = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x2b} },
@@ -94,6 +96,10 @@ func TestEnsureWorkloadVethConverges(t *testing.T) {
 // calling thread's (node) namespace.
 func checkPair(t *testing.T, spec WorkloadSpec, hostIndex int) {
 	t.Helper()
+	spec, err := spec.normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
 	host, err := netlink.LinkByName(spec.HostName)
 	if err != nil {
 		t.Fatalf("host end: %v", err)

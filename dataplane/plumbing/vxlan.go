@@ -17,7 +17,7 @@ type VXLANSpec struct {
 	Name     string
 	Underlay netip.Addr // local tunnel endpoint
 	Port     int        // UDP destination port; 0 means DefaultVXLANPort
-	MTU      int
+	MTU      int        // 0 leaves the kernel's choice
 }
 
 // EnsureVXLAN converges the overlay device to spec. Attributes the kernel
