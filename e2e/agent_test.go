@@ -10,7 +10,7 @@ import (
 // verdicts within a node and across the overlay, and that forwarding
 // survives an agent restart.
 func TestTwoNodeVPC(t *testing.T) {
-	if err := Build(t.Context(), testBins, "meridian-agent"); err != nil {
+	if err := Build(t.Context(), testBins, "./cmd/meridian-agent"); err != nil {
 		t.Fatal(err)
 	}
 	topo, err := LoadTopology(filepath.Join("testdata", "two-node.yaml"))

@@ -380,10 +380,10 @@ func (r *Run) DetachWorkload(ctx context.Context, name string) error {
 	return nil
 }
 
-// Build compiles the named commands (e.g. "meridian-controller") of the
-// module into dir, so a test runs the code it was built with rather than
-// whatever bin/ holds.
-func Build(ctx context.Context, dir string, cmds ...string) error {
+// Build compiles packages of the module (e.g. "./cmd/meridian-controller")
+// into dir, so a test runs the code it was built with rather than whatever
+// bin/ holds.
+func Build(ctx context.Context, dir string, pkgs ...string) error {
 	root, err := ModuleRoot()
 	if err != nil {
 		return err
@@ -393,14 +393,10 @@ func Build(ctx context.Context, dir string, cmds ...string) error {
 	if err != nil {
 		gobin = "/usr/local/go/bin/go"
 	}
-	args := []string{"build", "-o", dir + string(filepath.Separator)}
-	for _, c := range cmds {
-		args = append(args, "./cmd/"+c)
-	}
-	cmd := exec.CommandContext(ctx, gobin, args...)
+	cmd := exec.CommandContext(ctx, gobin, append([]string{"build", "-o", dir + string(filepath.Separator)}, pkgs...)...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %w\n%s", strings.Join(cmds, " "), err, out)
+		return fmt.Errorf("go build %s: %w\n%s", strings.Join(pkgs, " "), err, out)
 	}
 	return nil
 }

@@ -27,7 +27,7 @@ func runTests(m *testing.M) int {
 	defer cancel()
 	// The agent is built by the test that needs it: the other tests must
 	// not depend on it compiling.
-	if err := Build(ctx, dir, "meridian-controller"); err != nil {
+	if err := Build(ctx, dir, "./cmd/meridian-controller"); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e tests:", err)
 		return 1
 	}
