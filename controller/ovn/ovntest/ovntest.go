@@ -99,6 +99,10 @@ func Start(t testing.TB, opts Options) *Stack {
 			t.Fatalf("ovntest: %v", err)
 		}
 	}
+	// NB_Global is what `--wait` waits on; a real deployment always has it.
+	if out, err := s.Ctl("ovn-nbctl", s.NB, "init"); err != nil {
+		t.Fatalf("ovntest: ovn-nbctl init: %v: %s", err, out)
+	}
 	if !opts.NoNorthd {
 		if err := s.startNorthd(); err != nil {
 			t.Fatalf("ovntest: %v", err)

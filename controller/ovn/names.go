@@ -1,0 +1,68 @@
+package ovn
+
+import (
+	"fmt"
+	"strconv"
+)
+
+// external_ids keys on every row Meridian owns. KeyID identifies the row
+// within its table (the reconciler diffs by it); KeyOwner names the model
+// object that produced it ("vpc/7"); KeyKind says which part of the mapping
+// it is, for people reading the NB.
+const (
+	KeyID    = "meridian:id"
+	KeyOwner = "meridian:owner"
+	KeyKind  = "meridian:kind"
+)
+
+// OwnerGlobal owns the rows that belong to no single object.
+const OwnerGlobal = "meridian"
+
+// Port groups and address sets are named in ACL matches ("@mer_ports",
+// "$mer_sg_7_ip4"), so their names use only characters valid there.
+const (
+	// AllPortsGroup holds every Meridian logical switch port: its ACLs deny
+	// what no security group allows.
+	AllPortsGroup = "mer_ports"
+)
+
+func itoa(id uint32) string { return strconv.FormatUint(uint64(id), 10) }
+
+// RouterName is the Logical_Router of a VPC.
+func RouterName(vpc uint32) string { return "mer-vpc-" + itoa(vpc) }
+
+// SwitchName is the Logical_Switch of a subnet.
+func SwitchName(subnet uint32) string { return "mer-subnet-" + itoa(subnet) }
+
+// RouterPortName is the subnet's port on its VPC's router.
+func RouterPortName(subnet uint32) string { return "mer-lrp-" + itoa(subnet) }
+
+// SwitchRouterPortName is the subnet switch's port peering with the router.
+func SwitchRouterPortName(subnet uint32) string { return "mer-rtr-" + itoa(subnet) }
+
+// LogicalPortName is the Logical_Switch_Port of a Meridian port. Agents in
+// OVN mode set it as the interface's external_ids:iface-id.
+func LogicalPortName(port uint32) string { return "mer-port-" + itoa(port) }
+
+// PortGroupName is the Port_Group of a security group.
+func PortGroupName(sg uint32) string { return "mer_sg_" + itoa(sg) }
+
+// AddressSetName is the Address_Set of a security group's member addresses
+// of one family. It must not be "<port group>_ip4": northd derives SB
+// address sets of that name from every port group, and two of one name
+// make its SB transactions fail.
+func AddressSetName(sg uint32, ipv6 bool) string {
+	if ipv6 {
+		return "mer_sgaddr_" + itoa(sg) + "_ip6"
+	}
+	return "mer_sgaddr_" + itoa(sg) + "_ip4"
+}
+
+// RouteTableName is the OVN route table of a Meridian route table.
+func RouteTableName(rt uint32) string { return "mer-rt-" + itoa(rt) }
+
+// routerMAC is the MAC of a subnet's router port: locally administered,
+// unique per subnet, and stable, so a re-render never changes it.
+func routerMAC(subnet uint32) string {
+	return fmt.Sprintf("02:4d:%02x:%02x:%02x:%02x", byte(subnet>>24), byte(subnet>>16), byte(subnet>>8), byte(subnet))
+}

@@ -1,0 +1,330 @@
+package ovn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/go-logr/logr"
+	"github.com/ovn-kubernetes/libovsdb/cache"
+	"github.com/ovn-kubernetes/libovsdb/client"
+	"github.com/ovn-kubernetes/libovsdb/model"
+
+	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
+	"github.com/meridian-sdn/meridian/controller/ovn/nbdb"
+)
+
+// Defaults for Config.
+const (
+	DefaultDebounce       = 50 * time.Millisecond
+	DefaultResyncInterval = 5 * time.Minute
+	DefaultMaxOps         = 2000
+	DefaultTimeout        = 30 * time.Second
+)
+
+// Config configures a Reconciler.
+type Config struct {
+	// NB is the northbound database endpoint ("unix:/run/ovn/ovnnb_db.sock",
+	// "tcp:10.0.0.5:6641"); several, comma-separated, for a cluster.
+	NB string
+	// Source is where the logical model comes from (required by Run; see
+	// StoreSource). Sync can be used without it.
+	Source Source
+	Logger *slog.Logger // default slog.Default()
+	// Debounce is how long a pass waits after the first change of a burst,
+	// so a burst becomes one pass (default DefaultDebounce).
+	Debounce time.Duration
+	// ResyncInterval is how often a pass runs with no change at all, a
+	// safety net for drift the cache events missed (default
+	// DefaultResyncInterval).
+	ResyncInterval time.Duration
+	// MaxOps caps the operations of one transaction (default DefaultMaxOps);
+	// a parent and the children it links always share one.
+	MaxOps int
+	// Timeout bounds connecting and each pass (default DefaultTimeout).
+	Timeout time.Duration
+}
+
+// Source supplies the logical model to Run.
+type Source interface {
+	// Run feeds the source until ctx is done, calling changed (which must
+	// not block) whenever the objects may have changed.
+	Run(ctx context.Context, changed func()) error
+	// Objects returns every current object by key and the store revision
+	// they reflect. The objects are shared and must not be modified.
+	Objects() (map[string]*agentv1.Object, int64)
+}
+
+// Status is the reconciler's sync state.
+type Status struct {
+	Connected bool
+	Synced    bool      // the last pass succeeded
+	Revision  int64     // store revision of the intent the last successful pass wrote
+	LastSync  time.Time // end of the last successful pass
+	LastError string    // error of the last pass, "" when it succeeded
+	Passes    uint64
+	Last      SyncResult // what the last successful pass wrote
+	Total     SyncResult // everything written since start
+}
+
+// Reconciler keeps OVN's northbound database equal to the rendering of the
+// logical model. Create it with NewReconciler; drive it with Run, or call
+// Connect and then Sync yourself.
+type Reconciler struct {
+	cfg Config
+	log *slog.Logger
+
+	wake chan struct{} // cap 1: something may need a pass
+
+	passMu sync.Mutex // one pass at a time
+	c      client.Client
+
+	mu     sync.Mutex
+	status Status
+}
+
+// NewReconciler returns a reconciler for cfg. It does not connect yet.
+func NewReconciler(cfg Config) (*Reconciler, error) {
+	if cfg.NB == "" {
+		return nil, errors.New("ovn: Config.NB (the northbound endpoint) is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Debounce <= 0 {
+		cfg.Debounce = DefaultDebounce
+	}
+	if cfg.ResyncInterval <= 0 {
+		cfg.ResyncInterval = DefaultResyncInterval
+	}
+	if cfg.MaxOps <= 0 {
+		cfg.MaxOps = DefaultMaxOps
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	return &Reconciler{cfg: cfg, log: cfg.Logger.With("component", "ovn"), wake: make(chan struct{}, 1)}, nil
+}
+
+// Connect connects to the NB database and fills the cache with the tables
+// Meridian manages. The client reconnects by itself afterwards, for ever;
+// cache events after a reconnect trigger a pass, which repairs whatever
+// changed meanwhile.
+func (r *Reconciler) Connect(ctx context.Context) error {
+	dbModel, err := nbdb.FullDatabaseModel()
+	if err != nil {
+		return fmt.Errorf("ovn: NB model: %w", err)
+	}
+	lg := logr.FromSlogHandler(r.log.With("lib", "libovsdb").Handler())
+	bo := backoff.NewExponentialBackOff()
+	bo.MaxInterval = 2 * time.Second
+	bo.MaxElapsedTime = 0 // libovsdb panics when its backoff gives up
+	opts := []client.Option{client.WithReconnect(r.cfg.Timeout, bo), client.WithLogger(&lg)}
+	for _, ep := range strings.Split(r.cfg.NB, ",") {
+		opts = append(opts, client.WithEndpoint(strings.TrimSpace(ep)))
+	}
+	c, err := client.NewOVSDBClient(dbModel, opts...)
+	if err != nil {
+		return fmt.Errorf("ovn: NB client for %s: %w", r.cfg.NB, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	defer cancel()
+	if err := c.Connect(cctx); err != nil {
+		return fmt.Errorf("ovn: connect to NB %s: %w", r.cfg.NB, err)
+	}
+	var tables []client.MonitorOption
+	for _, s := range specs {
+		tables = append(tables, client.WithTable(reflectZero(s)))
+	}
+	if _, err := c.Monitor(cctx, c.NewMonitor(tables...)); err != nil {
+		c.Close()
+		return fmt.Errorf("ovn: monitor NB %s: %w", r.cfg.NB, err)
+	}
+	c.Cache().AddEventHandler(&cache.EventHandlerFuncs{
+		AddFunc:    func(table string, m model.Model) { r.onRow(table, m) },
+		UpdateFunc: func(table string, old, _ model.Model) { r.onRow(table, old) },
+		DeleteFunc: func(table string, m model.Model) { r.onRow(table, m) },
+	})
+	r.passMu.Lock()
+	r.c = c
+	r.passMu.Unlock()
+	r.log.Info("connected to the northbound database", "endpoint", c.CurrentEndpoint())
+	return nil
+}
+
+// onRow wakes the loop when a Meridian row changed in the NB: a pass puts
+// it back if it was not Meridian's own write (and writes nothing if it was).
+func (r *Reconciler) onRow(table string, m model.Model) {
+	s := specByName[table]
+	if s == nil {
+		return
+	}
+	if _, ext := s.meta(m); ext[KeyID] != "" {
+		r.Trigger()
+	}
+}
+
+// Trigger asks Run for a pass soon.
+func (r *Reconciler) Trigger() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Close disconnects from the NB database.
+func (r *Reconciler) Close() {
+	r.passMu.Lock()
+	defer r.passMu.Unlock()
+	if r.c != nil {
+		r.c.Close()
+		r.c = nil
+	}
+}
+
+// Client returns the libovsdb client (nil before Connect), for tests and
+// tools that read the cache.
+func (r *Reconciler) Client() client.Client {
+	r.passMu.Lock()
+	defer r.passMu.Unlock()
+	return r.c
+}
+
+// Sync renders objs and makes the NB database match, in one pass. It is
+// safe to call concurrently with Run (passes are serialised).
+func (r *Reconciler) Sync(ctx context.Context, objs map[string]*agentv1.Object) (SyncResult, error) {
+	return r.SyncDesired(ctx, Render(objs))
+}
+
+// SyncDesired makes the NB database match already rendered rows.
+func (r *Reconciler) SyncDesired(ctx context.Context, d *Desired) (SyncResult, error) {
+	r.passMu.Lock()
+	defer r.passMu.Unlock()
+	if r.c == nil {
+		return SyncResult{}, errors.New("ovn: sync before Connect")
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	defer cancel()
+	p := &pass{c: r.c, d: d, max: r.cfg.MaxOps}
+	err := p.run(ctx)
+	if err == nil {
+		err = p.settle(ctx, r.cfg.Timeout)
+	}
+	r.mu.Lock()
+	r.status.Passes++
+	r.status.Total.add(p.result)
+	r.mu.Unlock()
+	if err != nil {
+		return p.result, fmt.Errorf("ovn: sync NB: %w", err)
+	}
+	return p.result, nil
+}
+
+// Status returns the current sync state.
+func (r *Reconciler) Status() Status {
+	r.mu.Lock()
+	st := r.status
+	r.mu.Unlock()
+	if c := r.Client(); c != nil {
+		st.Connected = c.Connected()
+	}
+	return st
+}
+
+func (r *Reconciler) recordPass(rev int64, res SyncResult, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		r.status.Synced = false
+		r.status.LastError = err.Error()
+		return
+	}
+	r.status.Synced = true
+	r.status.LastError = ""
+	r.status.Revision = rev
+	r.status.LastSync = time.Now()
+	r.status.Last = res
+}
+
+// Run connects (retrying until it can), follows the source and keeps NB in
+// sync until ctx is done. A failed pass is retried with backoff; passes
+// also run when a Meridian row changes in NB, after a reconnect, and every
+// ResyncInterval.
+func (r *Reconciler) Run(ctx context.Context) error {
+	if r.cfg.Source == nil {
+		return errors.New("ovn: Config.Source is required by Run")
+	}
+	for r.Client() == nil {
+		err := r.Connect(ctx)
+		if err == nil {
+			break
+		}
+		r.recordPass(0, SyncResult{}, err)
+		r.log.Warn("cannot connect to the northbound database, retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+	defer r.Close()
+	srcErr := make(chan error, 1)
+	go func() { srcErr <- r.cfg.Source.Run(ctx, r.Trigger) }()
+
+	resync := time.NewTicker(r.cfg.ResyncInterval)
+	defer resync.Stop()
+	probe := time.NewTicker(time.Second)
+	defer probe.Stop()
+	wasConnected := true
+	retry := time.Duration(0)
+	var retryC <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-srcErr:
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("ovn: model source: %w", err)
+		case <-r.wake:
+		case <-resync.C:
+		case <-retryC:
+		case <-probe.C:
+			// Reconnects are silent in libovsdb: a pass after one repairs
+			// whatever changed while we were away.
+			now := r.Client().Connected()
+			up := now && !wasConnected
+			wasConnected = now
+			if !up {
+				continue
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(r.cfg.Debounce):
+		}
+		objs, rev := r.cfg.Source.Objects()
+		start := time.Now()
+		res, err := r.Sync(ctx, objs)
+		r.recordPass(rev, res, err)
+		if err != nil {
+			retry = min(max(2*retry, 100*time.Millisecond), 30*time.Second)
+			retryC = time.After(retry)
+			r.log.Error("NB sync failed, retrying", "revision", rev, "retry_in", retry, "err", err)
+			continue
+		}
+		retry, retryC = 0, nil
+		if res.Transactions > 0 {
+			r.log.Info("NB synced", "revision", rev, "transactions", res.Transactions, "created", res.Created,
+				"updated", res.Updated, "deleted", res.Deleted, "linked", res.Linked, "unlinked", res.Unlinked,
+				"took", time.Since(start))
+		}
+	}
+}

@@ -1,0 +1,402 @@
+package ovn
+
+import (
+	"cmp"
+	"maps"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/ovn-kubernetes/libovsdb/model"
+
+	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
+	"github.com/meridian-sdn/meridian/controller/ovn/nbdb"
+)
+
+// Row is one NB row Meridian wants. Model holds the managed columns (its
+// UUID and reference columns are left empty); Refs names, by meridian:id,
+// the rows each reference column must hold.
+type Row struct {
+	Table string
+	ID    string
+	Model model.Model
+	Refs  map[string][]string
+}
+
+// Desired is the complete set of NB rows Meridian wants.
+type Desired struct {
+	rows map[string]map[string]*Row // table -> meridian:id -> row
+}
+
+func newDesired() *Desired { return &Desired{rows: map[string]map[string]*Row{}} }
+
+func (d *Desired) add(table, id, owner, kind string, m model.Model) *Row {
+	s := specByName[table]
+	s.field(m, "external_ids").Set(reflect.ValueOf(map[string]string{KeyID: id, KeyOwner: owner, KeyKind: kind}))
+	r := &Row{Table: table, ID: id, Model: m, Refs: map[string][]string{}}
+	t := d.rows[table]
+	if t == nil {
+		t = map[string]*Row{}
+		d.rows[table] = t
+	}
+	t[id] = r
+	return r
+}
+
+// Row returns the desired row of table with meridian:id id, nil if none.
+func (d *Desired) Row(table, id string) *Row { return d.rows[table][id] }
+
+// Rows returns the desired rows of a table, sorted by meridian:id.
+func (d *Desired) Rows(table string) []*Row {
+	out := slices.Collect(maps.Values(d.rows[table]))
+	slices.SortFunc(out, func(a, b *Row) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Len returns the number of desired rows.
+func (d *Desired) Len() int {
+	n := 0
+	for _, t := range d.rows {
+		n += len(t)
+	}
+	return n
+}
+
+// Priorities of Meridian's ACLs. OVN 23.03 has no ACL tiers and no "pass"
+// action, so the tiers are priority bands: infrastructure allows above the
+// network-ACL band, which sits above the security-group allows, which sit
+// above the default deny of every Meridian port.
+const (
+	PriorityInfra       = 32000 // ARP and DHCP to OVN's own responders
+	PriorityNACLFirst   = 29999 // a network ACL's first rule; later rules count down
+	PriorityNACLDefault = 20000 // a network ACL's closing deny
+	PrioritySG          = 1001  // security-group allows (all equal: allows commute)
+	PriorityDefaultDeny = 1000  // ports without a matching security-group rule
+	maxNACLRules        = PriorityNACLFirst - PriorityNACLDefault
+)
+
+// index is the model objects sorted by kind and ID.
+type index struct {
+	vpcs    map[uint32]*agentv1.Vpc
+	subnets map[uint32]*agentv1.Subnet
+	ports   map[uint32]*agentv1.Port
+	sgs     map[uint32]*agentv1.SecurityGroup
+	acls    map[uint32]*agentv1.NetworkAcl
+	rts     map[uint32]*agentv1.RouteTable
+}
+
+func indexObjects(objs map[string]*agentv1.Object) *index {
+	x := &index{
+		vpcs: map[uint32]*agentv1.Vpc{}, subnets: map[uint32]*agentv1.Subnet{}, ports: map[uint32]*agentv1.Port{},
+		sgs: map[uint32]*agentv1.SecurityGroup{}, acls: map[uint32]*agentv1.NetworkAcl{}, rts: map[uint32]*agentv1.RouteTable{},
+	}
+	for _, o := range objs {
+		switch b := o.GetBody().(type) {
+		case *agentv1.Object_Vpc:
+			x.vpcs[b.Vpc.GetId()] = b.Vpc
+		case *agentv1.Object_Subnet:
+			x.subnets[b.Subnet.GetId()] = b.Subnet
+		case *agentv1.Object_Port:
+			x.ports[b.Port.GetId()] = b.Port
+		case *agentv1.Object_SecurityGroup:
+			x.sgs[b.SecurityGroup.GetId()] = b.SecurityGroup
+		case *agentv1.Object_NetworkAcl:
+			x.acls[b.NetworkAcl.GetId()] = b.NetworkAcl
+		case *agentv1.Object_RouteTable:
+			x.rts[b.RouteTable.GetId()] = b.RouteTable
+		}
+	}
+	return x
+}
+
+func sortedIDs[T any](m map[uint32]T) []uint32 { return slices.Sorted(maps.Keys(m)) }
+
+// Object keys as the model spells them, used as owners.
+func owner(kind string, id uint32) string { return kind + "/" + itoa(id) }
+
+// Render computes the NB rows of a set of logical model objects (all of
+// them, keyed by object key: every VPC, subnet, port, group, ACL and route
+// table the controller holds). Objects that reference something absent are
+// rendered without that part rather than not at all, failing closed: a port
+// whose subnet is missing has no switch port; a rule naming an unknown
+// group was already dropped by the model.
+func Render(objs map[string]*agentv1.Object) *Desired {
+	x := indexObjects(objs)
+	d := newDesired()
+	allPorts := d.renderDefaultDeny()
+	for _, id := range sortedIDs(x.vpcs) {
+		d.add(nbdb.LogicalRouterTable, owner("vpc", id), owner("vpc", id), "router", &nbdb.LogicalRouter{Name: RouterName(id)})
+	}
+	for _, id := range sortedIDs(x.subnets) {
+		d.renderSubnet(x, x.subnets[id])
+	}
+	remote := remoteGroups(x)
+	members := map[uint32][]string{} // sg -> LSP ids
+	for _, id := range sortedIDs(x.ports) {
+		p := x.ports[id]
+		if !d.renderPort(x, p) {
+			continue
+		}
+		allPorts.Refs["ports"] = append(allPorts.Refs["ports"], owner("port", id))
+		for _, g := range p.GetSecurityGroupIds() {
+			members[g] = append(members[g], owner("port", id))
+		}
+	}
+	for _, id := range sortedIDs(x.sgs) {
+		d.renderSG(x, x.sgs[id], members[id], remote[id])
+	}
+	for _, id := range sortedIDs(x.rts) {
+		d.renderRouteTable(x, x.rts[id])
+	}
+	return d
+}
+
+// renderDefaultDeny is the port group of every Meridian port. Meridian's
+// eBPF data path drops all IP traffic of a port that no security-group rule
+// allows, including ports with no groups at all; these ACLs do the same in
+// OVN. ARP and DHCP stay allowed because OVN answers them itself after the
+// ACL stage (the eBPF path answers them before its policy stage).
+func (d *Desired) renderDefaultDeny() *Row {
+	pg := d.add(nbdb.PortGroupTable, "global/ports", OwnerGlobal, "default-deny", &nbdb.PortGroup{Name: AllPortsGroup})
+	in, out := "inport == @"+AllPortsGroup, "outport == @"+AllPortsGroup
+	acls := []struct {
+		id, dir, match, action string
+		prio                   int
+	}{
+		{"global/ports/arp-from", nbdb.ACLDirectionFromLport, in + " && arp", nbdb.ACLActionAllow, PriorityInfra},
+		{"global/ports/arp-to", nbdb.ACLDirectionToLport, out + " && arp", nbdb.ACLActionAllow, PriorityInfra},
+		{"global/ports/dhcp4", nbdb.ACLDirectionFromLport, in + " && ip4 && udp.src == 68 && udp.dst == 67", nbdb.ACLActionAllow, PriorityInfra},
+		{"global/ports/dhcp6", nbdb.ACLDirectionFromLport, in + " && ip6 && udp.src == 546 && udp.dst == 547", nbdb.ACLActionAllow, PriorityInfra},
+		{"global/ports/deny-from", nbdb.ACLDirectionFromLport, in, nbdb.ACLActionDrop, PriorityDefaultDeny},
+		{"global/ports/deny-to", nbdb.ACLDirectionToLport, out, nbdb.ACLActionDrop, PriorityDefaultDeny},
+	}
+	for _, a := range acls {
+		d.add(nbdb.ACLTable, a.id, OwnerGlobal, "default-deny",
+			&nbdb.ACL{Direction: a.dir, Match: a.match, Action: a.action, Priority: a.prio})
+		pg.Refs["acls"] = append(pg.Refs["acls"], a.id)
+	}
+	return pg
+}
+
+func (d *Desired) renderSubnet(x *index, s *agentv1.Subnet) {
+	id := s.GetId()
+	own := owner("subnet", id)
+	ls := d.add(nbdb.LogicalSwitchTable, own, own, "switch", &nbdb.LogicalSwitch{Name: SwitchName(id)})
+	if x.vpcs[s.GetVpcId()] != nil {
+		lr := d.Row(nbdb.LogicalRouterTable, owner("vpc", s.GetVpcId()))
+		var networks []string
+		if n := gatewayNetwork(s.GetGatewayIp(), s.GetCidr()); n != "" {
+			networks = append(networks, n)
+		}
+		if v6 := s.GetIpv6Cidr(); v6 != "" {
+			if p, err := netip.ParsePrefix(v6); err == nil {
+				networks = append(networks, netip.PrefixFrom(p.Masked().Addr().Next(), p.Bits()).String())
+			}
+		}
+		opts := map[string]string{}
+		if rt := s.GetRouteTableId(); rt != 0 && x.rts[rt] != nil {
+			opts["route_table"] = RouteTableName(rt)
+		}
+		lrpID := own + "/router-port"
+		d.add(nbdb.LogicalRouterPortTable, lrpID, own, "router-port", &nbdb.LogicalRouterPort{
+			Name: RouterPortName(id), MAC: routerMAC(id), Networks: networks, Options: opts,
+		})
+		lr.Refs["ports"] = append(lr.Refs["ports"], lrpID)
+		rtrID := own + "/switch-router-port"
+		d.add(nbdb.LogicalSwitchPortTable, rtrID, own, "switch-router-port", &nbdb.LogicalSwitchPort{
+			Name: SwitchRouterPortName(id), Type: "router", Addresses: []string{"router"},
+			Options: map[string]string{"router-port": RouterPortName(id)},
+		})
+		ls.Refs["ports"] = append(ls.Refs["ports"], rtrID)
+	}
+	if s.GetDhcpEnabled() && s.GetCidr() != "" {
+		opts := map[string]string{
+			"lease_time": "3600",
+			"router":     s.GetGatewayIp(),
+			"server_id":  s.GetGatewayIp(),
+			"server_mac": routerMAC(id),
+			"mtu":        u(s.GetMtu()),
+		}
+		var dns []string
+		for _, a := range s.GetDnsServers() {
+			if ip, err := netip.ParseAddr(a); err == nil && ip.Is4() {
+				dns = append(dns, a)
+			}
+		}
+		if len(dns) > 0 {
+			opts["dns_server"] = "{" + strings.Join(dns, ", ") + "}"
+		}
+		if dn := s.GetDomainName(); dn != "" {
+			opts["domain_name"] = strconv.Quote(dn)
+		}
+		d.add(nbdb.DHCPOptionsTable, own+"/dhcp4", own, "dhcp", &nbdb.DHCPOptions{Cidr: s.GetCidr(), Options: opts})
+	}
+	if a := x.acls[s.GetNetworkAclId()]; a != nil {
+		d.renderNetworkACL(ls, s, a)
+	}
+}
+
+// gatewayNetwork is the router port's address in the subnet ("10.0.1.1/24").
+func gatewayNetwork(gw, cidr string) string {
+	p, err := netip.ParsePrefix(cidr)
+	if err != nil {
+		return ""
+	}
+	a, err := netip.ParseAddr(gw)
+	if err != nil {
+		return ""
+	}
+	return netip.PrefixFrom(a, p.Bits()).String()
+}
+
+// renderPort reports whether the port got a switch port: it needs its
+// subnet's switch.
+func (d *Desired) renderPort(x *index, p *agentv1.Port) bool {
+	s := x.subnets[p.GetSubnetId()]
+	if s == nil {
+		return false
+	}
+	id := owner("port", p.GetId())
+	lsp := &nbdb.LogicalSwitchPort{Name: LogicalPortName(p.GetId())}
+	if mac := p.GetMac(); mac != "" {
+		addr := strings.Join(append([]string{mac}, p.GetIps()...), " ")
+		lsp.Addresses = []string{addr}
+		// Port security is the OVN form of the eBPF anti-spoofing check:
+		// with source/destination checking off, only the MAC is enforced.
+		lsp.PortSecurity = []string{addr}
+		if !p.GetSourceDestCheck() {
+			lsp.PortSecurity = []string{mac}
+		}
+	}
+	if n := p.GetNode(); n != "" {
+		// The agent of an OVN node names its chassis after the node ID.
+		lsp.Options = map[string]string{"requested-chassis": n}
+	}
+	row := d.add(nbdb.LogicalSwitchPortTable, id, id, "port", lsp)
+	if dh := d.Row(nbdb.DHCPOptionsTable, owner("subnet", s.GetId())+"/dhcp4"); dh != nil && hasIPv4(p.GetIps()) {
+		row.Refs["dhcpv4_options"] = []string{dh.ID}
+	}
+	ls := d.Row(nbdb.LogicalSwitchTable, owner("subnet", s.GetId()))
+	ls.Refs["ports"] = append(ls.Refs["ports"], id)
+	return true
+}
+
+func hasIPv4(ips []string) bool {
+	return slices.ContainsFunc(ips, func(s string) bool {
+		a, err := netip.ParseAddr(s)
+		return err == nil && a.Is4()
+	})
+}
+
+// remoteGroups returns, for every group some rule names as its remote side,
+// the families it is named for.
+func remoteGroups(x *index) map[uint32][2]bool {
+	out := map[uint32][2]bool{}
+	for _, g := range x.sgs {
+		for _, r := range g.GetRules() {
+			if rg := r.GetRemoteGroupId(); rg != 0 {
+				f := out[rg]
+				f[b2i(r.GetIpv6())] = true
+				out[rg] = f
+			}
+		}
+	}
+	return out
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (d *Desired) renderSG(x *index, g *agentv1.SecurityGroup, members []string, remoteFamilies [2]bool) {
+	own := owner("sg", g.GetId())
+	pg := d.add(nbdb.PortGroupTable, own, own, "security-group", &nbdb.PortGroup{Name: PortGroupName(g.GetId())})
+	pg.Refs["ports"] = members
+	for i, r := range g.GetRules() {
+		id := own + "/rule/" + itoa(r.GetId())
+		if r.GetId() == 0 || d.Row(nbdb.ACLTable, id) != nil {
+			id = own + "/rule-index/" + strconv.Itoa(i)
+		}
+		dir, scope := nbdb.ACLDirectionFromLport, "inport == @"+pg.Model.(*nbdb.PortGroup).Name
+		if r.GetIngress() {
+			dir, scope = nbdb.ACLDirectionToLport, "outport == @"+pg.Model.(*nbdb.PortGroup).Name
+		}
+		d.add(nbdb.ACLTable, id, own, "sg-rule", &nbdb.ACL{
+			Direction: dir, Action: nbdb.ACLActionAllowRelated, Priority: PrioritySG,
+			Match: scope + " && " + ruleMatch(r),
+		})
+		pg.Refs["acls"] = append(pg.Refs["acls"], id)
+	}
+	for fam, named := range remoteFamilies {
+		if !named {
+			continue
+		}
+		v6 := fam == 1
+		var addrs []string
+		for _, m := range members {
+			p := x.ports[portID(m)]
+			for _, ip := range p.GetIps() {
+				if a, err := netip.ParseAddr(ip); err == nil && a.Is6() == v6 {
+					addrs = append(addrs, ip)
+				}
+			}
+		}
+		slices.Sort(addrs)
+		suffix := "/ip4"
+		if v6 {
+			suffix = "/ip6"
+		}
+		d.add(nbdb.AddressSetTable, own+suffix, own, "sg-members",
+			&nbdb.AddressSet{Name: AddressSetName(g.GetId(), v6), Addresses: slices.Compact(addrs)})
+	}
+}
+
+func portID(lspID string) uint32 {
+	n, _ := strconv.ParseUint(strings.TrimPrefix(lspID, "port/"), 10, 32)
+	return uint32(n)
+}
+
+func (d *Desired) renderRouteTable(x *index, t *agentv1.RouteTable) {
+	lr := d.Row(nbdb.LogicalRouterTable, owner("vpc", t.GetVpcId()))
+	if lr == nil {
+		return
+	}
+	own := owner("rt", t.GetId())
+	for _, r := range t.GetRoutes() {
+		nh := routeNexthop(x, r)
+		id := own + "/route/" + r.GetDestination() + ">" + nh
+		if d.Row(nbdb.LogicalRouterStaticRouteTable, id) != nil {
+			continue // the same route twice is one route
+		}
+		d.add(nbdb.LogicalRouterStaticRouteTable, id, own, "route", &nbdb.LogicalRouterStaticRoute{
+			IPPrefix: r.GetDestination(), Nexthop: nh, RouteTable: RouteTableName(t.GetId()),
+		})
+		lr.Refs["static_routes"] = append(lr.Refs["static_routes"], id)
+	}
+}
+
+// routeNexthop is the OVN nexthop of a route: an address, or "discard" for
+// blackholes and for next-hop ports that are gone or have no address of
+// the destination's family (failing closed, as the model does).
+func routeNexthop(x *index, r *agentv1.Route) string {
+	if r.GetBlackhole() {
+		return "discard"
+	}
+	if ip := r.GetNextHopIp(); ip != "" {
+		return ip
+	}
+	dst, err := netip.ParsePrefix(r.GetDestination())
+	if p := x.ports[r.GetNextHopPortId()]; p != nil && err == nil {
+		for _, ip := range p.GetIps() {
+			if a, err := netip.ParseAddr(ip); err == nil && a.Is4() == dst.Addr().Is4() {
+				return ip
+			}
+		}
+	}
+	return "discard"
+}

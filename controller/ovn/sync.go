@@ -1,0 +1,505 @@
+package ovn
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/ovn-kubernetes/libovsdb/client"
+	"github.com/ovn-kubernetes/libovsdb/model"
+	"github.com/ovn-kubernetes/libovsdb/ovsdb"
+)
+
+// SyncResult counts what one pass wrote.
+type SyncResult struct {
+	Transactions int
+	Operations   int // OVSDB operations sent
+	Created      int // rows inserted
+	Updated      int // rows whose managed columns were rewritten
+	Deleted      int // root rows deleted (children go with their last reference)
+	Linked       int // references added
+	Unlinked     int // references removed
+}
+
+func (r *SyncResult) add(o SyncResult) {
+	r.Transactions += o.Transactions
+	r.Operations += o.Operations
+	r.Created += o.Created
+	r.Updated += o.Updated
+	r.Deleted += o.Deleted
+	r.Linked += o.Linked
+	r.Unlinked += o.Unlinked
+}
+
+// Writes is the number of row changes of the pass.
+func (r SyncResult) Writes() int { return r.Created + r.Updated + r.Deleted + r.Linked + r.Unlinked }
+
+// actualTable is the cache's view of the Meridian rows of one table.
+type actualTable struct {
+	byID   map[string]model.Model // the row kept for each meridian:id
+	idOf   map[string]string      // uuid -> meridian:id, every Meridian row (duplicates too)
+	extras []model.Model          // second and later rows claiming a kept row's id
+}
+
+// pass is one reconciliation of desired rows against the cache.
+type pass struct {
+	c      client.Client
+	d      *Desired
+	max    int // operations per transaction
+	actual map[string]*actualTable
+	uuid   map[string]map[string]string // table -> meridian:id -> uuid, including rows created this pass
+	parent map[string]string            // child uuid -> uuid of the Meridian parent referencing it
+	result SyncResult
+	seq    int // for named UUIDs
+
+	created []created // rows created, to wait for in the cache
+	deleted []created
+}
+
+type created struct{ table, uuid string }
+
+// unit is a group of operations that must share a transaction: a parent's
+// mutation and the children it links, which OVSDB would otherwise
+// garbage-collect at the end of their own transaction.
+type unit struct {
+	ops     []ovsdb.Operation
+	inserts []rowRef // for each insert op, in op order: which row it creates
+	counts  SyncResult
+}
+
+type rowRef struct{ table, id string }
+
+func (p *pass) snapshot() {
+	p.actual = map[string]*actualTable{}
+	p.uuid = map[string]map[string]string{}
+	p.parent = map[string]string{}
+	for _, s := range specs {
+		at := &actualTable{byID: map[string]model.Model{}, idOf: map[string]string{}}
+		p.uuid[s.name] = map[string]string{}
+		rows := p.c.Cache().Table(s.name).RowsShallow()
+		// Sorted, so that which of two duplicates is kept never flaps.
+		uuids := make([]string, 0, len(rows))
+		for u := range rows {
+			uuids = append(uuids, u)
+		}
+		sort.Strings(uuids)
+		for _, u := range uuids {
+			m := rows[u]
+			_, ext := s.meta(m)
+			id, ok := ext[KeyID]
+			if !ok {
+				continue // not ours: never looked at again
+			}
+			at.idOf[u] = id
+			if _, dup := at.byID[id]; dup {
+				at.extras = append(at.extras, m)
+				continue
+			}
+			at.byID[id] = m
+			p.uuid[s.name][id] = u
+		}
+		p.actual[s.name] = at
+	}
+	for _, s := range specs {
+		for _, m := range p.actual[s.name].byID {
+			pu, _ := s.meta(m)
+			for _, ref := range s.refs {
+				if ref.kind != refChildren {
+					continue
+				}
+				for _, cu := range s.field(m, ref.column).Interface().([]string) {
+					p.parent[cu] = pu
+				}
+			}
+		}
+	}
+}
+
+// run reconciles in four phases, each committed before the next so later
+// phases can name the UUIDs earlier ones created:
+//  1. root rows (routers, switches, DHCP options, address sets, port groups);
+//  2. children: unlink unwanted ones, then create, update and link;
+//  3. memberships (port group ports), now that the ports exist;
+//  4. delete root rows nothing wants any more.
+//
+// Address sets are created before and deleted after the ACLs naming them.
+func (p *pass) run(ctx context.Context) error {
+	p.snapshot()
+	phases := []func() ([]unit, error){p.roots, p.unlinkChildren, p.children, p.members, p.deleteRoots}
+	for i, phase := range phases {
+		units, err := phase()
+		if err != nil {
+			return fmt.Errorf("phase %d: %w", i+1, err)
+		}
+		if err := p.commit(ctx, units); err != nil {
+			return fmt.Errorf("phase %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
+
+func (p *pass) roots() ([]unit, error) {
+	var units []unit
+	for _, s := range specs {
+		if !s.root {
+			continue
+		}
+		for _, want := range p.d.Rows(s.name) {
+			u, err := p.upsert(s, want)
+			if err != nil {
+				return nil, err
+			}
+			if u != nil {
+				units = append(units, *u)
+			}
+		}
+	}
+	return units, nil
+}
+
+// upsert returns the operations creating want or bringing the existing row
+// to it; nil when nothing differs. Children are created elsewhere.
+func (p *pass) upsert(s *tableSpec, want *Row) (*unit, error) {
+	m := s.newModel(want.Model, "")
+	for _, ref := range s.refs {
+		if ref.kind == refOptional {
+			if ids := want.Refs[ref.column]; len(ids) > 0 {
+				if u, ok := p.uuid[ref.table][ids[0]]; ok {
+					s.field(m, ref.column).Set(reflectPtr(u))
+				}
+			}
+		}
+	}
+	have, ok := p.actual[s.name].byID[want.ID]
+	if !ok {
+		return p.insert(s, want.ID, m)
+	}
+	hu, _ := s.meta(have)
+	cols := s.changed(m, have)
+	if len(cols) == 0 {
+		return nil, nil
+	}
+	m = s.newModel(m, hu)
+	fields := make([]any, 0, len(cols))
+	for _, c := range cols {
+		fields = append(fields, s.fieldPtr(m, c))
+	}
+	ops, err := p.c.Where(m).Update(m, fields...)
+	if err != nil {
+		return nil, fmt.Errorf("update %s %s: %w", s.name, want.ID, err)
+	}
+	return &unit{ops: ops, counts: SyncResult{Updated: 1}}, nil
+}
+
+func (p *pass) insert(s *tableSpec, id string, m model.Model) (*unit, error) {
+	p.seq++
+	named := "mer" + strconv.Itoa(p.seq)
+	m = s.newModel(m, named)
+	ops, err := p.c.Create(m)
+	if err != nil {
+		return nil, fmt.Errorf("create %s %s: %w", s.name, id, err)
+	}
+	p.uuid[s.name][id] = named
+	return &unit{ops: ops, inserts: []rowRef{{s.name, id}}, counts: SyncResult{Created: 1}}, nil
+}
+
+// wantedRefs resolves the desired references of a column to UUIDs.
+func (p *pass) wantedRefs(want *Row, ref refSpec) map[string]bool {
+	out := map[string]bool{}
+	for _, id := range want.Refs[ref.column] {
+		if u, ok := p.uuid[ref.table][id]; ok {
+			out[u] = true
+		}
+	}
+	return out
+}
+
+// mutate is a mutation of one reference column of an existing row.
+func (p *pass) mutate(s *tableSpec, rowUUID, column string, mutator ovsdb.Mutator, uuids []string) ([]ovsdb.Operation, error) {
+	m := s.newModel(reflectZero(s), rowUUID)
+	ops, err := p.c.Where(m).Mutate(m, model.Mutation{Field: s.fieldPtr(m, column), Mutator: mutator, Value: uuids})
+	if err != nil {
+		return nil, fmt.Errorf("mutate %s %s.%s: %w", s.name, rowUUID, column, err)
+	}
+	return ops, nil
+}
+
+// placed reports whether the existing child row kept for id is linked from
+// the desired parent row.
+func (p *pass) placed(table, id, parentUUID string) (string, bool) {
+	u, ok := p.uuid[table][id]
+	if !ok || !isRealUUID(u) {
+		return "", false
+	}
+	return u, p.parent[u] == parentUUID
+}
+
+// unlinkChildren removes, from every Meridian parent, references to
+// Meridian children it should not hold: orphans, duplicates and children
+// that moved to another parent (which are recreated there in phase 2).
+// Unlinked children are garbage-collected by OVSDB. This runs first so a
+// moved row's name is free again before it is recreated.
+func (p *pass) unlinkChildren() ([]unit, error) {
+	var units []unit
+	for _, s := range specs {
+		for id, have := range p.actual[s.name].byID {
+			pu, _ := s.meta(have)
+			want := p.d.Row(s.name, id)
+			for _, ref := range s.refs {
+				if ref.kind != refChildren {
+					continue
+				}
+				keep := map[string]bool{}
+				if want != nil {
+					for _, cid := range want.Refs[ref.column] {
+						if cu, ok := p.placed(ref.table, cid, pu); ok {
+							keep[cu] = true
+						}
+					}
+				}
+				var drop []string
+				for _, cu := range s.field(have, ref.column).Interface().([]string) {
+					if _, ours := p.actual[ref.table].idOf[cu]; ours && !keep[cu] {
+						drop = append(drop, cu)
+					}
+				}
+				if len(drop) == 0 {
+					continue
+				}
+				ops, err := p.mutate(s, pu, ref.column, ovsdb.MutateOperationDelete, drop)
+				if err != nil {
+					return nil, err
+				}
+				units = append(units, unit{ops: ops, counts: SyncResult{Unlinked: len(drop)}})
+			}
+		}
+	}
+	return units, nil
+}
+
+// children creates missing children together with their links, and
+// updates children already in place.
+func (p *pass) children() ([]unit, error) {
+	var units []unit
+	for _, s := range specs {
+		for _, want := range p.d.Rows(s.name) {
+			pu, ok := p.uuid[s.name][want.ID]
+			if !ok {
+				return nil, fmt.Errorf("%s %s has no UUID after phase 1", s.name, want.ID)
+			}
+			for _, ref := range s.refs {
+				if ref.kind != refChildren {
+					continue
+				}
+				cs := specByName[ref.table]
+				var link unit
+				var linked []string
+				for _, cid := range want.Refs[ref.column] {
+					crow := p.d.Row(ref.table, cid)
+					if crow == nil {
+						return nil, fmt.Errorf("%s %s references missing %s %s", s.name, want.ID, ref.table, cid)
+					}
+					if _, inPlace := p.placed(ref.table, cid, pu); !inPlace {
+						// Absent, or linked elsewhere and unlinked in the
+						// previous phase: make a new row here.
+						delete(p.actual[ref.table].byID, cid)
+					}
+					u, err := p.upsert(cs, crow)
+					if err != nil {
+						return nil, err
+					}
+					if u == nil {
+						continue
+					}
+					if len(u.inserts) == 0 {
+						units = append(units, *u) // an in-place update stands alone
+						continue
+					}
+					link.ops = append(link.ops, u.ops...)
+					link.inserts = append(link.inserts, u.inserts...)
+					link.counts.add(u.counts)
+					linked = append(linked, p.uuid[ref.table][cid])
+				}
+				if len(linked) == 0 {
+					continue
+				}
+				ops, err := p.mutate(s, pu, ref.column, ovsdb.MutateOperationInsert, linked)
+				if err != nil {
+					return nil, err
+				}
+				link.ops = append(link.ops, ops...)
+				link.counts.Linked += len(linked)
+				units = append(units, link)
+			}
+		}
+	}
+	return units, nil
+}
+
+// members brings membership references (port group ports) to the desired
+// set. Members Meridian does not own are left in place.
+func (p *pass) members() ([]unit, error) {
+	var units []unit
+	for _, s := range specs {
+		for _, want := range p.d.Rows(s.name) {
+			pu := p.uuid[s.name][want.ID]
+			have := p.actual[s.name].byID[want.ID]
+			for _, ref := range s.refs {
+				if ref.kind != refMembers {
+					continue
+				}
+				wanted := p.wantedRefs(want, ref)
+				present := map[string]bool{}
+				var drop []string
+				if have != nil {
+					for _, mu := range s.field(have, ref.column).Interface().([]string) {
+						present[mu] = true
+						if _, ours := p.actual[ref.table].idOf[mu]; ours && !wanted[mu] {
+							drop = append(drop, mu)
+						}
+					}
+				}
+				var add []string
+				for mu := range wanted {
+					if !present[mu] {
+						add = append(add, mu)
+					}
+				}
+				slices.Sort(add)
+				var u unit
+				for _, m := range []struct {
+					op    ovsdb.Mutator
+					uuids []string
+				}{{ovsdb.MutateOperationDelete, drop}, {ovsdb.MutateOperationInsert, add}} {
+					if len(m.uuids) == 0 {
+						continue
+					}
+					ops, err := p.mutate(s, pu, ref.column, m.op, m.uuids)
+					if err != nil {
+						return nil, err
+					}
+					u.ops = append(u.ops, ops...)
+				}
+				u.counts = SyncResult{Linked: len(add), Unlinked: len(drop)}
+				if len(u.ops) > 0 {
+					units = append(units, u)
+				}
+			}
+		}
+	}
+	return units, nil
+}
+
+// deleteRoots deletes Meridian root rows nothing wants, and duplicates.
+func (p *pass) deleteRoots() ([]unit, error) {
+	var units []unit
+	for _, s := range specs {
+		if !s.root {
+			continue
+		}
+		at := p.actual[s.name]
+		doomed := slices.Clone(at.extras)
+		for id, have := range at.byID {
+			if p.d.Row(s.name, id) == nil {
+				doomed = append(doomed, have)
+			}
+		}
+		for _, have := range doomed {
+			hu, _ := s.meta(have)
+			m := s.newModel(reflectZero(s), hu)
+			ops, err := p.c.Where(m).Delete()
+			if err != nil {
+				return nil, fmt.Errorf("delete %s %s: %w", s.name, hu, err)
+			}
+			units = append(units, unit{ops: ops, counts: SyncResult{Deleted: 1}})
+			p.deleted = append(p.deleted, created{s.name, hu})
+		}
+	}
+	return units, nil
+}
+
+// commit sends the units in transactions of at most p.max operations (a
+// larger unit goes alone), and records the UUIDs of inserted rows.
+func (p *pass) commit(ctx context.Context, units []unit) error {
+	for len(units) > 0 {
+		n, ops := 0, 0
+		for n < len(units) && (n == 0 || ops+len(units[n].ops) <= p.max) {
+			ops += len(units[n].ops)
+			n++
+		}
+		if err := p.transact(ctx, units[:n]); err != nil {
+			return err
+		}
+		units = units[n:]
+	}
+	return nil
+}
+
+func (p *pass) transact(ctx context.Context, units []unit) error {
+	var ops []ovsdb.Operation
+	var counts SyncResult
+	var inserts []rowRef
+	var insertAt []int
+	for _, u := range units {
+		k := 0
+		for _, op := range u.ops {
+			if op.Op == ovsdb.OperationInsert {
+				inserts = append(inserts, u.inserts[k])
+				insertAt = append(insertAt, len(ops))
+				k++
+			}
+			ops = append(ops, op)
+		}
+		counts.add(u.counts)
+	}
+	res, err := p.c.Transact(ctx, ops...)
+	if err != nil {
+		return fmt.Errorf("transact %d operations: %w", len(ops), err)
+	}
+	if opErrs, err := ovsdb.CheckOperationResults(res, ops); err != nil {
+		return fmt.Errorf("transaction of %d operations failed: %w (%v)", len(ops), err, opErrs)
+	}
+	for i, at := range insertAt {
+		u := res[at].UUID.GoUUID
+		p.uuid[inserts[i].table][inserts[i].id] = u
+		p.created = append(p.created, created{inserts[i].table, u})
+	}
+	counts.Transactions = 1
+	counts.Operations = len(ops)
+	p.result.add(counts)
+	return nil
+}
+
+// settle waits until the cache shows the rows the pass created and
+// deleted, so that the next pass does not see a stale cache and write the
+// same rows again.
+func (p *pass) settle(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		pending := 0
+		for _, c := range p.created {
+			if !p.c.Cache().Table(c.table).HasRow(c.uuid) {
+				pending++
+			}
+		}
+		for _, c := range p.deleted {
+			if p.c.Cache().Table(c.table).HasRow(c.uuid) {
+				pending++
+			}
+		}
+		if pending == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cache still misses %d committed changes after %v", pending, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
