@@ -54,19 +54,24 @@ type ProbeOptions struct {
 	Timeout  time.Duration // per attempt; 0 means DefaultProbeTimeout
 }
 
+func (o ProbeOptions) withDefaults() ProbeOptions {
+	if o.Parallel <= 0 {
+		o.Parallel = 16
+	}
+	if o.Attempts <= 0 {
+		o.Attempts = 2
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultProbeTimeout
+	}
+	return o
+}
+
 // CheckReachability probes every expectation, in parallel, against echo
 // listeners it starts for the TCP and UDP targets. The error is for probes
 // that could not be set up; traffic that misbehaves is in the report.
 func (r *Run) CheckReachability(ctx context.Context, exps []Expect, opts ProbeOptions) (Report, error) {
-	if opts.Parallel <= 0 {
-		opts.Parallel = 16
-	}
-	if opts.Attempts <= 0 {
-		opts.Attempts = 2
-	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = DefaultProbeTimeout
-	}
+	opts = opts.withDefaults()
 	flows := make([]Flow, len(exps))
 	for i, e := range exps {
 		flows[i] = e.Flow
@@ -86,14 +91,8 @@ func (r *Run) CheckReachability(ctx context.Context, exps []Expect, opts ProbeOp
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			o := Outcome{Expect: e}
-			for range opts.Attempts {
-				if o.Err = r.send(ctx, e.Flow, opts.Timeout); o.Err == nil {
-					o.Got = true
-					break
-				}
-			}
-			rep.Outcomes[i] = o
+			err := r.try(ctx, e.Flow, opts)
+			rep.Outcomes[i] = Outcome{Expect: e, Got: err == nil, Err: err}
 		}()
 	}
 	wg.Wait()

@@ -80,14 +80,27 @@ func (r *Run) UDP(ctx context.Context, from, to string, port uint16) error {
 	return r.Probe(ctx, Flow{From: from, To: to, Proto: UDP, Port: port})
 }
 
-// Probe runs one flow with a listener of its own; nil means it got through.
+// Probe runs one flow with a listener of its own, with the attempts and
+// timeout of the zero ProbeOptions; nil means it got through.
 func (r *Run) Probe(ctx context.Context, f Flow) error {
 	ls, err := r.startListeners([]Flow{f})
 	if err != nil {
 		return err
 	}
 	defer ls.Close()
-	return r.send(ctx, f, DefaultProbeTimeout)
+	return r.try(ctx, f, ProbeOptions{}.withDefaults())
+}
+
+// try makes up to opts.Attempts attempts at f and returns the last error,
+// or nil as soon as one gets through.
+func (r *Run) try(ctx context.Context, f Flow, opts ProbeOptions) error {
+	var err error
+	for range opts.Attempts {
+		if err = r.send(ctx, f, opts.Timeout); err == nil {
+			return nil
+		}
+	}
+	return err
 }
 
 // send makes one attempt at f.

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -145,4 +148,79 @@ func logTail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// spawn records and starts a process, then waits until it accepts
+// connections on its unix socket.
+func (r *Run) spawn(ctx context.Context, name, socket string, argv []string) error {
+	c, err := startProcess(name, filepath.Join(r.st.RunDir, name+".log"), argv)
+	if err != nil {
+		return err
+	}
+	c.Socket = socket
+	r.mu.Lock()
+	r.children[c.PID] = c
+	r.mu.Unlock()
+	if err := r.record(func(st *State) {
+		// A restarted process takes its predecessor's place in the order.
+		if i := slices.IndexFunc(st.Procs, func(p ProcState) bool { return p.Name == name }); i >= 0 {
+			st.Procs[i] = c.ProcState
+		} else {
+			st.Procs = append(st.Procs, c.ProcState)
+		}
+	}); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.opts.ReadyTimeout)
+	defer cancel()
+	return c.waitReady(ctx, dialable(socket))
+}
+
+// Stop ends one of the run's processes ("controller", "node-1-agent")
+// the way Close does, leaving its pins and state behind, e.g. to check
+// that the data path outlives its agent.
+func (r *Run) Stop(name string) error {
+	p, exited, err := r.proc(name)
+	if err != nil {
+		return err
+	}
+	return p.stop(exited, stopGrace)
+}
+
+// Restart stops a process if it runs and starts it again with the same
+// command line, waiting until it serves.
+func (r *Run) Restart(ctx context.Context, name string) error {
+	if err := r.Stop(name); err != nil {
+		return err
+	}
+	p, _, err := r.proc(name)
+	if err != nil {
+		return err
+	}
+	return r.spawn(ctx, name, p.Socket, p.Argv)
+}
+
+func (r *Run) proc(name string) (ProcState, <-chan struct{}, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := slices.IndexFunc(r.st.Procs, func(p ProcState) bool { return p.Name == name })
+	if i < 0 {
+		return ProcState{}, nil, fmt.Errorf("no process %q in run %s", name, r.st.RunID)
+	}
+	p := r.st.Procs[i]
+	if c := r.children[p.PID]; c != nil {
+		return p, c.exited, nil
+	}
+	return p, nil, nil
+}
+
+// dialable reports whether a unix socket accepts connections.
+func dialable(path string) func() error {
+	return func() error {
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}
 }

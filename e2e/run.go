@@ -115,19 +115,25 @@ func Attach(runDir string) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Run{log: slog.New(slog.DiscardHandler), st: st, children: map[int]*child{}}, nil
+	opts := Options{BinDir: st.BinDir}.withDefaults()
+	return &Run{log: opts.Log, opts: opts, st: st, children: map[int]*child{}}, nil
+}
+
+func (o Options) withDefaults() Options {
+	if o.Until == 0 {
+		o.Until = StageWorkloads
+	}
+	if o.ReadyTimeout == 0 {
+		o.ReadyTimeout = 30 * time.Second
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	return o
 }
 
 func newRun(opts Options) (*Run, error) {
-	if opts.Until == 0 {
-		opts.Until = StageWorkloads
-	}
-	if opts.ReadyTimeout == 0 {
-		opts.ReadyTimeout = 30 * time.Second
-	}
-	if opts.Log == nil {
-		opts.Log = slog.New(slog.DiscardHandler)
-	}
+	opts = opts.withDefaults()
 	if opts.BinDir == "" {
 		var err error
 		if opts.BinDir, err = defaultBinDir(); err != nil {
@@ -346,6 +352,12 @@ func (r *Run) Close() error {
 	}
 	return nil
 }
+
+// RunDir is the directory holding the run's state, logs and sockets.
+func (r *Run) RunDir() string { return r.st.RunDir }
+
+// RunID is the random ID in every name the run creates.
+func (r *Run) RunID() string { return r.st.RunID }
 
 // State returns a copy of the run's record.
 func (r *Run) State() State {
