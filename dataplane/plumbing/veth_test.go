@@ -34,13 +34,7 @@ func baseSpec(workload string) WorkloadSpec {
 func TestEnsureWorkloadVethConverges(t *testing.T) {
 	node, workload := newNetns(t, "node"), newNetns(t, "wl")
 	spec := baseSpec(workload)
-	steps := []struct {
-		name        string
-		disturb     func(t *testing.T) // changes the kernel behind the agent's back
-		edit        func(s *WorkloadSpec)
-		wantCreated bool
-		wantChanges []string // each must appear in Result.Changes; none means unchanged
-	}{
+	steps := []convergeStep[WorkloadSpec]{
 		{name: "creates the pair", wantCreated: true},
 		{name: "second ensure changes nothing"},
 		{name: "new MTU is set on both ends", edit: func(s *WorkloadSpec) { s.MTU = 1400 },
@@ -63,33 +57,9 @@ func TestEnsureWorkloadVethConverges(t *testing.T) {
 			}
 		}, wantCreated: true},
 	}
-	for _, step := range steps {
-		t.Run(step.name, func(t *testing.T) {
-			enterNetns(t, node)
-			if step.disturb != nil {
-				step.disturb(t)
-			}
-			if step.edit != nil {
-				step.edit(&spec)
-			}
-			res, err := EnsureWorkloadVeth(spec)
-			if err != nil {
-				t.Fatalf("EnsureWorkloadVeth: %v", err)
-			}
-			if res.Created != step.wantCreated {
-				t.Errorf("Created = %v, want %v (changes %q)", res.Created, step.wantCreated, res.Changes)
-			}
-			if !step.wantCreated && len(step.wantChanges) == 0 && !res.Unchanged() {
-				t.Errorf("want unchanged, got changes %q", res.Changes)
-			}
-			for _, c := range step.wantChanges {
-				if !slices.Contains(res.Changes, c) {
-					t.Errorf("changes %q lack %q", res.Changes, c)
-				}
-			}
-			checkPair(t, spec, res.Index)
-		})
-	}
+	runConvergeSteps(t, node, spec, steps, EnsureWorkloadVeth, func(t *testing.T, spec WorkloadSpec, res Result) {
+		checkPair(t, spec, res.Index)
+	})
 }
 
 // checkPair asserts that the kernel holds exactly what spec says, from the

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"slices"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -16,13 +15,7 @@ import (
 func TestEnsureVXLANConverges(t *testing.T) {
 	node := newNetns(t, "node")
 	spec := VXLANSpec{Name: "mvx0", Underlay: netip.MustParseAddr("10.201.7.11"), MTU: 1450}
-	steps := []struct {
-		name        string
-		disturb     func(t *testing.T)
-		edit        func(s *VXLANSpec)
-		wantCreated bool
-		wantChanges []string
-	}{
+	steps := []convergeStep[VXLANSpec]{
 		{name: "creates the device", wantCreated: true},
 		{name: "second ensure changes nothing"},
 		{name: "new MTU is set in place", edit: func(s *VXLANSpec) { s.MTU = 1400 }, wantChanges: []string{"mvx0: mtu 1450 -> 1400"}},
@@ -32,46 +25,25 @@ func TestEnsureVXLANConverges(t *testing.T) {
 		{name: "learning device is replaced", disturb: func(t *testing.T) { replaceWithLearningVXLAN(t, "mvx0") },
 			wantCreated: true, wantChanges: []string{"mvx0: replaced, it was not in external mode"}},
 	}
-	for _, step := range steps {
-		t.Run(step.name, func(t *testing.T) {
-			enterNetns(t, node)
-			if step.disturb != nil {
-				step.disturb(t)
-			}
-			if step.edit != nil {
-				step.edit(&spec)
-			}
-			res, err := EnsureVXLAN(spec)
-			if err != nil {
-				t.Fatalf("EnsureVXLAN: %v", err)
-			}
-			if res.Created != step.wantCreated || (!step.wantCreated && len(step.wantChanges) == 0 && !res.Unchanged()) {
-				t.Errorf("result %+v, want created=%v and changes %q", res, step.wantCreated, step.wantChanges)
-			}
-			for _, c := range step.wantChanges {
-				if !slices.Contains(res.Changes, c) {
-					t.Errorf("changes %q lack %q", res.Changes, c)
-				}
-			}
-			l, err := netlink.LinkByName("mvx0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			v, ok := l.(*netlink.Vxlan)
-			if !ok {
-				t.Fatalf("mvx0 is a %s", l.Type())
-			}
-			local, _ := netip.AddrFromSlice(v.SrcAddr)
-			if !v.FlowBased || v.Learning || v.Port != DefaultVXLANPort || local.Unmap() != spec.Underlay ||
-				v.MTU != spec.MTU || v.Flags&net.FlagUp == 0 || v.Index != res.Index {
-				t.Errorf("mvx0 = external %v, learning %v, port %d, local %v, mtu %d, flags %v, index %d; want %+v at index %d",
-					v.FlowBased, v.Learning, v.Port, local, v.MTU, v.Flags, v.Index, spec, res.Index)
-			}
-			if got := readSysctlHere(t, "net/ipv4/conf/mvx0/rp_filter"); got != "0" {
-				t.Errorf("rp_filter = %s", got)
-			}
-		})
-	}
+	runConvergeSteps(t, node, spec, steps, EnsureVXLAN, func(t *testing.T, spec VXLANSpec, res Result) {
+		l, err := netlink.LinkByName("mvx0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, ok := l.(*netlink.Vxlan)
+		if !ok {
+			t.Fatalf("mvx0 is a %s", l.Type())
+		}
+		local, _ := netip.AddrFromSlice(v.SrcAddr)
+		if !v.FlowBased || v.Learning || v.Port != DefaultVXLANPort || local.Unmap() != spec.Underlay ||
+			v.MTU != spec.MTU || v.Flags&net.FlagUp == 0 || v.Index != res.Index {
+			t.Errorf("mvx0 = external %v, learning %v, port %d, local %v, mtu %d, flags %v, index %d; want %+v at index %d",
+				v.FlowBased, v.Learning, v.Port, local, v.MTU, v.Flags, v.Index, spec, res.Index)
+		}
+		if got := readSysctlHere(t, "net/ipv4/conf/mvx0/rp_filter"); got != "0" {
+			t.Errorf("rp_filter = %s", got)
+		}
+	})
 }
 
 func replaceWithLearningVXLAN(t *testing.T, name string) {
