@@ -52,6 +52,7 @@ type pass struct {
 	actual map[string]*actualTable
 	uuid   map[string]map[string]string // table -> meridian:id -> uuid, including rows created this pass
 	parent map[string]string            // child uuid -> uuid of the Meridian parent referencing it
+	gone   map[string]bool              // children unlinked this pass: OVSDB collected them
 	result SyncResult
 	seq    int // for named UUIDs
 
@@ -76,6 +77,7 @@ func (p *pass) snapshot() {
 	p.actual = map[string]*actualTable{}
 	p.uuid = map[string]map[string]string{}
 	p.parent = map[string]string{}
+	p.gone = map[string]bool{}
 	for _, s := range specs {
 		at := &actualTable{byID: map[string]model.Model{}, idOf: map[string]string{}}
 		p.uuid[s.name] = map[string]string{}
@@ -262,12 +264,23 @@ func (p *pass) unlinkChildren() ([]unit, error) {
 				}
 				var drop []string
 				for _, cu := range s.field(have, ref.column).Interface().([]string) {
-					if _, ours := p.actual[ref.table].idOf[cu]; ours && !keep[cu] {
-						drop = append(drop, cu)
+					cid, ours := p.actual[ref.table].idOf[cu]
+					if !ours || keep[cu] {
+						continue
 					}
+					// A parent about to be deleted takes its children
+					// with it; only those wanted elsewhere must leave
+					// first, to free their names.
+					if want == nil && p.d.Row(ref.table, cid) == nil {
+						continue
+					}
+					drop = append(drop, cu)
 				}
 				if len(drop) == 0 {
 					continue
+				}
+				for _, cu := range drop {
+					p.gone[cu] = true
 				}
 				ops, err := p.mutate(s, pu, ref.column, ovsdb.MutateOperationDelete, drop)
 				if err != nil {
@@ -357,7 +370,9 @@ func (p *pass) members() ([]unit, error) {
 				if have != nil {
 					for _, mu := range s.field(have, ref.column).Interface().([]string) {
 						present[mu] = true
-						if _, ours := p.actual[ref.table].idOf[mu]; ours && !wanted[mu] {
+						// Collected rows left weak references behind only in
+						// our stale snapshot: OVSDB already removed them.
+						if _, ours := p.actual[ref.table].idOf[mu]; ours && !wanted[mu] && !p.gone[mu] {
 							drop = append(drop, mu)
 						}
 					}
