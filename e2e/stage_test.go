@@ -71,4 +71,11 @@ func TestWorkloadStageWithStandInAgent(t *testing.T) {
 	if err := r.AttachWorkload(ctx, topo.Workloads[2]); err != nil {
 		t.Error(err)
 	}
+	db, _ := r.State().workload("db-1")
+	if err := r.DetachWorkload(ctx, "db-1"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := r.Exec(ctx, db.Node, "ip", "-o", "link", "show", "dev", db.HostIf); err == nil {
+		t.Errorf("host end %s still on %s after detach:\n%s", db.HostIf, db.Node, out)
+	}
 }

@@ -130,3 +130,10 @@ func hostName(port string) string {
 	h.Write([]byte(port))
 	return fmt.Sprintf("mp%08x", h.Sum32())
 }
+
+func (s *local) DetachPort(_ context.Context, r *agentv1.DetachPortRequest) (*agentv1.DetachPortResponse, error) {
+	if err := plumbing.DeleteWorkloadVeth(hostName(r.GetPort())); err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return &agentv1.DetachPortResponse{}, nil
+}
