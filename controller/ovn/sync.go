@@ -96,7 +96,15 @@ func (p *pass) snapshot() {
 				continue // not ours: never looked at again
 			}
 			at.idOf[u] = id
-			if _, dup := at.byID[id]; dup {
+			if kept, dup := at.byID[id]; dup {
+				// Keep the copy that already looks right: fewer writes.
+				if want := p.d.Row(s.name, id); want != nil &&
+					len(s.changed(want.Model, kept)) > 0 && len(s.changed(want.Model, m)) == 0 {
+					at.extras = append(at.extras, kept)
+					at.byID[id] = m
+					p.uuid[s.name][id] = u
+					continue
+				}
 				at.extras = append(at.extras, m)
 				continue
 			}
