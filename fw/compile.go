@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"math/bits"
 	"net/netip"
 	"slices"
@@ -86,7 +87,9 @@ type SGEntry struct {
 	Direction Direction
 	Protocol  uint8
 	Port      PortPrefix
-	Rule      uint32 // lowest id of the rules that produced the entry
+	// Rule is the lowest id of the rules merged into the entry. Allow
+	// decisions are not reported, so it serves debugging only.
+	Rule uint32
 }
 
 // CompiledSG is the compiled form of the security-group policies of a VPC.
@@ -165,7 +168,8 @@ func CompileSecurityGroups(vpc uint32, policies []SecurityGroupPolicy, groups Gr
 	out := &CompiledSG{VPC: vpc}
 	byKey := map[string]uint32{}
 	used := map[uint32]string{}
-	members := map[selector][]uint32{} // selector -> identities containing it
+	members := map[selector][]uint32{}     // selector -> identities containing it
+	idSelectors := map[uint32][]selector{} // identity -> its selectors
 	for _, p := range sortedPrefixes(prefixes) {
 		var sels []selector
 		for b := 0; b <= p.Bits(); b++ {
@@ -192,38 +196,17 @@ func CompileSecurityGroups(vpc uint32, policies []SecurityGroupPolicy, groups Gr
 			for _, s := range sels {
 				members[s] = append(members[s], id)
 			}
+			idSelectors[id] = sels
 		}
 		out.IPCache = append(out.IPCache, IPCacheEntry{Prefix: p, Identity: id})
 	}
 
-	type entryKey struct {
-		policy, identity uint32
-		dir              Direction
-		proto            uint8
-		port             PortPrefix
-	}
-	entries := map[entryKey]uint32{}
 	for i := range policies {
 		p := &policies[i]
 		out.Policies = append(out.Policies, p.ID)
-		for j := range p.Rules {
-			r := &p.Rules[j]
-			proto, ports := sgPorts(r)
-			for _, id := range members[ruleSelector(r)] {
-				for _, pp := range ports {
-					k := entryKey{p.ID, id, r.Direction, proto, pp}
-					if old, ok := entries[k]; !ok || r.ID < old {
-						entries[k] = r.ID
-					}
-				}
-			}
+		for _, d := range []Direction{Egress, Ingress} {
+			out.Entries = append(out.Entries, policyEntries(p, d, members, idSelectors)...)
 		}
-	}
-	for k, rule := range entries {
-		out.Entries = append(out.Entries, SGEntry{
-			Policy: k.policy, Identity: k.identity, Direction: k.dir,
-			Protocol: k.proto, Port: k.port, Rule: rule,
-		})
 	}
 	slices.Sort(out.Policies)
 	slices.SortFunc(out.Entries, func(a, b SGEntry) int {
@@ -234,16 +217,90 @@ func CompileSecurityGroups(vpc uint32, policies []SecurityGroupPolicy, groups Gr
 	return out, nil
 }
 
-// sgPorts is the protocol key and port prefixes of a rule's entries.
-func sgPorts(r *SGRule) (uint8, []PortPrefix) {
+// l4span is the part of the (protocol, port) space one rule allows.
+type l4span struct {
+	proto  uint8 // ProtoAny: everything
+	lo, hi uint16
+	rule   uint32
+}
+
+func ruleSpan(r *SGRule) l4span {
 	switch r.Protocol {
-	case ProtoAny:
-		return ProtoAny, []PortPrefix{{}}
 	case ProtoTCP, ProtoUDP, ProtoICMP:
 		lo, hi := portSpan(r.Protocol, r.Ports, r.ICMP)
-		return r.Protocol, rangePrefixes(lo, hi)
+		return l4span{proto: r.Protocol, lo: lo, hi: hi, rule: r.ID}
 	}
-	return r.Protocol, []PortPrefix{{}}
+	return l4span{proto: r.Protocol, lo: 0, hi: 0xffff, rule: r.ID}
+}
+
+// policyEntries emits the entries of policy p in direction d. For each
+// identity, the port spans of all rules whose selector it contains are
+// merged per protocol before being cut into prefixes: emitting per rule
+// would multiply entries by the rules sharing an identity (nested CIDRs).
+// An identity allowed any protocol gets the protocol-0 entry only, which
+// the data path consults for every packet.
+func policyEntries(p *SecurityGroupPolicy, d Direction, members map[selector][]uint32, idSelectors map[uint32][]selector) []SGEntry {
+	spans := map[selector][]l4span{}
+	for j := range p.Rules {
+		r := &p.Rules[j]
+		if r.Direction == d {
+			s := ruleSelector(r)
+			spans[s] = append(spans[s], ruleSpan(r))
+		}
+	}
+	identities := map[uint32]bool{}
+	for s := range spans {
+		for _, id := range members[s] {
+			identities[id] = true
+		}
+	}
+	var out []SGEntry
+	for _, id := range slices.Sorted(maps.Keys(identities)) {
+		byProto := map[uint8][]l4span{}
+		for _, s := range idSelectors[id] {
+			for _, sp := range spans[s] {
+				byProto[sp.proto] = append(byProto[sp.proto], sp)
+			}
+		}
+		if anyProto := byProto[ProtoAny]; len(anyProto) > 0 {
+			out = append(out, SGEntry{Policy: p.ID, Identity: id, Direction: d, Protocol: ProtoAny, Rule: lowestRule(anyProto)})
+			continue
+		}
+		for _, proto := range slices.Sorted(maps.Keys(byProto)) {
+			list := byProto[proto]
+			rule := lowestRule(list)
+			for _, iv := range mergeSpans(list) {
+				for _, pp := range rangePrefixes(iv.lo, iv.hi) {
+					out = append(out, SGEntry{Policy: p.ID, Identity: id, Direction: d, Protocol: proto, Port: pp, Rule: rule})
+				}
+			}
+		}
+	}
+	return out
+}
+
+func lowestRule(spans []l4span) uint32 {
+	low := spans[0].rule
+	for _, sp := range spans[1:] {
+		low = min(low, sp.rule)
+	}
+	return low
+}
+
+// mergeSpans returns the union of the spans as sorted disjoint intervals,
+// adjacent ones joined.
+func mergeSpans(spans []l4span) []l4span {
+	sorted := slices.Clone(spans)
+	slices.SortFunc(sorted, func(a, b l4span) int { return cmp.Compare(a.lo, b.lo) })
+	var out []l4span
+	for _, sp := range sorted {
+		if n := len(out); n > 0 && uint32(sp.lo) <= uint32(out[n-1].hi)+1 {
+			out[n-1].hi = max(out[n-1].hi, sp.hi)
+			continue
+		}
+		out = append(out, sp)
+	}
+	return out
 }
 
 // identityOf derives an identity from the selector set so that it survives

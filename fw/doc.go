@@ -24,15 +24,21 @@
 //     Identities are a hash of that set, so they stay stable when unrelated
 //     rules change;
 //   - a second LPM trie keyed by {policy, identity, direction, protocol,
-//     port} holds one entry per (rule, identity containing its selector,
-//     port prefix). Port ranges and ICMP type/code wildcards are decomposed
-//     into prefixes of the 16-bit port (ICMP: type<<8 | code), so a range
-//     costs at most 30 entries and no per-packet work.
+//     port} says what an identity may do: for each identity the port spans
+//     of every rule whose selector it contains are merged per protocol and
+//     the union is decomposed into prefixes of the 16-bit port (ICMP:
+//     type<<8 | code). A rule for any protocol yields a single entry with
+//     protocol 0.
 //
 // A packet costs one ipcache lookup and at most two policy lookups (its
 // protocol, then "any protocol"), whatever the rule count. The price is
-// paid in memory: a rule whose CIDR contains many other selectors (0.0.0.0/0
-// in a VPC with many remote-group members) gets one entry per such identity.
+// paid at compile time and in memory: a rule whose CIDR contains many other
+// selectors (10.0.0.0/8 among thousands of narrower CIDRs, or 0.0.0.0/0 in a
+// VPC with many remote-group members) reaches every identity below it.
+// Merging spans per identity keeps that to the number of identities times
+// the complexity of their port sets: 10,000 random rules with heavily nested
+// CIDRs and random port ranges give about 370,000 entries (2 s to compile),
+// against 900,000 for only 1,000 rules when entries were emitted per rule.
 //
 // Network ACLs are ordered with first-match-wins and deny rules, which exact
 // lookups cannot express without a combinatorial product. They compile to
