@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/go-logr/logr"
 	"github.com/ovn-kubernetes/libovsdb/cache"
 	"github.com/ovn-kubernetes/libovsdb/client"
@@ -62,7 +61,6 @@ type Source interface {
 
 // Status is the reconciler's sync state.
 type Status struct {
-	Connected bool
 	Synced    bool      // the last pass succeeded
 	Revision  int64     // store revision of the intent the last successful pass wrote
 	LastSync  time.Time // end of the last successful pass
@@ -79,12 +77,13 @@ type Reconciler struct {
 	cfg Config
 	log *slog.Logger
 
-	wake chan struct{} // cap 1: something may need a pass
+	wake  chan struct{} // cap 1: something may need a pass
+	lostC chan struct{} // cap 1: the NB connection dropped
 
 	passMu sync.Mutex // one pass at a time
-	c      client.Client
 
-	mu     sync.Mutex
+	mu     sync.Mutex // guards c and status; never held across I/O
+	c      client.Client
 	status Status
 }
 
@@ -108,23 +107,22 @@ func NewReconciler(cfg Config) (*Reconciler, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	return &Reconciler{cfg: cfg, log: cfg.Logger.With("component", "ovn"), wake: make(chan struct{}, 1)}, nil
+	return &Reconciler{cfg: cfg, log: cfg.Logger.With("component", "ovn"), wake: make(chan struct{}, 1), lostC: make(chan struct{}, 1)}, nil
 }
 
 // Connect connects to the NB database and fills the cache with the tables
-// Meridian manages. The client reconnects by itself afterwards, for ever;
-// cache events after a reconnect trigger a pass, which repairs whatever
-// changed meanwhile.
+// Meridian manages. Run reconnects by itself when the connection drops.
 func (r *Reconciler) Connect(ctx context.Context) error {
 	dbModel, err := nbdb.FullDatabaseModel()
 	if err != nil {
 		return fmt.Errorf("ovn: NB model: %w", err)
 	}
 	lg := logr.FromSlogHandler(r.log.With("lib", "libovsdb").Handler())
-	bo := backoff.NewExponentialBackOff()
-	bo.MaxInterval = 2 * time.Second
-	bo.MaxElapsedTime = 0 // libovsdb panics when its backoff gives up
-	opts := []client.Option{client.WithReconnect(r.cfg.Timeout, bo), client.WithLogger(&lg)}
+	// No libovsdb reconnect: after a reconnect it refills its cache
+	// without raising events, so a database that came back empty would go
+	// unnoticed. A fresh client per connection, followed by a pass, is
+	// explicit about it.
+	opts := []client.Option{client.WithLogger(&lg)}
 	for _, ep := range strings.Split(r.cfg.NB, ",") {
 		opts = append(opts, client.WithEndpoint(strings.TrimSpace(ep)))
 	}
@@ -137,6 +135,17 @@ func (r *Reconciler) Connect(ctx context.Context) error {
 	if err := c.Connect(cctx); err != nil {
 		return fmt.Errorf("ovn: connect to NB %s: %w", r.cfg.NB, err)
 	}
+	// Listen before anything can fail: libovsdb drops the notification
+	// when nobody is waiting for it.
+	go func() {
+		<-c.DisconnectNotify()
+		r.lost(c)
+	}()
+	c.Cache().AddEventHandler(&cache.EventHandlerFuncs{
+		AddFunc:    func(table string, m model.Model) { r.onRow(table, m) },
+		UpdateFunc: func(table string, old, _ model.Model) { r.onRow(table, old) },
+		DeleteFunc: func(table string, m model.Model) { r.onRow(table, m) },
+	})
 	var tables []client.MonitorOption
 	for _, s := range specs {
 		tables = append(tables, client.WithTable(reflectZero(s)))
@@ -145,16 +154,30 @@ func (r *Reconciler) Connect(ctx context.Context) error {
 		c.Close()
 		return fmt.Errorf("ovn: monitor NB %s: %w", r.cfg.NB, err)
 	}
-	c.Cache().AddEventHandler(&cache.EventHandlerFuncs{
-		AddFunc:    func(table string, m model.Model) { r.onRow(table, m) },
-		UpdateFunc: func(table string, old, _ model.Model) { r.onRow(table, old) },
-		DeleteFunc: func(table string, m model.Model) { r.onRow(table, m) },
-	})
-	r.passMu.Lock()
+	r.mu.Lock()
 	r.c = c
-	r.passMu.Unlock()
+	r.mu.Unlock()
 	r.log.Info("connected to the northbound database", "endpoint", c.CurrentEndpoint())
 	return nil
+}
+
+// lost forgets a client whose connection dropped and tells Run.
+func (r *Reconciler) lost(c client.Client) {
+	r.mu.Lock()
+	current := r.c == c
+	if current {
+		r.c = nil
+	}
+	r.mu.Unlock()
+	if !current {
+		return // closed by us
+	}
+	c.Close()
+	r.log.Warn("lost the northbound database connection")
+	select {
+	case r.lostC <- struct{}{}:
+	default:
+	}
 }
 
 // onRow wakes the loop when a Meridian row changed in the NB: a pass puts
@@ -179,19 +202,20 @@ func (r *Reconciler) Trigger() {
 
 // Close disconnects from the NB database.
 func (r *Reconciler) Close() {
-	r.passMu.Lock()
-	defer r.passMu.Unlock()
-	if r.c != nil {
-		r.c.Close()
-		r.c = nil
+	r.mu.Lock()
+	c := r.c
+	r.c = nil
+	r.mu.Unlock()
+	if c != nil {
+		c.Close()
 	}
 }
 
 // Client returns the libovsdb client (nil before Connect), for tests and
 // tools that read the cache.
 func (r *Reconciler) Client() client.Client {
-	r.passMu.Lock()
-	defer r.passMu.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	return r.c
 }
 
@@ -205,12 +229,13 @@ func (r *Reconciler) Sync(ctx context.Context, objs map[string]*agentv1.Object) 
 func (r *Reconciler) SyncDesired(ctx context.Context, d *Desired) (SyncResult, error) {
 	r.passMu.Lock()
 	defer r.passMu.Unlock()
-	if r.c == nil {
+	c := r.Client()
+	if c == nil {
 		return SyncResult{}, errors.New("ovn: sync before Connect")
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
-	p := &pass{c: r.c, d: d, max: r.cfg.MaxOps}
+	p := &pass{c: c, d: d, max: r.cfg.MaxOps}
 	err := p.run(ctx)
 	if err == nil {
 		err = p.settle(ctx, r.cfg.Timeout)
@@ -228,12 +253,8 @@ func (r *Reconciler) SyncDesired(ctx context.Context, d *Desired) (SyncResult, e
 // Status returns the current sync state.
 func (r *Reconciler) Status() Status {
 	r.mu.Lock()
-	st := r.status
-	r.mu.Unlock()
-	if c := r.Client(); c != nil {
-		st.Connected = c.Connected()
-	}
-	return st
+	defer r.mu.Unlock()
+	return r.status
 }
 
 func (r *Reconciler) recordPass(rev int64, res SyncResult, err error) {
@@ -251,26 +272,36 @@ func (r *Reconciler) recordPass(rev int64, res SyncResult, err error) {
 	r.status.Last = res
 }
 
-// Run connects (retrying until it can), follows the source and keeps NB in
-// sync until ctx is done. A failed pass is retried with backoff; passes
-// also run when a Meridian row changes in NB, after a reconnect, and every
-// ResyncInterval.
-func (r *Reconciler) Run(ctx context.Context) error {
-	if r.cfg.Source == nil {
-		return errors.New("ovn: Config.Source is required by Run")
-	}
-	for r.Client() == nil {
+// connectLoop connects, retrying every second; false when ctx ended first.
+func (r *Reconciler) connectLoop(ctx context.Context) bool {
+	for {
 		err := r.Connect(ctx)
 		if err == nil {
-			break
+			return true
 		}
 		r.recordPass(0, SyncResult{}, err)
 		r.log.Warn("cannot connect to the northbound database, retrying", "err", err)
 		select {
 		case <-ctx.Done():
-			return nil
+			return false
 		case <-time.After(time.Second):
 		}
+	}
+}
+
+// Run connects (retrying until it can), follows the source and keeps NB in
+// sync until ctx is done. A failed pass is retried with backoff; passes
+// also run when a Meridian row changes in NB and every ResyncInterval.
+//
+// When the connection drops, Run connects again with a fresh client (and
+// cache) and runs a pass, which repairs whatever happened meanwhile, up to
+// a database that came back empty. Passes meanwhile fail and are retried.
+func (r *Reconciler) Run(ctx context.Context) error {
+	if r.cfg.Source == nil {
+		return errors.New("ovn: Config.Source is required by Run")
+	}
+	if !r.connectLoop(ctx) {
+		return nil
 	}
 	defer r.Close()
 	srcErr := make(chan error, 1)
@@ -278,9 +309,6 @@ func (r *Reconciler) Run(ctx context.Context) error {
 
 	resync := time.NewTicker(r.cfg.ResyncInterval)
 	defer resync.Stop()
-	probe := time.NewTicker(time.Second)
-	defer probe.Stop()
-	wasConnected := true
 	retry := time.Duration(0)
 	var retryC <-chan time.Time
 	for {
@@ -295,14 +323,9 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		case <-r.wake:
 		case <-resync.C:
 		case <-retryC:
-		case <-probe.C:
-			// Reconnects are silent in libovsdb: a pass after one repairs
-			// whatever changed while we were away.
-			now := r.Client().Connected()
-			up := now && !wasConnected
-			wasConnected = now
-			if !up {
-				continue
+		case <-r.lostC:
+			if !r.connectLoop(ctx) {
+				return nil
 			}
 		}
 		select {

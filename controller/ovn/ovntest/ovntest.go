@@ -308,6 +308,21 @@ func (s *Stack) StartNB() {
 	}
 }
 
+// WipeNB restarts the northbound ovsdb-server on a fresh, empty database
+// (with NB_Global), as after losing the database.
+func (s *Stack) WipeNB() {
+	s.t.Helper()
+	s.NB.srv.stop()
+	if err := os.Remove(s.NB.File); err != nil {
+		s.t.Fatalf("ovntest: remove %s: %v", s.NB.File, err)
+	}
+	if out, err := exec.Command("ovsdb-tool", "create", s.NB.File, NBSchema).CombinedOutput(); err != nil {
+		s.t.Fatalf("ovntest: ovsdb-tool create %s: %v: %s", s.NB.File, err, out)
+	}
+	s.StartNB()
+	s.NBCtl("init")
+}
+
 // NBCtl runs ovn-nbctl against the stack and returns its trimmed stdout; a
 // failure fails the test.
 func (s *Stack) NBCtl(args ...string) string {
