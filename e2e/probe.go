@@ -88,7 +88,10 @@ func (r *Run) Probe(ctx context.Context, f Flow) error {
 		return err
 	}
 	defer ls.Close()
-	return r.try(ctx, f, ProbeOptions{}.withDefaults())
+	if err := r.try(ctx, f, ProbeOptions{}.withDefaults()); err != nil {
+		return fmt.Errorf("%s: %w", f, err)
+	}
+	return nil
 }
 
 // try makes up to opts.Attempts attempts at f and returns the last error,
@@ -103,7 +106,8 @@ func (r *Run) try(ctx context.Context, f Flow, opts ProbeOptions) error {
 	return err
 }
 
-// send makes one attempt at f.
+// send makes one attempt at f; the error does not repeat the flow, which
+// the caller reports anyway.
 func (r *Run) send(ctx context.Context, f Flow, timeout time.Duration) error {
 	if err := f.validate(); err != nil {
 		return err
@@ -131,10 +135,7 @@ func (r *Run) send(ctx context.Context, f Flow, timeout time.Duration) error {
 		}
 		return echoExchange(ctx, f.Proto, netip.AddrPortFrom(to, f.Port), nonce)
 	})
-	if err != nil {
-		return fmt.Errorf("%s: %w", f, err)
-	}
-	return nil
+	return err
 }
 
 // echoExchange sends nonce over TCP or UDP and expects it back.

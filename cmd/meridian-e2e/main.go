@@ -245,7 +245,7 @@ func probe(ctx context.Context, r *e2e.Run, args []string, out io.Writer) (int, 
 		f.Proto, f.Port = e2e.Proto(proto), uint16(n)
 	}
 	if err := r.Probe(ctx, f); err != nil {
-		fmt.Fprintf(out, "%s: deny (%v)\n", f, err)
+		fmt.Fprintf(out, "deny: %v\n", err) // the error starts with the flow
 		return 1, nil
 	}
 	fmt.Fprintf(out, "%s: allow\n", f)
