@@ -1,0 +1,78 @@
+package ovn
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	mv1 "github.com/meridian-sdn/meridian/api/meridian/v1"
+	"github.com/meridian-sdn/meridian/controller/ovn/nbdb"
+	"github.com/meridian-sdn/meridian/controller/ovn/ovntest"
+	"github.com/meridian-sdn/meridian/controller/resource"
+	"github.com/meridian-sdn/meridian/controller/store"
+)
+
+func put(t *testing.T, st store.Store, msgs ...proto.Message) int64 {
+	t.Helper()
+	rev, err := st.Update(testCtx(t), func(tx store.Tx) error {
+		for _, m := range msgs {
+			k, ok := resource.KindOf(m)
+			if !ok {
+				t.Fatalf("no kind for %T", m)
+			}
+			b, err := proto.Marshal(m)
+			if err != nil {
+				return err
+			}
+			if err := tx.Put(k.Key(resource.Name(m)), b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("store update: %v", err)
+	}
+	return rev
+}
+
+// TestRunFollowsTheStore drives the reconciler from a real bbolt store
+// through package model, as the controller wires it: what is in the store
+// at start is rendered, later writes and deletes follow.
+func TestRunFollowsTheStore(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "meridian.db"), store.Options{Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	vpc := &mv1.Vpc{Name: "projects/p/vpcs/v", CidrBlocks: []string{"10.0.0.0/16"}, Id: 1, Vni: 1001}
+	subnet := &mv1.Subnet{Name: "projects/p/vpcs/v/subnets/s", CidrBlock: "10.0.1.0/24", Id: 11}
+	put(t, st, vpc, subnet)
+
+	r := runReconciler(t, ovntest.InMemoryNB(t), NewStoreSource(st, quiet()))
+	waitSynced(t, r, st.Revision())
+	if ls := meridianRows(r, nbdb.LogicalSwitchTable)["subnet/11"]; ls == nil || ls.(*nbdb.LogicalSwitch).Name != "mer-subnet-11" {
+		t.Fatalf("switch of the subnet in the store at start: %+v", ls)
+	}
+
+	p := &mv1.Port{Name: "projects/p/ports/web", Subnet: subnet.Name, MacAddress: "02:00:00:00:01:05",
+		FixedIps: []string{"10.0.1.5"}, Id: 105}
+	waitSynced(t, r, put(t, st, p))
+	lsp := meridianRows(r, nbdb.LogicalSwitchPortTable)["port/105"]
+	if lsp == nil || lsp.(*nbdb.LogicalSwitchPort).Addresses[0] != "02:00:00:00:01:05 10.0.1.5" {
+		t.Fatalf("switch port of the port written later: %+v", lsp)
+	}
+
+	rev, err := st.Update(context.Background(), func(tx store.Tx) error {
+		return tx.Delete(resource.KindPort.Key(p.Name))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSynced(t, r, rev)
+	if lsp := meridianRows(r, nbdb.LogicalSwitchPortTable)["port/105"]; lsp != nil {
+		t.Fatalf("switch port of a deleted port left: %+v", lsp)
+	}
+}
