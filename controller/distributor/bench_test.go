@@ -3,14 +3,20 @@ package distributor
 import (
 	"context"
 	"fmt"
+	"net"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/proto"
+
 	mv1 "github.com/meridian-sdn/meridian/api/meridian/v1"
+	"github.com/meridian-sdn/meridian/controller/distributor/agenttest"
 	"github.com/meridian-sdn/meridian/controller/resource"
 	"github.com/meridian-sdn/meridian/controller/store"
-	"google.golang.org/protobuf/proto"
 )
 
 // benchStore writes the model benchmark's topology (10,000 ports, 1,000
@@ -76,7 +82,8 @@ func benchGroup(v, g, variant int) *mv1.SecurityGroup {
 }
 
 func startBench(b *testing.B, st store.Store) (*Distributor, context.CancelFunc) {
-	d, err := New(Config{Store: st, Logger: quiet(), BatchWindow: time.Microsecond})
+	d, err := New(Config{Store: st, Logger: quiet(), BatchWindow: time.Microsecond,
+		Authorize: func(context.Context) error { return nil }})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -124,4 +131,72 @@ func BenchmarkRuleChangeEndToEnd(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkAgentsFanOut: 500 simulated agents (one per node of the
+// benchmark topology) connect over gRPC (bufconn) and take their snapshots;
+// then one rule change must be applied and acknowledged by every agent
+// holding the group. Reports both latencies.
+func BenchmarkAgentsFanOut(b *testing.B) {
+	st := benchStore(b)
+	d, stop := startBench(b, st)
+	defer stop()
+	lis := bufconn.Listen(16 << 20)
+	srv := grpc.NewServer()
+	d.Register(srv)
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+	conn, err := grpc.NewClient("passthrough:///bufnet",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := context.Background()
+	grp := [2][]byte{}
+	for i := range grp {
+		grp[i], _ = proto.Marshal(benchGroup(3, 7, i+1))
+	}
+	key := resource.KindSecurityGroup.Key("projects/p3/securityGroups/g7")
+	var snap, change time.Duration
+	i := 0
+	for b.Loop() {
+		agents := make([]*agenttest.Agent, 500)
+		start := time.Now()
+		for n := range agents {
+			agents[n] = agenttest.New(conn, fmt.Sprintf("n%d", n))
+			if err := agents[n].Connect(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for n, a := range agents {
+			if err := a.WaitVersion(ctx, d.Status(fmt.Sprintf("n%d", n)).Desired); err != nil {
+				b.Fatal(err)
+			}
+		}
+		snap += time.Since(start)
+
+		start = time.Now()
+		rev, err := st.Update(ctx, func(tx store.Tx) error { return tx.Put(key, grp[i%2]) })
+		if err != nil {
+			b.Fatal(err)
+		}
+		i++
+		if err := d.WaitRevision(ctx, rev); err != nil {
+			b.Fatal(err)
+		}
+		for n, a := range agents {
+			if err := a.WaitVersion(ctx, d.Status(fmt.Sprintf("n%d", n)).Desired); err != nil {
+				b.Fatal(err)
+			}
+		}
+		change += time.Since(start)
+		for _, a := range agents {
+			a.Disconnect()
+		}
+	}
+	b.ReportMetric(float64(snap.Milliseconds())/float64(b.N), "ms-500-snapshots")
+	b.ReportMetric(float64(change.Microseconds())/1000/float64(b.N), "ms-rule-change-acked")
 }
