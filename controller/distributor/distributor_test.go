@@ -229,12 +229,12 @@ func TestStatus(t *testing.T) {
 	}
 
 	// The agent fails to realize a new port: ERROR with its message.
-	a.ErrorFor = func(key string) string {
+	a.SetErrorFor(func(key string) string {
 		if key == "port/7" {
 			return "veth: no such namespace"
 		}
 		return ""
-	}
+	})
 	bad := port(proj+"/ports/bad", 7, subA, "nodes/n1", "10.0.1.77")
 	rev = write(t, st, bad)
 	converge(t, e, a, "n1", rev)
@@ -511,7 +511,7 @@ func TestDeltaIsMinimal(t *testing.T) {
 	a := agenttest.New(e.conn, "n1")
 	var mu sync.Mutex
 	var last *agentv1.SyncResponse
-	a.OnResponse = func(r *agentv1.SyncResponse) { mu.Lock(); last = r; mu.Unlock() }
+	a.SetOnResponse(func(r *agentv1.SyncResponse) { mu.Lock(); last = r; mu.Unlock() })
 	if err := a.Connect(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -30,24 +30,20 @@ type Stats struct {
 
 // Agent is a test agent for one node. Create it with New.
 type Agent struct {
-	node   string
-	client agentv1.AgentServiceClient
-	// ErrorFor, if set, is asked for each upserted key; a non-empty answer
-	// is reported in the ack as that object's error.
-	ErrorFor func(key string) string
-	// OnResponse, if set, sees every response before it is applied.
-	OnResponse func(*agentv1.SyncResponse)
-
-	mu      sync.Mutex
-	objs    map[string]*agentv1.Object
-	version uint64
-	stats   Stats
-	applied int // responses applied on the current stream
-	errs    map[string]string
-	changed chan struct{} // closed and replaced on every applied version
-	cancel  context.CancelFunc
-	done    chan struct{}
-	err     error // why the last stream ended
+	node       string
+	client     agentv1.AgentServiceClient
+	mu         sync.Mutex
+	errorFor   func(key string) string
+	onResponse func(*agentv1.SyncResponse)
+	objs       map[string]*agentv1.Object
+	version    uint64
+	stats      Stats
+	applied    int // responses applied on the current stream
+	errs       map[string]string
+	changed    chan struct{} // closed and replaced on every applied version
+	cancel     context.CancelFunc
+	done       chan struct{}
+	err        error // why the last stream ended
 }
 
 // New returns an agent for node on the connection cc.
@@ -56,6 +52,21 @@ func New(cc grpc.ClientConnInterface, node string) *Agent {
 		node: node, client: agentv1.NewAgentServiceClient(cc),
 		objs: map[string]*agentv1.Object{}, errs: map[string]string{}, changed: make(chan struct{}),
 	}
+}
+
+// SetErrorFor installs fn, asked for each upserted key from now on; a
+// non-empty answer is reported in the ack as that object's error.
+func (a *Agent) SetErrorFor(fn func(key string) string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.errorFor = fn
+}
+
+// SetOnResponse installs fn, which sees every response before it is applied.
+func (a *Agent) SetOnResponse(fn func(*agentv1.SyncResponse)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.onResponse = fn
 }
 
 // Rebind points the agent at another connection (a restarted controller),
@@ -150,8 +161,11 @@ func (a *Agent) run(stream agentv1.AgentService_SyncClient) error {
 			}
 			return fmt.Errorf("agenttest %s: receive: %w", a.node, err)
 		}
-		if a.OnResponse != nil {
-			a.OnResponse(resp)
+		a.mu.Lock()
+		on := a.onResponse
+		a.mu.Unlock()
+		if on != nil {
+			on(resp)
 		}
 		ack, err := a.apply(resp)
 		if err != nil {
@@ -190,8 +204,8 @@ func (a *Agent) apply(resp *agentv1.SyncResponse) (*agentv1.Ack, error) {
 		// clone needed (which matters with hundreds of agents in one test).
 		a.objs[o.GetKey()] = o
 		delete(a.errs, o.GetKey())
-		if a.ErrorFor != nil {
-			if msg := a.ErrorFor(o.GetKey()); msg != "" {
+		if a.errorFor != nil {
+			if msg := a.errorFor(o.GetKey()); msg != "" {
 				a.errs[o.GetKey()] = msg
 			}
 		}
