@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -15,18 +14,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/meridian-sdn/meridian/dataplane/datapath"
+	"github.com/meridian-sdn/meridian/dataplane/plumbing"
 )
 
 // WorkloadSpec is one workload interface to plumb.
-type WorkloadSpec struct {
-	HostName  string // host end of the veth
-	NetnsPath string
-	IfName    string
-	MAC       net.HardwareAddr
-	Addrs     []netip.Prefix
-	Gateway   netip.Addr
-	MTU       int
-}
+type WorkloadSpec = plumbing.WorkloadSpec
 
 // Plumber creates and removes the node's interfaces. The agent's own
 // implementation uses netlink (package plumbing); tests may substitute.
@@ -41,6 +33,11 @@ type Plumber interface {
 // setupNode prepares what every node needs once: the VXLAN device with the
 // overlay program, and the data path's knowledge of it.
 func (a *Agent) setupNode() error {
+	if changes, err := plumbing.EnsureNodeSysctls(); err != nil {
+		return fmt.Errorf("agent: node sysctls: %w", err)
+	} else if len(changes) > 0 {
+		a.log.Info("node sysctls set", "changes", changes)
+	}
 	idx, err := a.plumb.EnsureOverlay(a.cfg.VXLANName, a.cfg.UnderlayIP, 1500)
 	if err != nil {
 		return fmt.Errorf("agent: overlay device: %w", err)
