@@ -164,33 +164,42 @@ func (m *Model) compilePort(p *mv1.Port) (*agentv1.Object, []string) {
 	return &agentv1.Object{Key: key("port", p.GetId()), Body: &agentv1.Object_Port{Port: out}}, slices.Compact(deps)
 }
 
-// protocolNumber maps the API's protocol names and numbers to numbers.
-func protocolNumber(s string) uint32 {
+// protocolNumber maps the API's protocol names and numbers to numbers
+// (0: any), as the API server's validation does.
+func protocolNumber(s string) (uint32, bool) {
 	switch s = strings.ToLower(strings.TrimSpace(s)); s {
 	case "", "all":
-		return 0
+		return 0, true
 	case "icmp":
-		return 1
+		return 1, true
 	case "tcp":
-		return 6
+		return 6, true
 	case "udp":
-		return 17
+		return 17, true
 	case "icmpv6":
-		return 58
+		return 58, true
+	case "sctp":
+		return 132, true
 	}
 	n, err := strconv.ParseUint(s, 10, 8)
 	if err != nil {
-		return 0 // unreachable for validated input
+		return 0, false
 	}
-	return uint32(n)
+	return uint32(n), true
 }
 
-// hasPorts: protocols whose rules may name L4 ports (TCP, UDP, SCTP, UDP-Lite).
-func hasPorts(proto uint32) bool { return proto == 6 || proto == 17 || proto == 132 || proto == 136 }
+// hasPorts: protocols whose rules may name L4 ports (as the API validates).
+func hasPorts(proto uint32) bool { return proto == 6 || proto == 17 || proto == 132 }
 
-// ruleMatch is the normalised match shared by group and ACL rules.
-func ruleMatch(r *agentv1.Rule, protocol string, pmin, pmax uint32, icmpType, icmpCode *int32, cidr string) {
-	r.Protocol = protocolNumber(protocol)
+// ruleMatch fills the normalised match shared by group and ACL rules. It
+// returns false for a protocol it does not know, which validated input never
+// has: the caller then drops the rule, because reading it as protocol 0
+// ("any") would turn a narrow rule into a wide one.
+func ruleMatch(r *agentv1.Rule, protocol string, pmin, pmax uint32, icmpType, icmpCode *int32, cidr string) bool {
+	var ok bool
+	if r.Protocol, ok = protocolNumber(protocol); !ok {
+		return false
+	}
 	if hasPorts(r.Protocol) {
 		r.PortMin, r.PortMax = pmin, pmax
 		if r.PortMax == 0 {
@@ -218,6 +227,7 @@ func ruleMatch(r *agentv1.Rule, protocol string, pmin, pmax uint32, icmpType, ic
 	if r.Cidr == "0.0.0.0/0" || r.Cidr == "::/0" {
 		r.Cidr = ""
 	}
+	return true
 }
 
 func (m *Model) compileSG(g *mv1.SecurityGroup) (*agentv1.Object, []string) {
@@ -225,7 +235,10 @@ func (m *Model) compileSG(g *mv1.SecurityGroup) (*agentv1.Object, []string) {
 	rules := make([]*agentv1.Rule, 0, len(g.GetRules()))
 	for _, in := range g.GetRules() {
 		r := &agentv1.Rule{Id: in.GetId(), Allow: true, Ingress: in.GetDirection() == mv1.Direction_INGRESS}
-		ruleMatch(r, in.GetProtocol(), in.GetPortRangeMin(), in.GetPortRangeMax(), in.IcmpType, in.IcmpCode, in.GetRemoteCidr())
+		if !ruleMatch(r, in.GetProtocol(), in.GetPortRangeMin(), in.GetPortRangeMax(), in.IcmpType, in.IcmpCode, in.GetRemoteCidr()) {
+			m.log.Error("model: security group rule with unknown protocol dropped", "group", g.GetName(), "rule", in.GetId(), "protocol", in.GetProtocol())
+			continue
+		}
 		if rg := in.GetRemoteSecurityGroup(); rg != "" {
 			deps = append(deps, rg)
 			r.RemoteGroupId = m.sgID(rg)
@@ -280,7 +293,10 @@ func (m *Model) compileACL(a *mv1.NetworkAcl) (*agentv1.Object, []string) {
 			Id: in.GetId(), Number: in.GetNumber(),
 			Allow: in.GetAction() == mv1.Action_ALLOW, Ingress: in.GetDirection() == mv1.Direction_INGRESS,
 		}
-		ruleMatch(r, in.GetProtocol(), in.GetPortRangeMin(), in.GetPortRangeMax(), in.IcmpType, in.IcmpCode, in.GetCidr())
+		if !ruleMatch(r, in.GetProtocol(), in.GetPortRangeMin(), in.GetPortRangeMax(), in.IcmpType, in.IcmpCode, in.GetCidr()) {
+			m.log.Error("model: network ACL rule with unknown protocol dropped", "acl", a.GetName(), "rule", in.GetId(), "protocol", in.GetProtocol())
+			continue
+		}
 		rules = append(rules, r)
 	}
 	// Ingress first, then by number: the evaluation order of each direction.

@@ -81,6 +81,8 @@ func TestCompile(t *testing.T) {
 					&mv1.SecurityGroupRule{Id: 4, Direction: mv1.Direction_INGRESS, Protocol: "udp", PortRangeMin: 53, IcmpType: i32(3)},
 					&mv1.SecurityGroupRule{Id: 5, Direction: mv1.Direction_INGRESS, Protocol: "58", IcmpType: i32(128), IcmpCode: i32(0)},
 					&mv1.SecurityGroupRule{Id: 6, Direction: mv1.Direction_INGRESS, Protocol: "tcp", RemoteSecurityGroup: p1 + "/securityGroups/gone"},
+					&mv1.SecurityGroupRule{Id: 7, Direction: mv1.Direction_INGRESS, Protocol: "SCTP", PortRangeMin: 3868, PortRangeMax: 3868},
+					&mv1.SecurityGroupRule{Id: 8, Direction: mv1.Direction_INGRESS, Protocol: "bogus"},
 				),
 			},
 			key: "sg/9",
@@ -91,6 +93,7 @@ func TestCompile(t *testing.T) {
 					{Id: 3, Allow: true, Ingress: true, Protocol: 6, IcmpType: -1, IcmpCode: -1, RemoteGroupId: 5},
 					{Id: 4, Allow: true, Ingress: true, Protocol: 17, PortMin: 53, PortMax: 53, IcmpType: -1, IcmpCode: -1},
 					{Id: 5, Allow: true, Ingress: true, Protocol: 58, IcmpType: 128, IcmpCode: 0, Ipv6: true},
+					{Id: 7, Allow: true, Ingress: true, Protocol: 132, PortMin: 3868, PortMax: 3868, IcmpType: -1, IcmpCode: -1},
 				}}}},
 		},
 		{
