@@ -399,3 +399,35 @@ func resourceName(r *v1.Resource) string {
 	}
 	return ""
 }
+
+// TestAuditListingIsFilteredToTheCallersOrganisation: an org-admin's
+// listing holds exactly the records of its organisation's projects, also
+// of a project that has since been deleted.
+func TestAuditListingIsFilteredToTheCallersOrganisation(t *testing.T) {
+	e := apitest.Seeded(t)
+	ctx := apitest.Ctx(t)
+	e.Ok(e.OrgAdmin.Project.CreateProject(ctx, &v1.CreateProjectRequest{ProjectId: "gone", Project: &v1.Project{Organization: apitest.OrgA}}))
+	e.Ok(e.OrgAdmin.Project.DeleteProject(ctx, &v1.DeleteProjectRequest{Name: "projects/gone"}))
+	all := apitest.Must[*v1.ListAuditRecordsResponse](t)(e.Admin.Audit.ListAuditRecords(ctx, &v1.ListAuditRecordsRequest{PageSize: 1000}))
+	var want []string
+	for _, r := range all.Records {
+		if r.Project == apitest.ProjectA1 || r.Project == apitest.ProjectA2 || r.Project == "projects/gone" {
+			want = append(want, fmt.Sprint(r.Revision))
+		}
+	}
+	var got []string
+	for token := ""; ; {
+		resp := apitest.Must[*v1.ListAuditRecordsResponse](t)(e.OrgAdmin.Audit.ListAuditRecords(ctx, &v1.ListAuditRecordsRequest{PageSize: 7, PageToken: token}))
+		for _, r := range resp.Records {
+			got = append(got, fmt.Sprint(r.Revision))
+		}
+		if token = resp.NextPageToken; token == "" {
+			break
+		}
+	}
+	if len(want) < 10 || !slices.Equal(got, want) {
+		t.Fatalf("org-admin sees records at revisions %v, want %v", got, want)
+	}
+	_, err := e.User.Audit.ListAuditRecords(ctx, &v1.ListAuditRecordsRequest{Project: apitest.ProjectA1})
+	apitest.WantCode(t, err, codes.PermissionDenied, "")
+}

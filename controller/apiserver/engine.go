@@ -220,7 +220,7 @@ func (s *Server) get(ctx context.Context, k *resource.Kind, name string) (proto.
 			return notFound(k.Name, name)
 		}
 		if d := s.hooks[k].decorate; d != nil {
-			if err := d(s, tx, m, true); err != nil {
+			if err := d(s, tx, m); err != nil {
 				return err
 			}
 		}
@@ -309,7 +309,7 @@ func (s *Server) list(ctx context.Context, k *resource.Kind, parent string, page
 					continue
 				}
 				if d := s.hooks[k].decorate; d != nil {
-					if err := d(s, tx, m, false); err != nil {
+					if err := d(s, tx, m); err != nil {
 						return err
 					}
 				}

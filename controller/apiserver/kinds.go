@@ -28,9 +28,8 @@ type hooks struct {
 	refs func(obj proto.Message) []string
 	// release frees what prepare allocated, on delete.
 	release func(c *txc, old proto.Message) error
-	// decorate fills fields computed on read (statuses, usage); full is
-	// false in listings, where expensive fields are skipped.
-	decorate func(s *Server, tx store.ReadTx, obj proto.Message, full bool) error
+	// decorate fills fields computed on read (statuses, usage).
+	decorate func(s *Server, tx store.ReadTx, obj proto.Message) error
 }
 
 func (h *hooks) references(obj proto.Message, parent string) []string {
@@ -136,7 +135,7 @@ func prepareProject(c *txc, old, obj proto.Message) error {
 	return nil
 }
 
-func decorateProject(s *Server, tx store.ReadTx, m proto.Message, _ bool) error {
+func decorateProject(s *Server, tx store.ReadTx, m proto.Message) error {
 	p := m.(*v1.Project)
 	u := &v1.Quota{}
 	for k, dst := range map[*resource.Kind]*int32{resource.KindVpc: &u.Vpcs, resource.KindSubnet: &u.Subnets, resource.KindPort: &u.Ports,
@@ -175,7 +174,7 @@ func prepareNode(c *txc, _, obj proto.Message) error {
 	return nil
 }
 
-func decorateNode(s *Server, _ store.ReadTx, m proto.Message, _ bool) error {
+func decorateNode(s *Server, _ store.ReadTx, m proto.Message) error {
 	n := m.(*v1.Node)
 	if s.status != nil {
 		n.Status = s.status.NodeStatus(strings.TrimPrefix(n.Name, "nodes/"))
@@ -387,7 +386,7 @@ func prepareSubnet(c *txc, old, obj proto.Message) error {
 	return nil
 }
 
-func decorateSubnet(s *Server, tx store.ReadTx, m proto.Message, _ bool) error {
+func decorateSubnet(s *Server, tx store.ReadTx, m proto.Message) error {
 	sn := m.(*v1.Subnet)
 	// Usage reads one occupancy bitmap per 256 addresses: cheap enough for
 	// listings too.
@@ -612,7 +611,7 @@ func releasePort(c *txc, old proto.Message) error {
 	return ipam.ReleaseMAC(c.tx, mac)
 }
 
-func decoratePort(s *Server, _ store.ReadTx, m proto.Message, _ bool) error {
+func decoratePort(s *Server, _ store.ReadTx, m proto.Message) error {
 	p := m.(*v1.Port)
 	switch {
 	case p.Node == "":
@@ -777,7 +776,7 @@ func prepareNetworkAcl(c *txc, old, obj proto.Message) error {
 	return keepIDs(c, oldRules, acl.Rules, func(r *v1.NetworkAclRule, id uint32) { r.Id = id })
 }
 
-func decorateNetworkAcl(_ *Server, tx store.ReadTx, m proto.Message, _ bool) error {
+func decorateNetworkAcl(_ *Server, tx store.ReadTx, m proto.Message) error {
 	acl := m.(*v1.NetworkAcl)
 	kvs, err := tx.List(refPrefix+acl.Name+"|", "", 0)
 	if err != nil {
