@@ -288,7 +288,6 @@ func (s *Server) list(ctx context.Context, k *resource.Kind, parent string, page
 		if err := auth.Authorize(caller, auth.VerbList, t); err != nil {
 			return err
 		}
-		orgs := map[string]string{} // project → organisation, for filtering project listings
 		for {
 			kvs, err := tx.List(prefix, after, int(pageSize)+1)
 			if err != nil {
@@ -305,7 +304,7 @@ func (s *Server) list(ctx context.Context, k *resource.Kind, parent string, page
 					return fmt.Errorf("decode %s: %w", kv.Key, err)
 				}
 				resource.SetEtag(m, strconv.FormatInt(kv.ModRevision, 10))
-				if k == resource.KindProject && !canSeeProject(caller, m.(*v1.Project), orgs) {
+				if p, ok := m.(*v1.Project); ok && !auth.CanSee(caller, p.Name, p.Organization) {
 					continue
 				}
 				if d := s.hooks[k].decorate; d != nil {
@@ -324,10 +323,6 @@ func (s *Server) list(ctx context.Context, k *resource.Kind, parent string, page
 		}
 	})
 	return items, next, rev, toStatus(err)
-}
-
-func canSeeProject(id *auth.Identity, p *v1.Project, _ map[string]string) bool {
-	return auth.CanSee(id, p.Name, p.Organization)
 }
 
 func (s *Server) update(ctx context.Context, k *resource.Kind, in proto.Message, mask []string, validateOnly bool) (proto.Message, error) {
