@@ -133,7 +133,10 @@ func dial(addr string) (*grpc.ClientConn, error) {
 	if strings.HasPrefix(addr, "unix:") && !strings.HasPrefix(addr, "unix://") {
 		target = "unix://" + strings.TrimPrefix(addr, "unix:")
 	}
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// A node's snapshot can exceed gRPC's default 4 MiB receive limit on a
+	// large VPC; the protocol does not chunk snapshots (yet).
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
 	if err != nil {
 		return nil, fmt.Errorf("agent: controller %s: %w", addr, err)
 	}
