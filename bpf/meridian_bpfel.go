@@ -145,18 +145,31 @@ type MeridianRouteKey struct {
 }
 
 type MeridianSgKey struct {
+	_        structs.HostLayout
+	Policy   uint32
+	Identity uint32
+	Dir      uint8
+	Proto    uint8
+	Pad      [2]uint8
+}
+
+type MeridianSgPortKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	Policy    uint32
-	Identity  uint32
-	Dir       uint8
-	Proto     uint8
+	Set       uint32
 	Port      [2]uint8
+	Pad       [2]uint8
 }
 
 type MeridianSgValue struct {
-	_    structs.HostLayout
-	Rule uint32
+	_       structs.HostLayout
+	Rule    uint32
+	PortSet uint32
+	Nranges uint16
+	Pad     uint16
+	Lo      [8]uint16
+	Hi      [8]uint16
 }
 
 type MeridianSubnetInfo struct {
@@ -186,6 +199,7 @@ const (
 	MeridianMapRoutes                   = "routes"
 	MeridianMapSgIpcache                = "sg_ipcache"
 	MeridianMapSgPolicy                 = "sg_policy"
+	MeridianMapSgPorts                  = "sg_ports"
 	MeridianMapSubnets                  = "subnets"
 	MeridianProgMeridianFromOverlay     = "meridian_from_overlay"
 	MeridianProgMeridianFromOverlayMark = "meridian_from_overlay_mark"
@@ -258,6 +272,7 @@ type MeridianMapSpecs struct {
 	Routes        *ebpf.MapSpec `ebpf:"routes"`
 	SgIpcache     *ebpf.MapSpec `ebpf:"sg_ipcache"`
 	SgPolicy      *ebpf.MapSpec `ebpf:"sg_policy"`
+	SgPorts       *ebpf.MapSpec `ebpf:"sg_ports"`
 	Subnets       *ebpf.MapSpec `ebpf:"subnets"`
 }
 
@@ -302,6 +317,7 @@ type MeridianMaps struct {
 	Routes        *ebpf.Map `ebpf:"routes"`
 	SgIpcache     *ebpf.Map `ebpf:"sg_ipcache"`
 	SgPolicy      *ebpf.Map `ebpf:"sg_policy"`
+	SgPorts       *ebpf.Map `ebpf:"sg_ports"`
 	Subnets       *ebpf.Map `ebpf:"subnets"`
 }
 
@@ -322,6 +338,7 @@ func (m *MeridianMaps) Close() error {
 		m.Routes,
 		m.SgIpcache,
 		m.SgPolicy,
+		m.SgPorts,
 		m.Subnets,
 	)
 }

@@ -79,17 +79,36 @@ type IPCacheEntry struct {
 	Identity uint32
 }
 
-// SGEntry allows traffic of a policy from/to a remote identity.
-// Protocol ProtoAny entries ignore the port.
+// MaxInlineSpans is how many port spans an SGEntry carries itself; an
+// entry with more refers to a port set instead.
+const MaxInlineSpans = 8
+
+// Span is an inclusive interval of the port space (TCP/UDP destination
+// port, or ICMP type<<8 | code).
+type Span struct {
+	Lo, Hi uint16
+}
+
+// SGEntry allows traffic of a policy to/from a remote identity for one
+// protocol (ProtoAny: every protocol and port) on the ports in Spans, or,
+// when there are more than MaxInlineSpans, in port set PortSet.
 type SGEntry struct {
 	Policy    uint32
 	Identity  uint32
 	Direction Direction
 	Protocol  uint8
-	Port      PortPrefix
+	Spans     []Span
+	PortSet   uint32
 	// Rule is the lowest id of the rules merged into the entry. Allow
 	// decisions are not reported, so it serves debugging only.
 	Rule uint32
+}
+
+// SGPortSetEntry puts the port prefix Port into set Set of a policy.
+type SGPortSetEntry struct {
+	Policy uint32
+	Set    uint32
+	Port   PortPrefix
 }
 
 // CompiledSG is the compiled form of the security-group policies of a VPC.
@@ -98,6 +117,7 @@ type CompiledSG struct {
 	Policies []uint32 // ids of the policies compiled, sorted
 	IPCache  []IPCacheEntry
 	Entries  []SGEntry
+	PortSets []SGPortSetEntry
 }
 
 type selector struct {
@@ -204,14 +224,25 @@ func CompileSecurityGroups(vpc uint32, policies []SecurityGroupPolicy, groups Gr
 	for i := range policies {
 		p := &policies[i]
 		out.Policies = append(out.Policies, p.ID)
+		sets := map[string]uint32{}
 		for _, d := range []Direction{Egress, Ingress} {
-			out.Entries = append(out.Entries, policyEntries(p, d, members, idSelectors)...)
+			out.Entries = append(out.Entries, policyEntries(p, d, members, idSelectors, sets)...)
+		}
+		for key, set := range sets {
+			for _, sp := range parseSpans(key) {
+				for _, pp := range rangePrefixes(sp.Lo, sp.Hi) {
+					out.PortSets = append(out.PortSets, SGPortSetEntry{Policy: p.ID, Set: set, Port: pp})
+				}
+			}
 		}
 	}
 	slices.Sort(out.Policies)
 	slices.SortFunc(out.Entries, func(a, b SGEntry) int {
 		return cmp.Or(cmp.Compare(a.Policy, b.Policy), cmp.Compare(a.Identity, b.Identity),
-			cmp.Compare(a.Direction, b.Direction), cmp.Compare(a.Protocol, b.Protocol),
+			cmp.Compare(a.Direction, b.Direction), cmp.Compare(a.Protocol, b.Protocol))
+	})
+	slices.SortFunc(out.PortSets, func(a, b SGPortSetEntry) int {
+		return cmp.Or(cmp.Compare(a.Policy, b.Policy), cmp.Compare(a.Set, b.Set),
 			cmp.Compare(a.Port.Value, b.Port.Value), cmp.Compare(a.Port.Bits, b.Port.Bits))
 	})
 	return out, nil
@@ -235,11 +266,13 @@ func ruleSpan(r *SGRule) l4span {
 
 // policyEntries emits the entries of policy p in direction d. For each
 // identity, the port spans of all rules whose selector it contains are
-// merged per protocol before being cut into prefixes: emitting per rule
-// would multiply entries by the rules sharing an identity (nested CIDRs).
-// An identity allowed any protocol gets the protocol-0 entry only, which
-// the data path consults for every packet.
-func policyEntries(p *SecurityGroupPolicy, d Direction, members map[selector][]uint32, idSelectors map[uint32][]selector) []SGEntry {
+// merged per protocol: emitting per rule would multiply entries by the
+// rules sharing an identity (nested CIDRs). An identity allowed any
+// protocol gets the protocol-0 entry only, which the data path consults
+// for every packet. Span lists too long to inline become port sets of the
+// policy, shared by every entry with the same list.
+func policyEntries(p *SecurityGroupPolicy, d Direction, members map[selector][]uint32,
+	idSelectors map[uint32][]selector, sets map[string]uint32) []SGEntry {
 	spans := map[selector][]l4span{}
 	for j := range p.Rules {
 		r := &p.Rules[j]
@@ -263,18 +296,46 @@ func policyEntries(p *SecurityGroupPolicy, d Direction, members map[selector][]u
 			}
 		}
 		if anyProto := byProto[ProtoAny]; len(anyProto) > 0 {
-			out = append(out, SGEntry{Policy: p.ID, Identity: id, Direction: d, Protocol: ProtoAny, Rule: lowestRule(anyProto)})
+			out = append(out, SGEntry{Policy: p.ID, Identity: id, Direction: d, Protocol: ProtoAny,
+				Spans: []Span{{0, 0xffff}}, Rule: lowestRule(anyProto)})
 			continue
 		}
 		for _, proto := range slices.Sorted(maps.Keys(byProto)) {
 			list := byProto[proto]
-			rule := lowestRule(list)
+			e := SGEntry{Policy: p.ID, Identity: id, Direction: d, Protocol: proto, Rule: lowestRule(list)}
 			for _, iv := range mergeSpans(list) {
-				for _, pp := range rangePrefixes(iv.lo, iv.hi) {
-					out = append(out, SGEntry{Policy: p.ID, Identity: id, Direction: d, Protocol: proto, Port: pp, Rule: rule})
-				}
+				e.Spans = append(e.Spans, Span{iv.lo, iv.hi})
 			}
+			if len(e.Spans) > MaxInlineSpans {
+				key := spansKey(e.Spans)
+				set, ok := sets[key]
+				if !ok {
+					set = uint32(len(sets) + 1)
+					sets[key] = set
+				}
+				e.Spans, e.PortSet = nil, set
+			}
+			out = append(out, e)
 		}
+	}
+	return out
+}
+
+func spansKey(spans []Span) string {
+	parts := make([]string, len(spans))
+	for i, s := range spans {
+		parts[i] = strconv.Itoa(int(s.Lo)) + "-" + strconv.Itoa(int(s.Hi))
+	}
+	return strings.Join(parts, ",")
+}
+
+func parseSpans(key string) []Span {
+	var out []Span
+	for _, part := range strings.Split(key, ",") {
+		lo, hi, _ := strings.Cut(part, "-")
+		l, _ := strconv.Atoi(lo)
+		h, _ := strconv.Atoi(hi)
+		out = append(out, Span{uint16(l), uint16(h)})
 	}
 	return out
 }

@@ -39,9 +39,18 @@ func simulateSG(c *fw.CompiledSG, policy uint32, d fw.Direction, p fw.Packet) bo
 	port := policyPort(p)
 	for _, proto := range []uint8{p.Protocol, fw.ProtoAny} {
 		for _, e := range c.Entries {
-			if e.Policy == policy && e.Identity == identity && e.Direction == d &&
-				e.Protocol == proto && e.Port.Contains(port) {
-				return true
+			if e.Policy != policy || e.Identity != identity || e.Direction != d || e.Protocol != proto {
+				continue
+			}
+			for _, s := range e.Spans {
+				if port >= s.Lo && port <= s.Hi {
+					return true
+				}
+			}
+			for _, ps := range c.PortSets {
+				if e.PortSet != 0 && ps.Policy == policy && ps.Set == e.PortSet && ps.Port.Contains(port) {
+					return true
+				}
 			}
 		}
 	}
@@ -222,5 +231,29 @@ func TestValidationRejects(t *testing.T) {
 	}
 	if _, err := fw.CompileACL(&acl); err == nil {
 		t.Errorf("accepted an ACL with %d rules", len(acl.Rules))
+	}
+}
+
+func TestManySpansBecomeAPortSet(t *testing.T) {
+	var rules []fw.SGRule
+	for i := range 12 {
+		p := uint16(10 * (i + 1))
+		rules = append(rules, fw.SGRule{ID: uint32(i + 1), Direction: fw.Ingress, Protocol: fw.ProtoTCP,
+			Ports: fw.PortRange{From: p, To: p}, RemoteCIDR: netip.MustParsePrefix("10.0.0.0/8")})
+	}
+	pol := fw.SecurityGroupPolicy{ID: 1, Rules: rules}
+	c, err := fw.CompileSecurityGroups(1, []fw.SecurityGroupPolicy{pol}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Entries) != 1 || c.Entries[0].PortSet == 0 || len(c.PortSets) != 12 {
+		t.Fatalf("want one entry with a port set of 12 ports: %+v", c)
+	}
+	for port := uint16(0); port < 200; port++ {
+		pkt := fw.Packet{Src: netip.MustParseAddr("10.1.1.1"), Dst: netip.MustParseAddr("10.2.2.2"), Protocol: fw.ProtoTCP, DstPort: port}
+		want, _ := pol.Evaluate(fw.Ingress, pkt, nil)
+		if got := simulateSG(c, 1, fw.Ingress, pkt); got != want {
+			t.Fatalf("port %d: compiled %v, reference %v", port, got, want)
+		}
 	}
 }

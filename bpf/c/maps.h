@@ -17,6 +17,7 @@
 #define MAX_CT           262144
 #define MAX_IPCACHE      262144
 #define MAX_SG_POLICY    1048576
+#define MAX_SG_PORTS     262144
 #define MAX_ACL_ENTRIES  262144
 #define MAX_DROP_KEYS    65536
 
@@ -132,17 +133,33 @@ struct ipcache_value {
 	__u32 identity;
 };
 
+/* Security-group policy: exact match on everything but the port, whose
+ * allowed set is a few inline ranges or, when it has more, an LPM set. */
+#define SG_INLINE_RANGES 8
+
 struct sg_key {
-	__u32 prefixlen; /* 80 + port prefix length */
 	__u32 policy;
 	__u32 identity;
 	__u8  dir;
-	__u8  proto;     /* 0: any protocol */
-	__u8  port[2];   /* TCP/UDP dport, or ICMP type, code */
+	__u8  proto;     /* 0: any protocol, every port */
+	__u8  pad[2];
 };
 
 struct sg_value {
 	__u32 rule;
+	__u32 port_set;  /* non-zero: ports are in sg_ports under this set */
+	__u16 nranges;
+	__u16 pad;
+	__u16 lo[SG_INLINE_RANGES]; /* host byte order, inclusive */
+	__u16 hi[SG_INLINE_RANGES];
+};
+
+struct sg_port_key {
+	__u32 prefixlen; /* 64 + port prefix length */
+	__u32 policy;
+	__u32 set;
+	__u8  port[2];   /* TCP/UDP dport, or ICMP type, code */
+	__u8  pad[2];
 };
 
 struct acl_cidr_key {

@@ -111,13 +111,22 @@ struct {
 } sg_ipcache SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_SG_POLICY);
 	__type(key, struct sg_key);
 	__type(value, struct sg_value);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sg_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_SG_PORTS);
+	__type(key, struct sg_port_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sg_ports SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -515,9 +524,31 @@ static __noinline void ct_commit(struct pkt *p, struct ct_result *r)
 
 /* ---- policy ---- */
 
+static __always_inline int sg_port_ok(struct sg_value *v, __u32 policy, struct pkt *p)
+{
+	__u16 port = ((__u16)p->pport[0] << 8) | p->pport[1];
+
+	if (v->port_set) {
+		struct sg_port_key k = { .prefixlen = 80, .policy = policy, .set = v->port_set };
+
+		k.port[0] = p->pport[0];
+		k.port[1] = p->pport[1];
+		return bpf_map_lookup_elem(&sg_ports, &k) != NULL;
+	}
+#pragma unroll
+	for (int i = 0; i < SG_INLINE_RANGES; i++) {
+		if (i >= v->nranges)
+			break;
+		if (port >= v->lo[i] && port <= v->hi[i])
+			return 1;
+	}
+	return 0;
+}
+
 /* sg_allows returns the id of a rule of policy that allows the packet in
- * direction dir with the given remote address, or 0. Two LPM lookups at
- * most, whatever the number of rules (fw/doc.go). */
+ * direction dir with the given remote address, or 0. An LPM lookup for the
+ * remote identity and at most two hash lookups, whatever the number of
+ * rules (fw/doc.go). */
 static __noinline __u32 sg_allows(__u32 policy, __u32 dir, __u32 remote, struct pkt *p)
 {
 	struct ipcache_key ik = { .prefixlen = 64, .vpc = p->vpc, .ip = remote };
@@ -526,15 +557,12 @@ static __noinline __u32 sg_allows(__u32 policy, __u32 dir, __u32 remote, struct 
 	struct sg_value *v;
 
 	iv = bpf_map_lookup_elem(&sg_ipcache, &ik);
-	k.prefixlen = 96;
 	k.policy = policy;
 	k.identity = iv ? iv->identity : 0;
 	k.dir = dir;
 	k.proto = p->proto;
-	k.port[0] = p->pport[0];
-	k.port[1] = p->pport[1];
 	v = bpf_map_lookup_elem(&sg_policy, &k);
-	if (v)
+	if (v && sg_port_ok(v, policy, p))
 		return v->rule;
 	k.proto = 0; /* rules for any protocol ignore the port */
 	v = bpf_map_lookup_elem(&sg_policy, &k);

@@ -225,6 +225,23 @@ func TestSecurityGroups(t *testing.T) {
 			t.Fatalf("event %+v", ev)
 		}
 	})
+	t.Run("many port spans (port set)", func(t *testing.T) {
+		var rules []fw.SGRule
+		for i := range 12 {
+			p := uint16(1000 + 10*i)
+			rules = append(rules, fw.SGRule{ID: uint32(300 + i), Direction: fw.Ingress, Protocol: fw.ProtoTCP,
+				Ports: fw.PortRange{From: p, To: p}, RemoteCIDR: vpcNet})
+		}
+		f.policies[3] = fw.SecurityGroupPolicy{ID: 3, Rules: rules}
+		f.policies[1] = allowAll(1)
+		f.install(t)
+		p := from(portA, portC.IPs[0])
+		p.dport = 1030
+		f.expectDeliver(t, portA, p.bytes(t), portC, 63)
+		p.dport = 1031
+		f.expectDrop(t, portA, p.bytes(t), portC.ID, DropSGIngress)
+		nextEvent(t, events)
+	})
 	noEvent(t, events)
 }
 

@@ -20,14 +20,23 @@ func ipcacheKey(vpc uint32, e fw.IPCacheEntry) bpf.MeridianIpcacheKey {
 }
 
 func sgKey(e fw.SGEntry) bpf.MeridianSgKey {
-	return bpf.MeridianSgKey{
-		Prefixlen: 80 + uint32(e.Port.Bits),
-		Policy:    e.Policy,
-		Identity:  e.Identity,
-		Dir:       uint8(e.Direction),
-		Proto:     e.Protocol,
-		Port:      [2]byte{byte(e.Port.Value >> 8), byte(e.Port.Value)},
+	return bpf.MeridianSgKey{Policy: e.Policy, Identity: e.Identity, Dir: uint8(e.Direction), Proto: e.Protocol}
+}
+
+func sgValue(e fw.SGEntry) (bpf.MeridianSgValue, error) {
+	v := bpf.MeridianSgValue{Rule: e.Rule, PortSet: e.PortSet, Nranges: uint16(len(e.Spans))}
+	if len(e.Spans) > len(v.Lo) {
+		return v, fmt.Errorf("%d port spans inline, the data path holds %d", len(e.Spans), len(v.Lo))
 	}
+	for i, s := range e.Spans {
+		v.Lo[i], v.Hi[i] = s.Lo, s.Hi
+	}
+	return v, nil
+}
+
+func sgPortKey(e fw.SGPortSetEntry) bpf.MeridianSgPortKey {
+	return bpf.MeridianSgPortKey{Prefixlen: 64 + uint32(e.Port.Bits), Policy: e.Policy, Set: e.Set,
+		Port: [2]byte{byte(e.Port.Value >> 8), byte(e.Port.Value)}}
 }
 
 // ApplySecurityGroups makes the installed security-group state of c.VPC and
@@ -42,11 +51,24 @@ func (d *Datapath) ApplySecurityGroups(c *fw.CompiledSG) error {
 			return fmt.Errorf("apply security groups of vpc %d: ipcache %v: %w", c.VPC, e.Prefix, err)
 		}
 	}
+	// Port sets before the entries that refer to them.
+	wantSet := make(map[bpf.MeridianSgPortKey]bool, len(c.PortSets))
+	for _, e := range c.PortSets {
+		k := sgPortKey(e)
+		wantSet[k] = true
+		if err := m.SgPorts.Update(k, uint32(1), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("apply security groups of vpc %d: policy %d port set %d: %w", c.VPC, e.Policy, e.Set, err)
+		}
+	}
 	wantSG := make(map[bpf.MeridianSgKey]bool, len(c.Entries))
 	for _, e := range c.Entries {
 		k := sgKey(e)
 		wantSG[k] = true
-		if err := m.SgPolicy.Update(k, bpf.MeridianSgValue{Rule: e.Rule}, ebpf.UpdateAny); err != nil {
+		v, err := sgValue(e)
+		if err != nil {
+			return fmt.Errorf("apply security groups of vpc %d: policy %d: %w", c.VPC, e.Policy, err)
+		}
+		if err := m.SgPolicy.Update(k, &v, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("apply security groups of vpc %d: policy %d entry: %w", c.VPC, e.Policy, err)
 		}
 	}
@@ -61,6 +83,12 @@ func (d *Datapath) ApplySecurityGroups(c *fw.CompiledSG) error {
 	}); err != nil {
 		return fmt.Errorf("apply security groups of vpc %d: prune policies: %w", c.VPC, err)
 	}
+	if err := deleteWhere(m.SgPorts, func(k bpf.MeridianSgPortKey) bool {
+		_, ours := slices.BinarySearch(c.Policies, k.Policy)
+		return ours && !wantSet[k]
+	}); err != nil {
+		return fmt.Errorf("apply security groups of vpc %d: prune port sets: %w", c.VPC, err)
+	}
 	return nil
 }
 
@@ -68,6 +96,9 @@ func (d *Datapath) ApplySecurityGroups(c *fw.CompiledSG) error {
 func (d *Datapath) DeleteSecurityGroupPolicy(id uint32) error {
 	if err := deleteWhere(d.objs.SgPolicy, func(k bpf.MeridianSgKey) bool { return k.Policy == id }); err != nil {
 		return fmt.Errorf("delete security-group policy %d: %w", id, err)
+	}
+	if err := deleteWhere(d.objs.SgPorts, func(k bpf.MeridianSgPortKey) bool { return k.Policy == id }); err != nil {
+		return fmt.Errorf("delete port sets of security-group policy %d: %w", id, err)
 	}
 	return nil
 }
