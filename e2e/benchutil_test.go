@@ -16,8 +16,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-
-	meridianv1 "github.com/meridian-sdn/meridian/api/meridian/v1"
 )
 
 // Helpers of the data-plane benchmarks (bench_test.go): namespaces and
@@ -181,10 +179,10 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// apiClient connects to the run's controller API as its system admin; the
+// apiConn connects to the run's controller API as its system admin; the
 // token goes in an interceptor because PerRPCCredentials refuse plaintext
 // (the socket is a local unix socket).
-func (r *Run) apiClient(tb testing.TB) meridianv1.NetworkServiceClient {
+func (r *Run) apiConn(tb testing.TB) grpc.ClientConnInterface {
 	tb.Helper()
 	auth := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, o ...grpc.CallOption) error {
 		return invoker(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+r.Token()), method, req, reply, cc, o...)
@@ -195,7 +193,7 @@ func (r *Run) apiClient(tb testing.TB) meridianv1.NetworkServiceClient {
 		tb.Fatalf("controller API: %v", err)
 	}
 	tb.Cleanup(func() { _ = conn.Close() })
-	return meridianv1.NewNetworkServiceClient(conn)
+	return conn
 }
 
 // workloadAddr is a workload's IPv4 address, failing tb if it has none.
