@@ -42,11 +42,18 @@ func config(t testing.TB, dataDir string) controller.Config {
 	return cfg
 }
 
-// start builds and serves a controller and waits until it listens.
+// start builds and serves a controller (without agent distributor) and
+// waits until it listens.
 func start(t testing.TB, cfg controller.Config) *running {
 	t.Helper()
+	return startWith(t, cfg, nil)
+}
+
+// startWith is start with an agent distributor factory.
+func startWith(t testing.TB, cfg controller.Config, agents controller.AgentsFactory) *running {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	c, err := controller.New(cfg, log, nil)
+	c, err := controller.New(cfg, log, agents)
 	if err != nil {
 		t.Fatalf("controller.New: %v", err)
 	}

@@ -305,4 +305,3 @@ func verifyStoreAfterCrash(t *testing.T, path string, ports map[string]acked) {
 		t.Fatal(err)
 	}
 }
-
