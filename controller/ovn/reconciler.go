@@ -80,7 +80,10 @@ type Reconciler struct {
 	wake  chan struct{} // cap 1: something may need a pass
 	lostC chan struct{} // cap 1: the NB connection dropped
 
-	passMu sync.Mutex // one pass at a time
+	passMu     sync.Mutex // one pass at a time; guards the fields below
+	renderer   *Renderer
+	verified   map[verifiedKey]verifiedPair // from the last pass on this client
+	verifiedOn client.Client
 
 	mu     sync.Mutex // guards c and status; never held across I/O
 	c      client.Client
@@ -107,7 +110,7 @@ func NewReconciler(cfg Config) (*Reconciler, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	return &Reconciler{cfg: cfg, log: cfg.Logger.With("component", "ovn"), wake: make(chan struct{}, 1), lostC: make(chan struct{}, 1)}, nil
+	return &Reconciler{cfg: cfg, log: cfg.Logger.With("component", "ovn"), wake: make(chan struct{}, 1), lostC: make(chan struct{}, 1), renderer: NewRenderer()}, nil
 }
 
 // Connect connects to the NB database and fills the cache with the tables
@@ -222,7 +225,10 @@ func (r *Reconciler) Client() client.Client {
 // Sync renders objs and makes the NB database match, in one pass. It is
 // safe to call concurrently with Run (passes are serialised).
 func (r *Reconciler) Sync(ctx context.Context, objs map[string]*agentv1.Object) (SyncResult, error) {
-	return r.SyncDesired(ctx, Render(objs))
+	r.passMu.Lock()
+	d := r.renderer.Render(objs)
+	r.passMu.Unlock()
+	return r.SyncDesired(ctx, d)
 }
 
 // SyncDesired makes the NB database match already rendered rows.
@@ -235,8 +241,12 @@ func (r *Reconciler) SyncDesired(ctx context.Context, d *Desired) (SyncResult, e
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
-	p := &pass{c: c, d: d, max: r.cfg.MaxOps}
+	if r.verifiedOn != c {
+		r.verified, r.verifiedOn = nil, c // a new client has a new cache
+	}
+	p := &pass{log: r.log, c: c, d: d, max: r.cfg.MaxOps, verified: r.verified, nextVerified: map[verifiedKey]verifiedPair{}}
 	err := p.run(ctx)
+	r.verified = p.nextVerified
 	if err == nil {
 		err = p.settle(ctx, r.cfg.Timeout)
 	}

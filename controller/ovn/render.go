@@ -33,16 +33,24 @@ type Desired struct {
 func newDesired() *Desired { return &Desired{rows: map[string]map[string]*Row{}} }
 
 func (d *Desired) add(table, id, owner, kind string, m model.Model) *Row {
+	r := newRow(table, id, owner, kind, m)
+	d.put(r)
+	return r
+}
+
+func newRow(table, id, owner, kind string, m model.Model) *Row {
 	s := specByName[table]
 	s.field(m, "external_ids").Set(reflect.ValueOf(map[string]string{KeyID: id, KeyOwner: owner, KeyKind: kind}))
-	r := &Row{Table: table, ID: id, Model: m, Refs: map[string][]string{}}
-	t := d.rows[table]
+	return &Row{Table: table, ID: id, Model: m, Refs: map[string][]string{}}
+}
+
+func (d *Desired) put(r *Row) {
+	t := d.rows[r.Table]
 	if t == nil {
 		t = map[string]*Row{}
-		d.rows[table] = t
+		d.rows[r.Table] = t
 	}
-	t[id] = r
-	return r
+	t[r.ID] = r
 }
 
 // Row returns the desired row of table with meridian:id id, nil if none.
@@ -116,13 +124,29 @@ func sortedIDs[T any](m map[uint32]T) []uint32 { return slices.Sorted(maps.Keys(
 // Object keys as the model spells them, used as owners.
 func owner(kind string, id uint32) string { return kind + "/" + itoa(id) }
 
+// Renderer renders repeatedly, reusing work: the ACL rows of a security
+// group's rules (the bulk of all rows) are kept per group object and reused
+// while the object is the same. The model replaces an object when, and only
+// when, it changes, so after one rule change a render rebuilds one group's
+// ACLs. Reused rows are shared between Desired values and never modified.
+// A Renderer is not safe for concurrent use.
+type Renderer struct {
+	sgACLs map[*agentv1.SecurityGroup][]*Row
+}
+
+// NewRenderer returns a Renderer with nothing cached.
+func NewRenderer() *Renderer { return &Renderer{sgACLs: map[*agentv1.SecurityGroup][]*Row{}} }
+
+// Render renders objs from scratch; see Renderer.Render.
+func Render(objs map[string]*agentv1.Object) *Desired { return NewRenderer().Render(objs) }
+
 // Render computes the NB rows of a set of logical model objects (all of
 // them, keyed by object key: every VPC, subnet, port, group, ACL and route
 // table the controller holds). Objects that reference something absent are
 // rendered without that part rather than not at all, failing closed: a port
 // whose subnet is missing has no switch port; a rule naming an unknown
 // group was already dropped by the model.
-func Render(objs map[string]*agentv1.Object) *Desired {
+func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 	x := indexObjects(objs)
 	d := newDesired()
 	allPorts := d.renderDefaultDeny()
@@ -144,8 +168,16 @@ func Render(objs map[string]*agentv1.Object) *Desired {
 			members[g] = append(members[g], owner("port", id))
 		}
 	}
+	cached := rr.sgACLs
+	rr.sgACLs = make(map[*agentv1.SecurityGroup][]*Row, len(x.sgs))
 	for _, id := range sortedIDs(x.sgs) {
-		d.renderSG(x, x.sgs[id], members[id], remote[id])
+		g := x.sgs[id]
+		acls, ok := cached[g]
+		if !ok {
+			acls = sgACLs(g)
+		}
+		rr.sgACLs[g] = acls
+		d.renderSG(x, g, acls, members[id], remote[id])
 	}
 	for _, id := range sortedIDs(x.rts) {
 		d.renderRouteTable(x, x.rts[id])
@@ -313,24 +345,38 @@ func b2i(b bool) int {
 	return 0
 }
 
-func (d *Desired) renderSG(x *index, g *agentv1.SecurityGroup, members []string, remoteFamilies [2]bool) {
+// sgACLs renders the ACLs of a group's rules.
+func sgACLs(g *agentv1.SecurityGroup) []*Row {
+	own := owner("sg", g.GetId())
+	pg := PortGroupName(g.GetId())
+	out := make([]*Row, 0, len(g.GetRules()))
+	seen := make(map[string]bool, len(g.GetRules()))
+	for i, r := range g.GetRules() {
+		id := own + "/rule/" + itoa(r.GetId())
+		if r.GetId() == 0 || seen[id] {
+			id = own + "/rule-index/" + strconv.Itoa(i)
+		}
+		seen[id] = true
+		dir, scope := nbdb.ACLDirectionFromLport, "inport == @"+pg
+		if r.GetIngress() {
+			dir, scope = nbdb.ACLDirectionToLport, "outport == @"+pg
+		}
+		out = append(out, newRow(nbdb.ACLTable, id, own, "sg-rule", &nbdb.ACL{
+			Direction: dir, Action: nbdb.ACLActionAllowRelated, Priority: PrioritySG,
+			Match: scope + " && " + ruleMatch(r),
+		}))
+	}
+	return out
+}
+
+func (d *Desired) renderSG(x *index, g *agentv1.SecurityGroup, acls []*Row, members []string, remoteFamilies [2]bool) {
 	own := owner("sg", g.GetId())
 	pg := d.add(nbdb.PortGroupTable, own, own, "security-group", &nbdb.PortGroup{Name: PortGroupName(g.GetId())})
 	pg.Refs["ports"] = members
-	for i, r := range g.GetRules() {
-		id := own + "/rule/" + itoa(r.GetId())
-		if r.GetId() == 0 || d.Row(nbdb.ACLTable, id) != nil {
-			id = own + "/rule-index/" + strconv.Itoa(i)
-		}
-		dir, scope := nbdb.ACLDirectionFromLport, "inport == @"+pg.Model.(*nbdb.PortGroup).Name
-		if r.GetIngress() {
-			dir, scope = nbdb.ACLDirectionToLport, "outport == @"+pg.Model.(*nbdb.PortGroup).Name
-		}
-		d.add(nbdb.ACLTable, id, own, "sg-rule", &nbdb.ACL{
-			Direction: dir, Action: nbdb.ACLActionAllowRelated, Priority: PrioritySG,
-			Match: scope + " && " + ruleMatch(r),
-		})
-		pg.Refs["acls"] = append(pg.Refs["acls"], id)
+	pg.Refs["acls"] = make([]string, 0, len(acls))
+	for _, a := range acls {
+		d.put(a)
+		pg.Refs["acls"] = append(pg.Refs["acls"], a.ID)
 	}
 	for fam, named := range remoteFamilies {
 		if !named {

@@ -3,8 +3,8 @@ package ovn
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
-	"sort"
 	"strconv"
 	"time"
 
@@ -46,6 +46,7 @@ type actualTable struct {
 
 // pass is one reconciliation of desired rows against the cache.
 type pass struct {
+	log    *slog.Logger
 	c      client.Client
 	d      *Desired
 	max    int // operations per transaction
@@ -58,6 +59,19 @@ type pass struct {
 
 	created []created // rows created, to wait for in the cache
 	deleted []created
+
+	// verified remembers, per table and id, the desired row and the cache
+	// row last found equal. Rendered rows are reused while their object is
+	// unchanged, and libovsdb replaces a cached model on every update, so
+	// two pointer comparisons stand in for a column-by-column comparison.
+	verified, nextVerified map[verifiedKey]verifiedPair
+}
+
+type verifiedKey struct{ table, id string }
+
+type verifiedPair struct {
+	want *Row
+	have model.Model
 }
 
 type created struct{ table, uuid string }
@@ -81,32 +95,20 @@ func (p *pass) snapshot() {
 	for _, s := range specs {
 		at := &actualTable{byID: map[string]model.Model{}, idOf: map[string]string{}}
 		p.uuid[s.name] = map[string]string{}
-		rows := p.c.Cache().Table(s.name).RowsShallow()
-		// Sorted, so that which of two duplicates is kept never flaps.
-		uuids := make([]string, 0, len(rows))
-		for u := range rows {
-			uuids = append(uuids, u)
-		}
-		sort.Strings(uuids)
-		for _, u := range uuids {
-			m := rows[u]
+		for u, m := range p.c.Cache().Table(s.name).RowsShallow() {
 			_, ext := s.meta(m)
 			id, ok := ext[KeyID]
 			if !ok {
 				continue // not ours: never looked at again
 			}
 			at.idOf[u] = id
-			if kept, dup := at.byID[id]; dup {
-				// Keep the copy that already looks right: fewer writes.
-				if want := p.d.Row(s.name, id); want != nil &&
-					len(s.changed(want.Model, kept)) > 0 && len(s.changed(want.Model, m)) == 0 {
-					at.extras = append(at.extras, kept)
-					at.byID[id] = m
-					p.uuid[s.name][id] = u
-					continue
-				}
+			kept, dup := at.byID[id]
+			if dup && !p.prefer(s, id, u, m, kept) {
 				at.extras = append(at.extras, m)
 				continue
+			}
+			if dup {
+				at.extras = append(at.extras, kept)
 			}
 			at.byID[id] = m
 			p.uuid[s.name][id] = u
@@ -128,6 +130,20 @@ func (p *pass) snapshot() {
 	}
 }
 
+// prefer reports whether row m (uuid u) should be kept for id rather than
+// kept: the copy that already looks right (fewer writes), else the lower
+// UUID, so the choice never flaps between passes.
+func (p *pass) prefer(s *tableSpec, id, u string, m, kept model.Model) bool {
+	if want := p.d.Row(s.name, id); want != nil {
+		mOK, keptOK := len(s.changed(want.Model, m)) == 0, len(s.changed(want.Model, kept)) == 0
+		if mOK != keptOK {
+			return mOK
+		}
+	}
+	ku, _ := s.meta(kept)
+	return u < ku
+}
+
 // run reconciles in four phases, each committed before the next so later
 // phases can name the UUIDs earlier ones created:
 //  1. root rows (routers, switches, DHCP options, address sets, port groups);
@@ -137,16 +153,29 @@ func (p *pass) snapshot() {
 //
 // Address sets are created before and deleted after the ACLs naming them.
 func (p *pass) run(ctx context.Context) error {
+	start := time.Now()
 	p.snapshot()
-	phases := []func() ([]unit, error){p.roots, p.unlinkChildren, p.children, p.members, p.deleteRoots}
-	for i, phase := range phases {
-		units, err := phase()
+	p.log.Debug("NB snapshot", "took", time.Since(start))
+	phases := []struct {
+		name string
+		fn   func() ([]unit, error)
+	}{
+		{"roots", p.roots}, {"unlink", p.unlinkChildren}, {"children", p.children},
+		{"members", p.members}, {"delete", p.deleteRoots},
+	}
+	for _, ph := range phases {
+		start := time.Now()
+		units, err := ph.fn()
 		if err != nil {
-			return fmt.Errorf("phase %d: %w", i+1, err)
+			return fmt.Errorf("phase %s: %w", ph.name, err)
 		}
+		diffed := time.Since(start)
+		txns := p.result.Transactions
 		if err := p.commit(ctx, units); err != nil {
-			return fmt.Errorf("phase %d: %w", i+1, err)
+			return fmt.Errorf("phase %s: %w", ph.name, err)
 		}
+		p.log.Debug("NB phase", "phase", ph.name, "units", len(units), "transactions", p.result.Transactions-txns,
+			"diff", diffed, "commit", time.Since(start)-diffed)
 	}
 	return nil
 }
@@ -157,7 +186,7 @@ func (p *pass) roots() ([]unit, error) {
 		if !s.root {
 			continue
 		}
-		for _, want := range p.d.Rows(s.name) {
+		for _, want := range p.d.rows[s.name] {
 			u, err := p.upsert(s, want)
 			if err != nil {
 				return nil, err
@@ -187,9 +216,15 @@ func (p *pass) upsert(s *tableSpec, want *Row) (*unit, error) {
 	if !ok {
 		return p.insert(s, want.ID, m)
 	}
+	key := verifiedKey{s.name, want.ID}
+	if v := p.verified[key]; v.want == want && v.have == have {
+		p.nextVerified[key] = v
+		return nil, nil
+	}
 	hu, _ := s.meta(have)
 	cols := s.changed(m, have)
 	if len(cols) == 0 {
+		p.nextVerified[key] = verifiedPair{want, have}
 		return nil, nil
 	}
 	m = s.newModel(m, hu)
@@ -241,9 +276,11 @@ func (p *pass) mutate(s *tableSpec, rowUUID, column string, mutator ovsdb.Mutato
 // the desired parent row.
 func (p *pass) placed(table, id, parentUUID string) (string, bool) {
 	u, ok := p.uuid[table][id]
-	if !ok || !isRealUUID(u) {
+	if !ok {
 		return "", false
 	}
+	// A named UUID (row created this pass) is never in p.parent, which
+	// the cache filled.
 	return u, p.parent[u] == parentUUID
 }
 
@@ -306,7 +343,7 @@ func (p *pass) unlinkChildren() ([]unit, error) {
 func (p *pass) children() ([]unit, error) {
 	var units []unit
 	for _, s := range specs {
-		for _, want := range p.d.Rows(s.name) {
+		for _, want := range p.d.rows[s.name] {
 			pu, ok := p.uuid[s.name][want.ID]
 			if !ok {
 				return nil, fmt.Errorf("%s %s has no UUID after phase 1", s.name, want.ID)
@@ -365,7 +402,7 @@ func (p *pass) children() ([]unit, error) {
 func (p *pass) members() ([]unit, error) {
 	var units []unit
 	for _, s := range specs {
-		for _, want := range p.d.Rows(s.name) {
+		for _, want := range p.d.rows[s.name] {
 			pu := p.uuid[s.name][want.ID]
 			have := p.actual[s.name].byID[want.ID]
 			for _, ref := range s.refs {
