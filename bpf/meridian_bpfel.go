@@ -18,21 +18,26 @@ type MeridianAclBitmap struct {
 	W [4]uint64
 }
 
-type MeridianAclCidrKey struct {
-	_         structs.HostLayout
-	Prefixlen uint32
-	Acl       uint32
-	Dir       uint32
-	Ip        uint32
+type MeridianAclIntervalKey struct {
+	_     structs.HostLayout
+	Acl   uint32
+	Dir   uint32
+	Field uint32
+	Index uint32
 }
 
-type MeridianAclPortKey struct {
+type MeridianAclKey struct {
+	_   structs.HostLayout
+	Acl uint32
+	Dir uint32
+}
+
+type MeridianAclMeta struct {
 	_         structs.HostLayout
-	Prefixlen uint32
-	Acl       uint32
-	Dir       uint32
-	Port      [2]uint8
-	Pad       [2]uint8
+	N_ip      uint32
+	N_port    uint32
+	IpStart   [1024]uint32
+	PortStart [1024]uint16
 }
 
 type MeridianAclProtoKey struct {
@@ -184,8 +189,8 @@ type MeridianSubnetInfo struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	MeridianMapAclCidr                  = "acl_cidr"
-	MeridianMapAclPort                  = "acl_port"
+	MeridianMapAclIntervals             = "acl_intervals"
+	MeridianMapAclMetas                 = "acl_metas"
 	MeridianMapAclProto                 = "acl_proto"
 	MeridianMapAclRules                 = "acl_rules"
 	MeridianMapConntrack                = "conntrack"
@@ -257,8 +262,8 @@ type MeridianProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type MeridianMapSpecs struct {
-	AclCidr       *ebpf.MapSpec `ebpf:"acl_cidr"`
-	AclPort       *ebpf.MapSpec `ebpf:"acl_port"`
+	AclIntervals  *ebpf.MapSpec `ebpf:"acl_intervals"`
+	AclMetas      *ebpf.MapSpec `ebpf:"acl_metas"`
 	AclProto      *ebpf.MapSpec `ebpf:"acl_proto"`
 	AclRules      *ebpf.MapSpec `ebpf:"acl_rules"`
 	Conntrack     *ebpf.MapSpec `ebpf:"conntrack"`
@@ -302,8 +307,8 @@ func (o *MeridianObjects) Close() error {
 //
 // It can be passed to LoadMeridianObjects or ebpf.CollectionSpec.LoadAndAssign.
 type MeridianMaps struct {
-	AclCidr       *ebpf.Map `ebpf:"acl_cidr"`
-	AclPort       *ebpf.Map `ebpf:"acl_port"`
+	AclIntervals  *ebpf.Map `ebpf:"acl_intervals"`
+	AclMetas      *ebpf.Map `ebpf:"acl_metas"`
 	AclProto      *ebpf.Map `ebpf:"acl_proto"`
 	AclRules      *ebpf.Map `ebpf:"acl_rules"`
 	Conntrack     *ebpf.Map `ebpf:"conntrack"`
@@ -323,8 +328,8 @@ type MeridianMaps struct {
 
 func (m *MeridianMaps) Close() error {
 	return _MeridianClose(
-		m.AclCidr,
-		m.AclPort,
+		m.AclIntervals,
+		m.AclMetas,
 		m.AclProto,
 		m.AclRules,
 		m.Conntrack,

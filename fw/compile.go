@@ -400,13 +400,6 @@ func (b *Bitmap) set(i int) { b[i/64] |= 1 << (i % 64) }
 // ACLProtoOther is the protocol key of the bitmap for protocols no rule names.
 const ACLProtoOther uint16 = 0xffff
 
-// ACLCIDREntry: the rules whose CIDR contains Prefix.
-type ACLCIDREntry struct {
-	Direction Direction
-	Prefix    netip.Prefix
-	Rules     Bitmap
-}
-
 // ACLProtoEntry: the rules matching Protocol (or any protocol).
 type ACLProtoEntry struct {
 	Direction Direction
@@ -414,11 +407,29 @@ type ACLProtoEntry struct {
 	Rules     Bitmap
 }
 
-// ACLPortEntry: the rules whose port span covers the whole Port prefix.
-type ACLPortEntry struct {
+// ACLIntervals cuts one field's space (IPv4 addresses as host-order
+// numbers, or ports) into intervals: interval i starts at Starts[i] and
+// ends before Starts[i+1]; Rules[i] are the rules matching all of it.
+// Starts[0] is 0; there are at most 2*MaxACLRules+1 intervals.
+type ACLIntervals struct {
+	Starts []uint32
+	Rules  []Bitmap
+}
+
+// find returns the interval holding x.
+func (iv *ACLIntervals) find(x uint32) int {
+	i, _ := slices.BinarySearch(iv.Starts, x+1)
+	return i - 1
+}
+
+// Match returns the rules matching value x of the field.
+func (iv *ACLIntervals) Match(x uint32) Bitmap { return iv.Rules[iv.find(x)] }
+
+// ACLDirection holds the address and port intervals of one direction.
+type ACLDirection struct {
 	Direction Direction
-	Port      PortPrefix
-	Rules     Bitmap
+	IPs       ACLIntervals // remote address
+	Ports     ACLIntervals // destination port, or ICMP type<<8 | code
 }
 
 // ACLRuleEntry: what bit Index of Direction stands for.
@@ -431,11 +442,10 @@ type ACLRuleEntry struct {
 
 // CompiledACL is the bitmap form of one ACL.
 type CompiledACL struct {
-	ID        uint32
-	CIDRs     []ACLCIDREntry
-	Protocols []ACLProtoEntry
-	Ports     []ACLPortEntry
-	Rules     []ACLRuleEntry
+	ID         uint32
+	Directions []ACLDirection // both, always
+	Protocols  []ACLProtoEntry
+	Rules      []ACLRuleEntry
 }
 
 // CompileACL compiles a network ACL into per-field bitmaps.
@@ -449,30 +459,20 @@ func CompileACL(a *ACL) (*CompiledACL, error) {
 		for i, r := range rules {
 			out.Rules = append(out.Rules, ACLRuleEntry{Direction: d, Index: uint32(i), Rule: r.ID, Action: r.Action})
 		}
-		out.CIDRs = append(out.CIDRs, aclCIDRs(d, rules)...)
 		out.Protocols = append(out.Protocols, aclProtocols(d, rules)...)
-		out.Ports = append(out.Ports, aclPorts(d, rules)...)
-	}
-	return out, nil
-}
-
-func aclCIDRs(d Direction, rules []ACLRule) []ACLCIDREntry {
-	set := map[netip.Prefix]bool{netip.MustParsePrefix("0.0.0.0/0"): true}
-	for _, r := range rules {
-		set[r.CIDR.Masked()] = true
-	}
-	var out []ACLCIDREntry
-	for _, p := range sortedPrefixes(set) {
-		e := ACLCIDREntry{Direction: d, Prefix: p}
+		ips := make([]span32, len(rules))
+		ports := make([]span32, len(rules))
 		for i, r := range rules {
 			c := r.CIDR.Masked()
-			if c.Bits() <= p.Bits() && c.Contains(p.Addr()) {
-				e.Rules.set(i)
-			}
+			lo := addrNum(c.Addr())
+			ips[i] = span32{lo, lo | uint32(uint64(1)<<(32-c.Bits())-1)}
+			plo, phi := portSpan(r.Protocol, r.Ports, r.ICMP)
+			ports[i] = span32{uint32(plo), uint32(phi)}
 		}
-		out = append(out, e)
+		out.Directions = append(out.Directions, ACLDirection{Direction: d,
+			IPs: intervals(ips, 0xffffffff), Ports: intervals(ports, 0xffff)})
 	}
-	return out
+	return out, nil
 }
 
 func aclProtocols(d Direction, rules []ACLRule) []ACLProtoEntry {
@@ -497,54 +497,38 @@ func aclProtocols(d Direction, rules []ACLRule) []ACLProtoEntry {
 	return out
 }
 
-// aclPorts cuts the port space into elementary intervals at every rule
-// boundary, so each interval is covered entirely or not at all by each
-// rule, merges neighbours with equal bitmaps and emits their prefixes.
-func aclPorts(d Direction, rules []ACLRule) []ACLPortEntry {
-	type span struct{ lo, hi uint32 }
-	spans := make([]span, len(rules))
-	cuts := map[uint32]bool{0: true}
-	for i, r := range rules {
-		lo, hi := portSpan(r.Protocol, r.Ports, r.ICMP)
-		spans[i] = span{uint32(lo), uint32(hi)}
-		cuts[uint32(lo)] = true
-		if hi < 0xffff {
-			cuts[uint32(hi)+1] = true
-		}
-	}
-	starts := make([]uint32, 0, len(cuts))
-	for c := range cuts {
-		starts = append(starts, c)
-	}
-	slices.Sort(starts)
+func addrNum(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
 
-	type interval struct {
-		lo, hi uint32
-		rules  Bitmap
-	}
-	var merged []interval
-	for k, lo := range starts {
-		hi := uint32(0xffff)
-		if k+1 < len(starts) {
-			hi = starts[k+1] - 1
+type span32 struct{ lo, hi uint32 }
+
+// intervals cuts [0, max] at every span boundary, so that each interval is
+// covered entirely or not at all by each span, gives each interval the
+// bitmap of the spans covering it and merges neighbours with equal bitmaps.
+func intervals(spans []span32, max uint32) ACLIntervals {
+	cuts := map[uint32]bool{0: true}
+	for _, s := range spans {
+		cuts[s.lo] = true
+		if s.hi < max {
+			cuts[s.hi+1] = true
 		}
+	}
+	starts := slices.Sorted(maps.Keys(cuts))
+	var out ACLIntervals
+	for _, lo := range starts {
 		var b Bitmap
 		for i, s := range spans {
-			if s.lo <= lo && s.hi >= hi {
+			if s.lo <= lo && s.hi >= lo { // covers the whole interval
 				b.set(i)
 			}
 		}
-		if n := len(merged); n > 0 && merged[n-1].rules == b {
-			merged[n-1].hi = hi
+		if n := len(out.Rules); n > 0 && out.Rules[n-1] == b {
 			continue
 		}
-		merged = append(merged, interval{lo, hi, b})
-	}
-	var out []ACLPortEntry
-	for _, iv := range merged {
-		for _, pp := range rangePrefixes(uint16(iv.lo), uint16(iv.hi)) {
-			out = append(out, ACLPortEntry{Direction: d, Port: pp, Rules: iv.rules})
-		}
+		out.Starts = append(out.Starts, lo)
+		out.Rules = append(out.Rules, b)
 	}
 	return out
 }

@@ -59,10 +59,11 @@ func simulateSG(c *fw.CompiledSG, policy uint32, d fw.Direction, p fw.Packet) bo
 
 func simulateACL(c *fw.CompiledACL, d fw.Direction, p fw.Packet) (bool, uint32) {
 	var cidr, proto, port fw.Bitmap
-	best := -1
-	for _, e := range c.CIDRs {
-		if e.Direction == d && e.Prefix.Contains(remote(d, p)) && e.Prefix.Bits() > best {
-			best, cidr = e.Prefix.Bits(), e.Rules
+	for _, dir := range c.Directions {
+		if dir.Direction == d {
+			a := remote(d, p).As4()
+			cidr = dir.IPs.Match(uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]))
+			port = dir.Ports.Match(uint32(policyPort(p)))
 		}
 	}
 	found := false
@@ -76,12 +77,6 @@ func simulateACL(c *fw.CompiledACL, d fw.Direction, p fw.Packet) (bool, uint32) 
 			if e.Direction == d && e.Protocol == fw.ACLProtoOther {
 				proto = e.Rules
 			}
-		}
-	}
-	best = -1
-	for _, e := range c.Ports {
-		if e.Direction == d && e.Port.Contains(policyPort(p)) && int(e.Port.Bits) > best {
-			best, port = int(e.Port.Bits), e.Rules
 		}
 	}
 	for i := range fw.MaxACLRules {

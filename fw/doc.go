@@ -42,12 +42,16 @@
 //
 // Network ACLs are ordered with first-match-wins and deny rules, which exact
 // lookups cannot express without a combinatorial product. They compile to
-// per-field bitmaps over the ACL's rules sorted by number: one bitmap per
-// remote prefix (LPM), per protocol (hash) and per elementary port interval
-// (LPM over port prefixes). The data path ANDs the three and takes the lowest
-// set bit: the matching rule with the lowest number. The bitmap width bounds
-// the work, so an ACL holds at most MaxACLRules rules per direction (AWS
-// allows 20 by default, 40 at most); four 64-bit words are ANDed per packet.
+// per-field bitmaps over the ACL's rules sorted by number. The address space
+// and the port space are each cut into elementary intervals at every rule
+// boundary (at most 2*MaxACLRules+1 per field), so that inside an interval
+// each rule matches entirely or not at all; protocols are exact. The data
+// path finds the packet's two intervals by binary search — a fixed number
+// of steps set by MaxACLRules, within one map value — reads three bitmaps,
+// ANDs them and takes the lowest set bit: the matching rule with the lowest
+// number. No LPM trie is involved, whose cost grows with its size. The bitmap
+// width bounds the work, so an ACL holds at most MaxACLRules rules per
+// direction (AWS allows 20 by default, 40 at most).
 //
 // # Semantics
 //

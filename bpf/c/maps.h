@@ -19,6 +19,7 @@
 #define MAX_SG_POLICY    1048576
 #define MAX_SG_PORTS     262144
 #define MAX_ACL_ENTRIES  262144
+#define MAX_ACLS         16384
 #define MAX_DROP_KEYS    65536
 
 /* ACL rules per ACL and direction; bitmaps are ACL_WORDS 64-bit words. */
@@ -162,11 +163,37 @@ struct sg_port_key {
 	__u8  pad[2];
 };
 
-struct acl_cidr_key {
-	__u32 prefixlen; /* 64 + IP prefix length */
+/* A network ACL direction cuts the IPv4 space and the port space into
+ * elementary intervals (at most 2 * ACL_MAX_RULES + 1 each) within which
+ * every rule matches entirely or not at all; the data path finds the
+ * packet's interval by binary search in acl_meta and reads its bitmap. */
+#define ACL_MAX_BOUNDS (2 * ACL_MAX_RULES + 2)
+/* Arrays are a power of two long so that the branch-free search can mask
+ * its index instead of testing it (see acl_allows). */
+#define ACL_BOUNDS_ARRAY 1024
+
+struct acl_key {
 	__u32 acl;
 	__u32 dir;
-	__u32 ip;
+};
+
+struct acl_meta {
+	__u32 n_ip;      /* entries used in ip_start, >= 1 */
+	__u32 n_port;    /* entries used in port_start, >= 1 */
+	__u32 ip_start[ACL_BOUNDS_ARRAY];   /* host order, ascending, [0] = 0 */
+	__u16 port_start[ACL_BOUNDS_ARRAY]; /* ascending, [0] = 0 */
+};
+
+enum acl_field {
+	ACL_FIELD_IP   = 0,
+	ACL_FIELD_PORT = 1,
+};
+
+struct acl_interval_key {
+	__u32 acl;
+	__u32 dir;
+	__u32 field;
+	__u32 index;     /* interval number in acl_meta */
 };
 
 struct acl_proto_key {
@@ -176,14 +203,6 @@ struct acl_proto_key {
 };
 
 #define ACL_PROTO_OTHER 0xffff
-
-struct acl_port_key {
-	__u32 prefixlen; /* 64 + port prefix length */
-	__u32 acl;
-	__u32 dir;
-	__u8  port[2];
-	__u8  pad[2];
-};
 
 struct acl_bitmap {
 	__u64 w[ACL_WORDS];

@@ -129,30 +129,31 @@ struct {
 } sg_ports SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ACLS * 2);
+	__type(key, struct acl_key);
+	__type(value, struct acl_meta);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} acl_metas SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_ACL_ENTRIES);
-	__type(key, struct acl_cidr_key);
+	__type(key, struct acl_interval_key);
 	__type(value, struct acl_bitmap);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} acl_cidr SEC(".maps");
+} acl_intervals SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_ACL_ENTRIES);
 	__type(key, struct acl_proto_key);
 	__type(value, struct acl_bitmap);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} acl_proto SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, MAX_ACL_ENTRIES);
-	__type(key, struct acl_port_key);
-	__type(value, struct acl_bitmap);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} acl_port SEC(".maps");
+} acl_proto SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -582,26 +583,82 @@ static __always_inline __u32 ctz64(__u64 x)
 	return n;
 }
 
+/* The interval searches find the largest i < n with start[i] <= x by
+ * binary lifting, one step per bit of ACL_BOUNDS_ARRAY. They are branch-free
+ * on purpose: with branches the verifier walks every path of the search
+ * (2^10 per search) and gives up; with arithmetic it sees one. */
+#define ACL_SEARCH_STEPS 10
+_Static_assert((1 << ACL_SEARCH_STEPS) == ACL_BOUNDS_ARRAY, "search steps");
+_Static_assert(ACL_MAX_BOUNDS <= ACL_BOUNDS_ARRAY, "bounds array");
+
+/* lt is 1 if a < b, else 0, for values below 2^32, without a branch. In
+ * asm because clang turns the plain C back into a conditional jump. */
+static __always_inline __u64 lt(__u64 a, __u64 b)
+{
+	asm volatile("%0 -= %1; %0 >>= 63" : "+r"(a) : "r"(b));
+	return a;
+}
+
+static __always_inline __u32 ip_interval(struct acl_meta *m, __u32 x)
+{
+	__u64 pos = 0, n = m->n_ip;
+
+#pragma unroll
+	for (int k = ACL_SEARCH_STEPS - 1; k >= 0; k--) {
+		__u64 cand = pos + (1ULL << k);
+		__u64 v = m->ip_start[cand & (ACL_BOUNDS_ARRAY - 1)];
+
+		/* take the step if cand < n and start[cand] <= x */
+		pos += (1ULL << k) & -(lt(cand, n) & (lt(x, v) ^ 1));
+	}
+	return pos;
+}
+
+static __always_inline __u32 port_interval(struct acl_meta *m, __u16 x)
+{
+	__u64 pos = 0, n = m->n_port;
+
+#pragma unroll
+	for (int k = ACL_SEARCH_STEPS - 1; k >= 0; k--) {
+		__u64 cand = pos + (1ULL << k);
+		__u64 v = m->port_start[cand & (ACL_BOUNDS_ARRAY - 1)];
+
+		pos += (1ULL << k) & -(lt(cand, n) & (lt(x, v) ^ 1));
+	}
+	return pos;
+}
+
 /* acl_allows evaluates network ACL acl (0: none attached, allow) for the
- * packet: the three per-field bitmaps of rules matching the remote address,
- * the protocol and the port are ANDed; the lowest set bit is the matching
- * rule with the lowest number. No bit: the default deny. */
+ * packet: the bitmaps of the rules matching the remote address's interval,
+ * the protocol and the port's interval are ANDed; the lowest set bit is the
+ * matching rule with the lowest number. No bit: the default deny. The cost
+ * is fixed by ACL_MAX_RULES, not by the rules installed. */
 static __noinline int acl_allows(__u32 acl, __u32 dir, __u32 remote, struct pkt *p, __u32 *rule)
 {
-	struct acl_cidr_key ck = { .prefixlen = 96, .acl = acl, .dir = dir, .ip = remote };
+	struct acl_key mk = { .acl = acl, .dir = dir };
+	struct acl_interval_key ik = { .acl = acl, .dir = dir };
 	struct acl_proto_key pk = { .acl = acl, .dir = dir, .proto = p->proto };
-	struct acl_port_key qk = { .prefixlen = 80, .acl = acl, .dir = dir };
 	struct acl_bitmap *c, *pr, *q;
 	struct acl_rule_key rk = { .acl = acl, .dir = dir };
+	struct acl_meta *m;
 	struct acl_rule *r;
+	__u16 port = ((__u16)p->pport[0] << 8) | p->pport[1];
 
 	*rule = 0;
 	if (acl == 0)
 		return 1;
-	qk.port[0] = p->pport[0];
-	qk.port[1] = p->pport[1];
-	c = bpf_map_lookup_elem(&acl_cidr, &ck);
+	m = bpf_map_lookup_elem(&acl_metas, &mk);
+	if (!m)
+		return 0;
+	ik.field = ACL_FIELD_IP;
+	ik.index = ip_interval(m, bpf_ntohl(remote));
+	c = bpf_map_lookup_elem(&acl_intervals, &ik);
 	if (!c)
+		return 0;
+	ik.field = ACL_FIELD_PORT;
+	ik.index = port_interval(m, port);
+	q = bpf_map_lookup_elem(&acl_intervals, &ik);
+	if (!q)
 		return 0;
 	pr = bpf_map_lookup_elem(&acl_proto, &pk);
 	if (!pr) {
@@ -610,9 +667,6 @@ static __noinline int acl_allows(__u32 acl, __u32 dir, __u32 remote, struct pkt 
 		if (!pr)
 			return 0;
 	}
-	q = bpf_map_lookup_elem(&acl_port, &qk);
-	if (!q)
-		return 0;
 
 #pragma unroll
 	for (int i = 0; i < ACL_WORDS; i++) {

@@ -91,7 +91,7 @@ func (d *Datapath) Unpin() error {
 
 func (d *Datapath) maps() []*ebpf.Map {
 	m := &d.objs.MeridianMaps
-	return []*ebpf.Map{m.AclCidr, m.AclPort, m.AclProto, m.AclRules, m.Conntrack, m.CtStats,
+	return []*ebpf.Map{m.AclMetas, m.AclIntervals, m.AclProto, m.AclRules, m.Conntrack, m.CtStats,
 		m.DropEvents, m.Drops, m.NodeCfg, m.PortByIfindex, m.PortIps, m.Ports, m.Routes,
 		m.SgIpcache, m.SgPolicy, m.SgPorts, m.Subnets}
 }

@@ -117,15 +117,21 @@ func bitmap(b fw.Bitmap) bpf.MeridianAclBitmap { return bpf.MeridianAclBitmap{W:
 // ApplyACL makes the installed state of ACL c.ID equal to c.
 func (d *Datapath) ApplyACL(c *fw.CompiledACL) error {
 	m := &d.objs.MeridianMaps
-	wantCIDR := map[bpf.MeridianAclCidrKey]bool{}
-	for _, e := range c.CIDRs {
-		k := bpf.MeridianAclCidrKey{Prefixlen: 64 + uint32(e.Prefix.Bits()), Acl: c.ID, Dir: uint32(e.Direction), Ip: be32(e.Prefix.Masked().Addr())}
-		wantCIDR[k] = true
-		if err := m.AclCidr.Update(k, bitmap(e.Rules), ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("apply acl %d: cidr %v: %w", c.ID, e.Prefix, err)
+	wantInterval := map[bpf.MeridianAclIntervalKey]bool{}
+	wantProto := map[bpf.MeridianAclProtoKey]bool{}
+	wantRule := map[bpf.MeridianAclRuleKey]bool{}
+	// Bitmaps and rules first, then the interval tables that index them.
+	for _, dir := range c.Directions {
+		for field, iv := range map[uint32]fw.ACLIntervals{aclFieldIP: dir.IPs, aclFieldPort: dir.Ports} {
+			for i, rules := range iv.Rules {
+				k := bpf.MeridianAclIntervalKey{Acl: c.ID, Dir: uint32(dir.Direction), Field: field, Index: uint32(i)}
+				wantInterval[k] = true
+				if err := m.AclIntervals.Update(k, bitmap(rules), ebpf.UpdateAny); err != nil {
+					return fmt.Errorf("apply acl %d: interval %d of field %d: %w", c.ID, i, field, err)
+				}
+			}
 		}
 	}
-	wantProto := map[bpf.MeridianAclProtoKey]bool{}
 	for _, e := range c.Protocols {
 		k := bpf.MeridianAclProtoKey{Acl: c.ID, Dir: uint32(e.Direction), Proto: uint32(e.Protocol)}
 		wantProto[k] = true
@@ -133,16 +139,6 @@ func (d *Datapath) ApplyACL(c *fw.CompiledACL) error {
 			return fmt.Errorf("apply acl %d: protocol %d: %w", c.ID, e.Protocol, err)
 		}
 	}
-	wantPort := map[bpf.MeridianAclPortKey]bool{}
-	for _, e := range c.Ports {
-		k := bpf.MeridianAclPortKey{Prefixlen: 64 + uint32(e.Port.Bits), Acl: c.ID, Dir: uint32(e.Direction),
-			Port: [2]byte{byte(e.Port.Value >> 8), byte(e.Port.Value)}}
-		wantPort[k] = true
-		if err := m.AclPort.Update(k, bitmap(e.Rules), ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("apply acl %d: port %v: %w", c.ID, e.Port, err)
-		}
-	}
-	wantRule := map[bpf.MeridianAclRuleKey]bool{}
 	for _, e := range c.Rules {
 		k := bpf.MeridianAclRuleKey{Acl: c.ID, Dir: uint32(e.Direction), Index: e.Index}
 		wantRule[k] = true
@@ -150,25 +146,42 @@ func (d *Datapath) ApplyACL(c *fw.CompiledACL) error {
 			return fmt.Errorf("apply acl %d: rule %d: %w", c.ID, e.Rule, err)
 		}
 	}
-	return d.pruneACL(c.ID, wantCIDR, wantProto, wantPort, wantRule)
+	for _, dir := range c.Directions {
+		var meta bpf.MeridianAclMeta
+		if len(dir.IPs.Starts) > len(meta.IpStart) || len(dir.Ports.Starts) > len(meta.PortStart) {
+			return fmt.Errorf("apply acl %d: %d address and %d port intervals, the data path holds %d",
+				c.ID, len(dir.IPs.Starts), len(dir.Ports.Starts), len(meta.IpStart))
+		}
+		meta.N_ip, meta.N_port = uint32(len(dir.IPs.Starts)), uint32(len(dir.Ports.Starts))
+		copy(meta.IpStart[:], dir.IPs.Starts)
+		for i, s := range dir.Ports.Starts {
+			meta.PortStart[i] = uint16(s)
+		}
+		k := bpf.MeridianAclKey{Acl: c.ID, Dir: uint32(dir.Direction)}
+		if err := m.AclMetas.Update(k, &meta, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("apply acl %d: %v intervals: %w", c.ID, dir.Direction, err)
+		}
+	}
+	return d.pruneACL(c.ID, wantInterval, wantProto, wantRule)
 }
 
 // DeleteACL removes an ACL. Subnets still naming it deny everything.
 func (d *Datapath) DeleteACL(id uint32) error {
-	return d.pruneACL(id, nil, nil, nil, nil)
+	m := &d.objs.MeridianMaps
+	if err := deleteWhere(m.AclMetas, func(k bpf.MeridianAclKey) bool { return k.Acl == id }); err != nil {
+		return fmt.Errorf("delete acl %d: %w", id, err)
+	}
+	return d.pruneACL(id, nil, nil, nil)
 }
 
-func (d *Datapath) pruneACL(id uint32, cidr map[bpf.MeridianAclCidrKey]bool, proto map[bpf.MeridianAclProtoKey]bool,
-	port map[bpf.MeridianAclPortKey]bool, rule map[bpf.MeridianAclRuleKey]bool) error {
+func (d *Datapath) pruneACL(id uint32, interval map[bpf.MeridianAclIntervalKey]bool, proto map[bpf.MeridianAclProtoKey]bool,
+	rule map[bpf.MeridianAclRuleKey]bool) error {
 	m := &d.objs.MeridianMaps
-	if err := deleteWhere(m.AclCidr, func(k bpf.MeridianAclCidrKey) bool { return k.Acl == id && !cidr[k] }); err != nil {
-		return fmt.Errorf("prune acl %d cidrs: %w", id, err)
+	if err := deleteWhere(m.AclIntervals, func(k bpf.MeridianAclIntervalKey) bool { return k.Acl == id && !interval[k] }); err != nil {
+		return fmt.Errorf("prune acl %d intervals: %w", id, err)
 	}
 	if err := deleteWhere(m.AclProto, func(k bpf.MeridianAclProtoKey) bool { return k.Acl == id && !proto[k] }); err != nil {
 		return fmt.Errorf("prune acl %d protocols: %w", id, err)
-	}
-	if err := deleteWhere(m.AclPort, func(k bpf.MeridianAclPortKey) bool { return k.Acl == id && !port[k] }); err != nil {
-		return fmt.Errorf("prune acl %d ports: %w", id, err)
 	}
 	if err := deleteWhere(m.AclRules, func(k bpf.MeridianAclRuleKey) bool { return k.Acl == id && !rule[k] }); err != nil {
 		return fmt.Errorf("prune acl %d rules: %w", id, err)

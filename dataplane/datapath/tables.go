@@ -16,7 +16,8 @@ import (
 const (
 	routeLocal  = 1
 	routeRemote = 2
-	aclProtoKey = 0xffff
+	aclFieldIP   = 0
+	aclFieldPort = 1
 )
 
 // be32 returns the uint32 whose in-memory bytes are a's network-order bytes:
