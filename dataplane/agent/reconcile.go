@@ -37,38 +37,6 @@ func newApplied() applied {
 		VPCs: map[uint32]bool{}, Routes: map[routeKey]bool{}, Attached: map[uint32]int{}}
 }
 
-// view is the desired state indexed for reconciling.
-type view struct {
-	vpcs    map[uint32]*agentv1.Vpc
-	subnets map[uint32]*agentv1.Subnet
-	ports   map[uint32]*agentv1.Port
-	sgs     map[uint32]*agentv1.SecurityGroup
-	acls    map[uint32]*agentv1.NetworkAcl
-	peers   map[string]*agentv1.PeerNode
-}
-
-func index(desired map[string]*agentv1.Object) view {
-	v := view{vpcs: map[uint32]*agentv1.Vpc{}, subnets: map[uint32]*agentv1.Subnet{}, ports: map[uint32]*agentv1.Port{},
-		sgs: map[uint32]*agentv1.SecurityGroup{}, acls: map[uint32]*agentv1.NetworkAcl{}, peers: map[string]*agentv1.PeerNode{}}
-	for _, o := range desired {
-		switch b := o.Body.(type) {
-		case *agentv1.Object_Vpc:
-			v.vpcs[b.Vpc.Id] = b.Vpc
-		case *agentv1.Object_Subnet:
-			v.subnets[b.Subnet.Id] = b.Subnet
-		case *agentv1.Object_Port:
-			v.ports[b.Port.Id] = b.Port
-		case *agentv1.Object_SecurityGroup:
-			v.sgs[b.SecurityGroup.Id] = b.SecurityGroup
-		case *agentv1.Object_NetworkAcl:
-			v.acls[b.NetworkAcl.Id] = b.NetworkAcl
-		case *agentv1.Object_PeerNode:
-			v.peers[b.PeerNode.Node] = b.PeerNode
-		}
-	}
-	return v
-}
-
 // sortedKeys returns a map's keys in order, so reconciling is deterministic.
 func sortedKeys[V any](m map[uint32]V) []uint32 {
 	ks := make([]uint32, 0, len(m))
@@ -84,7 +52,7 @@ func sortedKeys[V any](m map[uint32]V) []uint32 {
 // policies and subnets before the ports that use them, routes last;
 // removals after additions.
 func (a *Agent) reconcile(desired map[string]*agentv1.Object, attach map[string]*attachment, prev applied) (applied, map[string]string) {
-	v := index(desired)
+	v := agentv1.IndexObjects(desired)
 	next := newApplied()
 	errs := map[string]string{}
 	fail := func(key string, err error) {
@@ -92,16 +60,16 @@ func (a *Agent) reconcile(desired map[string]*agentv1.Object, attach map[string]
 		a.log.Warn("reconcile", "object", key, "err", err)
 	}
 	vni := func(vpc uint32) uint32 {
-		if x, ok := v.vpcs[vpc]; ok {
+		if x, ok := v.VPCs[vpc]; ok {
 			return x.Vni
 		}
 		return 0
 	}
 
 	// Network ACLs.
-	for _, id := range sortedKeys(v.acls) {
+	for _, id := range sortedKeys(v.NetworkACLs) {
 		key := fmt.Sprintf("acl/%d", id)
-		acl, err := aclOf(v.acls[id])
+		acl, err := aclOf(v.NetworkACLs[id])
 		if err == nil {
 			var c *fw.CompiledACL
 			if c, err = fw.CompileACL(acl); err == nil {
@@ -116,8 +84,8 @@ func (a *Agent) reconcile(desired map[string]*agentv1.Object, attach map[string]
 	}
 
 	// Subnets.
-	for _, id := range sortedKeys(v.subnets) {
-		sn := v.subnets[id]
+	for _, id := range sortedKeys(v.Subnets) {
+		sn := v.Subnets[id]
 		gw, err := netip.ParseAddr(sn.GatewayIp)
 		if err == nil {
 			err = a.dp.UpsertSubnet(datapath.Subnet{ID: id, Gateway: gw, RouterMAC: RouterMAC, ACL: sn.NetworkAclId})
@@ -132,7 +100,7 @@ func (a *Agent) reconcile(desired map[string]*agentv1.Object, attach map[string]
 	// Which local ports are plumbed: attachment with a host interface.
 	ifindex := map[uint32]int{}
 	for _, at := range attach {
-		p, ok := v.ports[at.PortID]
+		p, ok := v.Ports[at.PortID]
 		if !ok || p.Node != a.cfg.Node {
 			at.Ready, at.Error = false, "port is not bound to this node in the desired state"
 			continue
@@ -155,11 +123,11 @@ func (a *Agent) reconcile(desired map[string]*agentv1.Object, attach map[string]
 		members  fw.GroupMembers
 	}
 	perVPC := map[uint32]*vpcPolicies{}
-	for _, vpcID := range sortedKeys(v.vpcs) {
+	for _, vpcID := range sortedKeys(v.VPCs) {
 		perVPC[vni(vpcID)] = &vpcPolicies{policies: map[uint32]fw.SecurityGroupPolicy{}, members: fw.GroupMembers{}}
 	}
-	for _, pid := range sortedKeys(v.ports) {
-		p := v.ports[pid]
+	for _, pid := range sortedKeys(v.Ports) {
+		p := v.Ports[pid]
 		vp := perVPC[vni(p.VpcId)]
 		if vp == nil {
 			continue
@@ -177,7 +145,7 @@ func (a *Agent) reconcile(desired map[string]*agentv1.Object, attach map[string]
 		}
 		pol := fw.SecurityGroupPolicy{ID: id}
 		for _, g := range p.SecurityGroupIds {
-			sg, ok := v.sgs[g]
+			sg, ok := v.SecurityGroups[g]
 			if !ok {
 				continue
 			}
@@ -212,7 +180,7 @@ func (a *Agent) reconcile(desired map[string]*agentv1.Object, attach map[string]
 
 	// Local ports, with their program attached.
 	for _, pid := range sortedKeys(ifindex) {
-		p := v.ports[pid]
+		p := v.Ports[pid]
 		key := fmt.Sprintf("port/%d", pid)
 		mac, err := parseMAC(p.Mac)
 		if err == nil {
@@ -239,9 +207,9 @@ func (a *Agent) reconcile(desired map[string]*agentv1.Object, attach map[string]
 
 	// Routes: a /32 per address of every bound port of the VPCs this node
 	// serves, to the local port or to the node hosting it.
-	for _, pid := range sortedKeys(v.ports) {
-		p := v.ports[pid]
-		if p.Node == "" || v.vpcs[p.VpcId] == nil {
+	for _, pid := range sortedKeys(v.Ports) {
+		p := v.Ports[pid]
+		if p.Node == "" || v.VPCs[p.VpcId] == nil {
 			continue
 		}
 		r := datapath.Route{VPC: vni(p.VpcId), Subnet: p.SubnetId}
@@ -251,7 +219,7 @@ func (a *Agent) reconcile(desired map[string]*agentv1.Object, attach map[string]
 			}
 			r.LocalPort = pid
 		} else {
-			peer, ok := v.peers[p.Node]
+			peer, ok := v.Peers[p.Node]
 			if !ok {
 				continue
 			}
