@@ -190,7 +190,7 @@ struct pkt {
 	__u32 vpc;
 	__u32 saddr;
 	__u32 daddr;
-	__u16 sport;   /* conntrack ports; ICMP echo: the identifier */
+	__u16 sport;   /* conntrack ports; ICMP echo: from the identifier */
 	__u16 dport;
 	__u8  pport[2]; /* policy port: TCP/UDP dport, ICMP {type, code} */
 	__u8  proto;
@@ -378,9 +378,15 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 		p->pport[0] = icmp->type;
 		p->pport[1] = icmp->code;
 		if (icmp->type == ICMP_ECHO || icmp->type == ICMP_ECHOREPLY) {
-			/* same key both ways so the reply finds the request */
-			p->sport = icmp->un.echo.id;
-			p->dport = icmp->un.echo.id;
+			/* A request keys as {id, id+1} and a reply as {id+1, id}:
+			 * the reply's reversed key is its request's, but an echo
+			 * request going the other way never is (that would need
+			 * id+2 == id), so it cannot pass as a reply. */
+			__u16 id = bpf_ntohs(icmp->un.echo.id);
+			__u16 next = id + 1;
+
+			p->sport = bpf_htons(icmp->type == ICMP_ECHO ? id : next);
+			p->dport = bpf_htons(icmp->type == ICMP_ECHO ? next : id);
 		}
 		break;
 	}

@@ -56,7 +56,10 @@
 //
 // LRU hash keyed by {VPC, protocol, source, destination, ports}, one entry
 // per flow in the originator's direction, found by a second lookup with the
-// tuple reversed for replies. ICMP echo uses the identifier as both ports.
+// tuple reversed for replies. ICMP echo keys a request as ports {id, id+1}
+// and a reply as {id+1, id}: a reply finds its request's entry reversed, but
+// an echo request in the other direction with the same identifier is a new
+// flow and sees policy.
 // An entry exists only for a flow whose first packet passed policy, so any
 // live entry lets a packet skip the security groups (never the ACLs). TCP:
 // SYN -> SYN_SENT, a reply -> ESTABLISHED, FIN -> FIN_WAIT, FIN both ways or

@@ -79,8 +79,11 @@ func (fr frame) flow(vpc uint32) refFlow {
 	case fw.ProtoTCP, fw.ProtoUDP:
 		k.sport, k.dport = fr.sport, fr.dport
 	case fw.ProtoICMP:
-		if fr.icmpType == 0 || fr.icmpType == 8 {
-			k.sport, k.dport = fr.icmpID, fr.icmpID
+		switch fr.icmpType {
+		case 8: // echo request
+			k.sport, k.dport = fr.icmpID, fr.icmpID+1
+		case 0: // echo reply
+			k.sport, k.dport = fr.icmpID+1, fr.icmpID
 		}
 	}
 	return k
