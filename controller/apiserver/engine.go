@@ -572,6 +572,10 @@ func (s *Server) audit(c *txc, method, name, project string, before, after proto
 		rec.Before = protojson.Format(before)
 	}
 	if after != nil {
+		// The etag of the state written is this mutation's revision; after
+		// still carries the one it was read (or created) with.
+		after = proto.Clone(after)
+		resource.SetEtag(after, strconv.FormatInt(rec.Revision, 10))
 		rec.After = protojson.Format(after)
 	}
 	b, err := proto.Marshal(rec)
