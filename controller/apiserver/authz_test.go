@@ -177,7 +177,7 @@ func matrixOps() []op {
 		}},
 		// An allowed watch blocks waiting for events until its deadline.
 		op{"Watch", "Watch", codes.DeadlineExceeded, func(ctx context.Context, c *apitest.Client, p apitest.ProjectRef) error {
-			ctx, cancel := context.WithTimeout(ctx, 150*time.Millisecond)
+			ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond) // a refusal comes at once
 			defer cancel()
 			s, err := c.Watch.Watch(ctx, &v1.WatchRequest{Parent: p.Name})
 			if err != nil {

@@ -1,6 +1,7 @@
 package apiserver_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -277,6 +278,16 @@ func TestAuditRecordsEveryMutationOnce(t *testing.T) {
 		}
 		if s.method == "UpdateVpc" && (strings.Contains(rec.Before, "after") || !strings.Contains(rec.After, `"after"`)) {
 			t.Fatalf("update record before/after: %v", rec)
+		}
+		// Each side carries the etag the resource had in that state.
+		for _, side := range []struct {
+			json string
+			rev  int64
+		}{{rec.Before, before.Revision}, {rec.After, after.Revision}} {
+			var doc struct{ Etag string }
+			if side.json != "" && (json.Unmarshal([]byte(side.json), &doc) != nil || doc.Etag != fmt.Sprint(side.rev)) {
+				t.Fatalf("%s: a side of the record lacks etag %d: %s", s.method, side.rev, side.json)
+			}
 		}
 	}
 }
