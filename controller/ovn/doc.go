@@ -3,28 +3,45 @@
 // northbound rows and keeps the northbound database equal to that
 // rendering with libovsdb.
 //
-// Render is a pure function from objects to desired rows. The Reconciler
-// diffs those rows against its libovsdb cache of the NB database and writes
-// only the difference, in batched transactions; it finds its rows, and only
-// its rows, by their external_ids (meridian:id, meridian:owner,
-// meridian:kind), puts back rows edited or deleted by hand, deletes its own
-// orphans and leaves every row without those keys alone.
+// Render (or a Renderer, which reuses work between renders) is a pure
+// function from objects to desired rows. The Reconciler diffs those rows
+// against its libovsdb cache of the NB database and writes only the
+// difference, in batched transactions; it finds its rows, and only its
+// rows, by their external_ids (meridian:id, meridian:owner, meridian:kind),
+// puts back rows edited or deleted by hand, deletes its own orphans and
+// leaves every row without those keys alone. NewReconciler(cfg) and Run
+// drive it from the store through package model (StoreSource), the way the
+// distributor does; Status reports the sync state.
 //
 // The package must not validate or change intent (the API server and
 // package model do), must not write to the store, and must not touch NB
 // rows it does not own. Chassis, bridges and port binding on hypervisors
-// belong to the node agents.
+// belong to the node agents; the contract with them is the logical port
+// name (LogicalPortName, set as iface-id) and the chassis name (the node
+// ID, which ports carry as options:requested-chassis).
 //
 // Row mapping (names are stable and derived from numeric IDs):
 //
 //	VPC V            Logical_Router "mer-vpc-V"
 //	subnet S         Logical_Switch "mer-subnet-S"; Logical_Router_Port "mer-lrp-S" on the VPC's
 //	                 router; switch port "mer-rtr-S" of type router; DHCP_Options for its IPv4 CIDR
-//	port P           Logical_Switch_Port "mer-port-P" (addresses and port_security "MAC IP...")
-//	security group G Port_Group "mer_sg_G" with one allow-related ACL per rule; Address_Sets
-//	                 "mer_sgaddr_G_ip4"/"_ip6" of member IPs when some rule names G as remote
+//	port P           Logical_Switch_Port "mer-port-P": addresses "MAC IP...", port_security the
+//	                 same (only the MAC when source/destination checking is off), DHCPv4 options
+//	security group G Port_Group "mer_sg_G" of its ports, one allow-related ACL per rule; Address_Sets
+//	                 "mer_sgaddr_G_ip4"/"_ip6" of member IPs when some rule names G as remote group
 //	network ACL N    drop ACLs on each switch whose subnet uses N (see nacl.go)
-//	route table T    Logical_Router_Static_Route rows with route_table "mer-rt-T"; the router
-//	                 ports of subnets using T carry options:route_table
+//	route table T    Logical_Router_Static_Route rows with route_table "mer-rt-T" ("discard" for
+//	                 blackholes); the router ports of subnets using T carry options:route_table
 //	(global)         Port_Group "mer_ports" of every Meridian port: default deny, ARP and DHCP allowed
+//
+// ACL priorities form the tiers OVN 23.03 lacks: infrastructure allows
+// (32000), network ACL drops (29999 down to 20000), security-group allows
+// (1001), default deny (1000). A port with no security group is in
+// "mer_ports" only, so all its IP traffic is dropped, as in the eBPF data
+// path.
+//
+// Known semantic differences from the eBPF data path: OVN lets replies of
+// an established, allowed connection bypass ACLs, so a network ACL does
+// not filter them (eBPF applies it to every packet); OVN answers ARP and
+// DHCP after the ACL stage, so those are allowed explicitly.
 package ovn

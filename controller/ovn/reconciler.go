@@ -22,7 +22,7 @@ import (
 const (
 	DefaultDebounce       = 50 * time.Millisecond
 	DefaultResyncInterval = 5 * time.Minute
-	DefaultMaxOps         = 2000
+	DefaultMaxOps         = 10000
 	DefaultTimeout        = 30 * time.Second
 )
 
@@ -43,7 +43,8 @@ type Config struct {
 	// DefaultResyncInterval).
 	ResyncInterval time.Duration
 	// MaxOps caps the operations of one transaction (default DefaultMaxOps);
-	// a parent and the children it links always share one.
+	// a parent and the children it links always share one. Large is good:
+	// ovn-northd recomputes after every NB transaction it sees.
 	MaxOps int
 	// Timeout bounds connecting and each pass (default DefaultTimeout).
 	Timeout time.Duration

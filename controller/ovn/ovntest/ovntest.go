@@ -1,7 +1,9 @@
 // Package ovntest starts real OVN control planes for tests: an ovsdb-server
 // for the northbound database, one for the southbound database and
 // ovn-northd, all from nothing, with fresh database files, on unix sockets
-// in private directories, stopped in t.Cleanup.
+// in private directories, stopped in t.Cleanup; and (InMemoryNB) an empty
+// northbound database served by libovsdb's in-memory OVSDB server, for
+// tests that need no OVN binaries.
 //
 // It owns those processes and nothing else: it kills only the PIDs it
 // started, never touches the system's /var/run/openvswitch or /etc/ovn, and
