@@ -100,15 +100,15 @@ type MeridianDropKey struct {
 	Reason uint32
 }
 
-type MeridianIpcacheKey struct {
-	_         structs.HostLayout
-	Prefixlen uint32
-	Vpc       uint32
-	Ip        uint32
+type MeridianIpcacheRange struct {
+	_      structs.HostLayout
+	Offset uint32
+	Count  uint32
 }
 
-type MeridianIpcacheValue struct {
+type MeridianIpcacheSlot struct {
 	_        structs.HostLayout
+	Start    uint32
 	Identity uint32
 }
 
@@ -197,12 +197,13 @@ const (
 	MeridianMapCtStats                  = "ct_stats"
 	MeridianMapDropEvents               = "drop_events"
 	MeridianMapDrops                    = "drops"
+	MeridianMapIpcacheSlots             = "ipcache_slots"
+	MeridianMapIpcacheVpcs              = "ipcache_vpcs"
 	MeridianMapNodeCfg                  = "node_cfg"
 	MeridianMapPortByIfindex            = "port_by_ifindex"
 	MeridianMapPortIps                  = "port_ips"
 	MeridianMapPorts                    = "ports"
 	MeridianMapRoutes                   = "routes"
-	MeridianMapSgIpcache                = "sg_ipcache"
 	MeridianMapSgPolicy                 = "sg_policy"
 	MeridianMapSgPorts                  = "sg_ports"
 	MeridianMapSubnets                  = "subnets"
@@ -270,12 +271,13 @@ type MeridianMapSpecs struct {
 	CtStats       *ebpf.MapSpec `ebpf:"ct_stats"`
 	DropEvents    *ebpf.MapSpec `ebpf:"drop_events"`
 	Drops         *ebpf.MapSpec `ebpf:"drops"`
+	IpcacheSlots  *ebpf.MapSpec `ebpf:"ipcache_slots"`
+	IpcacheVpcs   *ebpf.MapSpec `ebpf:"ipcache_vpcs"`
 	NodeCfg       *ebpf.MapSpec `ebpf:"node_cfg"`
 	PortByIfindex *ebpf.MapSpec `ebpf:"port_by_ifindex"`
 	PortIps       *ebpf.MapSpec `ebpf:"port_ips"`
 	Ports         *ebpf.MapSpec `ebpf:"ports"`
 	Routes        *ebpf.MapSpec `ebpf:"routes"`
-	SgIpcache     *ebpf.MapSpec `ebpf:"sg_ipcache"`
 	SgPolicy      *ebpf.MapSpec `ebpf:"sg_policy"`
 	SgPorts       *ebpf.MapSpec `ebpf:"sg_ports"`
 	Subnets       *ebpf.MapSpec `ebpf:"subnets"`
@@ -315,12 +317,13 @@ type MeridianMaps struct {
 	CtStats       *ebpf.Map `ebpf:"ct_stats"`
 	DropEvents    *ebpf.Map `ebpf:"drop_events"`
 	Drops         *ebpf.Map `ebpf:"drops"`
+	IpcacheSlots  *ebpf.Map `ebpf:"ipcache_slots"`
+	IpcacheVpcs   *ebpf.Map `ebpf:"ipcache_vpcs"`
 	NodeCfg       *ebpf.Map `ebpf:"node_cfg"`
 	PortByIfindex *ebpf.Map `ebpf:"port_by_ifindex"`
 	PortIps       *ebpf.Map `ebpf:"port_ips"`
 	Ports         *ebpf.Map `ebpf:"ports"`
 	Routes        *ebpf.Map `ebpf:"routes"`
-	SgIpcache     *ebpf.Map `ebpf:"sg_ipcache"`
 	SgPolicy      *ebpf.Map `ebpf:"sg_policy"`
 	SgPorts       *ebpf.Map `ebpf:"sg_ports"`
 	Subnets       *ebpf.Map `ebpf:"subnets"`
@@ -336,12 +339,13 @@ func (m *MeridianMaps) Close() error {
 		m.CtStats,
 		m.DropEvents,
 		m.Drops,
+		m.IpcacheSlots,
+		m.IpcacheVpcs,
 		m.NodeCfg,
 		m.PortByIfindex,
 		m.PortIps,
 		m.Ports,
 		m.Routes,
-		m.SgIpcache,
 		m.SgPolicy,
 		m.SgPorts,
 		m.Subnets,

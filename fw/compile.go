@@ -120,6 +120,49 @@ type CompiledSG struct {
 	PortSets []SGPortSetEntry
 }
 
+// IPInterval is an elementary interval of the IPv4 space (addresses as
+// host-order numbers) starting at Start and ending before the next one, with
+// the identity of the longest prefix covering it (0: none).
+type IPInterval struct {
+	Start    uint32
+	Identity uint32
+}
+
+// IPIntervals turns the ipcache prefixes into sorted, non-overlapping
+// intervals covering the whole address space, neighbours with the same
+// identity merged: the form the data path searches with a fixed number of
+// steps. The first interval starts at 0.
+func (c *CompiledSG) IPIntervals() []IPInterval {
+	ids := map[netip.Prefix]uint32{}
+	cuts := map[uint32]bool{0: true}
+	for _, e := range c.IPCache {
+		p := e.Prefix.Masked()
+		ids[p] = e.Identity
+		lo := addrNum(p.Addr())
+		hi := lo | uint32(uint64(1)<<(32-p.Bits())-1)
+		cuts[lo] = true
+		if hi != 0xffffffff {
+			cuts[hi+1] = true
+		}
+	}
+	var out []IPInterval
+	for _, start := range slices.Sorted(maps.Keys(cuts)) {
+		a := netip.AddrFrom4([4]byte{byte(start >> 24), byte(start >> 16), byte(start >> 8), byte(start)})
+		var id uint32
+		for b := 32; b >= 0; b-- {
+			if v, ok := ids[netip.PrefixFrom(a, b).Masked()]; ok {
+				id = v
+				break
+			}
+		}
+		if n := len(out); n > 0 && out[n-1].Identity == id {
+			continue
+		}
+		out = append(out, IPInterval{Start: start, Identity: id})
+	}
+	return out
+}
+
 type selector struct {
 	cidr  netip.Prefix // valid for CIDR selectors
 	group uint32       // non-zero for remote-group selectors

@@ -1,6 +1,7 @@
 package fw_test
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -29,12 +30,24 @@ func remote(d fw.Direction, p fw.Packet) netip.Addr {
 }
 
 func simulateSG(c *fw.CompiledSG, policy uint32, d fw.Direction, p fw.Packet) bool {
+	// identity by LPM over the prefixes, as cross-checked against the
+	// interval form the data path searches
 	var identity uint32
 	best := -1
 	for _, e := range c.IPCache {
 		if e.Prefix.Contains(remote(d, p)) && e.Prefix.Bits() > best {
 			best, identity = e.Prefix.Bits(), e.Identity
 		}
+	}
+	a := remote(d, p).As4()
+	x := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	ivs := c.IPIntervals()
+	i := len(ivs) - 1
+	for i > 0 && ivs[i].Start > x {
+		i--
+	}
+	if ivs[i].Identity != identity {
+		panic(fmt.Sprintf("interval identity %d, LPM identity %d for %v", ivs[i].Identity, identity, remote(d, p)))
 	}
 	port := policyPort(p)
 	for _, proto := range []uint8{p.Protocol, fw.ProtoAny} {

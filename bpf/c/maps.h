@@ -15,7 +15,7 @@
 #define MAX_SUBNETS      16384
 #define MAX_ROUTES       262144
 #define MAX_CT           262144
-#define MAX_IPCACHE      262144
+#define MAX_VPCS         65536
 #define MAX_SG_POLICY    1048576
 #define MAX_SG_PORTS     262144
 #define MAX_ACL_ENTRIES  262144
@@ -124,14 +124,23 @@ struct ct_entry {
 	__u8  pad[6];
 };
 
-struct ipcache_key {
-	__u32 prefixlen; /* 32 (vpc) + IP prefix length */
-	__u32 vpc;
-	__u32 ip;
+/* Remote address -> security identity. The prefixes of a VPC are turned
+ * into elementary intervals of the address space, each with the identity of
+ * the longest prefix covering it, stored sorted in a slice of the global
+ * ipcache_slots array; ipcache_vpcs says where a VPC's slice is. A lookup is
+ * a fixed IPCACHE_STEPS-step binary search: its cost does not depend on how
+ * many prefixes are installed (an LPM trie's does). */
+#define IPCACHE_STEPS 20
+#define IPCACHE_SLOTS (1 << IPCACHE_STEPS)
+
+struct ipcache_slot {
+	__u32 start;     /* host order */
+	__u32 identity;  /* 0: no selector covers the interval */
 };
 
-struct ipcache_value {
-	__u32 identity;
+struct ipcache_range {
+	__u32 offset;    /* first slot */
+	__u32 count;     /* slots used; slot[offset].start is 0 */
 };
 
 /* Security-group policy: exact match on everything but the port, whose

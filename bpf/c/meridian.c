@@ -102,13 +102,20 @@ struct {
 } ct_stats SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, MAX_IPCACHE);
-	__type(key, struct ipcache_key);
-	__type(value, struct ipcache_value);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, IPCACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct ipcache_slot);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sg_ipcache SEC(".maps");
+} ipcache_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_VPCS);
+	__type(key, __u32);
+	__type(value, struct ipcache_range);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ipcache_vpcs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -531,6 +538,45 @@ static __noinline void ct_commit(struct pkt *p, struct ct_result *r)
 
 /* ---- policy ---- */
 
+/* lt is 1 if a < b, else 0, for values below 2^32, without a branch. In
+ * asm because clang turns the plain C back into a conditional jump. */
+static __always_inline __u64 lt(__u64 a, __u64 b)
+{
+	asm volatile("%0 -= %1; %0 >>= 63" : "+r"(a) : "r"(b));
+	return a;
+}
+
+/* identity_of returns the security identity of remote address ip in vpc:
+ * binary lifting over the VPC's slice of ipcache_slots, branch-free like
+ * the ACL searches so that the verifier sees a single path. */
+static __noinline __u32 identity_of(__u32 vpc, __u32 ip)
+{
+	struct ipcache_range *r = bpf_map_lookup_elem(&ipcache_vpcs, &vpc);
+	struct ipcache_slot *s;
+	__u64 pos = 0, n, x = bpf_ntohl(ip);
+	__u32 idx;
+
+	if (!r || r->count == 0)
+		return 0;
+	n = r->count;
+#pragma unroll
+	for (int k = IPCACHE_STEPS - 1; k >= 0; k--) {
+		__u64 cand = pos + (1ULL << k);
+		__u64 over = lt(n - 1, cand);
+		/* past the slice, read its last slot: stays in cache */
+		__u64 c = cand - ((cand - (n - 1)) & -over);
+
+		idx = (r->offset + c) & (IPCACHE_SLOTS - 1);
+		s = bpf_map_lookup_elem(&ipcache_slots, &idx);
+		if (!s)
+			return 0;
+		pos += (1ULL << k) & -((over ^ 1) & (lt(x, s->start) ^ 1));
+	}
+	idx = (r->offset + pos) & (IPCACHE_SLOTS - 1);
+	s = bpf_map_lookup_elem(&ipcache_slots, &idx);
+	return s ? s->identity : 0;
+}
+
 static __always_inline int sg_port_ok(struct sg_value *v, __u32 policy, struct pkt *p)
 {
 	__u16 port = ((__u16)p->pport[0] << 8) | p->pport[1];
@@ -553,19 +599,16 @@ static __always_inline int sg_port_ok(struct sg_value *v, __u32 policy, struct p
 }
 
 /* sg_allows returns the id of a rule of policy that allows the packet in
- * direction dir with the given remote address, or 0. An LPM lookup for the
- * remote identity and at most two hash lookups, whatever the number of
- * rules (fw/doc.go). */
+ * direction dir with the given remote address, or 0. A fixed-step search
+ * for the remote identity and at most two hash lookups, whatever the number
+ * of rules (fw/doc.go). */
 static __noinline __u32 sg_allows(__u32 policy, __u32 dir, __u32 remote, struct pkt *p)
 {
-	struct ipcache_key ik = { .prefixlen = 64, .vpc = p->vpc, .ip = remote };
-	struct ipcache_value *iv;
 	struct sg_key k = {};
 	struct sg_value *v;
 
-	iv = bpf_map_lookup_elem(&sg_ipcache, &ik);
 	k.policy = policy;
-	k.identity = iv ? iv->identity : 0;
+	k.identity = identity_of(p->vpc, remote);
 	k.dir = dir;
 	k.proto = p->proto;
 	v = bpf_map_lookup_elem(&sg_policy, &k);
@@ -596,14 +639,6 @@ static __always_inline __u32 ctz64(__u64 x)
 #define ACL_SEARCH_STEPS 10
 _Static_assert((1 << ACL_SEARCH_STEPS) == ACL_BOUNDS_ARRAY, "search steps");
 _Static_assert(ACL_MAX_BOUNDS <= ACL_BOUNDS_ARRAY, "bounds array");
-
-/* lt is 1 if a < b, else 0, for values below 2^32, without a branch. In
- * asm because clang turns the plain C back into a conditional jump. */
-static __always_inline __u64 lt(__u64 a, __u64 b)
-{
-	asm volatile("%0 -= %1; %0 >>= 63" : "+r"(a) : "r"(b));
-	return a;
-}
 
 static __always_inline __u32 ip_interval(struct acl_meta *m, __u32 x)
 {

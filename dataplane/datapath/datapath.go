@@ -93,7 +93,7 @@ func (d *Datapath) maps() []*ebpf.Map {
 	m := &d.objs.MeridianMaps
 	return []*ebpf.Map{m.AclMetas, m.AclIntervals, m.AclProto, m.AclRules, m.Conntrack, m.CtStats,
 		m.DropEvents, m.Drops, m.NodeCfg, m.PortByIfindex, m.PortIps, m.Ports, m.Routes,
-		m.SgIpcache, m.SgPolicy, m.SgPorts, m.Subnets}
+		m.IpcacheSlots, m.IpcacheVpcs, m.SgPolicy, m.SgPorts, m.Subnets}
 }
 
 // Hook is where a program is attached.

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 
@@ -14,10 +15,6 @@ import (
 // no longer wanted": a packet in between sees the old or the new entry for
 // each key, never a gap for a key present in both. Identities are stable
 // across compilations (fw), so unchanged rules keep their keys.
-
-func ipcacheKey(vpc uint32, e fw.IPCacheEntry) bpf.MeridianIpcacheKey {
-	return bpf.MeridianIpcacheKey{Prefixlen: 32 + uint32(e.Prefix.Bits()), Vpc: vpc, Ip: be32(e.Prefix.Masked().Addr())}
-}
 
 func sgKey(e fw.SGEntry) bpf.MeridianSgKey {
 	return bpf.MeridianSgKey{Policy: e.Policy, Identity: e.Identity, Dir: uint8(e.Direction), Proto: e.Protocol}
@@ -43,14 +40,6 @@ func sgPortKey(e fw.SGPortSetEntry) bpf.MeridianSgPortKey {
 // of the policies in c equal to c.
 func (d *Datapath) ApplySecurityGroups(c *fw.CompiledSG) error {
 	m := &d.objs.MeridianMaps
-	wantIP := make(map[bpf.MeridianIpcacheKey]bool, len(c.IPCache))
-	for _, e := range c.IPCache {
-		k := ipcacheKey(c.VPC, e)
-		wantIP[k] = true
-		if err := m.SgIpcache.Update(k, bpf.MeridianIpcacheValue{Identity: e.Identity}, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("apply security groups of vpc %d: ipcache %v: %w", c.VPC, e.Prefix, err)
-		}
-	}
 	// Port sets before the entries that refer to them.
 	wantSet := make(map[bpf.MeridianSgPortKey]bool, len(c.PortSets))
 	for _, e := range c.PortSets {
@@ -72,10 +61,10 @@ func (d *Datapath) ApplySecurityGroups(c *fw.CompiledSG) error {
 			return fmt.Errorf("apply security groups of vpc %d: policy %d entry: %w", c.VPC, e.Policy, err)
 		}
 	}
-	if err := deleteWhere(m.SgIpcache, func(k bpf.MeridianIpcacheKey) bool {
-		return k.Vpc == c.VPC && !wantIP[k]
-	}); err != nil {
-		return fmt.Errorf("apply security groups of vpc %d: prune ipcache: %w", c.VPC, err)
+	// Identities last: entries for new identities exist before any address
+	// maps to them.
+	if err := d.writeIPCache(c.VPC, c.IPIntervals()); err != nil {
+		return fmt.Errorf("apply security groups of vpc %d: %w", c.VPC, err)
 	}
 	if err := deleteWhere(m.SgPolicy, func(k bpf.MeridianSgKey) bool {
 		_, ours := slices.BinarySearch(c.Policies, k.Policy)
@@ -106,8 +95,53 @@ func (d *Datapath) DeleteSecurityGroupPolicy(id uint32) error {
 // DeleteSecurityGroupsOfVPC removes the remote-address identities of a VPC
 // (its policies are deleted one by one).
 func (d *Datapath) DeleteSecurityGroupsOfVPC(vpc uint32) error {
-	if err := deleteWhere(d.objs.SgIpcache, func(k bpf.MeridianIpcacheKey) bool { return k.Vpc == vpc }); err != nil {
+	if err := deleteIgnoreMissing(d.objs.IpcacheVpcs, vpc); err != nil {
 		return fmt.Errorf("delete security groups of vpc %d: %w", vpc, err)
+	}
+	return nil
+}
+
+// writeIPCache stores a VPC's intervals in a free slice of ipcache_slots and
+// then points the VPC at it in one map update, so packets see the old
+// slice or the new one, never a half-written one. The old slice becomes
+// free by no longer being referenced: the allocator's state is the
+// ipcache_vpcs map itself, which survives agent restarts. A single writer
+// (the agent) is assumed.
+func (d *Datapath) writeIPCache(vpc uint32, ivs []fw.IPInterval) error {
+	m := &d.objs.MeridianMaps
+	capacity := m.IpcacheSlots.MaxEntries()
+	type extent struct{ off, end uint32 }
+	var used []extent
+	var k uint32
+	var r bpf.MeridianIpcacheRange
+	it := m.IpcacheVpcs.Iterate()
+	for it.Next(&k, &r) {
+		used = append(used, extent{r.Offset, r.Offset + r.Count})
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list ipcache slices: %w", err)
+	}
+	slices.SortFunc(used, func(a, b extent) int { return cmp.Compare(a.off, b.off) })
+	need := uint32(len(ivs))
+	off, found := uint32(0), false
+	for _, u := range used {
+		if u.off >= off+need {
+			found = true
+			break
+		}
+		off = max(off, u.end)
+	}
+	if !found && off+need > capacity {
+		return fmt.Errorf("ipcache full: %d intervals do not fit in %d slots", need, capacity)
+	}
+	for i, iv := range ivs {
+		slot := bpf.MeridianIpcacheSlot{Start: iv.Start, Identity: iv.Identity}
+		if err := m.IpcacheSlots.Update(off+uint32(i), &slot, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write ipcache slot %d: %w", off+uint32(i), err)
+		}
+	}
+	if err := m.IpcacheVpcs.Update(vpc, bpf.MeridianIpcacheRange{Offset: off, Count: need}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("publish ipcache slice: %w", err)
 	}
 	return nil
 }

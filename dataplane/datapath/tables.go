@@ -14,8 +14,8 @@ import (
 
 // Kernel-side values mirrored from bpf/c/maps.h.
 const (
-	routeLocal  = 1
-	routeRemote = 2
+	routeLocal   = 1
+	routeRemote  = 2
 	aclFieldIP   = 0
 	aclFieldPort = 1
 )
