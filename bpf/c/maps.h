@@ -4,9 +4,10 @@
  * The Go mirror is dataplane/datapath/layout.go; layout_test.go checks that
  * both agree with the BTF of the compiled object, so change both together.
  *
- * Byte order: IPv4 addresses and L4 ports are kept in network byte order
- * (as they appear on the wire) so that LPM keys compare bit by bit in the
- * order the trie expects and the fast path never swaps bytes.
+ * Byte order: IPv4 addresses and L4 ports in keys are kept in network byte
+ * order (as they appear on the wire), so that LPM keys compare bit by bit in
+ * the order the trie expects. Values that are searched by comparison
+ * (interval starts, port ranges) are in host order, as noted.
  */
 #pragma once
 
