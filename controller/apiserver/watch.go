@@ -84,6 +84,18 @@ func (s *Server) Watch(r *v1.WatchRequest, stream v1.WatchService_WatchServer) e
 			return toStatus(resp.Err)
 		}
 		for _, ev := range resp.Events {
+			// A project's own event says its organisation at that point of
+			// the stream (also when the watch filters projects out): judge
+			// the project anew, so a replayed history is judged by the
+			// organisation of the time, a deletion is delivered, and a name
+			// re-created in another organisation is not shown on.
+			if name, ok := strings.CutPrefix(ev.KV.Key, resource.KindProject.Prefix()); ok {
+				p := &v1.Project{}
+				if err := proto.Unmarshal(ev.KV.Value, p); err != nil {
+					return toStatus(fmt.Errorf("decode %s: %w", ev.KV.Key, err))
+				}
+				visible[name] = auth.CanSee(caller, name, p.Organization)
+			}
 			we, ok, err := s.watchEvent(ev, kinds, r.Parent)
 			if err != nil {
 				return toStatus(err)
