@@ -431,3 +431,31 @@ func TestAuditListingIsFilteredToTheCallersOrganisation(t *testing.T) {
 	_, err := e.User.Audit.ListAuditRecords(ctx, &v1.ListAuditRecordsRequest{Project: apitest.ProjectA1})
 	apitest.WantCode(t, err, codes.PermissionDenied, "")
 }
+
+// TestWatchFollowsProjectDeletionAndRecreation: a long-running watch of an
+// org-admin sees a project of its organisation deleted, and nothing of a
+// project re-created under the same name in another organisation.
+func TestWatchFollowsProjectDeletionAndRecreation(t *testing.T) {
+	e := apitest.Seeded(t)
+	ctx := apitest.Ctx(t)
+	from := e.Store.Revision()
+	project := func(org string) {
+		e.Ok(e.Admin.Project.CreateProject(ctx, &v1.CreateProjectRequest{ProjectId: "x", Project: &v1.Project{Organization: org}}))
+		e.Ok(e.Admin.Net.CreateVpc(ctx, &v1.CreateVpcRequest{Parent: "projects/x", VpcId: "v", Vpc: &v1.Vpc{CidrBlocks: []string{"10.0.0.0/16"}, Description: org}}))
+	}
+	project(apitest.OrgA)
+	e.Ok(e.Admin.Net.DeleteVpc(ctx, &v1.DeleteVpcRequest{Name: "projects/x/vpcs/v"}))
+	e.Ok(e.Admin.Project.DeleteProject(ctx, &v1.DeleteProjectRequest{Name: "projects/x"}))
+	project(apitest.OrgB)
+	evs := watchUntil(t, e.OrgAdmin, &v1.WatchRequest{FromRevision: from}, e.Store.Revision())
+	var got []string
+	for _, ev := range evs {
+		got = append(got, ev.Type.String()+" "+resourceName(ev.Resource))
+	}
+	// Replayed, the history is judged by the organisation of the time:
+	// all of org-a's project x, nothing of org-b's.
+	want := []string{"PUT projects/x", "PUT projects/x/vpcs/v", "DELETE projects/x/vpcs/v", "DELETE projects/x"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("org-admin of %s saw %v", apitest.OrgA, got)
+	}
+}
