@@ -367,3 +367,39 @@ func TestEtagInTheMaskIsAPreconditionNotAField(t *testing.T) {
 		t.Fatalf("an etag-only mask changed the resource: %v", got)
 	}
 }
+
+// TestDeletesInDependencyOrder: a port used as a next hop cannot go until
+// the route does; then the port, the subnet (and its IPAM state), the
+// group and the VPC go, and the names can be used again.
+func TestDeletesInDependencyOrder(t *testing.T) {
+	e := apitest.Seeded(t)
+	ctx := apitest.Ctx(t)
+	e.Ok(e.User.Net.CreateRouteTable(ctx, &v1.CreateRouteTableRequest{Parent: a1, RouteTableId: "hop", RouteTable: &v1.RouteTable{Vpc: apitest.VPC2,
+		Routes: []*v1.Route{{Destination: "0.0.0.0/0", NextHopPort: apitest.Port2}}}}))
+	_, err := e.User.Net.DeletePort(ctx, &v1.DeletePortRequest{Name: apitest.Port2})
+	apitest.WantCode(t, err, codes.FailedPrecondition, "")
+	e.Ok(e.User.Net.UpdateRouteTable(ctx, &v1.UpdateRouteTableRequest{RouteTable: &v1.RouteTable{Name: a1 + "/routeTables/hop"}, UpdateMask: mask("routes")}))
+	for _, del := range []func() error{
+		func() error { return errOf(e.User.Net.DeletePort(ctx, &v1.DeletePortRequest{Name: apitest.Port2})) },
+		func() error { return errOf(e.User.Net.DeleteSubnet(ctx, &v1.DeleteSubnetRequest{Name: apitest.Subnet2})) },
+		func() error { return errOf(e.User.Sec.DeleteSecurityGroup(ctx, &v1.DeleteSecurityGroupRequest{Name: apitest.SGOther})) },
+		func() error {
+			return errOf(e.User.Net.DeleteRouteTable(ctx, &v1.DeleteRouteTableRequest{Name: a1 + "/routeTables/hop"}))
+		},
+		func() error { return errOf(e.User.Net.DeleteVpc(ctx, &v1.DeleteVpcRequest{Name: apitest.VPC2})) },
+	} {
+		if err := del(); err != nil {
+			t.Fatalf("delete in dependency order: %v", err)
+		}
+	}
+	e.Ok(e.User.Net.CreateVpc(ctx, &v1.CreateVpcRequest{Parent: a1, VpcId: "v2", Vpc: &v1.Vpc{CidrBlocks: []string{"10.0.0.0/16"}}}))
+	e.Ok(e.User.Net.CreateSubnet(ctx, &v1.CreateSubnetRequest{Parent: apitest.VPC2, SubnetId: "s2", Subnet: &v1.Subnet{CidrBlock: "10.0.1.0/29"}}))
+	sn := apitest.Must[*v1.Subnet](t)(e.User.Net.GetSubnet(ctx, &v1.GetSubnetRequest{Name: apitest.Subnet2}))
+	if sn.AvailableIps != 5 {
+		t.Fatalf("re-created subnet inherited IPAM state: %d available, want 5", sn.AvailableIps)
+	}
+	p := apitest.Must[*v1.Project](t)(e.User.Project.GetProject(ctx, &v1.GetProjectRequest{Name: a1}))
+	if p.Usage.GetVpcs() != 2 || p.Usage.GetSubnets() != 2 || p.Usage.GetPorts() != 1 || p.Usage.GetSecurityGroups() != 3 {
+		t.Fatalf("usage after deletes: %v", p.Usage)
+	}
+}
