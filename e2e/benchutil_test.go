@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -214,4 +215,34 @@ func needTools(tb testing.TB, tools ...string) {
 			tb.Fatalf("%s not found: run hack/deps.sh", t)
 		}
 	}
+}
+
+// logTimes returns the times of a process log's JSON lines whose msg is
+// msg, in file order (a process logs in time order).
+func logTimes(path, msg string) ([]time.Time, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []time.Time
+	for line := range strings.Lines(string(b)) {
+		var e struct {
+			Time time.Time `json:"time"`
+			Msg  string    `json:"msg"`
+		}
+		if json.Unmarshal([]byte(line), &e) == nil && e.Msg == msg {
+			out = append(out, e.Time)
+		}
+	}
+	return out, nil
+}
+
+// firstAt returns how long after t the first of times (sorted) at or
+// after t came, and false if none did.
+func firstAt(times []time.Time, t time.Time) (time.Duration, bool) {
+	i, _ := slices.BinarySearchFunc(times, t, time.Time.Compare)
+	if i == len(times) {
+		return 0, false
+	}
+	return times[i].Sub(t), true
 }
