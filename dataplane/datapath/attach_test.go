@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/meridian-sdn/meridian/bpf"
 	"github.com/meridian-sdn/meridian/fw"
@@ -190,6 +192,7 @@ func TestRealTrafficAndRestart(t *testing.T) {
 		if drops := f.drops(t); len(drops) != 0 {
 			t.Fatalf("drops while forwarding: %v", drops)
 		}
+		checkEncapsulation(t, d, w1, vxl)
 
 		// The agent dies: file descriptors go, pins stay, traffic flows.
 		if err := d.Close(); err != nil {
@@ -256,4 +259,63 @@ func TestRealTrafficAndRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// checkEncapsulation sends from w1 to an address routed to a remote node and
+// reads what the VXLAN device puts on the underlay (a veth pair standing in
+// for the fabric): the tunnel key the program set must show as the VNI and
+// outer destination.
+func checkEncapsulation(t *testing.T, d *Datapath, w1 *workload, vxl netlink.Link) {
+	t.Helper()
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("encapsulation: %s: %v", what, err)
+		}
+	}
+	remoteNode, remotePort := ip("192.0.2.2"), ip("10.0.1.77")
+	must("add underlay", netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "mtu0"}, PeerName: "mtu1"}))
+	u0, err := netlink.LinkByName("mtu0")
+	must("find mtu0", err)
+	u1, err := netlink.LinkByName("mtu1")
+	must("find mtu1", err)
+	must("underlay address", netlink.AddrAdd(u0, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(192, 0, 2, 1), Mask: net.CIDRMask(24, 32)}}))
+	for _, l := range []netlink.Link{u0, u1, vxl} {
+		must("up "+l.Attrs().Name, netlink.LinkSetUp(l))
+	}
+	must("remote node neighbour", netlink.NeighAdd(&netlink.Neigh{LinkIndex: u0.Attrs().Index, Family: netlink.FAMILY_V4,
+		State: netlink.NUD_PERMANENT, IP: remoteNode.AsSlice(), HardwareAddr: mac("02:00:5e:00:00:02")}))
+
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(be16(unix.ETH_P_ALL)))
+	must("packet socket", err)
+	defer unix.Close(fd)
+	must("bind", unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: be16(unix.ETH_P_ALL), Ifindex: u1.Attrs().Index}))
+	must("timeout", unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 2}))
+
+	must("route", d.UpsertRoute(Route{VPC: 100, Prefix: netip.PrefixFrom(remotePort, 32), RemoteNode: remoteNode, Subnet: 1}))
+	defer d.DeleteRoute(100, netip.PrefixFrom(remotePort, 32))
+	_, err = w1.conn.WriteToUDP([]byte("over the tunnel"), &net.UDPAddr{IP: remotePort.AsSlice(), Port: 7000})
+	must("send", err)
+
+	buf := make([]byte, 2048)
+	for range 20 {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		must("read underlay (nothing encapsulated?)", err)
+		f := buf[:n]
+		// outer Ethernet + IPv4 (no options) + UDP to 4789 + VXLAN + inner Ethernet + IPv4
+		if n < 14+20+8+8+14+20 || f[12] != 0x08 || f[13] != 0x00 || f[14+9] != 17 ||
+			binary.BigEndian.Uint16(f[14+20+2:]) != 4789 {
+			continue
+		}
+		outerDst, _ := netip.AddrFromSlice(f[14+16 : 14+20])
+		vni := uint32(f[14+28+4])<<16 | uint32(f[14+28+5])<<8 | uint32(f[14+28+6])
+		inner := f[14+28+8+14:]
+		innerDst, _ := netip.AddrFromSlice(inner[16:20])
+		if outerDst != remoteNode || vni != 100 || innerDst != remotePort || inner[8] != 64 {
+			t.Fatalf("encapsulated to %v VNI %d, inner to %v TTL %d; want %v VNI 100, inner %v TTL 64",
+				outerDst, vni, innerDst, inner[8], remoteNode, remotePort)
+		}
+		return
+	}
+	t.Fatal("no VXLAN frame on the underlay")
 }
