@@ -381,8 +381,12 @@ func TestDeletesInDependencyOrder(t *testing.T) {
 	e.Ok(e.User.Net.UpdateRouteTable(ctx, &v1.UpdateRouteTableRequest{RouteTable: &v1.RouteTable{Name: a1 + "/routeTables/hop"}, UpdateMask: mask("routes")}))
 	for _, del := range []func() error{
 		func() error { return errOf(e.User.Net.DeletePort(ctx, &v1.DeletePortRequest{Name: apitest.Port2})) },
-		func() error { return errOf(e.User.Net.DeleteSubnet(ctx, &v1.DeleteSubnetRequest{Name: apitest.Subnet2})) },
-		func() error { return errOf(e.User.Sec.DeleteSecurityGroup(ctx, &v1.DeleteSecurityGroupRequest{Name: apitest.SGOther})) },
+		func() error {
+			return errOf(e.User.Net.DeleteSubnet(ctx, &v1.DeleteSubnetRequest{Name: apitest.Subnet2}))
+		},
+		func() error {
+			return errOf(e.User.Sec.DeleteSecurityGroup(ctx, &v1.DeleteSecurityGroupRequest{Name: apitest.SGOther}))
+		},
 		func() error {
 			return errOf(e.User.Net.DeleteRouteTable(ctx, &v1.DeleteRouteTableRequest{Name: a1 + "/routeTables/hop"}))
 		},
