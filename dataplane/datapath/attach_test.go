@@ -12,6 +12,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -192,7 +194,7 @@ func TestRealTrafficAndRestart(t *testing.T) {
 		if drops := f.drops(t); len(drops) != 0 {
 			t.Fatalf("drops while forwarding: %v", drops)
 		}
-		checkEncapsulation(t, d, w1, vxl)
+		checkOverlay(t, d, w1, w2, vxl)
 
 		// The agent dies: file descriptors go, pins stay, traffic flows.
 		if err := d.Close(); err != nil {
@@ -261,11 +263,12 @@ func TestRealTrafficAndRestart(t *testing.T) {
 	})
 }
 
-// checkEncapsulation sends from w1 to an address routed to a remote node and
+// checkOverlay sends from w1 to an address routed to a remote node and
 // reads what the VXLAN device puts on the underlay (a veth pair standing in
 // for the fabric): the tunnel key the program set must show as the VNI and
-// outer destination.
-func checkEncapsulation(t *testing.T, d *Datapath, w1 *workload, vxl netlink.Link) {
+// outer destination. Then it plays the remote node: a VXLAN frame for VNI
+// 100 sent up the underlay must reach w2 through meridian_from_overlay.
+func checkOverlay(t *testing.T, d *Datapath, w1, w2 *workload, vxl netlink.Link) {
 	t.Helper()
 	must := func(what string, err error) {
 		t.Helper()
@@ -315,7 +318,41 @@ func checkEncapsulation(t *testing.T, d *Datapath, w1 *workload, vxl netlink.Lin
 			t.Fatalf("encapsulated to %v VNI %d, inner to %v TTL %d; want %v VNI 100, inner %v TTL 64",
 				outerDst, vni, innerDst, inner[8], remoteNode, remotePort)
 		}
+		sendFromRemoteNode(t, fd, u0.Attrs().HardwareAddr, u1.Attrs().Index, remoteNode, w2)
 		return
 	}
 	t.Fatal("no VXLAN frame on the underlay")
+}
+
+// sendFromRemoteNode writes a VXLAN frame (VNI 100) from the remote node's
+// side of the underlay and expects its inner UDP datagram at w2.
+func sendFromRemoteNode(t *testing.T, fd int, nodeMAC net.HardwareAddr, ifindex int, remoteNode netip.Addr, w2 *workload) {
+	t.Helper()
+	inner := frame{srcMAC: mac("02:99:00:00:00:01"), dstMAC: mac("02:99:00:00:00:02"), src: ip("10.0.1.77"),
+		dst: w2.address, proto: fw.ProtoUDP, sport: 5555, dport: 7000, ttl: 63}
+	vxlanHdr := []byte{0x08, 0, 0, 0, 0, 0, 100, 0}
+	outer := gopacket.NewSerializeBuffer()
+	ip4 := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: remoteNode.AsSlice(), DstIP: net.IPv4(192, 0, 2, 1)}
+	udp := &layers.UDP{SrcPort: 40000, DstPort: 4789}
+	if err := udp.SetNetworkLayerForChecksum(ip4); err != nil {
+		t.Fatal(err)
+	}
+	err := gopacket.SerializeLayers(outer, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		&layers.Ethernet{SrcMAC: mac("02:00:5e:00:00:02"), DstMAC: nodeMAC, EthernetType: layers.EthernetTypeIPv4},
+		ip4, udp, gopacket.Payload(append(vxlanHdr, inner.bytes(t)...)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Sendto(fd, outer.Bytes(), 0, &unix.SockaddrLinklayer{Ifindex: ifindex}); err != nil {
+		t.Fatalf("send VXLAN frame: %v", err)
+	}
+	buf := make([]byte, 100)
+	w2.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, src, err := w2.conn.ReadFromUDP(buf)
+	if err != nil {
+		t.Fatalf("VXLAN frame for w2 not delivered: %v", err)
+	}
+	if src.IP.String() != "10.0.1.77" || string(buf[:n]) != "hello" {
+		t.Fatalf("got %q from %v", buf[:n], src)
+	}
 }
