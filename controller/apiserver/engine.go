@@ -131,7 +131,6 @@ func (s *Server) create(ctx context.Context, k *resource.Kind, parent, id string
 		return nil, vs.err()
 	}
 	name := k.NameOf(parent, id)
-	h := s.hooks[k]
 	var out proto.Message
 	_, err = s.st.Update(ctx, func(tx store.Tx) error {
 		obj := proto.Clone(in)
@@ -161,23 +160,7 @@ func (s *Server) create(ctx context.Context, k *resource.Kind, parent, id string
 		if err := s.checkQuota(c, k, t.Project); err != nil {
 			return err
 		}
-		if err := h.prepare(c, nil, obj); err != nil {
-			return err
-		}
-		if err := c.vs.err(); err != nil {
-			return err
-		}
-		setTimes(obj, c.now, true)
-		if err := put(tx, k, obj); err != nil {
-			return err
-		}
-		if err := s.updateRefs(c, name, nil, h.references(obj, parent)); err != nil {
-			return err
-		}
-		if err := s.count(c, k, t.Project, +1); err != nil {
-			return err
-		}
-		if err := s.audit(c, "Create"+k.Name, name, t.Project, nil, obj); err != nil {
+		if err := s.write(c, k, t.Project, parent, nil, obj); err != nil {
 			return err
 		}
 		out = obj
@@ -186,13 +169,7 @@ func (s *Server) create(ctx context.Context, k *resource.Kind, parent, id string
 		}
 		return nil
 	})
-	if errors.Is(err, errValidateOnly) {
-		return out, nil
-	}
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	return s.get(ctx, k, name)
+	return s.finish(ctx, k, name, out, err)
 }
 
 func (s *Server) get(ctx context.Context, k *resource.Kind, name string) (proto.Message, error) {
@@ -390,20 +367,7 @@ func (s *Server) update(ctx context.Context, k *resource.Kind, in proto.Message,
 			return nil
 		}
 		c := &txc{s: s, tx: tx, id: caller, now: timestamppb.New(s.now())}
-		if err := h.prepare(c, old, obj); err != nil {
-			return err
-		}
-		if err := c.vs.err(); err != nil {
-			return err
-		}
-		setTimes(obj, c.now, false)
-		if err := put(tx, k, obj); err != nil {
-			return err
-		}
-		if err := s.updateRefs(c, name, h.references(old, parent), h.references(obj, parent)); err != nil {
-			return err
-		}
-		if err := s.audit(c, "Update"+k.Name, name, t.Project, old, obj); err != nil {
+		if err := s.write(c, k, t.Project, parent, old, obj); err != nil {
 			return err
 		}
 		out = obj
@@ -412,6 +376,44 @@ func (s *Server) update(ctx context.Context, k *resource.Kind, in proto.Message,
 		}
 		return nil
 	})
+	return s.finish(ctx, k, name, out, err)
+}
+
+// write is what create and update share once the caller is authorised:
+// the kind's validation and allocations, then the resource with its
+// reference index, quota counter and audit record, in the caller's
+// transaction. old is nil for a create.
+func (s *Server) write(c *txc, k *resource.Kind, project, parent string, old, obj proto.Message) error {
+	h := s.hooks[k]
+	if err := h.prepare(c, old, obj); err != nil {
+		return err
+	}
+	if err := c.vs.err(); err != nil {
+		return err
+	}
+	setTimes(obj, c.now, old == nil)
+	if err := put(c.tx, k, obj); err != nil {
+		return err
+	}
+	name := resource.Name(obj)
+	method, before := "Create", []string(nil)
+	if old != nil {
+		method, before = "Update", h.references(old, parent)
+	}
+	if err := s.updateRefs(c, name, before, h.references(obj, parent)); err != nil {
+		return err
+	}
+	if old == nil {
+		if err := s.count(c, k, project, +1); err != nil {
+			return err
+		}
+	}
+	return s.audit(c, method+k.Name, name, project, old, obj)
+}
+
+// finish turns a mutation's transaction result into the API's answer: the
+// would-be resource for validate_only, else the stored one as a Get sees it.
+func (s *Server) finish(ctx context.Context, k *resource.Kind, name string, out proto.Message, err error) (proto.Message, error) {
 	if errors.Is(err, errValidateOnly) {
 		return out, nil
 	}
