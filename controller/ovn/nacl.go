@@ -1,7 +1,6 @@
 package ovn
 
 import (
-	"strconv"
 	"strings"
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
@@ -25,9 +24,11 @@ import (
 // through to the security-group band below. Priorities still follow the
 // rule numbers (lower numbers higher) so the NB reads in evaluation order.
 //
-// Scope: from-lport rules apply to packets entering the switch from any
-// port but the router's (egress of the subnet's ports); to-lport rules to
-// packets leaving towards any port but the router's (ingress).
+// Scope: from-lport rules apply to packets entering the switch from a
+// Meridian port (egress of the subnet's ports), to-lport rules to packets
+// leaving towards one (ingress); the router port is not in AllPortsGroup.
+// (`outport != "router-port"` would read better but OVN 23.03 never
+// matches it: the drops silently did nothing.)
 //
 // One known difference remains: OVN lets the replies of an established,
 // allowed connection bypass all ACLs, where the eBPF path applies the
@@ -35,11 +36,10 @@ import (
 func (d *Desired) renderNetworkACL(ls *Row, s *agentv1.Subnet, a *agentv1.NetworkAcl) {
 	own := owner("acl", a.GetId())
 	base := own + "/subnet/" + itoa(s.GetId())
-	rtr := strconv.Quote(SwitchRouterPortName(s.GetId()))
 	for _, ingress := range []bool{false, true} {
-		dir, scope, name := nbdb.ACLDirectionFromLport, "inport != "+rtr, "egress"
+		dir, scope, name := nbdb.ACLDirectionFromLport, "inport == @"+AllPortsGroup, "egress"
 		if ingress {
-			dir, scope, name = nbdb.ACLDirectionToLport, "outport != "+rtr, "ingress"
+			dir, scope, name = nbdb.ACLDirectionToLport, "outport == @"+AllPortsGroup, "ingress"
 		}
 		var allows []string // matches of the allow rules seen so far
 		n := 0

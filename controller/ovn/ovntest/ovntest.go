@@ -351,7 +351,11 @@ func (s *Stack) SBCtl(args ...string) string {
 func (s *Stack) Ctl(tool string, db *DB, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	argv := append([]string{"--db=" + db.Endpoint(), "--timeout=60"}, args...)
+	argv := []string{"--db=" + db.Endpoint()}
+	if tool != "ovn-trace" { // the one OVN tool without --timeout
+		argv = append(argv, "--timeout=60")
+	}
+	argv = append(argv, args...)
 	cmd := exec.CommandContext(ctx, tool, argv...)
 	cmd.Env = s.env()
 	var stdout, stderr bytes.Buffer
@@ -363,6 +367,17 @@ func (s *Stack) Ctl(tool string, db *DB, args ...string) (string, error) {
 		return "", fmt.Errorf("%s %s: %w: %s", tool, strings.Join(args, " "), err, bytes.TrimSpace(stderr.Bytes()))
 	}
 	return strings.TrimSpace(stdout.String()), nil
+}
+
+// Trace runs ovn-trace against SB on a logical datapath with a microflow
+// and returns its output.
+func (s *Stack) Trace(datapath, microflow string, flags ...string) string {
+	s.t.Helper()
+	out, err := s.Ctl("ovn-trace", s.SB, append(flags, datapath, microflow)...)
+	if err != nil {
+		s.t.Fatalf("ovntest: %v", err)
+	}
+	return out
 }
 
 // WaitNorthd waits until northd has processed everything committed to NB so
