@@ -135,6 +135,11 @@ func Open(path string, opts Options) (*Bolt, error) {
 		Timeout:         5 * time.Second,
 		NoSync:          false,
 		InitialMmapSize: opts.MmapSize,
+		// As etcd does: not writing the freelist on every commit keeps
+		// commits small on a large store (the list is rebuilt at open), and
+		// the map freelist allocates in O(1) instead of scanning an array.
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
