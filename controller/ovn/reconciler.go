@@ -245,7 +245,7 @@ func (r *Reconciler) SyncDesired(ctx context.Context, d *Desired) (SyncResult, e
 	if r.verifiedOn != c {
 		r.verified, r.verifiedOn = nil, c // a new client has a new cache
 	}
-	p := &pass{log: r.log, c: c, d: d, max: r.cfg.MaxOps, verified: r.verified, nextVerified: map[verifiedKey]verifiedPair{}}
+	p := &pass{log: r.log, c: c, d: d, max: r.cfg.MaxOps, verified: r.verified, nextVerified: make(map[verifiedKey]verifiedPair, len(r.verified))}
 	err := p.run(ctx)
 	r.verified = p.nextVerified
 	if err == nil {

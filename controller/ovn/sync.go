@@ -90,12 +90,15 @@ type rowRef struct{ table, id string }
 func (p *pass) snapshot() {
 	p.actual = map[string]*actualTable{}
 	p.uuid = map[string]map[string]string{}
-	p.parent = map[string]string{}
+	p.parent = make(map[string]string, p.d.Len())
 	p.gone = map[string]bool{}
 	for _, s := range specs {
-		at := &actualTable{byID: map[string]model.Model{}, idOf: map[string]string{}}
-		p.uuid[s.name] = map[string]string{}
-		for u, m := range p.c.Cache().Table(s.name).RowsShallow() {
+		rows := p.c.Cache().Table(s.name).RowsShallow()
+		// Sized up front: growing maps of 50,000 entries showed in profiles.
+		n := max(len(rows), len(p.d.rows[s.name]))
+		at := &actualTable{byID: make(map[string]model.Model, n), idOf: make(map[string]string, n)}
+		p.uuid[s.name] = make(map[string]string, n)
+		for u, m := range rows {
 			_, ext := s.meta(m)
 			id, ok := ext[KeyID]
 			if !ok {
