@@ -16,6 +16,7 @@ import (
 	"time"
 
 	meridianv1 "github.com/meridian-sdn/meridian/api/meridian/v1"
+	"github.com/meridian-sdn/meridian/controller/apiserver/apitest"
 	"github.com/meridian-sdn/meridian/dataplane/datapath"
 	"github.com/meridian-sdn/meridian/dataplane/plumbing"
 	"github.com/meridian-sdn/meridian/fw"
@@ -499,7 +500,7 @@ func dialUntil(ns string, dst netip.AddrPort, step time.Duration, deadline time.
 func BenchmarkSecurityGroupConvergence(b *testing.B) {
 	r := startBenchRun(b, convergenceIntent, benchWorkload("client", "node-1", "open"),
 		benchWorkload("t1", "node-1", "target"), benchWorkload("t2", "node-2", "target"))
-	api := meridianv1.NewSecurityServiceClient(r.apiConn(b))
+	api := apitest.Dial(b, r.ControllerEndpoint(), r.Token()).Sec
 	ctx := b.Context()
 	client := workloadEndpoint(b, r, "client")
 	targets := []benchEndpoint{workloadEndpoint(b, r, "t1"), workloadEndpoint(b, r, "t2")}

@@ -13,15 +13,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 )
 
 // Helpers of the data-plane benchmarks (bench_test.go): namespaces and
-// links outside what the harness builds, iperf3 runs, statistics and an API
-// client. Everything they create is recorded in the Run (namespaces) or
+// links outside what the harness builds, iperf3 runs, statistics and process
+// logs. Everything they create is recorded in the Run (namespaces) or
 // registered with tb.Cleanup (processes), so a failed benchmark leaves
 // nothing behind.
 
@@ -179,23 +175,6 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-// apiConn connects to the run's controller API as its system admin; the
-// token goes in an interceptor because PerRPCCredentials refuse plaintext
-// (the socket is a local unix socket).
-func (r *Run) apiConn(tb testing.TB) grpc.ClientConnInterface {
-	tb.Helper()
-	auth := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, o ...grpc.CallOption) error {
-		return invoker(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+r.Token()), method, req, reply, cc, o...)
-	}
-	conn, err := grpc.NewClient(r.ControllerEndpoint(), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithChainUnaryInterceptor(auth))
-	if err != nil {
-		tb.Fatalf("controller API: %v", err)
-	}
-	tb.Cleanup(func() { _ = conn.Close() })
-	return conn
-}
 
 // workloadAddr is a workload's IPv4 address, failing tb if it has none.
 func workloadAddr(tb testing.TB, r *Run, name string) netip.Addr {
