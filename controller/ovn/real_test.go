@@ -10,6 +10,7 @@ import (
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
 	"github.com/meridian-sdn/meridian/controller/ovn/ovntest"
+	"github.com/meridian-sdn/meridian/controller/store"
 )
 
 // staticSource is a Source whose objects the test sets.
@@ -46,10 +47,11 @@ func (s *staticSource) set(objs map[string]*agentv1.Object) {
 	}
 }
 
-// runReconciler runs a reconciler on src against endpoint until the test ends.
-func runReconciler(t *testing.T, endpoint string, src Source) *Reconciler {
+// runReconciler runs a reconciler on src (or, when nil, on st) against
+// endpoint until the test ends.
+func runReconciler(t *testing.T, endpoint string, src Source, st store.Store) *Reconciler {
 	t.Helper()
-	r, err := NewReconciler(Config{NB: endpoint, Source: src, Logger: quiet(), Debounce: 5 * time.Millisecond, Timeout: 10 * time.Second})
+	r, err := NewReconciler(Config{NB: endpoint, Source: src, Store: st, Logger: quiet(), Debounce: 5 * time.Millisecond, Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +98,7 @@ func waitSynced(t *testing.T, r *Reconciler, rev int64) Status {
 func TestAgainstRealOVN(t *testing.T) {
 	stack := ovntest.Start(t, ovntest.Options{})
 	src := &staticSource{objs: fixture(), rev: 1}
-	r := runReconciler(t, stack.NB.Endpoint(), src)
+	r := runReconciler(t, stack.NB.Endpoint(), src, nil)
 	waitSynced(t, r, 1)
 
 	t.Run("rows are as rendered", func(t *testing.T) {

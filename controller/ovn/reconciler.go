@@ -16,6 +16,7 @@ import (
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
 	"github.com/meridian-sdn/meridian/controller/ovn/nbdb"
+	"github.com/meridian-sdn/meridian/controller/store"
 )
 
 // Defaults for Config.
@@ -31,8 +32,12 @@ type Config struct {
 	// NB is the northbound database endpoint ("unix:/run/ovn/ovnnb_db.sock",
 	// "tcp:10.0.0.5:6641"); several, comma-separated, for a cluster.
 	NB string
-	// Source is where the logical model comes from (required by Run; see
-	// StoreSource). Sync can be used without it.
+	// Store is the controller's store: Run follows it through package
+	// model, like the distributor (shorthand for Source:
+	// NewStoreSource(Store, Logger)).
+	Store store.Store
+	// Source is where the logical model comes from, when not Store. Run
+	// needs one of the two; Sync needs neither.
 	Source Source
 	Logger *slog.Logger // default slog.Default()
 	// Debounce is how long a pass waits after the first change of a burst,
@@ -98,6 +103,9 @@ func NewReconciler(cfg Config) (*Reconciler, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Source == nil && cfg.Store != nil {
+		cfg.Source = NewStoreSource(cfg.Store, cfg.Logger)
 	}
 	if cfg.Debounce <= 0 {
 		cfg.Debounce = DefaultDebounce
@@ -309,7 +317,7 @@ func (r *Reconciler) connectLoop(ctx context.Context) bool {
 // a database that came back empty. Passes meanwhile fail and are retried.
 func (r *Reconciler) Run(ctx context.Context) error {
 	if r.cfg.Source == nil {
-		return errors.New("ovn: Config.Source is required by Run")
+		return errors.New("ovn: Run needs Config.Store or Config.Source")
 	}
 	if !r.connectLoop(ctx) {
 		return nil

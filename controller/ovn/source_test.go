@@ -51,7 +51,7 @@ func TestRunFollowsTheStore(t *testing.T) {
 	subnet := &mv1.Subnet{Name: "projects/p/vpcs/v/subnets/s", CidrBlock: "10.0.1.0/24", Id: 11}
 	put(t, st, vpc, subnet)
 
-	r := runReconciler(t, ovntest.InMemoryNB(t), NewStoreSource(st, quiet()))
+	r := runReconciler(t, ovntest.InMemoryNB(t), nil, st)
 	waitSynced(t, r, st.Revision())
 	if ls := meridianRows(r, nbdb.LogicalSwitchTable)["subnet/11"]; ls == nil || ls.(*nbdb.LogicalSwitch).Name != "mer-subnet-11" {
 		t.Fatalf("switch of the subnet in the store at start: %+v", ls)
