@@ -175,7 +175,7 @@ func TestScenarioMatrices(t *testing.T) {
 		after func(t *testing.T, s scenarioRun)
 	}{
 		{file: "01-full-mesh.yaml"},
-		{file: "02-sg-ssh-from-subnet.yaml"},
+		{file: "02-sg-ssh-from-subnet.yaml", after: checkEchoIsNoReply},
 		{file: "03-acl-numbered-stateless.yaml"},
 		{file: "04-vpc-isolation.yaml", after: checkIsolation},
 	}
@@ -196,6 +196,29 @@ func TestScenarioMatrices(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// checkEchoIsNoReply: stateful means replies pass, not anything that
+// reuses a flow's tuple the other way round. srv pings b-1 (across nodes;
+// b-1 lets nothing in, but srv's node has already let the request out and
+// tracks it); b-1 then pings srv with the same identifier. That is a new
+// request, not a reply, and srv's group has no ICMP rule.
+func checkEchoIsNoReply(t *testing.T, s scenarioRun) {
+	const id = 0x4d52
+	for _, ping := range []struct {
+		from, to, why string
+	}{
+		{"srv", "b-1", "b-1's group lets nothing in"},
+		{"b-1", "srv", "a request, not the reply to srv's, and srv's group has no ICMP rule"},
+	} {
+		got, err := s.EchoWithID(ping.from, ping.to, id, DefaultProbeTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got {
+			t.Errorf("%s -> %s echo request with identifier %#x answered, want dropped: %s", ping.from, ping.to, id, ping.why)
+		}
 	}
 }
 

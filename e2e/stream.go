@@ -291,8 +291,30 @@ type PingStats struct {
 // Lost is how many requests got no reply.
 func (p PingStats) Lost() int { return p.Sent - p.Received }
 
-// StartPing pings To from From every interval until Stop.
+// StartPing pings To from From every interval until Stop, with a random
+// identifier.
 func (r *Run) StartPing(from, to string, interval time.Duration) (*Pinger, error) {
+	var id [2]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return nil, err
+	}
+	return r.startPing(from, to, interval, binary.BigEndian.Uint16(id[:]))
+}
+
+// EchoWithID sends one echo request with identifier id from From to To and
+// says whether its reply came within timeout: for checks of how conntrack
+// pairs requests with replies, where the identifier is the point.
+func (r *Run) EchoWithID(from, to string, id uint16, timeout time.Duration) (bool, error) {
+	// The first request goes out at once; the next would after an hour.
+	p, err := r.startPing(from, to, time.Hour, id)
+	if err != nil {
+		return false, err
+	}
+	st, err := p.Stop(timeout)
+	return st.Received > 0, err
+}
+
+func (r *Run) startPing(from, to string, interval time.Duration, id uint16) (*Pinger, error) {
 	ns, err := r.Netns(from)
 	if err != nil {
 		return nil, err
@@ -301,11 +323,7 @@ func (r *Run) StartPing(from, to string, interval time.Duration) (*Pinger, error
 	if err != nil {
 		return nil, err
 	}
-	var id [2]byte
-	if _, err := rand.Read(id[:]); err != nil {
-		return nil, err
-	}
-	p := &Pinger{dst: dst, id: binary.BigEndian.Uint16(id[:]), stop: make(chan struct{}), sendDone: make(chan struct{}),
+	p := &Pinger{dst: dst, id: id, stop: make(chan struct{}), sendDone: make(chan struct{}),
 		recvDone: make(chan struct{}), sent: map[uint16]time.Time{}, got: map[uint16]time.Duration{}}
 	if err := plumbing.RunInNetns(netnsPath(ns), func() (err error) {
 		p.conn, err = net.ListenPacket("ip4:icmp", "0.0.0.0")
