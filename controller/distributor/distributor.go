@@ -41,7 +41,7 @@ import (
 
 // Defaults for Config.
 const (
-	DefaultBatchWindow   = 20 * time.Millisecond
+	DefaultBatchWindow   = 0    // no added delay: batches form while the previous one is applied
 	DefaultMaxBatch      = 4096 // store revisions per batch
 	DefaultMaxTombstones = 8192 // per node
 )
@@ -290,35 +290,68 @@ func (d *Distributor) follow(ctx context.Context) error {
 			}
 			batch = append(batch, resp)
 		}
-		// Collect the rest of the burst.
-		timer := time.NewTimer(d.cfg.BatchWindow)
-		var endErr error
-	collect:
-		for len(batch) < d.cfg.MaxBatch {
-			select {
-			case <-ctx.Done():
-				timer.Stop()
-				return ctx.Err()
-			case resp, ok := <-ch:
-				if !ok {
-					endErr = fmt.Errorf("watch ended: %w", store.ErrClosed)
-					break collect
-				}
-				if resp.Err != nil {
-					endErr = resp.Err
-					break collect
-				}
-				batch = append(batch, resp)
-			case <-timer.C:
-				break collect
-			}
+		// Collect the rest of the burst: whatever is already queued and,
+		// with a window, what arrives within it. Without a window the
+		// batching is natural, as in group commit: what queues up while a
+		// batch is being applied forms the next one, and nothing waits.
+		var timeout <-chan time.Time
+		var timer *time.Timer
+		if d.cfg.BatchWindow > 0 {
+			timer = time.NewTimer(d.cfg.BatchWindow)
+			timeout = timer.C
 		}
-		timer.Stop()
+		endErr := d.collect(ctx, ch, &batch, timeout)
+		if timer != nil {
+			timer.Stop()
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		d.applyBatch(batch)
 		if endErr != nil {
 			return endErr
 		}
 	}
+}
+
+// collect appends to batch what ch has queued, and what it delivers before
+// timeout (nil: nothing more), up to MaxBatch. It returns the watch's
+// error if it ended.
+func (d *Distributor) collect(ctx context.Context, ch <-chan store.WatchResponse, batch *[]store.WatchResponse, timeout <-chan time.Time) error {
+	take := func(resp store.WatchResponse, ok bool) error {
+		if !ok {
+			return fmt.Errorf("watch ended: %w", store.ErrClosed)
+		}
+		if resp.Err != nil {
+			return resp.Err
+		}
+		*batch = append(*batch, resp)
+		return nil
+	}
+	for len(*batch) < d.cfg.MaxBatch {
+		select { // what is queued already, before any waiting
+		case resp, ok := <-ch:
+			if err := take(resp, ok); err != nil {
+				return err
+			}
+			continue
+		default:
+		}
+		if timeout == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case resp, ok := <-ch:
+			if err := take(resp, ok); err != nil {
+				return err
+			}
+		case <-timeout:
+			return nil
+		}
+	}
+	return nil
 }
 
 // applyBatch applies a burst of store revisions to the model and turns the
