@@ -440,7 +440,16 @@ func TestTombstoneBound(t *testing.T) {
 	for i := range 10 {
 		ports = append(ports, port(proj+"/ports/t"+string(rune('a'+i)), uint32(100+i), subA, "", "10.0.1.1"))
 	}
-	write(t, st, ports...)
+	held := len(a.State())
+	// The agent must hold the ports before it goes away: only then are
+	// their deletes news to it. Disconnecting earlier races the
+	// distributor, which may apply the creation and the deletes in one
+	// batch, so the ports never exist for the node, nothing needs a
+	// tombstone and a delta from the old version is right.
+	converge(t, e, a, "n1", write(t, st, ports...))
+	if got := len(a.State()); got != held+len(ports) {
+		t.Fatalf("n1 holds %d objects after the ports were added, want %d", got, held+len(ports))
+	}
 	a.Disconnect()
 	for i := range 10 {
 		rev = write(t, st, del(resource.KindPort, proj+"/ports/t"+string(rune('a'+i))))
