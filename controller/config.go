@@ -26,6 +26,9 @@ type Config struct {
 	TLSKey     string `json:"tls_key"`
 	ClientCA   string `json:"client_ca"` // CA for client certificates (enables mTLS identities)
 	LogLevel   string `json:"log_level"` // debug, info, warn, error
+	// OVNNorthbound, when set, also realizes the model in OVN: the NB
+	// endpoint ("unix:/run/ovn/ovnnb_db.sock", "tcp:127.0.0.1:6641").
+	OVNNorthbound string `json:"ovn_northbound"`
 	// LogRetention is how many store revisions of history watchers and
 	// reconnecting agents can resume from.
 	LogRetention int `json:"log_retention"`

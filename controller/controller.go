@@ -27,6 +27,7 @@ import (
 	v1 "github.com/meridian-sdn/meridian/api/meridian/v1"
 	"github.com/meridian-sdn/meridian/controller/apiserver"
 	"github.com/meridian-sdn/meridian/controller/auth"
+	"github.com/meridian-sdn/meridian/controller/ovn"
 	"github.com/meridian-sdn/meridian/controller/resource"
 	"github.com/meridian-sdn/meridian/controller/store"
 )
@@ -46,6 +47,7 @@ type Controller struct {
 	httpLis net.Listener
 	gwLis   net.Listener
 	agents  Agents
+	ovn     *ovn.Reconciler
 }
 
 // Agents is the controller side of the agent protocol, plugged in by the
@@ -90,7 +92,17 @@ func New(cfg Config, log *slog.Logger, agents AgentsFactory) (*Controller, error
 		}
 		c.api.SetStatusProvider(c.agents)
 	}
-	m := newMetrics(c.reg, st)
+	if cfg.OVNNorthbound != "" {
+		if c.ovn, err = ovn.NewReconciler(ovn.Config{NB: cfg.OVNNorthbound, Store: st, Logger: log.With("component", "ovn")}); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("OVN realization: %w", err)
+		}
+	}
+	var ovnS ovnStatus
+	if c.ovn != nil {
+		ovnS = c.ovn
+	}
+	m := newMetrics(c.reg, st, ovnS)
 	if c.agents != nil {
 		c.reg.MustRegister(c.agents.Collectors()...)
 	}
@@ -202,6 +214,13 @@ func (c *Controller) Serve(ctx context.Context) error {
 		go func() {
 			if err := c.agents.Run(ctx); err != nil && ctx.Err() == nil {
 				errc <- fmt.Errorf("agent distributor: %w", err)
+			}
+		}()
+	}
+	if c.ovn != nil {
+		go func() {
+			if err := c.ovn.Run(ctx); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("OVN realization: %w", err)
 			}
 		}()
 	}

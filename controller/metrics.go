@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/meridian-sdn/meridian/controller/ovn"
 	"github.com/meridian-sdn/meridian/controller/store"
 )
 
@@ -16,7 +17,10 @@ type metrics struct {
 	latency  *prometheus.HistogramVec
 }
 
-func newMetrics(reg *prometheus.Registry, st store.Store) *metrics {
+// ovnStatus is what the metrics need of the OVN reconciler.
+type ovnStatus interface{ Status() ovn.Status }
+
+func newMetrics(reg *prometheus.Registry, st store.Store, o ovnStatus) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meridian_api_requests_total", Help: "API requests by method and gRPC code.",
@@ -29,6 +33,18 @@ func newMetrics(reg *prometheus.Registry, st store.Store) *metrics {
 	reg.MustRegister(m.requests, m.latency,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meridian_store_revision", Help: "Current store revision."},
 			func() float64 { return float64(st.Revision()) }))
+	if o != nil {
+		reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meridian_ovn_synced_revision", Help: "Store revision the OVN northbound last matched."},
+				func() float64 { return float64(o.Status().Revision) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meridian_ovn_sync_ok", Help: "1 if the last OVN sync pass succeeded."},
+				func() float64 {
+					if o.Status().Synced {
+						return 1
+					}
+					return 0
+				}))
+	}
 	for _, k := range kindsForMetrics() {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "meridian_objects", Help: "Stored resources by kind.", ConstLabels: prometheus.Labels{"kind": k.Name},

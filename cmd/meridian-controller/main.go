@@ -33,6 +33,7 @@ func run(args []string) error {
 	tlsKey := fs.String("tls-key", "", "server key (PEM)")
 	clientCA := fs.String("client-ca", "", "CA bundle for client certificates (mTLS identities)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
+	ovnNB := fs.String("ovn-nb", "", "OVN northbound endpoint (unix:/path or tcp:host:port): also realize the model in OVN")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -46,7 +47,7 @@ func run(args []string) error {
 		flag string
 		dst  *string
 	}{{*dataDir, &cfg.DataDir}, {*listenGRPC, &cfg.ListenGRPC}, {*listenHTTP, &cfg.ListenHTTP}, {*tokens, &cfg.TokensFile},
-		{*tlsCert, &cfg.TLSCert}, {*tlsKey, &cfg.TLSKey}, {*clientCA, &cfg.ClientCA}, {*logLevel, &cfg.LogLevel}} {
+		{*tlsCert, &cfg.TLSCert}, {*tlsKey, &cfg.TLSKey}, {*clientCA, &cfg.ClientCA}, {*logLevel, &cfg.LogLevel}, {*ovnNB, &cfg.OVNNorthbound}} {
 		if o.flag != "" {
 			*o.dst = o.flag
 		}
