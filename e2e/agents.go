@@ -48,6 +48,7 @@ func (r *Run) startAgents(ctx context.Context, topo Topology) error {
 			"--underlay-ip", n.Underlay.String(), "--socket", sock, "--bpffs", pins,
 			"--state-dir", filepath.Join(st.RunDir, n.Name+"-state"),
 			"--roles", strings.Join(node.nodeRoles(), ","), "--log-level", "debug"}
+		argv = append(argv, r.ovnAgentArgs(n.Name)...)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -56,6 +56,7 @@ func (r *Run) startController(ctx context.Context, topo Topology) error {
 	}
 	argv := []string{bin, "--data-dir", data, "--tokens-file", tokens, "--listen-grpc", r.ControllerEndpoint(),
 		"--listen-http", httpAddr, "--log-level", "debug"}
+	argv = append(argv, r.ovnControllerArgs()...)
 	if err := r.spawn(ctx, "controller", r.controllerSocket(), argv); err != nil {
 		return err
 	}

@@ -153,6 +153,12 @@ func logTail(path string, n int) string {
 // spawn records and starts a process, then waits until it accepts
 // connections on its unix socket.
 func (r *Run) spawn(ctx context.Context, name, socket string, argv []string) error {
+	return r.spawnReady(ctx, name, socket, argv, dialable(socket))
+}
+
+// spawnReady is spawn for processes that serve no socket of their own (or
+// whose readiness is more than a socket): ready says when they are up.
+func (r *Run) spawnReady(ctx context.Context, name, socket string, argv []string, ready func() error) error {
 	c, err := startProcess(name, filepath.Join(r.st.RunDir, name+".log"), argv)
 	if err != nil {
 		return err
@@ -173,7 +179,7 @@ func (r *Run) spawn(ctx context.Context, name, socket string, argv []string) err
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.opts.ReadyTimeout)
 	defer cancel()
-	return c.waitReady(ctx, dialable(socket))
+	return c.waitReady(ctx, ready)
 }
 
 // Stop ends one of the run's processes ("controller", "node-1-agent")

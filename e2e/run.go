@@ -71,6 +71,10 @@ type Options struct {
 	ReadyTimeout time.Duration
 	// KeepRunDir leaves the run directory (logs, state, data) after Close.
 	KeepRunDir bool
+	// OVN realizes the topology with OVN instead of the eBPF data path: an
+	// OVN central stack for the run, OVS and ovn-controller on every node
+	// (see ovn.go).
+	OVN bool
 }
 
 const (
@@ -195,15 +199,21 @@ func (r *Run) up(ctx context.Context, topo Topology) error {
 		stage Stage
 		name  string
 		do    func(context.Context, Topology) error
+		ovn   bool // only in the OVN realization
 	}{
-		{StageFabric, "fabric", r.buildFabric},
-		{StageController, "controller", r.startController},
-		{StageAgents, "agents", r.startAgents},
-		{StageWorkloads, "workloads", r.attachWorkloads},
+		{StageFabric, "fabric", r.buildFabric, false},
+		{StageController, "ovn central", r.startOVNCentral, true},
+		{StageController, "controller", r.startController, false},
+		{StageAgents, "ovn chassis", r.startOVNChassis, true},
+		{StageAgents, "agents", r.startAgents, false},
+		{StageWorkloads, "workloads", r.attachWorkloads, false},
 	}
 	for _, s := range steps {
 		if s.stage > r.opts.Until {
 			break
+		}
+		if s.ovn && !r.opts.OVN {
+			continue
 		}
 		start := time.Now()
 		if err := s.do(ctx, topo); err != nil {

@@ -32,6 +32,8 @@ type realization struct {
 	// ready says whether a node's agent has converged on the desired
 	// state again, e.g. after a restart.
 	ready func(ctx context.Context, r *Run, node string) error
+	// runs says which scenario files this realization runs; nil: all.
+	runs func(file string) bool
 }
 
 var realizations = []realization{{
@@ -101,6 +103,9 @@ func forEachRealization(t *testing.T, file string, test func(t *testing.T, s sce
 		t.Fatal(err)
 	}
 	for _, re := range realizations {
+		if re.runs != nil && !re.runs(file) {
+			continue
+		}
 		t.Run(re.name, func(t *testing.T) {
 			opts := re.options(t)
 			start := time.Now()

@@ -1,6 +1,7 @@
 // Command meridian-agent is Meridian's node agent: it programs this node's
-// eBPF data path from the controller's desired state and serves the compute
-// layer's AttachPort/DetachPort API on a unix socket.
+// eBPF data path from the controller's desired state (or, with
+// --realization ovn, plugs workloads into OVS's br-int for ovn-controller)
+// and serves the compute layer's AttachPort/DetachPort API on a unix socket.
 package main
 
 import (
@@ -37,6 +38,8 @@ func run(args []string) error {
 	stateDir := fs.String("state-dir", "", "directory for state that survives restarts (default /run/meridian/<node>)")
 	metrics := fs.String("metrics", "", "address for /metrics and /healthz (empty: off)")
 	roles := fs.String("roles", "compute", "comma-separated roles: compute, gateway, load-balancer")
+	realization := fs.String("realization", "ebpf", "what forwards this node's traffic: ebpf (Meridian's data path) or ovn (OVS/OVN, programmed by ovn-controller)")
+	ovsDB := fs.String("ovs-db", "", "with --realization ovn: the node's Open_vSwitch database, e.g. unix:/run/openvswitch/db.sock (default: ovs-vsctl's)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -68,6 +71,10 @@ func run(args []string) error {
 	if err != nil || !ip.Is4() {
 		return fmt.Errorf("--underlay-ip %q: an IPv4 address is required", *underlay)
 	}
+	re, err := agent.ParseRealization(*realization)
+	if err != nil {
+		return fmt.Errorf("--realization: %w", err)
+	}
 	if *stateDir == "" {
 		*stateDir = filepath.Join("/run/meridian", *node)
 	}
@@ -80,6 +87,7 @@ func run(args []string) error {
 	a, err := agent.New(agent.Config{
 		Node: *node, Controller: *ctl, Token: tok, UnderlayIP: ip, Socket: *socket, BPFFS: *bpffs,
 		StateDir: *stateDir, Metrics: *metrics, Roles: rl, Version: "dev", Log: log,
+		Realization: re, OVSDB: *ovsDB,
 	})
 	if err != nil {
 		return err

@@ -50,6 +50,10 @@ type Config struct {
 	Version    string
 	Log        *slog.Logger
 	Plumber    Plumber // nil: netlink (package plumbing)
+	// Realization: the eBPF data path (default) or OVN, where OVSDB is the
+	// node's Open_vSwitch database ("" = ovs-vsctl's default). See ovn.go.
+	Realization Realization
+	OVSDB       string
 }
 
 // RouterMAC is the virtual router's MAC, the same on every node, so a
@@ -60,7 +64,8 @@ var RouterMAC = net.HardwareAddr{0x0a, 0x4d, 0x52, 0x00, 0x00, 0x01}
 type Agent struct {
 	cfg   Config
 	log   *slog.Logger
-	dp    *datapath.Datapath
+	dp    *datapath.Datapath // nil in the OVN realization
+	ovs   *ovsNode           // nil in the eBPF realization
 	conn  *grpc.ClientConn
 	plumb Plumber
 
@@ -99,21 +104,28 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: state dir: %w", err)
 	}
-	dp, err := datapath.Open(cfg.BPFFS)
-	if err != nil {
-		return nil, fmt.Errorf("agent: data path: %w", err)
+	var dp *datapath.Datapath
+	var ovs *ovsNode
+	if cfg.Realization == RealizationOVN {
+		ovs = &ovsNode{db: cfg.OVSDB}
+	} else {
+		cfg.Realization = RealizationEBPF
+		var err error
+		if dp, err = datapath.Open(cfg.BPFFS); err != nil {
+			return nil, fmt.Errorf("agent: data path: %w", err)
+		}
 	}
 	if cfg.Plumber == nil {
 		cfg.Plumber = netlinkPlumber{}
 	}
 	a := &Agent{
-		cfg: cfg, log: cfg.Log.With("node", cfg.Node), dp: dp, plumb: cfg.Plumber,
+		cfg: cfg, log: cfg.Log.With("node", cfg.Node), dp: dp, ovs: ovs, plumb: cfg.Plumber,
 		desired: map[string]*agentv1.Object{}, attach: map[string]*attachment{},
 		changed: make(chan struct{}, 1), errs: map[string]string{},
 	}
 	st, err := loadState(a.statePath())
 	if err != nil {
-		dp.Close()
+		a.closeDatapath()
 		return nil, err
 	}
 	a.attach, a.applied = st.Attachments, st.Applied
@@ -122,7 +134,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.conn, err = dial(cfg.Controller)
 	if err != nil {
-		dp.Close()
+		a.closeDatapath()
 		return nil, err
 	}
 	return a, nil
@@ -151,9 +163,13 @@ func (a *Agent) tokenCtx(ctx context.Context) context.Context {
 // Run runs the agent until ctx is done: the sync loop, the reconcile loop
 // and the local API. The data path is left in place on return.
 func (a *Agent) Run(ctx context.Context) error {
-	defer a.dp.Close()
+	defer a.closeDatapath()
 	defer a.conn.Close()
-	if err := a.setupNode(); err != nil {
+	if a.ovs != nil {
+		if err := a.ovs.setup(ctx, a.cfg.Node); err != nil {
+			return err
+		}
+	} else if err := a.setupNode(); err != nil {
 		return err
 	}
 	lis, err := a.listenLocal()
@@ -163,11 +179,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	g := grpc.NewServer()
 	agentv1.RegisterLocalAgentServiceServer(g, &localServer{a: a})
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(3)
 	go func() { defer wg.Done(); g.Serve(lis) }()
 	go func() { defer wg.Done(); a.syncLoop(ctx) }()
 	go func() { defer wg.Done(); a.reconcileLoop(ctx) }()
-	go func() { defer wg.Done(); a.watchDrops(ctx) }()
+	if a.dp != nil { // OVN reports its drops itself
+		wg.Add(1)
+		go func() { defer wg.Done(); a.watchDrops(ctx) }()
+	}
 	if a.cfg.Metrics != "" {
 		wg.Add(1)
 		go func() {
@@ -177,7 +196,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	a.log.Info("agent running", "socket", a.cfg.Socket, "bpffs", a.cfg.BPFFS, "underlay", a.cfg.UnderlayIP)
+	a.log.Info("agent running", "realization", a.cfg.Realization, "socket", a.cfg.Socket, "bpffs", a.cfg.BPFFS, "underlay", a.cfg.UnderlayIP)
 	<-ctx.Done()
 	g.Stop()
 	wg.Wait()
@@ -238,7 +257,13 @@ func (a *Agent) reconcileOnce() {
 	prev := a.applied
 	a.mu.Unlock()
 
-	next, errs := a.reconcile(desired, attach, prev)
+	var next applied
+	var errs map[string]string
+	if a.ovs != nil {
+		next, errs = a.reconcileOVN(desired, attach)
+	} else {
+		next, errs = a.reconcile(desired, attach, prev)
+	}
 
 	a.mu.Lock()
 	a.applied = next
@@ -281,6 +306,14 @@ func (a *Agent) portByName(name string) (*agentv1.Port, *agentv1.Subnet) {
 		}
 	}
 	return nil, nil
+}
+
+// closeDatapath releases the eBPF data path, which stays pinned; there is
+// none in the OVN realization.
+func (a *Agent) closeDatapath() {
+	if a.dp != nil {
+		a.dp.Close()
+	}
 }
 
 func hostname() string {

@@ -85,6 +85,11 @@ func (s *localServer) AttachPort(ctx context.Context, r *agentv1.AttachPortReque
 	a.mu.Lock()
 	a.attach[r.Port] = &attachment{Port: r.Port, PortID: p.Id, NetnsPath: netnsPath, IfName: ifName, HostIf: host}
 	a.mu.Unlock()
+	if a.ovs != nil {
+		if err := a.ovs.plug(ctx, host, p.Id, netnsPath, ifName); err != nil {
+			return nil, status.Errorf(codes.DeadlineExceeded, "port %s: %v", r.Port, err)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -163,6 +168,11 @@ func (s *localServer) DetachPort(ctx context.Context, r *agentv1.DetachPortReque
 	a.mu.Unlock()
 	if at == nil {
 		return nil, status.Errorf(codes.NotFound, "port %s is not attached on node %s", r.Port, a.cfg.Node)
+	}
+	if a.ovs != nil {
+		if err := a.ovs.unplug(ctx, at.HostIf); err != nil {
+			return nil, status.Errorf(codes.Internal, "port %s: %v", r.Port, err)
+		}
 	}
 	if err := a.plumb.DeleteWorkload(at.HostIf); err != nil {
 		return nil, status.Errorf(codes.Internal, "remove %s: %v", at.HostIf, err)

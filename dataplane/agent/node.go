@@ -104,11 +104,13 @@ func (c *dropCollector) Collect(ch chan<- prometheus.Metric) {
 // serveMetrics serves /metrics and /healthz on addr until ctx is done.
 func (a *Agent) serveMetrics(ctx context.Context, addr string) error {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(&dropCollector{
-		dp:   a.dp,
-		desc: prometheus.NewDesc("meridian_agent_drops_total", "Packets dropped by the data path, by reason and port ID.", []string{"reason", "port"}, nil),
-		ct:   prometheus.NewDesc("meridian_agent_conntrack_events_total", "Conntrack table events.", []string{"event"}, nil),
-	})
+	if a.dp != nil { // the OVN realization has no eBPF counters
+		reg.MustRegister(&dropCollector{
+			dp:   a.dp,
+			desc: prometheus.NewDesc("meridian_agent_drops_total", "Packets dropped by the data path, by reason and port ID.", []string{"reason", "port"}, nil),
+			ct:   prometheus.NewDesc("meridian_agent_conntrack_events_total", "Conntrack table events.", []string{"event"}, nil),
+		})
+	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meridian_agent_desired_version", Help: "Version of the desired state received."},
 		func() float64 { a.mu.Lock(); defer a.mu.Unlock(); return float64(a.version) }))
 	mux := http.NewServeMux()

@@ -49,7 +49,7 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(a.tokenCtx(ctx), 10*time.Second)
 	_, err := cli.Register(rctx, &agentv1.RegisterRequest{
 		Node: a.cfg.Node, Hostname: hostname(), UnderlayIp: a.cfg.UnderlayIP.String(),
-		Roles: a.cfg.Roles, Realization: "ebpf", AgentVersion: a.cfg.Version,
+		Roles: a.cfg.Roles, Realization: string(a.cfg.Realization), AgentVersion: a.cfg.Version,
 	})
 	cancel()
 	if err != nil {
