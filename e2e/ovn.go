@@ -33,6 +33,21 @@ import (
 // node's underlay address moves from uplink0 to br-phy, a netdev bridge
 // with uplink0 as its port. GENEVE is what OVN 23.03 prefers and works
 // this way, so there is no VXLAN fallback.
+//
+// What differs from the eBPF realization, as the scenarios meet it:
+//   - OVN lets replies of an allowed connection bypass every ACL, so a
+//     stateless network ACL does not filter them (controller/ovn's doc).
+//   - The network ACL's drop ACLs that exclude earlier allow rules do not
+//     compile in OVN 23.03 (`!ip4`, `!tcp`: nominal predicates may only be
+//     tested positively), so scenario 3 does not run here (ovn_test.go).
+//   - Workload interfaces do not offload transmit checksums (the agent's
+//     plug, dataplane/agent/ovn.go): OVS 3.1 would encapsulate partial
+//     checksums in GENEVE unfinished.
+//   - The agent is off the data path: killing it (scenario 6) stops no
+//     packet, and a moved port (scenario 5) is reachable once
+//     ovn-controller on the new node has installed it, which is when
+//     AttachPort returns.
+//   - The node's underlay address lives on br-phy, not uplink0.
 
 // OVN tools and schemas (Debian's ovn-central, ovn-host, openvswitch-switch).
 const (
