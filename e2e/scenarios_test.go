@@ -34,6 +34,20 @@ type realization struct {
 	ready func(ctx context.Context, r *Run, node string) error
 	// runs says which scenario files this realization runs; nil: all.
 	runs func(file string) bool
+	// differences are the flows whose verdict this realization documents
+	// as different from the scenario file's.
+	differences []difference
+}
+
+// difference is one flow of one phase where a realization's semantics
+// differ from Meridian's, and why. The phase then expects the
+// realization's verdict, so the difference is checked, not ignored: if it
+// goes away, the test says so.
+type difference struct {
+	file, phase string
+	flow        Flow
+	allow       bool // the realization's verdict
+	why         string
 }
 
 var realizations = []realization{{
@@ -92,7 +106,35 @@ const (
 type scenarioRun struct {
 	Scenario
 	*Run
-	re realization
+	re   realization
+	file string
+}
+
+// expectations is a phase's matrix with the realization's documented
+// differences applied. A difference naming no flow of the phase is stale
+// and fails the test.
+func (s scenarioRun) expectations(t *testing.T, ph Phase) []Expect {
+	t.Helper()
+	exps := ph.Expectations()
+	for _, d := range s.re.differences {
+		if d.file != s.file || d.phase != ph.Name {
+			continue
+		}
+		i := slices.IndexFunc(exps, func(e Expect) bool { return e.Flow == d.flow })
+		if i < 0 {
+			t.Fatalf("%s difference on %s phase %s: no flow %s in the matrix", s.re.name, s.file, ph.Name, d.flow)
+		}
+		exps[i].Allow = d.allow
+		t.Logf("phase %s: %s expected %s on %s: %s", ph.Name, d.flow, verdictName(d.allow), s.re.name, d.why)
+	}
+	return exps
+}
+
+func verdictName(allow bool) string {
+	if allow {
+		return "allowed"
+	}
+	return "denied"
 }
 
 // forEachRealization runs test once per realization, each on its own
@@ -111,7 +153,7 @@ func forEachRealization(t *testing.T, file string, test func(t *testing.T, s sce
 			start := time.Now()
 			r := Setup(t, sc.Topology, opts)
 			t.Logf("%s up on %s in %s (run %s)", file, re.name, time.Since(start).Round(time.Millisecond), r.RunID())
-			test(t, scenarioRun{Scenario: sc, Run: r, re: re})
+			test(t, scenarioRun{Scenario: sc, Run: r, re: re, file: file})
 		})
 	}
 }
@@ -138,7 +180,7 @@ func (s scenarioRun) reach(t *testing.T, ph Phase, within time.Duration) bool {
 			t.Fatalf("phase %s: %v", ph.Name, err)
 		}
 	}
-	exps := ph.Expectations()
+	exps := s.expectations(t, ph)
 	rep, took, err := s.Converge(ctx, exps, within)
 	if err != nil {
 		t.Fatalf("phase %s: %v", ph.Name, err)
@@ -155,7 +197,7 @@ func (s scenarioRun) reach(t *testing.T, ph Phase, within time.Duration) bool {
 // for states that must hold at once, without any convergence.
 func (s scenarioRun) holds(t *testing.T, ph Phase) bool {
 	t.Helper()
-	rep, err := s.CheckReachability(t.Context(), ph.Expectations(), ProbeOptions{})
+	rep, err := s.CheckReachability(t.Context(), s.expectations(t, ph), ProbeOptions{})
 	if err != nil {
 		t.Fatalf("phase %s: %v", ph.Name, err)
 	}
