@@ -9,6 +9,11 @@
 // programs stay pinned while it is down, so restarting it does not disturb
 // traffic, and a snapshot after a restart changes only what is wrong.
 //
+// In the OVN realization (Config.Realization, ovn.go) the controller writes
+// the policy into OVN northbound and ovn-controller programs OVS: the agent
+// loads no eBPF, plugs workloads into br-int with iface-id = the logical
+// port, and reports them ready once OVN has installed them.
+//
 // It must not decide policy semantics (package fw does) nor know map
 // layouts (package datapath does).
 package agent
