@@ -15,9 +15,6 @@ import (
 // everything out), port 4 in no group; optionally a network ACL on subnet
 // 12 that denies ICMP in.
 func datapathObjects(naclDenyICMP bool) map[string]*agentv1.Object {
-	rule := func(id uint32, allow, ingress bool, proto uint32) *agentv1.Rule {
-		return &agentv1.Rule{Id: id, Number: id * 10, Allow: allow, Ingress: ingress, Protocol: proto, IcmpType: -1, IcmpCode: -1}
-	}
 	port := func(id, subnet uint32, ip string, sgs ...uint32) *agentv1.Port {
 		return &agentv1.Port{Id: id, VpcId: 1, SubnetId: subnet, Mac: "02:00:00:00:00:0" + itoa(id), Ips: []string{ip},
 			Node: "n1", SecurityGroupIds: sgs, SourceDestCheck: true}
@@ -35,6 +32,11 @@ func datapathObjects(naclDenyICMP bool) map[string]*agentv1.Object {
 			rule(5, false, true, 1), rule(6, true, true, 0), rule(7, true, false, 0)}})
 	}
 	return objects(bodies...)
+}
+
+// rule is a rule numbered ten times its id, of any address and port.
+func rule(id uint32, allow, ingress bool, proto uint32) *agentv1.Rule {
+	return &agentv1.Rule{Id: id, Number: id * 10, Allow: allow, Ingress: ingress, Protocol: proto, IcmpType: -1, IcmpCode: -1}
 }
 
 // TestDataPathOnRealOVN plugs namespaces into a real chassis (ovs-vswitchd
@@ -107,5 +109,33 @@ func TestDataPathOnRealOVN(t *testing.T) {
 			// so a fix shows up.
 			{3, "10.0.1.10", true},
 		})
+	})
+	// Rules after an allow rule, and the closing deny, once never matched
+	// in OVN: their exclusions negated ip4, protocols and ICMP types.
+	withNACL := func(rules ...*agentv1.Rule) map[string]*agentv1.Object {
+		o := datapathObjects(true)
+		o["acl/31"].GetNetworkAcl().Rules = rules
+		return o
+	}
+	icmpFrom := func(id uint32, cidr string) *agentv1.Rule {
+		r := rule(id, true, true, 1)
+		r.Cidr = cidr
+		return r
+	}
+	t.Run("a deny after an allow naming the protocol still denies", func(t *testing.T) {
+		mustSync(t, r, withNACL(rule(1, true, true, 6), icmpFrom(2, "10.0.9.0/24"), rule(3, false, true, 1),
+			rule(4, true, true, 0), rule(7, true, false, 0)))
+		stack.NBCtl("--wait=hv", "sync")
+		check(t, []probe{{1, "10.0.2.10", false}, {3, "10.0.1.10", true}})
+	})
+	t.Run("the closing deny drops what the allow rules do not name", func(t *testing.T) {
+		mustSync(t, r, withNACL(rule(1, true, true, 6), icmpFrom(2, "10.0.9.0/24"), rule(7, true, false, 0)))
+		stack.NBCtl("--wait=hv", "sync")
+		check(t, []probe{{1, "10.0.2.10", false}, {3, "10.0.1.10", true}})
+	})
+	t.Run("an allow naming the protocol lets it through", func(t *testing.T) {
+		mustSync(t, r, withNACL(rule(1, true, true, 6), icmpFrom(2, "10.0.1.0/24"), rule(7, true, false, 0)))
+		stack.NBCtl("--wait=hv", "sync")
+		check(t, []probe{{1, "10.0.2.10", true}})
 	})
 }

@@ -45,18 +45,10 @@
 // not filter them (eBPF applies it to every packet); OVN answers ARP and
 // DHCP after the ACL stage, so those are allowed explicitly.
 //
-// Known bug, not a semantic difference (found by the differential test,
-// TestOVNDifferential in dataplane/datapath/ovndiff_test.go): network ACLs
-// fail open in OVN. A deny rule, and the closing deny, exclude what earlier
-// allow rules accept with "!(allow match)", and every allow match starts
-// with "ip4" and usually names a protocol or ICMP type. OVN cannot negate
-// fields OpenFlow cannot mask (eth.type, ip.proto, icmp4.type/code), and an
-// ACL holding such a negation never matches. So of a direction's rules only
-// the denies numbered before its first allow rule take effect; once there
-// is an allow rule, whatever those denies miss passes the network ACL
-// (security groups still apply). Measured: 4 of 132 crafted and 22 of 240
-// random first packets delivered by OVN and dropped by eBPF, all of this
-// kind. The fix renders the first-match decision without negating those
-// fields: split by protocol (and ICMP type), naming the protocols no rule
-// names as an explicit set, and negate only addresses and ports.
+// Network ACLs are rendered as drops that negate only addresses and ports
+// (OVN cannot negate ip4, a protocol or an ICMP type or code: such an ACL
+// never matches), split by the protocols, ICMP types and codes the allow
+// rules name; see renderNetworkACL. The differential test,
+// TestOVNDifferential in dataplane/datapath/ovndiff_test.go, finds OVN
+// and the eBPF data path agreeing on every first packet it sends.
 package ovn

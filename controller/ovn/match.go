@@ -31,18 +31,44 @@ func ruleMatch(r *agentv1.Rule) string {
 		fam = "ip6"
 	}
 	terms := []string{fam}
+	if a := remoteMatch(r, fam); a != "" {
+		terms = append(terms, a)
+	}
+	terms = append(terms, protoMatch(r, fam)...)
+	return strings.Join(terms, " && ")
+}
+
+// remoteMatch is the term of a rule's remote side ("" for any).
+func remoteMatch(r *agentv1.Rule, fam string) string {
 	side := ".dst"
 	if r.GetIngress() {
 		side = ".src"
 	}
 	switch {
 	case r.GetRemoteGroupId() != 0:
-		terms = append(terms, fam+side+" == $"+AddressSetName(r.GetRemoteGroupId(), r.GetIpv6()))
+		return fam + side + " == $" + AddressSetName(r.GetRemoteGroupId(), r.GetIpv6())
 	case r.GetCidr() != "":
-		terms = append(terms, fam+side+" == "+r.GetCidr())
+		return fam + side + " == " + r.GetCidr()
 	}
-	terms = append(terms, protoMatch(r, fam)...)
-	return strings.Join(terms, " && ")
+	return ""
+}
+
+// portMatch is the terms of a rule's destination port range, without the
+// protocol (nil for protocols without ports, or any port).
+func portMatch(r *agentv1.Rule) []string {
+	l4, ok := l4Names[r.GetProtocol()]
+	if !ok {
+		return nil
+	}
+	lo, hi := r.GetPortMin(), r.GetPortMax()
+	switch {
+	case lo == 0 && hi == 0:
+		return nil
+	case lo == hi:
+		return []string{l4 + ".dst == " + u(lo)}
+	default:
+		return []string{l4 + ".dst >= " + u(lo), l4 + ".dst <= " + u(hi)}
+	}
 }
 
 func protoMatch(r *agentv1.Rule, fam string) []string {

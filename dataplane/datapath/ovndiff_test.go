@@ -201,29 +201,6 @@ func (s diffScenario) referenceNACL(d fw.Direction, p fw.Packet) bool {
 	return ok
 }
 
-// renderedNACL is what the network ACL as rendered does in OVN 23.03. A
-// deny rule, and the closing deny, carry "!(allow match)" for every earlier
-// allow rule, and every allow match starts with "ip4" and usually names a
-// protocol. OVN cannot negate a field OpenFlow cannot mask (eth.type behind
-// ip4, ip.proto behind tcp/udp/icmp4, icmp4.type, ip.ttl): an ACL holding
-// such a negation never matches anything (checked with ovn-trace and with a
-// real ovn-controller: a ping passes an "ip4 && !tcp" drop). So only the
-// deny rules numbered before the direction's first allow rule work, and
-// once a direction has an allow rule, whatever no earlier deny caught
-// passes the network ACL: it fails open.
-func (s diffScenario) renderedNACL(d fw.Direction, p fw.Packet) bool {
-	for _, r := range slices.SortedFunc(slices.Values(s.nacl.Rules), func(a, b fw.ACLRule) int { return cmp.Compare(a.Number, b.Number) }) {
-		switch {
-		case r.Direction != d:
-		case r.Action == fw.Allow:
-			return true
-		case r.Matches(p):
-			return false
-		}
-	}
-	return false
-}
-
 // diffHarness holds both realizations of the topology.
 type diffHarness struct {
 	t       *testing.T
@@ -334,35 +311,29 @@ func mustMAC(s string) net.HardwareAddr {
 
 // diffTally counts the outcomes of a set of cases.
 type diffTally struct {
-	cases, agree, knownBug int
+	cases, agree int
 }
 
 func (t *diffTally) add(o diffTally) {
 	t.cases += o.cases
 	t.agree += o.agree
-	t.knownBug += o.knownBug
 }
 
 // compare realizes the scenario both ways and runs every case through both.
-// A disagreement that the models explain exactly (OVN does what the
-// rendered network ACL does, eBPF what the reference says) is counted as
-// the known network-ACL bug; any other fails the test with OVN's detailed
-// trace.
+// Any disagreement fails the test with both verdicts, the reference
+// model's and OVN's detailed trace.
 func (h *diffHarness) compare(what string, s diffScenario, cases []diffCase) diffTally {
 	h.t.Helper()
 	h.install(s.objs)
 	tally := diffTally{cases: len(cases)}
 	for _, c := range cases {
 		o, e := h.ovnDelivers(c), h.ebpfDelivers(c)
-		switch {
-		case o == e:
+		if o == e {
 			tally.agree++
-		case o == s.delivers(c, s.renderedNACL) && e == s.delivers(c, s.referenceNACL):
-			tally.knownBug++
-		default:
-			h.t.Errorf("%s: %v: OVN delivers %v, eBPF delivers %v (models: reference %v, as rendered %v)\nnetwork ACL %+v\n%s",
-				what, c, o, e, s.delivers(c, s.referenceNACL), s.delivers(c, s.renderedNACL), s.nacl.Rules, h.trace(c, "--detailed"))
+			continue
 		}
+		h.t.Errorf("%s: %v: OVN delivers %v, eBPF delivers %v (reference model %v)\nnetwork ACL %+v\n%s",
+			what, c, o, e, s.delivers(c, s.referenceNACL), s.nacl.Rules, h.trace(c, "--detailed"))
 	}
 	return tally
 }
@@ -484,27 +455,37 @@ func addrs(p [2]diffPort) (netip.Addr, netip.Addr) {
 }
 
 // Random rule sets: how many, and their sizes. The seed is fixed so the
-// measured agreement is reproducible.
+// measured agreement is reproducible. The network-ACL sets pair a larger
+// random ACL with security groups that allow everything, so the ACL alone
+// decides what a port with a group may send and receive.
 const (
 	randomSeed     = 20261127
 	randomSets     = 6
 	randomSGRules  = 6
 	randomNACLRule = 5
 	randomPackets  = 40
+
+	naclSeed     = 20261128
+	naclSets     = 8
+	naclSetRules = 8 // per direction
+	naclPackets  = 40
 )
 
-// Agreement the test holds: the measured counts (the seed makes them
-// exact). They can only rise, when the network-ACL bug is fixed; then raise
-// them.
+// Agreement the test holds: all of it. Before the network-ACL rendering
+// negated only addresses and ports (it negated protocols and ICMP types,
+// which OVN cannot, so ACLs failed open), crafted agreed on 128 of 132,
+// random on 218 of 240 and network ACL on 218 of 320.
 const (
-	craftedAgreeFloor = 128 // of 132
-	randomAgreeFloor  = 218 // of 240
+	craftedAgreeFloor = 132 // of 132
+	randomAgreeFloor  = 240 // of 240
+	naclAgreeFloor    = naclSets * naclPackets
 )
 
 // TestOVNDifferential checks that OVN and the eBPF data path realize the
 // same intent alike: for each intent (a crafted one exercising every
-// construct, and randomSets random ones from fwtest with a fixed seed) the
-// same agentv1 objects are rendered into a real NB by the reconciler
+// construct, randomSets random ones from fwtest with a fixed seed, and
+// naclSets random network ACLs behind allow-all security groups) the same
+// agentv1 objects are rendered into a real NB by the reconciler
 // (ovn-northd translates them) and installed into the eBPF data path by the
 // agent's own reconcile; then each packet, the first of a new flow from one
 // port to another (TCP SYN, UDP, ICMP, GRE; same subnet and routed), is
@@ -512,15 +493,9 @@ const (
 // port) and test-run through the port program (delivered = redirected to
 // the destination's MAC).
 //
-// Measured agreement: crafted 128 of 132 packets (97.0%), random 218 of 240
-// (90.8%). Every disagreement is the same bug, in OVN's rendering of
-// network ACLs (see renderedNACL and the package doc of controller/ovn):
-// deny rules numbered after an allow rule, and the closing deny, never
-// match in OVN, so OVN delivers what the eBPF path rightly drops. A
-// disagreement counts as that bug only when OVN's verdict is exactly what
-// the rendered ACL model predicts and eBPF's what the reference predicts;
-// any other disagreement fails the test, and so does agreement below the
-// measured counts.
+// Measured agreement: crafted 132 of 132 packets, random 240 of 240,
+// network ACLs 320 of 320. Any disagreement fails the test, with the
+// reference model's verdict and OVN's detailed trace.
 //
 // Not covered: replies and later packets of a flow (OVN lets replies of an
 // allowed connection bypass network ACLs, a documented difference), IPv6
@@ -542,31 +517,54 @@ func TestOVNDifferential(t *testing.T) {
 		h.learnRouterMACs()
 		crafted := h.compare("crafted", s, cases)
 
-		g := fwtest.New(randomSeed)
-		for _, p := range diffPorts {
-			g.Hosts = append(g.Hosts, netip.MustParseAddr(p.ip))
+		randomCases := func(g *fwtest.Gen, n int) []diffCase {
+			prs := pairs()
+			cases := make([]diffCase, 0, n)
+			for range n {
+				pr := prs[g.R.IntN(len(prs))]
+				src, dst := addrs(pr)
+				cases = append(cases, diffCase{from: pr[0], to: pr[1], pkt: g.Packet(src, dst)})
+			}
+			return cases
 		}
+		newGen := func(seed uint64) *fwtest.Gen {
+			g := fwtest.New(seed)
+			for _, p := range diffPorts {
+				g.Hosts = append(g.Hosts, netip.MustParseAddr(p.ip))
+			}
+			return g
+		}
+
+		g := newGen(randomSeed)
 		var random diffTally
 		for set := range randomSets {
 			groups := []uint32{sgA, sgB}
 			s := newScenario(g.Policy(sgA, randomSGRules, groups).Rules, g.Policy(sgB, randomSGRules, groups).Rules,
 				g.ACL(diffNACL, randomNACLRule).Rules)
-			prs := pairs()
-			cases := make([]diffCase, 0, randomPackets)
-			for range randomPackets {
-				pr := prs[g.R.IntN(len(prs))]
-				src, dst := addrs(pr)
-				cases = append(cases, diffCase{from: pr[0], to: pr[1], pkt: g.Packet(src, dst)})
-			}
-			random.add(h.compare(fmt.Sprintf("random set %d", set), s, cases))
+			random.add(h.compare(fmt.Sprintf("random set %d", set), s, randomCases(g, randomPackets)))
 		}
+
+		g = newGen(naclSeed)
+		g.NextID = 10 // past the security-group rules below
+		var nacl diffTally
+		for set := range naclSets {
+			all := func(id uint32) []fw.SGRule {
+				return []fw.SGRule{
+					{ID: id, Direction: fw.Ingress, RemoteCIDR: cidr("0.0.0.0/0")},
+					{ID: id + 1, Direction: fw.Egress, RemoteCIDR: cidr("0.0.0.0/0")},
+				}
+			}
+			s := newScenario(all(1), all(3), g.ACL(diffNACL, naclSetRules).Rules)
+			nacl.add(h.compare(fmt.Sprintf("network ACL set %d", set), s, randomCases(g, naclPackets)))
+		}
+
 		for _, r := range []struct {
 			name  string
 			tally diffTally
 			floor int
-		}{{"crafted", crafted, craftedAgreeFloor}, {"random", random, randomAgreeFloor}} {
-			t.Logf("%s: %d of %d packets agree (%.1f%%); %d disagree by the known network-ACL bug",
-				r.name, r.tally.agree, r.tally.cases, 100*float64(r.tally.agree)/float64(r.tally.cases), r.tally.knownBug)
+		}{{"crafted", crafted, craftedAgreeFloor}, {"random", random, randomAgreeFloor}, {"network ACL", nacl, naclAgreeFloor}} {
+			t.Logf("%s: %d of %d packets agree (%.1f%%)",
+				r.name, r.tally.agree, r.tally.cases, 100*float64(r.tally.agree)/float64(r.tally.cases))
 			if r.tally.agree < r.floor {
 				t.Errorf("%s: agreement %d below the documented %d", r.name, r.tally.agree, r.floor)
 			}
