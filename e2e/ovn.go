@@ -37,10 +37,6 @@ import (
 // What differs from the eBPF realization, as the scenarios meet it:
 //   - OVN lets replies of an allowed connection bypass every ACL, so a
 //     stateless network ACL does not filter them (controller/ovn's doc).
-//   - The network ACL's drop ACLs that exclude earlier allow rules do not
-//     compile in OVN 23.03 (`!ip4`, `!tcp`: nominal predicates may only be
-//     tested positively) and so never drop: scenario 3 waits for that fix
-//     (ovn_test.go).
 //   - Workload interfaces do not offload transmit checksums (the agent's
 //     plug, dataplane/agent/ovn.go): OVS 3.1 would encapsulate partial
 //     checksums in GENEVE unfinished.

@@ -10,15 +10,12 @@ import (
 	"github.com/meridian-sdn/meridian/controller/ovn"
 )
 
-// ovnScenarios are the scenario files of issue [2] that run on OVN too.
-// 03-acl-numbered-stateless.yaml waits for the network ACLs to stop failing
-// open on OVN (controller/ovn's doc: the drops negate eth.type or ip.proto,
-// which OVN 23.03 rejects, so they match nothing and tcp/8080 and ICMP get
-// through in phase no-return). With a renderer that keeps those negations
-// out it passed here, given ovnReplyBypass.
+// ovnScenarios are the scenario files of issue [2] that run on OVN too:
+// all of them, scenario 3 with ovnReplyBypass.
 var ovnScenarios = []string{
 	"01-full-mesh.yaml",
 	"02-sg-ssh-from-subnet.yaml",
+	"03-acl-numbered-stateless.yaml",
 	"04-vpc-isolation.yaml",
 	"05-port-move.yaml",
 	"06-agent-crash.yaml",
