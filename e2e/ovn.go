@@ -25,7 +25,9 @@ import (
 // the run (stopped by Close in reverse start order) and logs to the
 // console, i.e. to its log in the run directory. OVS_RUNDIR and friends
 // point at the run's own directories, so nothing touches the system's
-// /var/run/openvswitch.
+// /var/run/openvswitch. ovs-vswitchd stops on SIGTERM like the rest,
+// without `exit --cleanup`: its persistent tap devices (br-int, br-phy)
+// are in the node's namespace, and go when Close deletes it.
 //
 // Tunnels: the kernel has no GENEVE (nor the openvswitch module), but
 // userspace OVS encapsulates GENEVE itself ("native tunnelling"). That
