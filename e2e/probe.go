@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/meridian-sdn/meridian/dataplane/plumbing"
@@ -268,8 +269,22 @@ func (r *Run) startListeners(flows []Flow) (listeners, error) {
 }
 
 // listenEcho opens a socket on all addresses of the namespace and echoes
-// what it receives until closed.
+// what it receives until closed. Probes of one test may overlap on a
+// server's port (a poll's listener closing while the next one opens, a
+// single probe beside a matrix), so a port in use is retried for a while
+// before it is an error.
 func listenEcho(ns string, proto Proto, port uint16) (io.Closer, error) {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		c, err := listenEchoOnce(ns, proto, port)
+		if !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			return c, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func listenEchoOnce(ns string, proto Proto, port uint16) (io.Closer, error) {
 	addr := ":" + strconv.Itoa(int(port))
 	var closer io.Closer
 	err := plumbing.RunInNetns(netnsPath(ns), func() error {
