@@ -34,7 +34,7 @@ import (
 
 const usage = `usage: meridian-e2e COMMAND [flags]
 
-  up -f TOPOLOGY [--bin-dir DIR] [--until STAGE] [--log-level L]
+  up -f TOPOLOGY [--ovn] [--bin-dir DIR] [--until STAGE] [--log-level L]
                        build the topology; STAGE: fabric, controller, agents, workloads
   down [--run DIR]     stop the run's processes, remove its namespaces and directory
   status [--run DIR]   show nodes, workloads, processes and the agents' attachments
@@ -123,6 +123,7 @@ func up(ctx context.Context, fs *flag.FlagSet, args []string, out io.Writer) err
 	binDir := fs.String("bin-dir", "", "directory of meridian-controller and meridian-agent (default $MERIDIAN_BIN_DIR or the module's bin/)")
 	until := fs.String("until", "workloads", "last stage to build: fabric, controller, agents or workloads")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	ovn := fs.Bool("ovn", false, "realize the topology with OVN (OVN central, OVS + ovn-controller per node) instead of eBPF")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -142,7 +143,7 @@ func up(ctx context.Context, fs *flag.FlagSet, args []string, out io.Writer) err
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
-	r, err := e2e.Up(ctx, topo, e2e.Options{BinDir: *binDir, Until: stage, Log: log})
+	r, err := e2e.Up(ctx, topo, e2e.Options{BinDir: *binDir, Until: stage, Log: log, OVN: *ovn})
 	if err != nil {
 		return err
 	}
