@@ -85,40 +85,6 @@ const (
 	maxNACLRules        = PriorityNACLFirst - PriorityNACLDefault
 )
 
-// index is the model objects sorted by kind and ID.
-type index struct {
-	vpcs    map[uint32]*agentv1.Vpc
-	subnets map[uint32]*agentv1.Subnet
-	ports   map[uint32]*agentv1.Port
-	sgs     map[uint32]*agentv1.SecurityGroup
-	acls    map[uint32]*agentv1.NetworkAcl
-	rts     map[uint32]*agentv1.RouteTable
-}
-
-func indexObjects(objs map[string]*agentv1.Object) *index {
-	x := &index{
-		vpcs: map[uint32]*agentv1.Vpc{}, subnets: map[uint32]*agentv1.Subnet{}, ports: map[uint32]*agentv1.Port{},
-		sgs: map[uint32]*agentv1.SecurityGroup{}, acls: map[uint32]*agentv1.NetworkAcl{}, rts: map[uint32]*agentv1.RouteTable{},
-	}
-	for _, o := range objs {
-		switch b := o.GetBody().(type) {
-		case *agentv1.Object_Vpc:
-			x.vpcs[b.Vpc.GetId()] = b.Vpc
-		case *agentv1.Object_Subnet:
-			x.subnets[b.Subnet.GetId()] = b.Subnet
-		case *agentv1.Object_Port:
-			x.ports[b.Port.GetId()] = b.Port
-		case *agentv1.Object_SecurityGroup:
-			x.sgs[b.SecurityGroup.GetId()] = b.SecurityGroup
-		case *agentv1.Object_NetworkAcl:
-			x.acls[b.NetworkAcl.GetId()] = b.NetworkAcl
-		case *agentv1.Object_RouteTable:
-			x.rts[b.RouteTable.GetId()] = b.RouteTable
-		}
-	}
-	return x
-}
-
 func sortedIDs[T any](m map[uint32]T) []uint32 { return slices.Sorted(maps.Keys(m)) }
 
 // Object keys as the model spells them, used as owners.
@@ -147,19 +113,19 @@ func Render(objs map[string]*agentv1.Object) *Desired { return NewRenderer().Ren
 // whose subnet is missing has no switch port; a rule naming an unknown
 // group was already dropped by the model.
 func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
-	x := indexObjects(objs)
+	x := agentv1.IndexObjects(objs)
 	d := newDesired()
 	allPorts := d.renderDefaultDeny()
-	for _, id := range sortedIDs(x.vpcs) {
+	for _, id := range sortedIDs(x.VPCs) {
 		d.add(nbdb.LogicalRouterTable, owner("vpc", id), owner("vpc", id), "router", &nbdb.LogicalRouter{Name: RouterName(id)})
 	}
-	for _, id := range sortedIDs(x.subnets) {
-		d.renderSubnet(x, x.subnets[id])
+	for _, id := range sortedIDs(x.Subnets) {
+		d.renderSubnet(x, x.Subnets[id])
 	}
 	remote := remoteGroups(x)
 	members := map[uint32][]string{} // sg -> LSP ids
-	for _, id := range sortedIDs(x.ports) {
-		p := x.ports[id]
+	for _, id := range sortedIDs(x.Ports) {
+		p := x.Ports[id]
 		if !d.renderPort(x, p) {
 			continue
 		}
@@ -169,9 +135,9 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 		}
 	}
 	cached := rr.sgACLs
-	rr.sgACLs = make(map[*agentv1.SecurityGroup][]*Row, len(x.sgs))
-	for _, id := range sortedIDs(x.sgs) {
-		g := x.sgs[id]
+	rr.sgACLs = make(map[*agentv1.SecurityGroup][]*Row, len(x.SecurityGroups))
+	for _, id := range sortedIDs(x.SecurityGroups) {
+		g := x.SecurityGroups[id]
 		acls, ok := cached[g]
 		if !ok {
 			acls = sgACLs(g)
@@ -179,8 +145,8 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 		rr.sgACLs[g] = acls
 		d.renderSG(x, g, acls, members[id], remote[id])
 	}
-	for _, id := range sortedIDs(x.rts) {
-		d.renderRouteTable(x, x.rts[id])
+	for _, id := range sortedIDs(x.RouteTables) {
+		d.renderRouteTable(x, x.RouteTables[id])
 	}
 	return d
 }
@@ -212,11 +178,11 @@ func (d *Desired) renderDefaultDeny() *Row {
 	return pg
 }
 
-func (d *Desired) renderSubnet(x *index, s *agentv1.Subnet) {
+func (d *Desired) renderSubnet(x *agentv1.Index, s *agentv1.Subnet) {
 	id := s.GetId()
 	own := owner("subnet", id)
 	ls := d.add(nbdb.LogicalSwitchTable, own, own, "switch", &nbdb.LogicalSwitch{Name: SwitchName(id)})
-	if x.vpcs[s.GetVpcId()] != nil {
+	if x.VPCs[s.GetVpcId()] != nil {
 		lr := d.Row(nbdb.LogicalRouterTable, owner("vpc", s.GetVpcId()))
 		var networks []string
 		if n := gatewayNetwork(s.GetGatewayIp(), s.GetCidr()); n != "" {
@@ -228,7 +194,7 @@ func (d *Desired) renderSubnet(x *index, s *agentv1.Subnet) {
 			}
 		}
 		opts := map[string]string{}
-		if rt := s.GetRouteTableId(); rt != 0 && x.rts[rt] != nil {
+		if rt := s.GetRouteTableId(); rt != 0 && x.RouteTables[rt] != nil {
 			opts["route_table"] = RouteTableName(rt)
 		}
 		lrpID := own + "/router-port"
@@ -265,7 +231,7 @@ func (d *Desired) renderSubnet(x *index, s *agentv1.Subnet) {
 		}
 		d.add(nbdb.DHCPOptionsTable, own+"/dhcp4", own, "dhcp", &nbdb.DHCPOptions{Cidr: s.GetCidr(), Options: opts})
 	}
-	if a := x.acls[s.GetNetworkAclId()]; a != nil {
+	if a := x.NetworkACLs[s.GetNetworkAclId()]; a != nil {
 		d.renderNetworkACL(ls, s, a)
 	}
 }
@@ -285,8 +251,8 @@ func gatewayNetwork(gw, cidr string) string {
 
 // renderPort reports whether the port got a switch port: it needs its
 // subnet's switch.
-func (d *Desired) renderPort(x *index, p *agentv1.Port) bool {
-	s := x.subnets[p.GetSubnetId()]
+func (d *Desired) renderPort(x *agentv1.Index, p *agentv1.Port) bool {
+	s := x.Subnets[p.GetSubnetId()]
 	if s == nil {
 		return false
 	}
@@ -324,9 +290,9 @@ func hasIPv4(ips []string) bool {
 
 // remoteGroups returns, for every group some rule names as its remote side,
 // the families it is named for.
-func remoteGroups(x *index) map[uint32][2]bool {
+func remoteGroups(x *agentv1.Index) map[uint32][2]bool {
 	out := map[uint32][2]bool{}
-	for _, g := range x.sgs {
+	for _, g := range x.SecurityGroups {
 		for _, r := range g.GetRules() {
 			if rg := r.GetRemoteGroupId(); rg != 0 {
 				f := out[rg]
@@ -369,7 +335,7 @@ func sgACLs(g *agentv1.SecurityGroup) []*Row {
 	return out
 }
 
-func (d *Desired) renderSG(x *index, g *agentv1.SecurityGroup, acls []*Row, members []string, remoteFamilies [2]bool) {
+func (d *Desired) renderSG(x *agentv1.Index, g *agentv1.SecurityGroup, acls []*Row, members []string, remoteFamilies [2]bool) {
 	own := owner("sg", g.GetId())
 	pg := d.add(nbdb.PortGroupTable, own, own, "security-group", &nbdb.PortGroup{Name: PortGroupName(g.GetId())})
 	pg.Refs["ports"] = members
@@ -385,7 +351,7 @@ func (d *Desired) renderSG(x *index, g *agentv1.SecurityGroup, acls []*Row, memb
 		v6 := fam == 1
 		var addrs []string
 		for _, m := range members {
-			p := x.ports[portID(m)]
+			p := x.Ports[portID(m)]
 			for _, ip := range p.GetIps() {
 				if a, err := netip.ParseAddr(ip); err == nil && a.Is6() == v6 {
 					addrs = append(addrs, ip)
@@ -407,7 +373,7 @@ func portID(lspID string) uint32 {
 	return uint32(n)
 }
 
-func (d *Desired) renderRouteTable(x *index, t *agentv1.RouteTable) {
+func (d *Desired) renderRouteTable(x *agentv1.Index, t *agentv1.RouteTable) {
 	lr := d.Row(nbdb.LogicalRouterTable, owner("vpc", t.GetVpcId()))
 	if lr == nil {
 		return
@@ -429,7 +395,7 @@ func (d *Desired) renderRouteTable(x *index, t *agentv1.RouteTable) {
 // routeNexthop is the OVN nexthop of a route: an address, or "discard" for
 // blackholes and for next-hop ports that are gone or have no address of
 // the destination's family (failing closed, as the model does).
-func routeNexthop(x *index, r *agentv1.Route) string {
+func routeNexthop(x *agentv1.Index, r *agentv1.Route) string {
 	if r.GetBlackhole() {
 		return "discard"
 	}
@@ -437,7 +403,7 @@ func routeNexthop(x *index, r *agentv1.Route) string {
 		return ip
 	}
 	dst, err := netip.ParsePrefix(r.GetDestination())
-	if p := x.ports[r.GetNextHopPortId()]; p != nil && err == nil {
+	if p := x.Ports[r.GetNextHopPortId()]; p != nil && err == nil {
 		for _, ip := range p.GetIps() {
 			if a, err := netip.ParseAddr(ip); err == nil && a.Is4() == dst.Addr().Is4() {
 				return ip
