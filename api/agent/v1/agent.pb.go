@@ -318,12 +318,219 @@ func (x *Ack) GetErrors() []*ObjectError {
 	return nil
 }
 
+// NodeReport is what an agent observes and the API shows: sent whenever it
+// changes. Each report replaces the previous one.
+type NodeReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BgpPeers      []*BgpPeerState        `protobuf:"bytes,1,rep,name=bgp_peers,json=bgpPeers,proto3" json:"bgp_peers,omitempty"`
+	Nat           []*NatStats            `protobuf:"bytes,2,rep,name=nat,proto3" json:"nat,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeReport) Reset() {
+	*x = NodeReport{}
+	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeReport) ProtoMessage() {}
+
+func (x *NodeReport) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeReport.ProtoReflect.Descriptor instead.
+func (*NodeReport) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *NodeReport) GetBgpPeers() []*BgpPeerState {
+	if x != nil {
+		return x.BgpPeers
+	}
+	return nil
+}
+
+func (x *NodeReport) GetNat() []*NatStats {
+	if x != nil {
+		return x.Nat
+	}
+	return nil
+}
+
+type BgpPeerState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PeerId        uint32                 `protobuf:"varint,1,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"` // BgpPeer.id
+	PeerAddress   string                 `protobuf:"bytes,2,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
+	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`                           // "idle", "connect", "active", "opensent", "openconfirm", "established"
+	SinceUnix     int64                  `protobuf:"varint,4,opt,name=since_unix,json=sinceUnix,proto3" json:"since_unix,omitempty"` // when it entered that state
+	Advertised    uint32                 `protobuf:"varint,5,opt,name=advertised,proto3" json:"advertised,omitempty"`                // prefixes announced to the peer
+	Received      uint32                 `protobuf:"varint,6,opt,name=received,proto3" json:"received,omitempty"`
+	LastError     string                 `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BgpPeerState) Reset() {
+	*x = BgpPeerState{}
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BgpPeerState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BgpPeerState) ProtoMessage() {}
+
+func (x *BgpPeerState) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BgpPeerState.ProtoReflect.Descriptor instead.
+func (*BgpPeerState) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *BgpPeerState) GetPeerId() uint32 {
+	if x != nil {
+		return x.PeerId
+	}
+	return 0
+}
+
+func (x *BgpPeerState) GetPeerAddress() string {
+	if x != nil {
+		return x.PeerAddress
+	}
+	return ""
+}
+
+func (x *BgpPeerState) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *BgpPeerState) GetSinceUnix() int64 {
+	if x != nil {
+		return x.SinceUnix
+	}
+	return 0
+}
+
+func (x *BgpPeerState) GetAdvertised() uint32 {
+	if x != nil {
+		return x.Advertised
+	}
+	return 0
+}
+
+func (x *BgpPeerState) GetReceived() uint32 {
+	if x != nil {
+		return x.Received
+	}
+	return 0
+}
+
+func (x *BgpPeerState) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+type NatStats struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NatGatewayId  uint32                 `protobuf:"varint,1,opt,name=nat_gateway_id,json=natGatewayId,proto3" json:"nat_gateway_id,omitempty"`
+	ActiveFlows   uint64                 `protobuf:"varint,2,opt,name=active_flows,json=activeFlows,proto3" json:"active_flows,omitempty"`
+	PortExhausted uint64                 `protobuf:"varint,3,opt,name=port_exhausted,json=portExhausted,proto3" json:"port_exhausted,omitempty"` // new flows refused: no free source port
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NatStats) Reset() {
+	*x = NatStats{}
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NatStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NatStats) ProtoMessage() {}
+
+func (x *NatStats) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NatStats.ProtoReflect.Descriptor instead.
+func (*NatStats) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *NatStats) GetNatGatewayId() uint32 {
+	if x != nil {
+		return x.NatGatewayId
+	}
+	return 0
+}
+
+func (x *NatStats) GetActiveFlows() uint64 {
+	if x != nil {
+		return x.ActiveFlows
+	}
+	return 0
+}
+
+func (x *NatStats) GetPortExhausted() uint64 {
+	if x != nil {
+		return x.PortExhausted
+	}
+	return 0
+}
+
 type SyncRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
 	//
 	//	*SyncRequest_Hello
 	//	*SyncRequest_Ack
+	//	*SyncRequest_Report
 	Msg           isSyncRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -331,7 +538,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -343,7 +550,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -356,7 +563,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SyncRequest) GetMsg() isSyncRequest_Msg {
@@ -384,6 +591,15 @@ func (x *SyncRequest) GetAck() *Ack {
 	return nil
 }
 
+func (x *SyncRequest) GetReport() *NodeReport {
+	if x != nil {
+		if x, ok := x.Msg.(*SyncRequest_Report); ok {
+			return x.Report
+		}
+	}
+	return nil
+}
+
 type isSyncRequest_Msg interface {
 	isSyncRequest_Msg()
 }
@@ -396,9 +612,15 @@ type SyncRequest_Ack struct {
 	Ack *Ack `protobuf:"bytes,2,opt,name=ack,proto3,oneof"`
 }
 
+type SyncRequest_Report struct {
+	Report *NodeReport `protobuf:"bytes,3,opt,name=report,proto3,oneof"`
+}
+
 func (*SyncRequest_Hello) isSyncRequest_Msg() {}
 
 func (*SyncRequest_Ack) isSyncRequest_Msg() {}
+
+func (*SyncRequest_Report) isSyncRequest_Msg() {}
 
 // SyncResponse moves the agent from from_version to version. A snapshot
 // replaces everything the agent holds (from_version is then 0): objects it
@@ -416,7 +638,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -428,7 +650,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -441,7 +663,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SyncResponse) GetVersion() uint64 {
@@ -493,6 +715,11 @@ type Object struct {
 	//	*Object_NetworkAcl
 	//	*Object_RouteTable
 	//	*Object_PeerNode
+	//	*Object_Gateway
+	//	*Object_ElasticIp
+	//	*Object_NatGateway
+	//	*Object_PublicPool
+	//	*Object_BgpPeer
 	Body          isObject_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -500,7 +727,7 @@ type Object struct {
 
 func (x *Object) Reset() {
 	*x = Object{}
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +739,7 @@ func (x *Object) String() string {
 func (*Object) ProtoMessage() {}
 
 func (x *Object) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +752,7 @@ func (x *Object) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Object.ProtoReflect.Descriptor instead.
 func (*Object) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Object) GetKey() string {
@@ -605,6 +832,51 @@ func (x *Object) GetPeerNode() *PeerNode {
 	return nil
 }
 
+func (x *Object) GetGateway() *Gateway {
+	if x != nil {
+		if x, ok := x.Body.(*Object_Gateway); ok {
+			return x.Gateway
+		}
+	}
+	return nil
+}
+
+func (x *Object) GetElasticIp() *ElasticIp {
+	if x != nil {
+		if x, ok := x.Body.(*Object_ElasticIp); ok {
+			return x.ElasticIp
+		}
+	}
+	return nil
+}
+
+func (x *Object) GetNatGateway() *NatGateway {
+	if x != nil {
+		if x, ok := x.Body.(*Object_NatGateway); ok {
+			return x.NatGateway
+		}
+	}
+	return nil
+}
+
+func (x *Object) GetPublicPool() *PublicPool {
+	if x != nil {
+		if x, ok := x.Body.(*Object_PublicPool); ok {
+			return x.PublicPool
+		}
+	}
+	return nil
+}
+
+func (x *Object) GetBgpPeer() *BgpPeer {
+	if x != nil {
+		if x, ok := x.Body.(*Object_BgpPeer); ok {
+			return x.BgpPeer
+		}
+	}
+	return nil
+}
+
 type isObject_Body interface {
 	isObject_Body()
 }
@@ -637,6 +909,26 @@ type Object_PeerNode struct {
 	PeerNode *PeerNode `protobuf:"bytes,8,opt,name=peer_node,json=peerNode,proto3,oneof"`
 }
 
+type Object_Gateway struct {
+	Gateway *Gateway `protobuf:"bytes,9,opt,name=gateway,proto3,oneof"`
+}
+
+type Object_ElasticIp struct {
+	ElasticIp *ElasticIp `protobuf:"bytes,10,opt,name=elastic_ip,json=elasticIp,proto3,oneof"`
+}
+
+type Object_NatGateway struct {
+	NatGateway *NatGateway `protobuf:"bytes,11,opt,name=nat_gateway,json=natGateway,proto3,oneof"`
+}
+
+type Object_PublicPool struct {
+	PublicPool *PublicPool `protobuf:"bytes,12,opt,name=public_pool,json=publicPool,proto3,oneof"`
+}
+
+type Object_BgpPeer struct {
+	BgpPeer *BgpPeer `protobuf:"bytes,13,opt,name=bgp_peer,json=bgpPeer,proto3,oneof"`
+}
+
 func (*Object_Vpc) isObject_Body() {}
 
 func (*Object_Subnet) isObject_Body() {}
@@ -651,6 +943,16 @@ func (*Object_RouteTable) isObject_Body() {}
 
 func (*Object_PeerNode) isObject_Body() {}
 
+func (*Object_Gateway) isObject_Body() {}
+
+func (*Object_ElasticIp) isObject_Body() {}
+
+func (*Object_NatGateway) isObject_Body() {}
+
+func (*Object_PublicPool) isObject_Body() {}
+
+func (*Object_BgpPeer) isObject_Body() {}
+
 type Vpc struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -663,7 +965,7 @@ type Vpc struct {
 
 func (x *Vpc) Reset() {
 	*x = Vpc{}
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -675,7 +977,7 @@ func (x *Vpc) String() string {
 func (*Vpc) ProtoMessage() {}
 
 func (x *Vpc) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -688,7 +990,7 @@ func (x *Vpc) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vpc.ProtoReflect.Descriptor instead.
 func (*Vpc) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Vpc) GetId() uint32 {
@@ -739,7 +1041,7 @@ type Subnet struct {
 
 func (x *Subnet) Reset() {
 	*x = Subnet{}
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -751,7 +1053,7 @@ func (x *Subnet) String() string {
 func (*Subnet) ProtoMessage() {}
 
 func (x *Subnet) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -764,7 +1066,7 @@ func (x *Subnet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subnet.ProtoReflect.Descriptor instead.
 func (*Subnet) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Subnet) GetId() uint32 {
@@ -868,7 +1170,7 @@ type Port struct {
 
 func (x *Port) Reset() {
 	*x = Port{}
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +1182,7 @@ func (x *Port) String() string {
 func (*Port) ProtoMessage() {}
 
 func (x *Port) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +1195,7 @@ func (x *Port) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Port.ProtoReflect.Descriptor instead.
 func (*Port) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Port) GetId() uint32 {
@@ -981,7 +1283,7 @@ type Rule struct {
 
 func (x *Rule) Reset() {
 	*x = Rule{}
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -993,7 +1295,7 @@ func (x *Rule) String() string {
 func (*Rule) ProtoMessage() {}
 
 func (x *Rule) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1006,7 +1308,7 @@ func (x *Rule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rule.ProtoReflect.Descriptor instead.
 func (*Rule) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Rule) GetId() uint32 {
@@ -1105,7 +1407,7 @@ type SecurityGroup struct {
 
 func (x *SecurityGroup) Reset() {
 	*x = SecurityGroup{}
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1117,7 +1419,7 @@ func (x *SecurityGroup) String() string {
 func (*SecurityGroup) ProtoMessage() {}
 
 func (x *SecurityGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1130,7 +1432,7 @@ func (x *SecurityGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecurityGroup.ProtoReflect.Descriptor instead.
 func (*SecurityGroup) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SecurityGroup) GetId() uint32 {
@@ -1173,7 +1475,7 @@ type NetworkAcl struct {
 
 func (x *NetworkAcl) Reset() {
 	*x = NetworkAcl{}
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1185,7 +1487,7 @@ func (x *NetworkAcl) String() string {
 func (*NetworkAcl) ProtoMessage() {}
 
 func (x *NetworkAcl) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1198,7 +1500,7 @@ func (x *NetworkAcl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkAcl.ProtoReflect.Descriptor instead.
 func (*NetworkAcl) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NetworkAcl) GetId() uint32 {
@@ -1241,7 +1543,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1253,7 +1555,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1266,7 +1568,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Route) GetDestination() string {
@@ -1309,7 +1611,7 @@ type RouteTable struct {
 
 func (x *RouteTable) Reset() {
 	*x = RouteTable{}
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1623,7 @@ func (x *RouteTable) String() string {
 func (*RouteTable) ProtoMessage() {}
 
 func (x *RouteTable) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1636,7 @@ func (x *RouteTable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteTable.ProtoReflect.Descriptor instead.
 func (*RouteTable) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RouteTable) GetId() uint32 {
@@ -1377,7 +1679,7 @@ type PeerNode struct {
 
 func (x *PeerNode) Reset() {
 	*x = PeerNode{}
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1389,7 +1691,7 @@ func (x *PeerNode) String() string {
 func (*PeerNode) ProtoMessage() {}
 
 func (x *PeerNode) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1402,7 +1704,7 @@ func (x *PeerNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerNode.ProtoReflect.Descriptor instead.
 func (*PeerNode) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PeerNode) GetNode() string {
@@ -1422,6 +1724,663 @@ func (x *PeerNode) GetUnderlayIp() string {
 func (x *PeerNode) GetRealization() string {
 	if x != nil {
 		return x.Realization
+	}
+	return ""
+}
+
+// Gateway is a node with the gateway role. Workload nodes send traffic
+// for the outside world (destinations outside every VPC CIDR and route) to
+// a gateway through the overlay: to the owner of their NAT gateway, or,
+// for ports with an elastic IP, to any live gateway by flow hash.
+type Gateway struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	UnderlayIp    string                 `protobuf:"bytes,2,opt,name=underlay_ip,json=underlayIp,proto3" json:"underlay_ip,omitempty"` // tunnel endpoint
+	Uplink        string                 `protobuf:"bytes,3,opt,name=uplink,proto3" json:"uplink,omitempty"`                           // interface toward the fabric on that node ("" = default)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Gateway) Reset() {
+	*x = Gateway{}
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Gateway) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Gateway) ProtoMessage() {}
+
+func (x *Gateway) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
+func (*Gateway) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Gateway) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Gateway) GetUnderlayIp() string {
+	if x != nil {
+		return x.UnderlayIp
+	}
+	return ""
+}
+
+func (x *Gateway) GetUplink() string {
+	if x != nil {
+		return x.Uplink
+	}
+	return ""
+}
+
+// ElasticIp is a public address. Associated with a port, gateways rewrite
+// inbound address -> private_ip and forward to port_node_ip over the
+// overlay (VNI vni, inner destination MAC port_mac, inner source MAC the
+// router MAC); outbound packets from private_ip in that VPC leave with
+// source address. Associated with a NAT gateway, it is one of that NAT
+// gateway's addresses (see NatGateway).
+type ElasticIp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Address       string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"` // public IPv4 or IPv6
+	PoolId        uint32                 `protobuf:"varint,4,opt,name=pool_id,json=poolId,proto3" json:"pool_id,omitempty"`
+	VpcId         uint32                 `protobuf:"varint,5,opt,name=vpc_id,json=vpcId,proto3" json:"vpc_id,omitempty"` // 0 while not associated
+	Vni           uint32                 `protobuf:"varint,6,opt,name=vni,proto3" json:"vni,omitempty"`
+	PortId        uint32                 `protobuf:"varint,7,opt,name=port_id,json=portId,proto3" json:"port_id,omitempty"`         // 0 unless associated with a port
+	PrivateIp     string                 `protobuf:"bytes,8,opt,name=private_ip,json=privateIp,proto3" json:"private_ip,omitempty"` // the port's address it maps to
+	PortMac       string                 `protobuf:"bytes,9,opt,name=port_mac,json=portMac,proto3" json:"port_mac,omitempty"`
+	PortNode      string                 `protobuf:"bytes,10,opt,name=port_node,json=portNode,proto3" json:"port_node,omitempty"`                // node ID hosting the port ("" = unbound: no forwarding)
+	PortNodeIp    string                 `protobuf:"bytes,11,opt,name=port_node_ip,json=portNodeIp,proto3" json:"port_node_ip,omitempty"`        // that node's underlay address
+	NatGatewayId  uint32                 `protobuf:"varint,12,opt,name=nat_gateway_id,json=natGatewayId,proto3" json:"nat_gateway_id,omitempty"` // 0 unless associated with a NAT gateway
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ElasticIp) Reset() {
+	*x = ElasticIp{}
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ElasticIp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ElasticIp) ProtoMessage() {}
+
+func (x *ElasticIp) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ElasticIp.ProtoReflect.Descriptor instead.
+func (*ElasticIp) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ElasticIp) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ElasticIp) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ElasticIp) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ElasticIp) GetPoolId() uint32 {
+	if x != nil {
+		return x.PoolId
+	}
+	return 0
+}
+
+func (x *ElasticIp) GetVpcId() uint32 {
+	if x != nil {
+		return x.VpcId
+	}
+	return 0
+}
+
+func (x *ElasticIp) GetVni() uint32 {
+	if x != nil {
+		return x.Vni
+	}
+	return 0
+}
+
+func (x *ElasticIp) GetPortId() uint32 {
+	if x != nil {
+		return x.PortId
+	}
+	return 0
+}
+
+func (x *ElasticIp) GetPrivateIp() string {
+	if x != nil {
+		return x.PrivateIp
+	}
+	return ""
+}
+
+func (x *ElasticIp) GetPortMac() string {
+	if x != nil {
+		return x.PortMac
+	}
+	return ""
+}
+
+func (x *ElasticIp) GetPortNode() string {
+	if x != nil {
+		return x.PortNode
+	}
+	return ""
+}
+
+func (x *ElasticIp) GetPortNodeIp() string {
+	if x != nil {
+		return x.PortNodeIp
+	}
+	return ""
+}
+
+func (x *ElasticIp) GetNatGatewayId() uint32 {
+	if x != nil {
+		return x.NatGatewayId
+	}
+	return 0
+}
+
+// PortMapping is a DNAT rule of a NAT gateway: address:public_port ->
+// private_ip:private_port of a port.
+type PortMapping struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Protocol      uint32                 `protobuf:"varint,1,opt,name=protocol,proto3" json:"protocol,omitempty"` // 6 (TCP) or 17 (UDP)
+	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`    // one of the NAT gateway's addresses
+	PublicPort    uint32                 `protobuf:"varint,3,opt,name=public_port,json=publicPort,proto3" json:"public_port,omitempty"`
+	PortId        uint32                 `protobuf:"varint,4,opt,name=port_id,json=portId,proto3" json:"port_id,omitempty"`
+	PrivateIp     string                 `protobuf:"bytes,5,opt,name=private_ip,json=privateIp,proto3" json:"private_ip,omitempty"`
+	PrivatePort   uint32                 `protobuf:"varint,6,opt,name=private_port,json=privatePort,proto3" json:"private_port,omitempty"`
+	PortMac       string                 `protobuf:"bytes,7,opt,name=port_mac,json=portMac,proto3" json:"port_mac,omitempty"`
+	PortNode      string                 `protobuf:"bytes,8,opt,name=port_node,json=portNode,proto3" json:"port_node,omitempty"`
+	PortNodeIp    string                 `protobuf:"bytes,9,opt,name=port_node_ip,json=portNodeIp,proto3" json:"port_node_ip,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortMapping) Reset() {
+	*x = PortMapping{}
+	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortMapping) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortMapping) ProtoMessage() {}
+
+func (x *PortMapping) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortMapping.ProtoReflect.Descriptor instead.
+func (*PortMapping) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PortMapping) GetProtocol() uint32 {
+	if x != nil {
+		return x.Protocol
+	}
+	return 0
+}
+
+func (x *PortMapping) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *PortMapping) GetPublicPort() uint32 {
+	if x != nil {
+		return x.PublicPort
+	}
+	return 0
+}
+
+func (x *PortMapping) GetPortId() uint32 {
+	if x != nil {
+		return x.PortId
+	}
+	return 0
+}
+
+func (x *PortMapping) GetPrivateIp() string {
+	if x != nil {
+		return x.PrivateIp
+	}
+	return ""
+}
+
+func (x *PortMapping) GetPrivatePort() uint32 {
+	if x != nil {
+		return x.PrivatePort
+	}
+	return 0
+}
+
+func (x *PortMapping) GetPortMac() string {
+	if x != nil {
+		return x.PortMac
+	}
+	return ""
+}
+
+func (x *PortMapping) GetPortNode() string {
+	if x != nil {
+		return x.PortNode
+	}
+	return ""
+}
+
+func (x *PortMapping) GetPortNodeIp() string {
+	if x != nil {
+		return x.PortNodeIp
+	}
+	return ""
+}
+
+// NatGateway translates the outbound connections of its subnets to its
+// addresses, allocating source ports in [port_min, port_max]; replies and
+// port mappings come back in. owner_node is the gateway node doing it.
+type NatGateway struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	VpcId         uint32                 `protobuf:"varint,3,opt,name=vpc_id,json=vpcId,proto3" json:"vpc_id,omitempty"`
+	Vni           uint32                 `protobuf:"varint,4,opt,name=vni,proto3" json:"vni,omitempty"`
+	Addresses     []string               `protobuf:"bytes,5,rep,name=addresses,proto3" json:"addresses,omitempty"`                          // from its elastic IPs, sorted
+	SubnetIds     []uint32               `protobuf:"varint,6,rep,packed,name=subnet_ids,json=subnetIds,proto3" json:"subnet_ids,omitempty"` // sorted
+	SnatCidrs     []string               `protobuf:"bytes,7,rep,name=snat_cidrs,json=snatCidrs,proto3" json:"snat_cidrs,omitempty"`         // the CIDRs of those subnets, sorted
+	PortMappings  []*PortMapping         `protobuf:"bytes,8,rep,name=port_mappings,json=portMappings,proto3" json:"port_mappings,omitempty"`
+	PortMin       uint32                 `protobuf:"varint,9,opt,name=port_min,json=portMin,proto3" json:"port_min,omitempty"`  // default 1024
+	PortMax       uint32                 `protobuf:"varint,10,opt,name=port_max,json=portMax,proto3" json:"port_max,omitempty"` // default 65535
+	OwnerNode     string                 `protobuf:"bytes,11,opt,name=owner_node,json=ownerNode,proto3" json:"owner_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NatGateway) Reset() {
+	*x = NatGateway{}
+	mi := &file_agent_v1_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NatGateway) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NatGateway) ProtoMessage() {}
+
+func (x *NatGateway) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NatGateway.ProtoReflect.Descriptor instead.
+func (*NatGateway) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *NatGateway) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *NatGateway) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NatGateway) GetVpcId() uint32 {
+	if x != nil {
+		return x.VpcId
+	}
+	return 0
+}
+
+func (x *NatGateway) GetVni() uint32 {
+	if x != nil {
+		return x.Vni
+	}
+	return 0
+}
+
+func (x *NatGateway) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *NatGateway) GetSubnetIds() []uint32 {
+	if x != nil {
+		return x.SubnetIds
+	}
+	return nil
+}
+
+func (x *NatGateway) GetSnatCidrs() []string {
+	if x != nil {
+		return x.SnatCidrs
+	}
+	return nil
+}
+
+func (x *NatGateway) GetPortMappings() []*PortMapping {
+	if x != nil {
+		return x.PortMappings
+	}
+	return nil
+}
+
+func (x *NatGateway) GetPortMin() uint32 {
+	if x != nil {
+		return x.PortMin
+	}
+	return 0
+}
+
+func (x *NatGateway) GetPortMax() uint32 {
+	if x != nil {
+		return x.PortMax
+	}
+	return 0
+}
+
+func (x *NatGateway) GetOwnerNode() string {
+	if x != nil {
+		return x.OwnerNode
+	}
+	return ""
+}
+
+// PublicPool carries the BGP attributes of the addresses allocated from it.
+type PublicPool struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Cidrs         []string               `protobuf:"bytes,3,rep,name=cidrs,proto3" json:"cidrs,omitempty"`
+	Communities   []string               `protobuf:"bytes,4,rep,name=communities,proto3" json:"communities,omitempty"` // "65000:100"; large communities "a:b:c"
+	Med           uint32                 `protobuf:"varint,5,opt,name=med,proto3" json:"med,omitempty"`
+	Announce      bool                   `protobuf:"varint,6,opt,name=announce,proto3" json:"announce,omitempty"` // false: addresses are routed by other means
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublicPool) Reset() {
+	*x = PublicPool{}
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublicPool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublicPool) ProtoMessage() {}
+
+func (x *PublicPool) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublicPool.ProtoReflect.Descriptor instead.
+func (*PublicPool) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PublicPool) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *PublicPool) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PublicPool) GetCidrs() []string {
+	if x != nil {
+		return x.Cidrs
+	}
+	return nil
+}
+
+func (x *PublicPool) GetCommunities() []string {
+	if x != nil {
+		return x.Communities
+	}
+	return nil
+}
+
+func (x *PublicPool) GetMed() uint32 {
+	if x != nil {
+		return x.Med
+	}
+	return 0
+}
+
+func (x *PublicPool) GetAnnounce() bool {
+	if x != nil {
+		return x.Announce
+	}
+	return false
+}
+
+// BgpPeer is a BGP session of the gateway node it is sent to.
+type BgpPeer struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Id                  uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name                string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Node                string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"` // gateway node ID
+	LocalAsn            uint32                 `protobuf:"varint,4,opt,name=local_asn,json=localAsn,proto3" json:"local_asn,omitempty"`
+	RouterId            string                 `protobuf:"bytes,5,opt,name=router_id,json=routerId,proto3" json:"router_id,omitempty"` // "" = the node's underlay address
+	PeerAsn             uint32                 `protobuf:"varint,6,opt,name=peer_asn,json=peerAsn,proto3" json:"peer_asn,omitempty"`
+	PeerAddress         string                 `protobuf:"bytes,7,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
+	HoldTime            uint32                 `protobuf:"varint,8,opt,name=hold_time,json=holdTime,proto3" json:"hold_time,omitempty"` // seconds; 0 = 90
+	GracefulRestart     bool                   `protobuf:"varint,9,opt,name=graceful_restart,json=gracefulRestart,proto3" json:"graceful_restart,omitempty"`
+	RestartTime         uint32                 `protobuf:"varint,10,opt,name=restart_time,json=restartTime,proto3" json:"restart_time,omitempty"`                           // seconds; 0 = 120
+	AnnounceVpcPrefixes bool                   `protobuf:"varint,11,opt,name=announce_vpc_prefixes,json=announceVpcPrefixes,proto3" json:"announce_vpc_prefixes,omitempty"` // also announce VPC CIDRs (for routed VPCs)
+	Password            string                 `protobuf:"bytes,12,opt,name=password,proto3" json:"password,omitempty"`                                                     // TCP MD5; "" = none
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *BgpPeer) Reset() {
+	*x = BgpPeer{}
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BgpPeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BgpPeer) ProtoMessage() {}
+
+func (x *BgpPeer) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BgpPeer.ProtoReflect.Descriptor instead.
+func (*BgpPeer) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *BgpPeer) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *BgpPeer) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BgpPeer) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *BgpPeer) GetLocalAsn() uint32 {
+	if x != nil {
+		return x.LocalAsn
+	}
+	return 0
+}
+
+func (x *BgpPeer) GetRouterId() string {
+	if x != nil {
+		return x.RouterId
+	}
+	return ""
+}
+
+func (x *BgpPeer) GetPeerAsn() uint32 {
+	if x != nil {
+		return x.PeerAsn
+	}
+	return 0
+}
+
+func (x *BgpPeer) GetPeerAddress() string {
+	if x != nil {
+		return x.PeerAddress
+	}
+	return ""
+}
+
+func (x *BgpPeer) GetHoldTime() uint32 {
+	if x != nil {
+		return x.HoldTime
+	}
+	return 0
+}
+
+func (x *BgpPeer) GetGracefulRestart() bool {
+	if x != nil {
+		return x.GracefulRestart
+	}
+	return false
+}
+
+func (x *BgpPeer) GetRestartTime() uint32 {
+	if x != nil {
+		return x.RestartTime
+	}
+	return 0
+}
+
+func (x *BgpPeer) GetAnnounceVpcPrefixes() bool {
+	if x != nil {
+		return x.AnnounceVpcPrefixes
+	}
+	return false
+}
+
+func (x *BgpPeer) GetPassword() string {
+	if x != nil {
+		return x.Password
 	}
 	return ""
 }
@@ -1449,17 +2408,38 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"N\n" +
 	"\x03Ack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12-\n" +
-	"\x06errors\x18\x02 \x03(\v2\x15.agent.v1.ObjectErrorR\x06errors\"`\n" +
+	"\x06errors\x18\x02 \x03(\v2\x15.agent.v1.ObjectErrorR\x06errors\"g\n" +
+	"\n" +
+	"NodeReport\x123\n" +
+	"\tbgp_peers\x18\x01 \x03(\v2\x16.agent.v1.BgpPeerStateR\bbgpPeers\x12$\n" +
+	"\x03nat\x18\x02 \x03(\v2\x12.agent.v1.NatStatsR\x03nat\"\xda\x01\n" +
+	"\fBgpPeerState\x12\x17\n" +
+	"\apeer_id\x18\x01 \x01(\rR\x06peerId\x12!\n" +
+	"\fpeer_address\x18\x02 \x01(\tR\vpeerAddress\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x1d\n" +
+	"\n" +
+	"since_unix\x18\x04 \x01(\x03R\tsinceUnix\x12\x1e\n" +
+	"\n" +
+	"advertised\x18\x05 \x01(\rR\n" +
+	"advertised\x12\x1a\n" +
+	"\breceived\x18\x06 \x01(\rR\breceived\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\a \x01(\tR\tlastError\"z\n" +
+	"\bNatStats\x12$\n" +
+	"\x0enat_gateway_id\x18\x01 \x01(\rR\fnatGatewayId\x12!\n" +
+	"\factive_flows\x18\x02 \x01(\x04R\vactiveFlows\x12%\n" +
+	"\x0eport_exhausted\x18\x03 \x01(\x04R\rportExhausted\"\x90\x01\n" +
 	"\vSyncRequest\x12'\n" +
 	"\x05hello\x18\x01 \x01(\v2\x0f.agent.v1.HelloH\x00R\x05hello\x12!\n" +
-	"\x03ack\x18\x02 \x01(\v2\r.agent.v1.AckH\x00R\x03ackB\x05\n" +
+	"\x03ack\x18\x02 \x01(\v2\r.agent.v1.AckH\x00R\x03ack\x12.\n" +
+	"\x06report\x18\x03 \x01(\v2\x14.agent.v1.NodeReportH\x00R\x06reportB\x05\n" +
 	"\x03msg\"\xad\x01\n" +
 	"\fSyncResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12!\n" +
 	"\ffrom_version\x18\x02 \x01(\x04R\vfromVersion\x12\x1a\n" +
 	"\bsnapshot\x18\x03 \x01(\bR\bsnapshot\x12*\n" +
 	"\aupserts\x18\x04 \x03(\v2\x10.agent.v1.ObjectR\aupserts\x12\x18\n" +
-	"\adeletes\x18\x05 \x03(\tR\adeletes\"\xfe\x02\n" +
+	"\adeletes\x18\x05 \x03(\tR\adeletes\"\x85\x05\n" +
 	"\x06Object\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12!\n" +
 	"\x03vpc\x18\x02 \x01(\v2\r.agent.v1.VpcH\x00R\x03vpc\x12*\n" +
@@ -1470,7 +2450,16 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"networkAcl\x127\n" +
 	"\vroute_table\x18\a \x01(\v2\x14.agent.v1.RouteTableH\x00R\n" +
 	"routeTable\x121\n" +
-	"\tpeer_node\x18\b \x01(\v2\x12.agent.v1.PeerNodeH\x00R\bpeerNodeB\x06\n" +
+	"\tpeer_node\x18\b \x01(\v2\x12.agent.v1.PeerNodeH\x00R\bpeerNode\x12-\n" +
+	"\agateway\x18\t \x01(\v2\x11.agent.v1.GatewayH\x00R\agateway\x124\n" +
+	"\n" +
+	"elastic_ip\x18\n" +
+	" \x01(\v2\x13.agent.v1.ElasticIpH\x00R\telasticIp\x127\n" +
+	"\vnat_gateway\x18\v \x01(\v2\x14.agent.v1.NatGatewayH\x00R\n" +
+	"natGateway\x127\n" +
+	"\vpublic_pool\x18\f \x01(\v2\x14.agent.v1.PublicPoolH\x00R\n" +
+	"publicPool\x12.\n" +
+	"\bbgp_peer\x18\r \x01(\v2\x11.agent.v1.BgpPeerH\x00R\abgpPeerB\x06\n" +
 	"\x04body\"Q\n" +
 	"\x03Vpc\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
@@ -1544,7 +2533,80 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
 	"\vunderlay_ip\x18\x02 \x01(\tR\n" +
 	"underlayIp\x12 \n" +
-	"\vrealization\x18\x03 \x01(\tR\vrealization2\x8c\x01\n" +
+	"\vrealization\x18\x03 \x01(\tR\vrealization\"V\n" +
+	"\aGateway\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
+	"\vunderlay_ip\x18\x02 \x01(\tR\n" +
+	"underlayIp\x12\x16\n" +
+	"\x06uplink\x18\x03 \x01(\tR\x06uplink\"\xc3\x02\n" +
+	"\tElasticIp\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x17\n" +
+	"\apool_id\x18\x04 \x01(\rR\x06poolId\x12\x15\n" +
+	"\x06vpc_id\x18\x05 \x01(\rR\x05vpcId\x12\x10\n" +
+	"\x03vni\x18\x06 \x01(\rR\x03vni\x12\x17\n" +
+	"\aport_id\x18\a \x01(\rR\x06portId\x12\x1d\n" +
+	"\n" +
+	"private_ip\x18\b \x01(\tR\tprivateIp\x12\x19\n" +
+	"\bport_mac\x18\t \x01(\tR\aportMac\x12\x1b\n" +
+	"\tport_node\x18\n" +
+	" \x01(\tR\bportNode\x12 \n" +
+	"\fport_node_ip\x18\v \x01(\tR\n" +
+	"portNodeIp\x12$\n" +
+	"\x0enat_gateway_id\x18\f \x01(\rR\fnatGatewayId\"\x99\x02\n" +
+	"\vPortMapping\x12\x1a\n" +
+	"\bprotocol\x18\x01 \x01(\rR\bprotocol\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1f\n" +
+	"\vpublic_port\x18\x03 \x01(\rR\n" +
+	"publicPort\x12\x17\n" +
+	"\aport_id\x18\x04 \x01(\rR\x06portId\x12\x1d\n" +
+	"\n" +
+	"private_ip\x18\x05 \x01(\tR\tprivateIp\x12!\n" +
+	"\fprivate_port\x18\x06 \x01(\rR\vprivatePort\x12\x19\n" +
+	"\bport_mac\x18\a \x01(\tR\aportMac\x12\x1b\n" +
+	"\tport_node\x18\b \x01(\tR\bportNode\x12 \n" +
+	"\fport_node_ip\x18\t \x01(\tR\n" +
+	"portNodeIp\"\xc6\x02\n" +
+	"\n" +
+	"NatGateway\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x15\n" +
+	"\x06vpc_id\x18\x03 \x01(\rR\x05vpcId\x12\x10\n" +
+	"\x03vni\x18\x04 \x01(\rR\x03vni\x12\x1c\n" +
+	"\taddresses\x18\x05 \x03(\tR\taddresses\x12\x1d\n" +
+	"\n" +
+	"subnet_ids\x18\x06 \x03(\rR\tsubnetIds\x12\x1d\n" +
+	"\n" +
+	"snat_cidrs\x18\a \x03(\tR\tsnatCidrs\x12:\n" +
+	"\rport_mappings\x18\b \x03(\v2\x15.agent.v1.PortMappingR\fportMappings\x12\x19\n" +
+	"\bport_min\x18\t \x01(\rR\aportMin\x12\x19\n" +
+	"\bport_max\x18\n" +
+	" \x01(\rR\aportMax\x12\x1d\n" +
+	"\n" +
+	"owner_node\x18\v \x01(\tR\townerNode\"\x96\x01\n" +
+	"\n" +
+	"PublicPool\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05cidrs\x18\x03 \x03(\tR\x05cidrs\x12 \n" +
+	"\vcommunities\x18\x04 \x03(\tR\vcommunities\x12\x10\n" +
+	"\x03med\x18\x05 \x01(\rR\x03med\x12\x1a\n" +
+	"\bannounce\x18\x06 \x01(\bR\bannounce\"\xf4\x02\n" +
+	"\aBgpPeer\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x1b\n" +
+	"\tlocal_asn\x18\x04 \x01(\rR\blocalAsn\x12\x1b\n" +
+	"\trouter_id\x18\x05 \x01(\tR\brouterId\x12\x19\n" +
+	"\bpeer_asn\x18\x06 \x01(\rR\apeerAsn\x12!\n" +
+	"\fpeer_address\x18\a \x01(\tR\vpeerAddress\x12\x1b\n" +
+	"\thold_time\x18\b \x01(\rR\bholdTime\x12)\n" +
+	"\x10graceful_restart\x18\t \x01(\bR\x0fgracefulRestart\x12!\n" +
+	"\frestart_time\x18\n" +
+	" \x01(\rR\vrestartTime\x122\n" +
+	"\x15announce_vpc_prefixes\x18\v \x01(\bR\x13announceVpcPrefixes\x12\x1a\n" +
+	"\bpassword\x18\f \x01(\tR\bpassword2\x8c\x01\n" +
 	"\fAgentService\x12A\n" +
 	"\bRegister\x12\x19.agent.v1.RegisterRequest\x1a\x1a.agent.v1.RegisterResponse\x129\n" +
 	"\x04Sync\x12\x15.agent.v1.SyncRequest\x1a\x16.agent.v1.SyncResponse(\x010\x01B7Z5github.com/meridian-sdn/meridian/api/agent/v1;agentv1b\x06proto3"
@@ -1561,50 +2623,68 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_agent_v1_agent_proto_rawDescData
 }
 
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(*RegisterRequest)(nil),  // 0: agent.v1.RegisterRequest
 	(*RegisterResponse)(nil), // 1: agent.v1.RegisterResponse
 	(*Hello)(nil),            // 2: agent.v1.Hello
 	(*ObjectError)(nil),      // 3: agent.v1.ObjectError
 	(*Ack)(nil),              // 4: agent.v1.Ack
-	(*SyncRequest)(nil),      // 5: agent.v1.SyncRequest
-	(*SyncResponse)(nil),     // 6: agent.v1.SyncResponse
-	(*Object)(nil),           // 7: agent.v1.Object
-	(*Vpc)(nil),              // 8: agent.v1.Vpc
-	(*Subnet)(nil),           // 9: agent.v1.Subnet
-	(*Port)(nil),             // 10: agent.v1.Port
-	(*Rule)(nil),             // 11: agent.v1.Rule
-	(*SecurityGroup)(nil),    // 12: agent.v1.SecurityGroup
-	(*NetworkAcl)(nil),       // 13: agent.v1.NetworkAcl
-	(*Route)(nil),            // 14: agent.v1.Route
-	(*RouteTable)(nil),       // 15: agent.v1.RouteTable
-	(*PeerNode)(nil),         // 16: agent.v1.PeerNode
+	(*NodeReport)(nil),       // 5: agent.v1.NodeReport
+	(*BgpPeerState)(nil),     // 6: agent.v1.BgpPeerState
+	(*NatStats)(nil),         // 7: agent.v1.NatStats
+	(*SyncRequest)(nil),      // 8: agent.v1.SyncRequest
+	(*SyncResponse)(nil),     // 9: agent.v1.SyncResponse
+	(*Object)(nil),           // 10: agent.v1.Object
+	(*Vpc)(nil),              // 11: agent.v1.Vpc
+	(*Subnet)(nil),           // 12: agent.v1.Subnet
+	(*Port)(nil),             // 13: agent.v1.Port
+	(*Rule)(nil),             // 14: agent.v1.Rule
+	(*SecurityGroup)(nil),    // 15: agent.v1.SecurityGroup
+	(*NetworkAcl)(nil),       // 16: agent.v1.NetworkAcl
+	(*Route)(nil),            // 17: agent.v1.Route
+	(*RouteTable)(nil),       // 18: agent.v1.RouteTable
+	(*PeerNode)(nil),         // 19: agent.v1.PeerNode
+	(*Gateway)(nil),          // 20: agent.v1.Gateway
+	(*ElasticIp)(nil),        // 21: agent.v1.ElasticIp
+	(*PortMapping)(nil),      // 22: agent.v1.PortMapping
+	(*NatGateway)(nil),       // 23: agent.v1.NatGateway
+	(*PublicPool)(nil),       // 24: agent.v1.PublicPool
+	(*BgpPeer)(nil),          // 25: agent.v1.BgpPeer
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
 	3,  // 0: agent.v1.Ack.errors:type_name -> agent.v1.ObjectError
-	2,  // 1: agent.v1.SyncRequest.hello:type_name -> agent.v1.Hello
-	4,  // 2: agent.v1.SyncRequest.ack:type_name -> agent.v1.Ack
-	7,  // 3: agent.v1.SyncResponse.upserts:type_name -> agent.v1.Object
-	8,  // 4: agent.v1.Object.vpc:type_name -> agent.v1.Vpc
-	9,  // 5: agent.v1.Object.subnet:type_name -> agent.v1.Subnet
-	10, // 6: agent.v1.Object.port:type_name -> agent.v1.Port
-	12, // 7: agent.v1.Object.security_group:type_name -> agent.v1.SecurityGroup
-	13, // 8: agent.v1.Object.network_acl:type_name -> agent.v1.NetworkAcl
-	15, // 9: agent.v1.Object.route_table:type_name -> agent.v1.RouteTable
-	16, // 10: agent.v1.Object.peer_node:type_name -> agent.v1.PeerNode
-	11, // 11: agent.v1.SecurityGroup.rules:type_name -> agent.v1.Rule
-	11, // 12: agent.v1.NetworkAcl.rules:type_name -> agent.v1.Rule
-	14, // 13: agent.v1.RouteTable.routes:type_name -> agent.v1.Route
-	0,  // 14: agent.v1.AgentService.Register:input_type -> agent.v1.RegisterRequest
-	5,  // 15: agent.v1.AgentService.Sync:input_type -> agent.v1.SyncRequest
-	1,  // 16: agent.v1.AgentService.Register:output_type -> agent.v1.RegisterResponse
-	6,  // 17: agent.v1.AgentService.Sync:output_type -> agent.v1.SyncResponse
-	16, // [16:18] is the sub-list for method output_type
-	14, // [14:16] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	6,  // 1: agent.v1.NodeReport.bgp_peers:type_name -> agent.v1.BgpPeerState
+	7,  // 2: agent.v1.NodeReport.nat:type_name -> agent.v1.NatStats
+	2,  // 3: agent.v1.SyncRequest.hello:type_name -> agent.v1.Hello
+	4,  // 4: agent.v1.SyncRequest.ack:type_name -> agent.v1.Ack
+	5,  // 5: agent.v1.SyncRequest.report:type_name -> agent.v1.NodeReport
+	10, // 6: agent.v1.SyncResponse.upserts:type_name -> agent.v1.Object
+	11, // 7: agent.v1.Object.vpc:type_name -> agent.v1.Vpc
+	12, // 8: agent.v1.Object.subnet:type_name -> agent.v1.Subnet
+	13, // 9: agent.v1.Object.port:type_name -> agent.v1.Port
+	15, // 10: agent.v1.Object.security_group:type_name -> agent.v1.SecurityGroup
+	16, // 11: agent.v1.Object.network_acl:type_name -> agent.v1.NetworkAcl
+	18, // 12: agent.v1.Object.route_table:type_name -> agent.v1.RouteTable
+	19, // 13: agent.v1.Object.peer_node:type_name -> agent.v1.PeerNode
+	20, // 14: agent.v1.Object.gateway:type_name -> agent.v1.Gateway
+	21, // 15: agent.v1.Object.elastic_ip:type_name -> agent.v1.ElasticIp
+	23, // 16: agent.v1.Object.nat_gateway:type_name -> agent.v1.NatGateway
+	24, // 17: agent.v1.Object.public_pool:type_name -> agent.v1.PublicPool
+	25, // 18: agent.v1.Object.bgp_peer:type_name -> agent.v1.BgpPeer
+	14, // 19: agent.v1.SecurityGroup.rules:type_name -> agent.v1.Rule
+	14, // 20: agent.v1.NetworkAcl.rules:type_name -> agent.v1.Rule
+	17, // 21: agent.v1.RouteTable.routes:type_name -> agent.v1.Route
+	22, // 22: agent.v1.NatGateway.port_mappings:type_name -> agent.v1.PortMapping
+	0,  // 23: agent.v1.AgentService.Register:input_type -> agent.v1.RegisterRequest
+	8,  // 24: agent.v1.AgentService.Sync:input_type -> agent.v1.SyncRequest
+	1,  // 25: agent.v1.AgentService.Register:output_type -> agent.v1.RegisterResponse
+	9,  // 26: agent.v1.AgentService.Sync:output_type -> agent.v1.SyncResponse
+	25, // [25:27] is the sub-list for method output_type
+	23, // [23:25] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -1612,11 +2692,12 @@ func file_agent_v1_agent_proto_init() {
 	if File_agent_v1_agent_proto != nil {
 		return
 	}
-	file_agent_v1_agent_proto_msgTypes[5].OneofWrappers = []any{
+	file_agent_v1_agent_proto_msgTypes[8].OneofWrappers = []any{
 		(*SyncRequest_Hello)(nil),
 		(*SyncRequest_Ack)(nil),
+		(*SyncRequest_Report)(nil),
 	}
-	file_agent_v1_agent_proto_msgTypes[7].OneofWrappers = []any{
+	file_agent_v1_agent_proto_msgTypes[10].OneofWrappers = []any{
 		(*Object_Vpc)(nil),
 		(*Object_Subnet)(nil),
 		(*Object_Port)(nil),
@@ -1624,6 +2705,11 @@ func file_agent_v1_agent_proto_init() {
 		(*Object_NetworkAcl)(nil),
 		(*Object_RouteTable)(nil),
 		(*Object_PeerNode)(nil),
+		(*Object_Gateway)(nil),
+		(*Object_ElasticIp)(nil),
+		(*Object_NatGateway)(nil),
+		(*Object_PublicPool)(nil),
+		(*Object_BgpPeer)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1631,7 +2717,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
