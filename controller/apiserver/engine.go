@@ -74,7 +74,7 @@ func put(tx store.Tx, k *resource.Kind, m proto.Message) error {
 func target(tx store.ReadTx, k *resource.Kind, name string, obj proto.Message) (auth.Target, error) {
 	t := auth.Target{Kind: k.Name}
 	switch k {
-	case resource.KindNode:
+	case resource.KindNode, resource.KindPublicAddressPool, resource.KindBgpPeer:
 		return t, nil
 	case resource.KindProject:
 		t.Project = name
@@ -324,7 +324,9 @@ func (s *Server) update(ctx context.Context, k *resource.Kind, in proto.Message,
 	// body, so a body carrying its etag (as the API asks) puts "etag" in it.
 	mask = slices.DeleteFunc(mask, func(p string) bool { return p == "etag" || p == "name" })
 	if len(mask) == 0 && !explicit {
-		mask = h.mutable
+		// Write-only fields read back empty: a read-modify-write with an
+		// empty mask must not clear them.
+		mask = slices.DeleteFunc(slices.Clone(h.mutable), func(p string) bool { return slices.Contains(h.explicitOnly, p) })
 	}
 	var vs violations
 	for _, p := range mask {
@@ -415,6 +417,7 @@ func (s *Server) write(c *txc, k *resource.Kind, project, parent string, old, ob
 // would-be resource for validate_only, else the stored one as a Get sees it.
 func (s *Server) finish(ctx context.Context, k *resource.Kind, name string, out proto.Message, err error) (proto.Message, error) {
 	if errors.Is(err, errValidateOnly) {
+		redact(out)
 		return out, nil
 	}
 	if err != nil {
@@ -571,12 +574,15 @@ func (s *Server) audit(c *txc, method, name, project string, before, after proto
 		Project:  project,
 	}
 	if before != nil {
+		before = proto.Clone(before)
+		redact(before)
 		rec.Before = compactJSON(before)
 	}
 	if after != nil {
 		// The etag of the state written is this mutation's revision; after
 		// still carries the one it was read (or created) with.
 		after = proto.Clone(after)
+		redact(after)
 		resource.SetEtag(after, strconv.FormatInt(rec.Revision, 10))
 		rec.After = compactJSON(after)
 	}

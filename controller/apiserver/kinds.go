@@ -30,6 +30,9 @@ type hooks struct {
 	release func(c *txc, old proto.Message) error
 	// decorate fills fields computed on read (statuses, usage).
 	decorate func(s *Server, tx store.ReadTx, obj proto.Message) error
+	// explicitOnly lists mutable fields an update changes only when its
+	// mask names them (write-only secrets).
+	explicitOnly []string
 }
 
 func (h *hooks) references(obj proto.Message, parent string) []string {
@@ -48,6 +51,12 @@ func (h *hooks) references(obj proto.Message, parent string) []string {
 }
 
 func (s *Server) buildHooks() map[*resource.Kind]*hooks {
+	hs := s.coreHooks()
+	s.edgeHooks(hs)
+	return hs
+}
+
+func (s *Server) coreHooks() map[*resource.Kind]*hooks {
 	return map[*resource.Kind]*hooks{
 		resource.KindProject: {
 			mutable:  []string{"labels", "description", "quota"},
@@ -126,7 +135,7 @@ func prepareProject(c *txc, old, obj proto.Message) error {
 	if q := p.Quota; q != nil {
 		for name, v := range map[string]int32{"vpcs": q.Vpcs, "subnets": q.Subnets, "ports": q.Ports, "security_groups": q.SecurityGroups,
 			"security_group_rules": q.SecurityGroupRules, "network_acls": q.NetworkAcls, "network_acl_rules": q.NetworkAclRules,
-			"route_tables": q.RouteTables, "routes": q.Routes} {
+			"route_tables": q.RouteTables, "routes": q.Routes, "elastic_ips": q.ElasticIps, "nat_gateways": q.NatGateways} {
 			if v < 0 {
 				c.vs.add("project.quota."+name, "must not be negative")
 			}
@@ -139,7 +148,8 @@ func decorateProject(s *Server, tx store.ReadTx, m proto.Message) error {
 	p := m.(*v1.Project)
 	u := &v1.Quota{}
 	for k, dst := range map[*resource.Kind]*int32{resource.KindVpc: &u.Vpcs, resource.KindSubnet: &u.Subnets, resource.KindPort: &u.Ports,
-		resource.KindSecurityGroup: &u.SecurityGroups, resource.KindNetworkAcl: &u.NetworkAcls, resource.KindRouteTable: &u.RouteTables} {
+		resource.KindSecurityGroup: &u.SecurityGroups, resource.KindNetworkAcl: &u.NetworkAcls, resource.KindRouteTable: &u.RouteTables,
+		resource.KindElasticIp: &u.ElasticIps, resource.KindNatGateway: &u.NatGateways} {
 		n, err := readCount(tx, countKey(p.Name, k))
 		if err != nil {
 			return err

@@ -30,6 +30,7 @@ func DefaultQuota() *v1.Quota {
 	return &v1.Quota{
 		Vpcs: 50, Subnets: 500, Ports: 200000, SecurityGroups: 2500, SecurityGroupRules: 1000,
 		NetworkAcls: 200, NetworkAclRules: 256, RouteTables: 200, Routes: 1000,
+		ElasticIps: 50, NatGateways: 20,
 	}
 }
 
@@ -47,6 +48,7 @@ type Server struct {
 	v1.UnimplementedNetworkServiceServer
 	v1.UnimplementedSecurityServiceServer
 	v1.UnimplementedNodeServiceServer
+	v1.UnimplementedEdgeServiceServer
 	v1.UnimplementedAuditServiceServer
 	v1.UnimplementedWatchServiceServer
 	v1.UnimplementedIdentityServiceServer
@@ -85,6 +87,7 @@ func (s *Server) Register(g *grpc.Server) {
 	v1.RegisterNetworkServiceServer(g, s)
 	v1.RegisterSecurityServiceServer(g, s)
 	v1.RegisterNodeServiceServer(g, s)
+	v1.RegisterEdgeServiceServer(g, s)
 	v1.RegisterAuditServiceServer(g, s)
 	v1.RegisterWatchServiceServer(g, s)
 	v1.RegisterIdentityServiceServer(g, s)
@@ -115,6 +118,7 @@ func (s *Server) quota(tx store.ReadTx, project string) (*v1.Quota, error) {
 		SecurityGroups: pick(own.SecurityGroups, q.SecurityGroups), SecurityGroupRules: pick(own.SecurityGroupRules, q.SecurityGroupRules),
 		NetworkAcls: pick(own.NetworkAcls, q.NetworkAcls), NetworkAclRules: pick(own.NetworkAclRules, q.NetworkAclRules),
 		RouteTables: pick(own.RouteTables, q.RouteTables), Routes: pick(own.Routes, q.Routes),
+		ElasticIps: pick(own.ElasticIps, q.ElasticIps), NatGateways: pick(own.NatGateways, q.NatGateways),
 	}, nil
 }
 
@@ -140,6 +144,10 @@ func (s *Server) checkQuota(c *txc, k *resource.Kind, project string) error {
 		limit = q.NetworkAcls
 	case resource.KindRouteTable:
 		limit = q.RouteTables
+	case resource.KindElasticIp:
+		limit = q.ElasticIps
+	case resource.KindNatGateway:
+		limit = q.NatGateways
 	default:
 		return nil
 	}

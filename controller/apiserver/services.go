@@ -229,3 +229,99 @@ func (s *Server) UpdateNode(ctx context.Context, r *v1.UpdateNodeRequest) (*v1.N
 func (s *Server) DeleteNode(ctx context.Context, r *v1.DeleteNodeRequest) (*emptypb.Empty, error) {
 	return empty(s.delete(ctx, resource.KindNode, r.Name, r.Etag, r.ValidateOnly))
 }
+
+func (s *Server) CreatePublicAddressPool(ctx context.Context, r *v1.CreatePublicAddressPoolRequest) (*v1.PublicAddressPool, error) {
+	return typed[*v1.PublicAddressPool](s.create(ctx, resource.KindPublicAddressPool, r.Parent, r.PublicAddressPoolId, r.PublicAddressPool, r.ValidateOnly))
+}
+
+func (s *Server) GetPublicAddressPool(ctx context.Context, r *v1.GetPublicAddressPoolRequest) (*v1.PublicAddressPool, error) {
+	return typed[*v1.PublicAddressPool](s.get(ctx, resource.KindPublicAddressPool, r.Name))
+}
+
+func (s *Server) ListPublicAddressPools(ctx context.Context, r *v1.ListPublicAddressPoolsRequest) (*v1.ListPublicAddressPoolsResponse, error) {
+	items, next, rev, err := s.list(ctx, resource.KindPublicAddressPool, r.Parent, r.PageSize, r.PageToken, r.Filter)
+	if err != nil {
+		return nil, err
+	}
+	return &v1.ListPublicAddressPoolsResponse{PublicAddressPools: listOf[*v1.PublicAddressPool](items), NextPageToken: next, Revision: rev}, nil
+}
+
+func (s *Server) UpdatePublicAddressPool(ctx context.Context, r *v1.UpdatePublicAddressPoolRequest) (*v1.PublicAddressPool, error) {
+	return typed[*v1.PublicAddressPool](s.update(ctx, resource.KindPublicAddressPool, r.PublicAddressPool, r.UpdateMask.GetPaths(), r.ValidateOnly))
+}
+
+func (s *Server) DeletePublicAddressPool(ctx context.Context, r *v1.DeletePublicAddressPoolRequest) (*emptypb.Empty, error) {
+	return empty(s.delete(ctx, resource.KindPublicAddressPool, r.Name, r.Etag, r.ValidateOnly))
+}
+
+func (s *Server) CreateElasticIp(ctx context.Context, r *v1.CreateElasticIpRequest) (*v1.ElasticIp, error) {
+	return typed[*v1.ElasticIp](s.create(ctx, resource.KindElasticIp, r.Parent, r.ElasticIpId, r.ElasticIp, r.ValidateOnly))
+}
+
+func (s *Server) GetElasticIp(ctx context.Context, r *v1.GetElasticIpRequest) (*v1.ElasticIp, error) {
+	return typed[*v1.ElasticIp](s.get(ctx, resource.KindElasticIp, r.Name))
+}
+
+func (s *Server) ListElasticIps(ctx context.Context, r *v1.ListElasticIpsRequest) (*v1.ListElasticIpsResponse, error) {
+	items, next, rev, err := s.list(ctx, resource.KindElasticIp, r.Parent, r.PageSize, r.PageToken, r.Filter)
+	if err != nil {
+		return nil, err
+	}
+	return &v1.ListElasticIpsResponse{ElasticIps: listOf[*v1.ElasticIp](items), NextPageToken: next, Revision: rev}, nil
+}
+
+func (s *Server) UpdateElasticIp(ctx context.Context, r *v1.UpdateElasticIpRequest) (*v1.ElasticIp, error) {
+	return typed[*v1.ElasticIp](s.update(ctx, resource.KindElasticIp, r.ElasticIp, r.UpdateMask.GetPaths(), r.ValidateOnly))
+}
+
+func (s *Server) DeleteElasticIp(ctx context.Context, r *v1.DeleteElasticIpRequest) (*emptypb.Empty, error) {
+	return empty(s.delete(ctx, resource.KindElasticIp, r.Name, r.Etag, r.ValidateOnly))
+}
+
+func (s *Server) CreateNatGateway(ctx context.Context, r *v1.CreateNatGatewayRequest) (*v1.NatGateway, error) {
+	return typed[*v1.NatGateway](s.create(ctx, resource.KindNatGateway, r.Parent, r.NatGatewayId, r.NatGateway, r.ValidateOnly))
+}
+
+func (s *Server) GetNatGateway(ctx context.Context, r *v1.GetNatGatewayRequest) (*v1.NatGateway, error) {
+	return typed[*v1.NatGateway](s.get(ctx, resource.KindNatGateway, r.Name))
+}
+
+func (s *Server) ListNatGateways(ctx context.Context, r *v1.ListNatGatewaysRequest) (*v1.ListNatGatewaysResponse, error) {
+	items, next, rev, err := s.list(ctx, resource.KindNatGateway, r.Parent, r.PageSize, r.PageToken, r.Filter)
+	if err != nil {
+		return nil, err
+	}
+	return &v1.ListNatGatewaysResponse{NatGateways: listOf[*v1.NatGateway](items), NextPageToken: next, Revision: rev}, nil
+}
+
+func (s *Server) UpdateNatGateway(ctx context.Context, r *v1.UpdateNatGatewayRequest) (*v1.NatGateway, error) {
+	return typed[*v1.NatGateway](s.update(ctx, resource.KindNatGateway, r.NatGateway, r.UpdateMask.GetPaths(), r.ValidateOnly))
+}
+
+func (s *Server) DeleteNatGateway(ctx context.Context, r *v1.DeleteNatGatewayRequest) (*emptypb.Empty, error) {
+	return empty(s.delete(ctx, resource.KindNatGateway, r.Name, r.Etag, r.ValidateOnly))
+}
+
+func (s *Server) CreateBgpPeer(ctx context.Context, r *v1.CreateBgpPeerRequest) (*v1.BgpPeer, error) {
+	return typed[*v1.BgpPeer](s.create(ctx, resource.KindBgpPeer, r.Parent, r.BgpPeerId, r.BgpPeer, r.ValidateOnly))
+}
+
+func (s *Server) GetBgpPeer(ctx context.Context, r *v1.GetBgpPeerRequest) (*v1.BgpPeer, error) {
+	return typed[*v1.BgpPeer](s.get(ctx, resource.KindBgpPeer, r.Name))
+}
+
+func (s *Server) ListBgpPeers(ctx context.Context, r *v1.ListBgpPeersRequest) (*v1.ListBgpPeersResponse, error) {
+	items, next, rev, err := s.list(ctx, resource.KindBgpPeer, r.Parent, r.PageSize, r.PageToken, r.Filter)
+	if err != nil {
+		return nil, err
+	}
+	return &v1.ListBgpPeersResponse{BgpPeers: listOf[*v1.BgpPeer](items), NextPageToken: next, Revision: rev}, nil
+}
+
+func (s *Server) UpdateBgpPeer(ctx context.Context, r *v1.UpdateBgpPeerRequest) (*v1.BgpPeer, error) {
+	return typed[*v1.BgpPeer](s.update(ctx, resource.KindBgpPeer, r.BgpPeer, r.UpdateMask.GetPaths(), r.ValidateOnly))
+}
+
+func (s *Server) DeleteBgpPeer(ctx context.Context, r *v1.DeleteBgpPeerRequest) (*emptypb.Empty, error) {
+	return empty(s.delete(ctx, resource.KindBgpPeer, r.Name, r.Etag, r.ValidateOnly))
+}

@@ -108,7 +108,16 @@ func (s *Server) Watch(r *v1.WatchRequest, stream v1.WatchService_WatchServer) e
 			see, cached := visible[project]
 			if !cached {
 				if project == "" {
-					see = auth.Authorize(caller, auth.VerbGet, auth.Target{Kind: "Node"}) == nil
+					// Top-level kinds: judged per kind (pools are public,
+					// nodes and BGP peers are not); not cached by project.
+					kind := string(resourceMessage(we.Resource).ProtoReflect().Descriptor().Name())
+					if auth.Authorize(caller, auth.VerbGet, auth.Target{Kind: kind}) != nil {
+						continue
+					}
+					if err := stream.Send(we); err != nil {
+						return err
+					}
+					continue
 				} else {
 					org, err := orgOf(project)
 					if err != nil {
@@ -154,6 +163,7 @@ func (s *Server) watchEvent(ev store.Event, kinds []*resource.Kind, parent strin
 		return nil, false, fmt.Errorf("decode %s: %w", ev.KV.Key, err)
 	}
 	resource.SetEtag(m, strconv.FormatInt(ev.KV.ModRevision, 10))
+	redact(m)
 	we := &v1.WatchEvent{Type: v1.EventType_PUT, Revision: ev.KV.ModRevision, Resource: Wrap(m)}
 	if ev.Type == store.EventDelete {
 		we.Type = v1.EventType_DELETE
@@ -189,6 +199,14 @@ func Wrap(m proto.Message) *v1.Resource {
 		return &v1.Resource{Kind: &v1.Resource_RouteTable{RouteTable: t}}
 	case *v1.Node:
 		return &v1.Resource{Kind: &v1.Resource_Node{Node: t}}
+	case *v1.PublicAddressPool:
+		return &v1.Resource{Kind: &v1.Resource_PublicAddressPool{PublicAddressPool: t}}
+	case *v1.BgpPeer:
+		return &v1.Resource{Kind: &v1.Resource_BgpPeer{BgpPeer: t}}
+	case *v1.ElasticIp:
+		return &v1.Resource{Kind: &v1.Resource_ElasticIp{ElasticIp: t}}
+	case *v1.NatGateway:
+		return &v1.Resource{Kind: &v1.Resource_NatGateway{NatGateway: t}}
 	}
 	return nil
 }

@@ -251,6 +251,14 @@ func Authorize(id *Identity, verb Verb, t Target) error {
 		// Nodes are infrastructure: tenants bind ports to them by name, but
 		// only system administrators register, change or list them.
 		return deny("nodes are managed by system administrators")
+	case "BgpPeer":
+		return deny("BGP peers are managed by system administrators")
+	case "PublicAddressPool":
+		// Tenants pick a pool by name for their elastic IPs.
+		if verb == VerbGet || verb == VerbList {
+			return nil
+		}
+		return deny("address pools are managed by system administrators")
 	case "AuditRecord":
 		if id.Role == RoleOrgAdmin && (t.Project == "" || t.Organization == id.Organization) {
 			return nil // an org-wide listing is filtered to the organisation by the caller

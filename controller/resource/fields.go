@@ -24,7 +24,7 @@ func FieldName(k *Kind) string {
 }
 
 // outputOnly are fields the server computes; input values are ignored.
-var outputOnly = []protoreflect.Name{"etag", "create_time", "update_time", "id", "vni", "status", "usage", "available_ips", "source_dest_check"}
+var outputOnly = []protoreflect.Name{"etag", "create_time", "update_time", "id", "vni", "status", "usage", "available_ips", "source_dest_check", "password_set"}
 
 // ClearOutputOnly drops the output-only fields of a resource, including the
 // IDs of its rules, so a client cannot choose what the server assigns.

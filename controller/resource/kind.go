@@ -50,11 +50,20 @@ var (
 	KindSubnet        = &Kind{Name: "Subnet", Collection: "subnets", Parent: KindVpc, new: func() proto.Message { return &v1.Subnet{} }}
 	KindSecurityGroup = &Kind{Name: "SecurityGroup", Collection: "securityGroups", Parent: KindProject, new: func() proto.Message { return &v1.SecurityGroup{} }}
 	KindPort          = &Kind{Name: "Port", Collection: "ports", Parent: KindProject, new: func() proto.Message { return &v1.Port{} }}
+
+	// The outside world (issue [4]).
+	KindPublicAddressPool = &Kind{Name: "PublicAddressPool", Collection: "publicAddressPools", new: func() proto.Message { return &v1.PublicAddressPool{} }}
+	KindBgpPeer           = &Kind{Name: "BgpPeer", Collection: "bgpPeers", new: func() proto.Message { return &v1.BgpPeer{} }}
+	KindElasticIp         = &Kind{Name: "ElasticIp", Collection: "elasticIps", Parent: KindProject, new: func() proto.Message { return &v1.ElasticIp{} }}
+	KindNatGateway        = &Kind{Name: "NatGateway", Collection: "natGateways", Parent: KindProject, new: func() proto.Message { return &v1.NatGateway{} }}
 )
 
-// Kinds lists every kind in dependency order.
+// Kinds lists every kind in dependency order. An elastic IP and a NAT
+// gateway name each other (kept in step by the API server); the elastic IP
+// comes first because the NAT gateway's port mappings depend on it.
 func Kinds() []*Kind {
-	return []*Kind{KindProject, KindNode, KindVpc, KindNetworkAcl, KindRouteTable, KindSubnet, KindSecurityGroup, KindPort}
+	return []*Kind{KindProject, KindNode, KindPublicAddressPool, KindBgpPeer, KindVpc, KindNetworkAcl, KindRouteTable,
+		KindSubnet, KindSecurityGroup, KindPort, KindElasticIp, KindNatGateway}
 }
 
 // ByName finds a kind by its message name, case-insensitively, also

@@ -295,6 +295,8 @@ type Quota struct {
 	NetworkAclRules    int32                  `protobuf:"varint,7,opt,name=network_acl_rules,json=networkAclRules,proto3" json:"network_acl_rules,omitempty"` // per network ACL
 	RouteTables        int32                  `protobuf:"varint,8,opt,name=route_tables,json=routeTables,proto3" json:"route_tables,omitempty"`
 	Routes             int32                  `protobuf:"varint,9,opt,name=routes,proto3" json:"routes,omitempty"` // per route table
+	ElasticIps         int32                  `protobuf:"varint,10,opt,name=elastic_ips,json=elasticIps,proto3" json:"elastic_ips,omitempty"`
+	NatGateways        int32                  `protobuf:"varint,11,opt,name=nat_gateways,json=natGateways,proto3" json:"nat_gateways,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -388,6 +390,20 @@ func (x *Quota) GetRouteTables() int32 {
 func (x *Quota) GetRoutes() int32 {
 	if x != nil {
 		return x.Routes
+	}
+	return 0
+}
+
+func (x *Quota) GetElasticIps() int32 {
+	if x != nil {
+		return x.ElasticIps
+	}
+	return 0
+}
+
+func (x *Quota) GetNatGateways() int32 {
+	if x != nil {
+		return x.NatGateways
 	}
 	return 0
 }
@@ -2125,6 +2141,10 @@ type Resource struct {
 	//	*Resource_NetworkAcl
 	//	*Resource_RouteTable
 	//	*Resource_Node
+	//	*Resource_PublicAddressPool
+	//	*Resource_BgpPeer
+	//	*Resource_ElasticIp
+	//	*Resource_NatGateway
 	Kind          isResource_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2239,6 +2259,42 @@ func (x *Resource) GetNode() *Node {
 	return nil
 }
 
+func (x *Resource) GetPublicAddressPool() *PublicAddressPool {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_PublicAddressPool); ok {
+			return x.PublicAddressPool
+		}
+	}
+	return nil
+}
+
+func (x *Resource) GetBgpPeer() *BgpPeer {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_BgpPeer); ok {
+			return x.BgpPeer
+		}
+	}
+	return nil
+}
+
+func (x *Resource) GetElasticIp() *ElasticIp {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_ElasticIp); ok {
+			return x.ElasticIp
+		}
+	}
+	return nil
+}
+
+func (x *Resource) GetNatGateway() *NatGateway {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_NatGateway); ok {
+			return x.NatGateway
+		}
+	}
+	return nil
+}
+
 type isResource_Kind interface {
 	isResource_Kind()
 }
@@ -2275,6 +2331,22 @@ type Resource_Node struct {
 	Node *Node `protobuf:"bytes,8,opt,name=node,proto3,oneof"`
 }
 
+type Resource_PublicAddressPool struct {
+	PublicAddressPool *PublicAddressPool `protobuf:"bytes,9,opt,name=public_address_pool,json=publicAddressPool,proto3,oneof"`
+}
+
+type Resource_BgpPeer struct {
+	BgpPeer *BgpPeer `protobuf:"bytes,10,opt,name=bgp_peer,json=bgpPeer,proto3,oneof"`
+}
+
+type Resource_ElasticIp struct {
+	ElasticIp *ElasticIp `protobuf:"bytes,11,opt,name=elastic_ip,json=elasticIp,proto3,oneof"`
+}
+
+type Resource_NatGateway struct {
+	NatGateway *NatGateway `protobuf:"bytes,12,opt,name=nat_gateway,json=natGateway,proto3,oneof"`
+}
+
 func (*Resource_Project) isResource_Kind() {}
 
 func (*Resource_Vpc) isResource_Kind() {}
@@ -2291,11 +2363,927 @@ func (*Resource_RouteTable) isResource_Kind() {}
 
 func (*Resource_Node) isResource_Kind() {}
 
+func (*Resource_PublicAddressPool) isResource_Kind() {}
+
+func (*Resource_BgpPeer) isResource_Kind() {}
+
+func (*Resource_ElasticIp) isResource_Kind() {}
+
+func (*Resource_NatGateway) isResource_Kind() {}
+
+type PublicAddressPoolStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Allocated     uint64                 `protobuf:"varint,1,opt,name=allocated,proto3" json:"allocated,omitempty"` // addresses held by elastic IPs
+	Total         uint64                 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`         // addresses that can be allocated
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublicAddressPoolStatus) Reset() {
+	*x = PublicAddressPoolStatus{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublicAddressPoolStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublicAddressPoolStatus) ProtoMessage() {}
+
+func (x *PublicAddressPoolStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublicAddressPoolStatus.ProtoReflect.Descriptor instead.
+func (*PublicAddressPoolStatus) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *PublicAddressPoolStatus) GetAllocated() uint64 {
+	if x != nil {
+		return x.Allocated
+	}
+	return 0
+}
+
+func (x *PublicAddressPoolStatus) GetTotal() uint64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+// PublicAddressPool is a set of public prefixes that elastic IPs are
+// allocated from, with the BGP attributes gateway nodes announce them with.
+// System administrators manage pools; every authenticated caller may read
+// them (to choose one for an elastic IP). The first address of every CIDR
+// and, for IPv4, the last one are never allocated: some routers and hosts
+// still treat them as network and broadcast addresses.
+type PublicAddressPool struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // publicAddressPools/{pool}
+	Etag        string                 `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
+	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	Labels      map[string]string      `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Description string                 `protobuf:"bytes,6,opt,name=description,proto3" json:"description,omitempty"`
+	// IPv4 /8../30 and/or IPv6 /64../126, canonical, overlapping no other
+	// pool's. A CIDR may be removed only while none of its addresses is held.
+	Cidrs         []string                 `protobuf:"bytes,10,rep,name=cidrs,proto3" json:"cidrs,omitempty"`
+	Communities   []string                 `protobuf:"bytes,11,rep,name=communities,proto3" json:"communities,omitempty"` // "asn:value" (16-bit each) or large "a:b:c" (32-bit each)
+	Med           uint32                   `protobuf:"varint,12,opt,name=med,proto3" json:"med,omitempty"`
+	Announce      *bool                    `protobuf:"varint,13,opt,name=announce,proto3,oneof" json:"announce,omitempty"` // default true; false: routed by other means
+	Id            uint32                   `protobuf:"varint,14,opt,name=id,proto3" json:"id,omitempty"`                   // output only
+	Status        *PublicAddressPoolStatus `protobuf:"bytes,15,opt,name=status,proto3" json:"status,omitempty"`            // output only
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublicAddressPool) Reset() {
+	*x = PublicAddressPool{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublicAddressPool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublicAddressPool) ProtoMessage() {}
+
+func (x *PublicAddressPool) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublicAddressPool.ProtoReflect.Descriptor instead.
+func (*PublicAddressPool) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *PublicAddressPool) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PublicAddressPool) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *PublicAddressPool) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *PublicAddressPool) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *PublicAddressPool) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *PublicAddressPool) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *PublicAddressPool) GetCidrs() []string {
+	if x != nil {
+		return x.Cidrs
+	}
+	return nil
+}
+
+func (x *PublicAddressPool) GetCommunities() []string {
+	if x != nil {
+		return x.Communities
+	}
+	return nil
+}
+
+func (x *PublicAddressPool) GetMed() uint32 {
+	if x != nil {
+		return x.Med
+	}
+	return 0
+}
+
+func (x *PublicAddressPool) GetAnnounce() bool {
+	if x != nil && x.Announce != nil {
+		return *x.Announce
+	}
+	return false
+}
+
+func (x *PublicAddressPool) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *PublicAddressPool) GetStatus() *PublicAddressPoolStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// ElasticIp is a public address allocated from a pool to a project. It is
+// associated with at most one thing at a time: a port (1:1 NAT to one of
+// the port's addresses) or a NAT gateway (one of its addresses). Release
+// is Delete; an elastic IP a NAT gateway uses cannot be released (remove it
+// from the NAT gateway first), one associated with a port can (that ends
+// the association).
+type ElasticIp struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // projects/{project}/elasticIps/{eip}
+	Etag        string                 `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
+	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	Labels      map[string]string      `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Description string                 `protobuf:"bytes,6,opt,name=description,proto3" json:"description,omitempty"`
+	Pool        string                 `protobuf:"bytes,10,opt,name=pool,proto3" json:"pool,omitempty"`       // publicAddressPools/{pool}; required, immutable
+	Address     string                 `protobuf:"bytes,11,opt,name=address,proto3" json:"address,omitempty"` // requested (inside the pool and free) or allocated when empty; immutable
+	Ipv6        bool                   `protobuf:"varint,12,opt,name=ipv6,proto3" json:"ipv6,omitempty"`      // with an empty address: allocate an IPv6 address; immutable
+	// Associate with a port of the same project ("" = none). A port has at
+	// most one elastic IP per private address.
+	Port string `protobuf:"bytes,13,opt,name=port,proto3" json:"port,omitempty"`
+	// The port's address it maps to; default the port's first address of
+	// the elastic IP's family.
+	PrivateIp string `protobuf:"bytes,14,opt,name=private_ip,json=privateIp,proto3" json:"private_ip,omitempty"`
+	// Associate with a NAT gateway of the same project ("" = none). Kept in
+	// step with that NAT gateway's elastic_ips: setting either changes both.
+	NatGateway    string `protobuf:"bytes,15,opt,name=nat_gateway,json=natGateway,proto3" json:"nat_gateway,omitempty"`
+	Id            uint32 `protobuf:"varint,16,opt,name=id,proto3" json:"id,omitempty"` // output only
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ElasticIp) Reset() {
+	*x = ElasticIp{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ElasticIp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ElasticIp) ProtoMessage() {}
+
+func (x *ElasticIp) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ElasticIp.ProtoReflect.Descriptor instead.
+func (*ElasticIp) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ElasticIp) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ElasticIp) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *ElasticIp) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *ElasticIp) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *ElasticIp) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *ElasticIp) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ElasticIp) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *ElasticIp) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ElasticIp) GetIpv6() bool {
+	if x != nil {
+		return x.Ipv6
+	}
+	return false
+}
+
+func (x *ElasticIp) GetPort() string {
+	if x != nil {
+		return x.Port
+	}
+	return ""
+}
+
+func (x *ElasticIp) GetPrivateIp() string {
+	if x != nil {
+		return x.PrivateIp
+	}
+	return ""
+}
+
+func (x *ElasticIp) GetNatGateway() string {
+	if x != nil {
+		return x.NatGateway
+	}
+	return ""
+}
+
+func (x *ElasticIp) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// NatGatewayPortMapping is a DNAT rule: elastic_ip:public_port ->
+// port's private_ip:private_port.
+type NatGatewayPortMapping struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Protocol      string                 `protobuf:"bytes,1,opt,name=protocol,proto3" json:"protocol,omitempty"`                           // "tcp" or "udp"
+	ElasticIp     string                 `protobuf:"bytes,2,opt,name=elastic_ip,json=elasticIp,proto3" json:"elastic_ip,omitempty"`        // one of the NAT gateway's elastic IPs
+	PublicPort    uint32                 `protobuf:"varint,3,opt,name=public_port,json=publicPort,proto3" json:"public_port,omitempty"`    // 1..65535, outside [port_min, port_max]
+	Port          string                 `protobuf:"bytes,4,opt,name=port,proto3" json:"port,omitempty"`                                   // a port in the NAT gateway's VPC
+	PrivatePort   uint32                 `protobuf:"varint,5,opt,name=private_port,json=privatePort,proto3" json:"private_port,omitempty"` // 1..65535
+	PrivateIp     string                 `protobuf:"bytes,6,opt,name=private_ip,json=privateIp,proto3" json:"private_ip,omitempty"`        // default the port's first address of the elastic IP's family
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NatGatewayPortMapping) Reset() {
+	*x = NatGatewayPortMapping{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NatGatewayPortMapping) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NatGatewayPortMapping) ProtoMessage() {}
+
+func (x *NatGatewayPortMapping) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NatGatewayPortMapping.ProtoReflect.Descriptor instead.
+func (*NatGatewayPortMapping) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *NatGatewayPortMapping) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *NatGatewayPortMapping) GetElasticIp() string {
+	if x != nil {
+		return x.ElasticIp
+	}
+	return ""
+}
+
+func (x *NatGatewayPortMapping) GetPublicPort() uint32 {
+	if x != nil {
+		return x.PublicPort
+	}
+	return 0
+}
+
+func (x *NatGatewayPortMapping) GetPort() string {
+	if x != nil {
+		return x.Port
+	}
+	return ""
+}
+
+func (x *NatGatewayPortMapping) GetPrivatePort() uint32 {
+	if x != nil {
+		return x.PrivatePort
+	}
+	return 0
+}
+
+func (x *NatGatewayPortMapping) GetPrivateIp() string {
+	if x != nil {
+		return x.PrivateIp
+	}
+	return ""
+}
+
+type NatGatewayStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OwnerNode     string                 `protobuf:"bytes,1,opt,name=owner_node,json=ownerNode,proto3" json:"owner_node,omitempty"`              // the gateway node doing its SNAT ("" = none available)
+	ActiveFlows   uint64                 `protobuf:"varint,2,opt,name=active_flows,json=activeFlows,proto3" json:"active_flows,omitempty"`       // from the owner's reports
+	PortExhausted uint64                 `protobuf:"varint,3,opt,name=port_exhausted,json=portExhausted,proto3" json:"port_exhausted,omitempty"` // new flows refused for want of a source port
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NatGatewayStatus) Reset() {
+	*x = NatGatewayStatus{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NatGatewayStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NatGatewayStatus) ProtoMessage() {}
+
+func (x *NatGatewayStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NatGatewayStatus.ProtoReflect.Descriptor instead.
+func (*NatGatewayStatus) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *NatGatewayStatus) GetOwnerNode() string {
+	if x != nil {
+		return x.OwnerNode
+	}
+	return ""
+}
+
+func (x *NatGatewayStatus) GetActiveFlows() uint64 {
+	if x != nil {
+		return x.ActiveFlows
+	}
+	return 0
+}
+
+func (x *NatGatewayStatus) GetPortExhausted() uint64 {
+	if x != nil {
+		return x.PortExhausted
+	}
+	return 0
+}
+
+// NatGateway translates the outbound connections of chosen subnets to its
+// elastic IPs and maps public ports to ports of its VPC.
+type NatGateway struct {
+	state         protoimpl.MessageState   `protogen:"open.v1"`
+	Name          string                   `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // projects/{project}/natGateways/{ngw}
+	Etag          string                   `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
+	CreateTime    *timestamppb.Timestamp   `protobuf:"bytes,3,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime    *timestamppb.Timestamp   `protobuf:"bytes,4,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	Labels        map[string]string        `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Description   string                   `protobuf:"bytes,6,opt,name=description,proto3" json:"description,omitempty"`
+	Vpc           string                   `protobuf:"bytes,10,opt,name=vpc,proto3" json:"vpc,omitempty"`                                 // required, immutable
+	ElasticIps    []string                 `protobuf:"bytes,11,rep,name=elastic_ips,json=elasticIps,proto3" json:"elastic_ips,omitempty"` // same project, not associated with a port
+	Subnets       []string                 `protobuf:"bytes,12,rep,name=subnets,proto3" json:"subnets,omitempty"`                         // subnets of the VPC whose traffic it translates
+	PortMappings  []*NatGatewayPortMapping `protobuf:"bytes,13,rep,name=port_mappings,json=portMappings,proto3" json:"port_mappings,omitempty"`
+	PortMin       uint32                   `protobuf:"varint,14,opt,name=port_min,json=portMin,proto3" json:"port_min,omitempty"` // source ports it allocates; default 1024
+	PortMax       uint32                   `protobuf:"varint,15,opt,name=port_max,json=portMax,proto3" json:"port_max,omitempty"` // default 65535
+	Id            uint32                   `protobuf:"varint,16,opt,name=id,proto3" json:"id,omitempty"`                          // output only
+	Status        *NatGatewayStatus        `protobuf:"bytes,17,opt,name=status,proto3" json:"status,omitempty"`                   // output only
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NatGateway) Reset() {
+	*x = NatGateway{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NatGateway) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NatGateway) ProtoMessage() {}
+
+func (x *NatGateway) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NatGateway.ProtoReflect.Descriptor instead.
+func (*NatGateway) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *NatGateway) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NatGateway) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *NatGateway) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *NatGateway) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *NatGateway) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *NatGateway) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *NatGateway) GetVpc() string {
+	if x != nil {
+		return x.Vpc
+	}
+	return ""
+}
+
+func (x *NatGateway) GetElasticIps() []string {
+	if x != nil {
+		return x.ElasticIps
+	}
+	return nil
+}
+
+func (x *NatGateway) GetSubnets() []string {
+	if x != nil {
+		return x.Subnets
+	}
+	return nil
+}
+
+func (x *NatGateway) GetPortMappings() []*NatGatewayPortMapping {
+	if x != nil {
+		return x.PortMappings
+	}
+	return nil
+}
+
+func (x *NatGateway) GetPortMin() uint32 {
+	if x != nil {
+		return x.PortMin
+	}
+	return 0
+}
+
+func (x *NatGateway) GetPortMax() uint32 {
+	if x != nil {
+		return x.PortMax
+	}
+	return 0
+}
+
+func (x *NatGateway) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *NatGateway) GetStatus() *NatGatewayStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+type BgpPeerStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	State         string                 `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"` // "idle", "connect", "active", "opensent", "openconfirm", "established"; "" = no report
+	Since         *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	Advertised    uint32                 `protobuf:"varint,3,opt,name=advertised,proto3" json:"advertised,omitempty"`
+	Received      uint32                 `protobuf:"varint,4,opt,name=received,proto3" json:"received,omitempty"`
+	LastError     string                 `protobuf:"bytes,5,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BgpPeerStatus) Reset() {
+	*x = BgpPeerStatus{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BgpPeerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BgpPeerStatus) ProtoMessage() {}
+
+func (x *BgpPeerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BgpPeerStatus.ProtoReflect.Descriptor instead.
+func (*BgpPeerStatus) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *BgpPeerStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *BgpPeerStatus) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *BgpPeerStatus) GetAdvertised() uint32 {
+	if x != nil {
+		return x.Advertised
+	}
+	return 0
+}
+
+func (x *BgpPeerStatus) GetReceived() uint32 {
+	if x != nil {
+		return x.Received
+	}
+	return 0
+}
+
+func (x *BgpPeerStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+// BgpPeer is a BGP session of a gateway node with a router of the fabric.
+// System administrators only.
+type BgpPeer struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Name                string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // bgpPeers/{peer}
+	Etag                string                 `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
+	CreateTime          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime          *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	Labels              map[string]string      `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Description         string                 `protobuf:"bytes,6,opt,name=description,proto3" json:"description,omitempty"`
+	Node                string                 `protobuf:"bytes,10,opt,name=node,proto3" json:"node,omitempty"`                                                     // nodes/{node}, a node with the GATEWAY role; required
+	LocalAsn            uint32                 `protobuf:"varint,11,opt,name=local_asn,json=localAsn,proto3" json:"local_asn,omitempty"`                            // required
+	RouterId            string                 `protobuf:"bytes,12,opt,name=router_id,json=routerId,proto3" json:"router_id,omitempty"`                             // IPv4 address; "" = the node's underlay address
+	PeerAsn             uint32                 `protobuf:"varint,13,opt,name=peer_asn,json=peerAsn,proto3" json:"peer_asn,omitempty"`                               // required
+	PeerAddress         string                 `protobuf:"bytes,14,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`                    // required
+	HoldTime            uint32                 `protobuf:"varint,15,opt,name=hold_time,json=holdTime,proto3" json:"hold_time,omitempty"`                            // seconds, 0 (default 90) or 3..65535
+	GracefulRestart     *bool                  `protobuf:"varint,16,opt,name=graceful_restart,json=gracefulRestart,proto3,oneof" json:"graceful_restart,omitempty"` // default true
+	RestartTime         uint32                 `protobuf:"varint,17,opt,name=restart_time,json=restartTime,proto3" json:"restart_time,omitempty"`                   // seconds, 0 (default 120) or 1..4095
+	AnnounceVpcPrefixes bool                   `protobuf:"varint,18,opt,name=announce_vpc_prefixes,json=announceVpcPrefixes,proto3" json:"announce_vpc_prefixes,omitempty"`
+	// TCP MD5 password, write-only: never returned, logged or audited. An
+	// update changes it only when the update mask names it explicitly.
+	Password      string         `protobuf:"bytes,19,opt,name=password,proto3" json:"password,omitempty"`
+	PasswordSet   bool           `protobuf:"varint,20,opt,name=password_set,json=passwordSet,proto3" json:"password_set,omitempty"` // output only
+	Id            uint32         `protobuf:"varint,21,opt,name=id,proto3" json:"id,omitempty"`                                      // output only
+	Status        *BgpPeerStatus `protobuf:"bytes,22,opt,name=status,proto3" json:"status,omitempty"`                               // output only
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BgpPeer) Reset() {
+	*x = BgpPeer{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BgpPeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BgpPeer) ProtoMessage() {}
+
+func (x *BgpPeer) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BgpPeer.ProtoReflect.Descriptor instead.
+func (*BgpPeer) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *BgpPeer) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BgpPeer) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *BgpPeer) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *BgpPeer) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *BgpPeer) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *BgpPeer) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *BgpPeer) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *BgpPeer) GetLocalAsn() uint32 {
+	if x != nil {
+		return x.LocalAsn
+	}
+	return 0
+}
+
+func (x *BgpPeer) GetRouterId() string {
+	if x != nil {
+		return x.RouterId
+	}
+	return ""
+}
+
+func (x *BgpPeer) GetPeerAsn() uint32 {
+	if x != nil {
+		return x.PeerAsn
+	}
+	return 0
+}
+
+func (x *BgpPeer) GetPeerAddress() string {
+	if x != nil {
+		return x.PeerAddress
+	}
+	return ""
+}
+
+func (x *BgpPeer) GetHoldTime() uint32 {
+	if x != nil {
+		return x.HoldTime
+	}
+	return 0
+}
+
+func (x *BgpPeer) GetGracefulRestart() bool {
+	if x != nil && x.GracefulRestart != nil {
+		return *x.GracefulRestart
+	}
+	return false
+}
+
+func (x *BgpPeer) GetRestartTime() uint32 {
+	if x != nil {
+		return x.RestartTime
+	}
+	return 0
+}
+
+func (x *BgpPeer) GetAnnounceVpcPrefixes() bool {
+	if x != nil {
+		return x.AnnounceVpcPrefixes
+	}
+	return false
+}
+
+func (x *BgpPeer) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *BgpPeer) GetPasswordSet() bool {
+	if x != nil {
+		return x.PasswordSet
+	}
+	return false
+}
+
+func (x *BgpPeer) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *BgpPeer) GetStatus() *BgpPeerStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
 var File_meridian_v1_resources_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\n" +
-	"\x1bmeridian/v1/resources.proto\x12\vmeridian.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x02\n" +
+	"\x1bmeridian/v1/resources.proto\x12\vmeridian.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x02\n" +
 	"\x05Quota\x12\x12\n" +
 	"\x04vpcs\x18\x01 \x01(\x05R\x04vpcs\x12\x18\n" +
 	"\asubnets\x18\x02 \x01(\x05R\asubnets\x12\x14\n" +
@@ -2305,7 +3293,11 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\fnetwork_acls\x18\x06 \x01(\x05R\vnetworkAcls\x12*\n" +
 	"\x11network_acl_rules\x18\a \x01(\x05R\x0fnetworkAclRules\x12!\n" +
 	"\froute_tables\x18\b \x01(\x05R\vrouteTables\x12\x16\n" +
-	"\x06routes\x18\t \x01(\x05R\x06routes\"\xba\x03\n" +
+	"\x06routes\x18\t \x01(\x05R\x06routes\x12\x1f\n" +
+	"\velastic_ips\x18\n" +
+	" \x01(\x05R\n" +
+	"elasticIps\x12!\n" +
+	"\fnat_gateways\x18\v \x01(\x05R\vnatGateways\"\xba\x03\n" +
 	"\aProject\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\x12;\n" +
@@ -2535,7 +3527,7 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\bresource\x18\x06 \x01(\tR\bresource\x12\x18\n" +
 	"\aproject\x18\a \x01(\tR\aproject\x12\x16\n" +
 	"\x06before\x18\b \x01(\tR\x06before\x12\x14\n" +
-	"\x05after\x18\t \x01(\tR\x05after\"\xa8\x03\n" +
+	"\x05after\x18\t \x01(\tR\x05after\"\xa2\x05\n" +
 	"\bResource\x120\n" +
 	"\aproject\x18\x01 \x01(\v2\x14.meridian.v1.ProjectH\x00R\aproject\x12$\n" +
 	"\x03vpc\x18\x02 \x01(\v2\x10.meridian.v1.VpcH\x00R\x03vpc\x12-\n" +
@@ -2546,8 +3538,134 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"networkAcl\x12:\n" +
 	"\vroute_table\x18\a \x01(\v2\x17.meridian.v1.RouteTableH\x00R\n" +
 	"routeTable\x12'\n" +
-	"\x04node\x18\b \x01(\v2\x11.meridian.v1.NodeH\x00R\x04nodeB\x06\n" +
-	"\x04kind*\x7f\n" +
+	"\x04node\x18\b \x01(\v2\x11.meridian.v1.NodeH\x00R\x04node\x12P\n" +
+	"\x13public_address_pool\x18\t \x01(\v2\x1e.meridian.v1.PublicAddressPoolH\x00R\x11publicAddressPool\x121\n" +
+	"\bbgp_peer\x18\n" +
+	" \x01(\v2\x14.meridian.v1.BgpPeerH\x00R\abgpPeer\x127\n" +
+	"\n" +
+	"elastic_ip\x18\v \x01(\v2\x16.meridian.v1.ElasticIpH\x00R\telasticIp\x12:\n" +
+	"\vnat_gateway\x18\f \x01(\v2\x17.meridian.v1.NatGatewayH\x00R\n" +
+	"natGatewayB\x06\n" +
+	"\x04kind\"M\n" +
+	"\x17PublicAddressPoolStatus\x12\x1c\n" +
+	"\tallocated\x18\x01 \x01(\x04R\tallocated\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\x04R\x05total\"\x9c\x04\n" +
+	"\x11PublicAddressPool\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\x12;\n" +
+	"\vcreate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12B\n" +
+	"\x06labels\x18\x05 \x03(\v2*.meridian.v1.PublicAddressPool.LabelsEntryR\x06labels\x12 \n" +
+	"\vdescription\x18\x06 \x01(\tR\vdescription\x12\x14\n" +
+	"\x05cidrs\x18\n" +
+	" \x03(\tR\x05cidrs\x12 \n" +
+	"\vcommunities\x18\v \x03(\tR\vcommunities\x12\x10\n" +
+	"\x03med\x18\f \x01(\rR\x03med\x12\x1f\n" +
+	"\bannounce\x18\r \x01(\bH\x00R\bannounce\x88\x01\x01\x12\x0e\n" +
+	"\x02id\x18\x0e \x01(\rR\x02id\x12<\n" +
+	"\x06status\x18\x0f \x01(\v2$.meridian.v1.PublicAddressPoolStatusR\x06status\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\v\n" +
+	"\t_announce\"\xec\x03\n" +
+	"\tElasticIp\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\x12;\n" +
+	"\vcreate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12:\n" +
+	"\x06labels\x18\x05 \x03(\v2\".meridian.v1.ElasticIp.LabelsEntryR\x06labels\x12 \n" +
+	"\vdescription\x18\x06 \x01(\tR\vdescription\x12\x12\n" +
+	"\x04pool\x18\n" +
+	" \x01(\tR\x04pool\x12\x18\n" +
+	"\aaddress\x18\v \x01(\tR\aaddress\x12\x12\n" +
+	"\x04ipv6\x18\f \x01(\bR\x04ipv6\x12\x12\n" +
+	"\x04port\x18\r \x01(\tR\x04port\x12\x1d\n" +
+	"\n" +
+	"private_ip\x18\x0e \x01(\tR\tprivateIp\x12\x1f\n" +
+	"\vnat_gateway\x18\x0f \x01(\tR\n" +
+	"natGateway\x12\x0e\n" +
+	"\x02id\x18\x10 \x01(\rR\x02id\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc9\x01\n" +
+	"\x15NatGatewayPortMapping\x12\x1a\n" +
+	"\bprotocol\x18\x01 \x01(\tR\bprotocol\x12\x1d\n" +
+	"\n" +
+	"elastic_ip\x18\x02 \x01(\tR\telasticIp\x12\x1f\n" +
+	"\vpublic_port\x18\x03 \x01(\rR\n" +
+	"publicPort\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\tR\x04port\x12!\n" +
+	"\fprivate_port\x18\x05 \x01(\rR\vprivatePort\x12\x1d\n" +
+	"\n" +
+	"private_ip\x18\x06 \x01(\tR\tprivateIp\"{\n" +
+	"\x10NatGatewayStatus\x12\x1d\n" +
+	"\n" +
+	"owner_node\x18\x01 \x01(\tR\townerNode\x12!\n" +
+	"\factive_flows\x18\x02 \x01(\x04R\vactiveFlows\x12%\n" +
+	"\x0eport_exhausted\x18\x03 \x01(\x04R\rportExhausted\"\xdb\x04\n" +
+	"\n" +
+	"NatGateway\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\x12;\n" +
+	"\vcreate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12;\n" +
+	"\x06labels\x18\x05 \x03(\v2#.meridian.v1.NatGateway.LabelsEntryR\x06labels\x12 \n" +
+	"\vdescription\x18\x06 \x01(\tR\vdescription\x12\x10\n" +
+	"\x03vpc\x18\n" +
+	" \x01(\tR\x03vpc\x12\x1f\n" +
+	"\velastic_ips\x18\v \x03(\tR\n" +
+	"elasticIps\x12\x18\n" +
+	"\asubnets\x18\f \x03(\tR\asubnets\x12G\n" +
+	"\rport_mappings\x18\r \x03(\v2\".meridian.v1.NatGatewayPortMappingR\fportMappings\x12\x19\n" +
+	"\bport_min\x18\x0e \x01(\rR\aportMin\x12\x19\n" +
+	"\bport_max\x18\x0f \x01(\rR\aportMax\x12\x0e\n" +
+	"\x02id\x18\x10 \x01(\rR\x02id\x125\n" +
+	"\x06status\x18\x11 \x01(\v2\x1d.meridian.v1.NatGatewayStatusR\x06status\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb2\x01\n" +
+	"\rBgpPeerStatus\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1e\n" +
+	"\n" +
+	"advertised\x18\x03 \x01(\rR\n" +
+	"advertised\x12\x1a\n" +
+	"\breceived\x18\x04 \x01(\rR\breceived\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x05 \x01(\tR\tlastError\"\x8a\x06\n" +
+	"\aBgpPeer\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\x12;\n" +
+	"\vcreate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x128\n" +
+	"\x06labels\x18\x05 \x03(\v2 .meridian.v1.BgpPeer.LabelsEntryR\x06labels\x12 \n" +
+	"\vdescription\x18\x06 \x01(\tR\vdescription\x12\x12\n" +
+	"\x04node\x18\n" +
+	" \x01(\tR\x04node\x12\x1b\n" +
+	"\tlocal_asn\x18\v \x01(\rR\blocalAsn\x12\x1b\n" +
+	"\trouter_id\x18\f \x01(\tR\brouterId\x12\x19\n" +
+	"\bpeer_asn\x18\r \x01(\rR\apeerAsn\x12!\n" +
+	"\fpeer_address\x18\x0e \x01(\tR\vpeerAddress\x12\x1b\n" +
+	"\thold_time\x18\x0f \x01(\rR\bholdTime\x12.\n" +
+	"\x10graceful_restart\x18\x10 \x01(\bH\x00R\x0fgracefulRestart\x88\x01\x01\x12!\n" +
+	"\frestart_time\x18\x11 \x01(\rR\vrestartTime\x122\n" +
+	"\x15announce_vpc_prefixes\x18\x12 \x01(\bR\x13announceVpcPrefixes\x12\x1a\n" +
+	"\bpassword\x18\x13 \x01(\tR\bpassword\x12!\n" +
+	"\fpassword_set\x18\x14 \x01(\bR\vpasswordSet\x12\x0e\n" +
+	"\x02id\x18\x15 \x01(\rR\x02id\x122\n" +
+	"\x06status\x18\x16 \x01(\v2\x1a.meridian.v1.BgpPeerStatusR\x06status\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x13\n" +
+	"\x11_graceful_restart*\x7f\n" +
 	"\tPortState\x12\x1a\n" +
 	"\x16PORT_STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPORT_STATE_DOWN\x10\x01\x12\x14\n" +
@@ -2586,83 +3704,95 @@ func file_meridian_v1_resources_proto_rawDescGZIP() []byte {
 }
 
 var file_meridian_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_meridian_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_meridian_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_meridian_v1_resources_proto_goTypes = []any{
-	(PortState)(0),                // 0: meridian.v1.PortState
-	(Direction)(0),                // 1: meridian.v1.Direction
-	(Action)(0),                   // 2: meridian.v1.Action
-	(NodeRole)(0),                 // 3: meridian.v1.NodeRole
-	(Realization)(0),              // 4: meridian.v1.Realization
-	(*Quota)(nil),                 // 5: meridian.v1.Quota
-	(*Project)(nil),               // 6: meridian.v1.Project
-	(*Vpc)(nil),                   // 7: meridian.v1.Vpc
-	(*DhcpOptions)(nil),           // 8: meridian.v1.DhcpOptions
-	(*Subnet)(nil),                // 9: meridian.v1.Subnet
-	(*PortStatus)(nil),            // 10: meridian.v1.PortStatus
-	(*Port)(nil),                  // 11: meridian.v1.Port
-	(*SecurityGroupRule)(nil),     // 12: meridian.v1.SecurityGroupRule
-	(*SecurityGroup)(nil),         // 13: meridian.v1.SecurityGroup
-	(*NetworkAclRule)(nil),        // 14: meridian.v1.NetworkAclRule
-	(*NetworkAcl)(nil),            // 15: meridian.v1.NetworkAcl
-	(*Route)(nil),                 // 16: meridian.v1.Route
-	(*RouteTable)(nil),            // 17: meridian.v1.RouteTable
-	(*ObjectError)(nil),           // 18: meridian.v1.ObjectError
-	(*NodeStatus)(nil),            // 19: meridian.v1.NodeStatus
-	(*Node)(nil),                  // 20: meridian.v1.Node
-	(*AuditRecord)(nil),           // 21: meridian.v1.AuditRecord
-	(*Resource)(nil),              // 22: meridian.v1.Resource
-	nil,                           // 23: meridian.v1.Project.LabelsEntry
-	nil,                           // 24: meridian.v1.Vpc.LabelsEntry
-	nil,                           // 25: meridian.v1.Subnet.LabelsEntry
-	nil,                           // 26: meridian.v1.Port.LabelsEntry
-	nil,                           // 27: meridian.v1.SecurityGroup.LabelsEntry
-	nil,                           // 28: meridian.v1.NetworkAcl.LabelsEntry
-	nil,                           // 29: meridian.v1.RouteTable.LabelsEntry
-	nil,                           // 30: meridian.v1.Node.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
+	(PortState)(0),                  // 0: meridian.v1.PortState
+	(Direction)(0),                  // 1: meridian.v1.Direction
+	(Action)(0),                     // 2: meridian.v1.Action
+	(NodeRole)(0),                   // 3: meridian.v1.NodeRole
+	(Realization)(0),                // 4: meridian.v1.Realization
+	(*Quota)(nil),                   // 5: meridian.v1.Quota
+	(*Project)(nil),                 // 6: meridian.v1.Project
+	(*Vpc)(nil),                     // 7: meridian.v1.Vpc
+	(*DhcpOptions)(nil),             // 8: meridian.v1.DhcpOptions
+	(*Subnet)(nil),                  // 9: meridian.v1.Subnet
+	(*PortStatus)(nil),              // 10: meridian.v1.PortStatus
+	(*Port)(nil),                    // 11: meridian.v1.Port
+	(*SecurityGroupRule)(nil),       // 12: meridian.v1.SecurityGroupRule
+	(*SecurityGroup)(nil),           // 13: meridian.v1.SecurityGroup
+	(*NetworkAclRule)(nil),          // 14: meridian.v1.NetworkAclRule
+	(*NetworkAcl)(nil),              // 15: meridian.v1.NetworkAcl
+	(*Route)(nil),                   // 16: meridian.v1.Route
+	(*RouteTable)(nil),              // 17: meridian.v1.RouteTable
+	(*ObjectError)(nil),             // 18: meridian.v1.ObjectError
+	(*NodeStatus)(nil),              // 19: meridian.v1.NodeStatus
+	(*Node)(nil),                    // 20: meridian.v1.Node
+	(*AuditRecord)(nil),             // 21: meridian.v1.AuditRecord
+	(*Resource)(nil),                // 22: meridian.v1.Resource
+	(*PublicAddressPoolStatus)(nil), // 23: meridian.v1.PublicAddressPoolStatus
+	(*PublicAddressPool)(nil),       // 24: meridian.v1.PublicAddressPool
+	(*ElasticIp)(nil),               // 25: meridian.v1.ElasticIp
+	(*NatGatewayPortMapping)(nil),   // 26: meridian.v1.NatGatewayPortMapping
+	(*NatGatewayStatus)(nil),        // 27: meridian.v1.NatGatewayStatus
+	(*NatGateway)(nil),              // 28: meridian.v1.NatGateway
+	(*BgpPeerStatus)(nil),           // 29: meridian.v1.BgpPeerStatus
+	(*BgpPeer)(nil),                 // 30: meridian.v1.BgpPeer
+	nil,                             // 31: meridian.v1.Project.LabelsEntry
+	nil,                             // 32: meridian.v1.Vpc.LabelsEntry
+	nil,                             // 33: meridian.v1.Subnet.LabelsEntry
+	nil,                             // 34: meridian.v1.Port.LabelsEntry
+	nil,                             // 35: meridian.v1.SecurityGroup.LabelsEntry
+	nil,                             // 36: meridian.v1.NetworkAcl.LabelsEntry
+	nil,                             // 37: meridian.v1.RouteTable.LabelsEntry
+	nil,                             // 38: meridian.v1.Node.LabelsEntry
+	nil,                             // 39: meridian.v1.PublicAddressPool.LabelsEntry
+	nil,                             // 40: meridian.v1.ElasticIp.LabelsEntry
+	nil,                             // 41: meridian.v1.NatGateway.LabelsEntry
+	nil,                             // 42: meridian.v1.BgpPeer.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 43: google.protobuf.Timestamp
 }
 var file_meridian_v1_resources_proto_depIdxs = []int32{
-	31, // 0: meridian.v1.Project.create_time:type_name -> google.protobuf.Timestamp
-	31, // 1: meridian.v1.Project.update_time:type_name -> google.protobuf.Timestamp
-	23, // 2: meridian.v1.Project.labels:type_name -> meridian.v1.Project.LabelsEntry
+	43, // 0: meridian.v1.Project.create_time:type_name -> google.protobuf.Timestamp
+	43, // 1: meridian.v1.Project.update_time:type_name -> google.protobuf.Timestamp
+	31, // 2: meridian.v1.Project.labels:type_name -> meridian.v1.Project.LabelsEntry
 	5,  // 3: meridian.v1.Project.quota:type_name -> meridian.v1.Quota
 	5,  // 4: meridian.v1.Project.usage:type_name -> meridian.v1.Quota
-	31, // 5: meridian.v1.Vpc.create_time:type_name -> google.protobuf.Timestamp
-	31, // 6: meridian.v1.Vpc.update_time:type_name -> google.protobuf.Timestamp
-	24, // 7: meridian.v1.Vpc.labels:type_name -> meridian.v1.Vpc.LabelsEntry
-	31, // 8: meridian.v1.Subnet.create_time:type_name -> google.protobuf.Timestamp
-	31, // 9: meridian.v1.Subnet.update_time:type_name -> google.protobuf.Timestamp
-	25, // 10: meridian.v1.Subnet.labels:type_name -> meridian.v1.Subnet.LabelsEntry
+	43, // 5: meridian.v1.Vpc.create_time:type_name -> google.protobuf.Timestamp
+	43, // 6: meridian.v1.Vpc.update_time:type_name -> google.protobuf.Timestamp
+	32, // 7: meridian.v1.Vpc.labels:type_name -> meridian.v1.Vpc.LabelsEntry
+	43, // 8: meridian.v1.Subnet.create_time:type_name -> google.protobuf.Timestamp
+	43, // 9: meridian.v1.Subnet.update_time:type_name -> google.protobuf.Timestamp
+	33, // 10: meridian.v1.Subnet.labels:type_name -> meridian.v1.Subnet.LabelsEntry
 	8,  // 11: meridian.v1.Subnet.dhcp:type_name -> meridian.v1.DhcpOptions
 	0,  // 12: meridian.v1.PortStatus.state:type_name -> meridian.v1.PortState
-	31, // 13: meridian.v1.Port.create_time:type_name -> google.protobuf.Timestamp
-	31, // 14: meridian.v1.Port.update_time:type_name -> google.protobuf.Timestamp
-	26, // 15: meridian.v1.Port.labels:type_name -> meridian.v1.Port.LabelsEntry
+	43, // 13: meridian.v1.Port.create_time:type_name -> google.protobuf.Timestamp
+	43, // 14: meridian.v1.Port.update_time:type_name -> google.protobuf.Timestamp
+	34, // 15: meridian.v1.Port.labels:type_name -> meridian.v1.Port.LabelsEntry
 	10, // 16: meridian.v1.Port.status:type_name -> meridian.v1.PortStatus
 	1,  // 17: meridian.v1.SecurityGroupRule.direction:type_name -> meridian.v1.Direction
-	31, // 18: meridian.v1.SecurityGroup.create_time:type_name -> google.protobuf.Timestamp
-	31, // 19: meridian.v1.SecurityGroup.update_time:type_name -> google.protobuf.Timestamp
-	27, // 20: meridian.v1.SecurityGroup.labels:type_name -> meridian.v1.SecurityGroup.LabelsEntry
+	43, // 18: meridian.v1.SecurityGroup.create_time:type_name -> google.protobuf.Timestamp
+	43, // 19: meridian.v1.SecurityGroup.update_time:type_name -> google.protobuf.Timestamp
+	35, // 20: meridian.v1.SecurityGroup.labels:type_name -> meridian.v1.SecurityGroup.LabelsEntry
 	12, // 21: meridian.v1.SecurityGroup.rules:type_name -> meridian.v1.SecurityGroupRule
 	2,  // 22: meridian.v1.NetworkAclRule.action:type_name -> meridian.v1.Action
 	1,  // 23: meridian.v1.NetworkAclRule.direction:type_name -> meridian.v1.Direction
-	31, // 24: meridian.v1.NetworkAcl.create_time:type_name -> google.protobuf.Timestamp
-	31, // 25: meridian.v1.NetworkAcl.update_time:type_name -> google.protobuf.Timestamp
-	28, // 26: meridian.v1.NetworkAcl.labels:type_name -> meridian.v1.NetworkAcl.LabelsEntry
+	43, // 24: meridian.v1.NetworkAcl.create_time:type_name -> google.protobuf.Timestamp
+	43, // 25: meridian.v1.NetworkAcl.update_time:type_name -> google.protobuf.Timestamp
+	36, // 26: meridian.v1.NetworkAcl.labels:type_name -> meridian.v1.NetworkAcl.LabelsEntry
 	14, // 27: meridian.v1.NetworkAcl.rules:type_name -> meridian.v1.NetworkAclRule
-	31, // 28: meridian.v1.RouteTable.create_time:type_name -> google.protobuf.Timestamp
-	31, // 29: meridian.v1.RouteTable.update_time:type_name -> google.protobuf.Timestamp
-	29, // 30: meridian.v1.RouteTable.labels:type_name -> meridian.v1.RouteTable.LabelsEntry
+	43, // 28: meridian.v1.RouteTable.create_time:type_name -> google.protobuf.Timestamp
+	43, // 29: meridian.v1.RouteTable.update_time:type_name -> google.protobuf.Timestamp
+	37, // 30: meridian.v1.RouteTable.labels:type_name -> meridian.v1.RouteTable.LabelsEntry
 	16, // 31: meridian.v1.RouteTable.routes:type_name -> meridian.v1.Route
-	31, // 32: meridian.v1.NodeStatus.last_seen:type_name -> google.protobuf.Timestamp
+	43, // 32: meridian.v1.NodeStatus.last_seen:type_name -> google.protobuf.Timestamp
 	18, // 33: meridian.v1.NodeStatus.errors:type_name -> meridian.v1.ObjectError
-	31, // 34: meridian.v1.Node.create_time:type_name -> google.protobuf.Timestamp
-	31, // 35: meridian.v1.Node.update_time:type_name -> google.protobuf.Timestamp
-	30, // 36: meridian.v1.Node.labels:type_name -> meridian.v1.Node.LabelsEntry
+	43, // 34: meridian.v1.Node.create_time:type_name -> google.protobuf.Timestamp
+	43, // 35: meridian.v1.Node.update_time:type_name -> google.protobuf.Timestamp
+	38, // 36: meridian.v1.Node.labels:type_name -> meridian.v1.Node.LabelsEntry
 	3,  // 37: meridian.v1.Node.roles:type_name -> meridian.v1.NodeRole
 	4,  // 38: meridian.v1.Node.realization:type_name -> meridian.v1.Realization
 	19, // 39: meridian.v1.Node.status:type_name -> meridian.v1.NodeStatus
-	31, // 40: meridian.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	43, // 40: meridian.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
 	6,  // 41: meridian.v1.Resource.project:type_name -> meridian.v1.Project
 	7,  // 42: meridian.v1.Resource.vpc:type_name -> meridian.v1.Vpc
 	9,  // 43: meridian.v1.Resource.subnet:type_name -> meridian.v1.Subnet
@@ -2671,11 +3801,32 @@ var file_meridian_v1_resources_proto_depIdxs = []int32{
 	15, // 46: meridian.v1.Resource.network_acl:type_name -> meridian.v1.NetworkAcl
 	17, // 47: meridian.v1.Resource.route_table:type_name -> meridian.v1.RouteTable
 	20, // 48: meridian.v1.Resource.node:type_name -> meridian.v1.Node
-	49, // [49:49] is the sub-list for method output_type
-	49, // [49:49] is the sub-list for method input_type
-	49, // [49:49] is the sub-list for extension type_name
-	49, // [49:49] is the sub-list for extension extendee
-	0,  // [0:49] is the sub-list for field type_name
+	24, // 49: meridian.v1.Resource.public_address_pool:type_name -> meridian.v1.PublicAddressPool
+	30, // 50: meridian.v1.Resource.bgp_peer:type_name -> meridian.v1.BgpPeer
+	25, // 51: meridian.v1.Resource.elastic_ip:type_name -> meridian.v1.ElasticIp
+	28, // 52: meridian.v1.Resource.nat_gateway:type_name -> meridian.v1.NatGateway
+	43, // 53: meridian.v1.PublicAddressPool.create_time:type_name -> google.protobuf.Timestamp
+	43, // 54: meridian.v1.PublicAddressPool.update_time:type_name -> google.protobuf.Timestamp
+	39, // 55: meridian.v1.PublicAddressPool.labels:type_name -> meridian.v1.PublicAddressPool.LabelsEntry
+	23, // 56: meridian.v1.PublicAddressPool.status:type_name -> meridian.v1.PublicAddressPoolStatus
+	43, // 57: meridian.v1.ElasticIp.create_time:type_name -> google.protobuf.Timestamp
+	43, // 58: meridian.v1.ElasticIp.update_time:type_name -> google.protobuf.Timestamp
+	40, // 59: meridian.v1.ElasticIp.labels:type_name -> meridian.v1.ElasticIp.LabelsEntry
+	43, // 60: meridian.v1.NatGateway.create_time:type_name -> google.protobuf.Timestamp
+	43, // 61: meridian.v1.NatGateway.update_time:type_name -> google.protobuf.Timestamp
+	41, // 62: meridian.v1.NatGateway.labels:type_name -> meridian.v1.NatGateway.LabelsEntry
+	26, // 63: meridian.v1.NatGateway.port_mappings:type_name -> meridian.v1.NatGatewayPortMapping
+	27, // 64: meridian.v1.NatGateway.status:type_name -> meridian.v1.NatGatewayStatus
+	43, // 65: meridian.v1.BgpPeerStatus.since:type_name -> google.protobuf.Timestamp
+	43, // 66: meridian.v1.BgpPeer.create_time:type_name -> google.protobuf.Timestamp
+	43, // 67: meridian.v1.BgpPeer.update_time:type_name -> google.protobuf.Timestamp
+	42, // 68: meridian.v1.BgpPeer.labels:type_name -> meridian.v1.BgpPeer.LabelsEntry
+	29, // 69: meridian.v1.BgpPeer.status:type_name -> meridian.v1.BgpPeerStatus
+	70, // [70:70] is the sub-list for method output_type
+	70, // [70:70] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_resources_proto_init() }
@@ -2694,14 +3845,20 @@ func file_meridian_v1_resources_proto_init() {
 		(*Resource_NetworkAcl)(nil),
 		(*Resource_RouteTable)(nil),
 		(*Resource_Node)(nil),
+		(*Resource_PublicAddressPool)(nil),
+		(*Resource_BgpPeer)(nil),
+		(*Resource_ElasticIp)(nil),
+		(*Resource_NatGateway)(nil),
 	}
+	file_meridian_v1_resources_proto_msgTypes[19].OneofWrappers = []any{}
+	file_meridian_v1_resources_proto_msgTypes[25].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_resources_proto_rawDesc), len(file_meridian_v1_resources_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   26,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -2972,6 +2972,1446 @@ func (x *DeleteNodeRequest) GetValidateOnly() bool {
 	return false
 }
 
+type CreatePublicAddressPoolRequest struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Parent              string                 `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`                                                          // unused: top-level collection
+	PublicAddressPoolId string                 `protobuf:"bytes,2,opt,name=public_address_pool_id,json=publicAddressPoolId,proto3" json:"public_address_pool_id,omitempty"` // the last segment of the new name
+	PublicAddressPool   *PublicAddressPool     `protobuf:"bytes,3,opt,name=public_address_pool,json=publicAddressPool,proto3" json:"public_address_pool,omitempty"`
+	ValidateOnly        bool                   `protobuf:"varint,4,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"` // check everything, store nothing
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *CreatePublicAddressPoolRequest) Reset() {
+	*x = CreatePublicAddressPoolRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreatePublicAddressPoolRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreatePublicAddressPoolRequest) ProtoMessage() {}
+
+func (x *CreatePublicAddressPoolRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreatePublicAddressPoolRequest.ProtoReflect.Descriptor instead.
+func (*CreatePublicAddressPoolRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *CreatePublicAddressPoolRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *CreatePublicAddressPoolRequest) GetPublicAddressPoolId() string {
+	if x != nil {
+		return x.PublicAddressPoolId
+	}
+	return ""
+}
+
+func (x *CreatePublicAddressPoolRequest) GetPublicAddressPool() *PublicAddressPool {
+	if x != nil {
+		return x.PublicAddressPool
+	}
+	return nil
+}
+
+func (x *CreatePublicAddressPoolRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+type GetPublicAddressPoolRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPublicAddressPoolRequest) Reset() {
+	*x = GetPublicAddressPoolRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPublicAddressPoolRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPublicAddressPoolRequest) ProtoMessage() {}
+
+func (x *GetPublicAddressPoolRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPublicAddressPoolRequest.ProtoReflect.Descriptor instead.
+func (*GetPublicAddressPoolRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *GetPublicAddressPoolRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListPublicAddressPoolsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Parent        string                 `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`                      // unused: top-level collection
+	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"` // default 100, at most 1000
+	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	Filter        string                 `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"` // as in ListVpcsRequest
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPublicAddressPoolsRequest) Reset() {
+	*x = ListPublicAddressPoolsRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPublicAddressPoolsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPublicAddressPoolsRequest) ProtoMessage() {}
+
+func (x *ListPublicAddressPoolsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPublicAddressPoolsRequest.ProtoReflect.Descriptor instead.
+func (*ListPublicAddressPoolsRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *ListPublicAddressPoolsRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *ListPublicAddressPoolsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListPublicAddressPoolsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListPublicAddressPoolsRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+type ListPublicAddressPoolsResponse struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	PublicAddressPools []*PublicAddressPool   `protobuf:"bytes,1,rep,name=public_address_pools,json=publicAddressPools,proto3" json:"public_address_pools,omitempty"`
+	NextPageToken      string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	Revision           int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"` // store revision of this listing: watch from here
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *ListPublicAddressPoolsResponse) Reset() {
+	*x = ListPublicAddressPoolsResponse{}
+	mi := &file_meridian_v1_service_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPublicAddressPoolsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPublicAddressPoolsResponse) ProtoMessage() {}
+
+func (x *ListPublicAddressPoolsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPublicAddressPoolsResponse.ProtoReflect.Descriptor instead.
+func (*ListPublicAddressPoolsResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *ListPublicAddressPoolsResponse) GetPublicAddressPools() []*PublicAddressPool {
+	if x != nil {
+		return x.PublicAddressPools
+	}
+	return nil
+}
+
+func (x *ListPublicAddressPoolsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListPublicAddressPoolsResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type UpdatePublicAddressPoolRequest struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	PublicAddressPool *PublicAddressPool     `protobuf:"bytes,1,opt,name=public_address_pool,json=publicAddressPool,proto3" json:"public_address_pool,omitempty"` // name identifies it; etag, if set, must match
+	UpdateMask        *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`                        // empty: every updatable field
+	ValidateOnly      bool                   `protobuf:"varint,3,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *UpdatePublicAddressPoolRequest) Reset() {
+	*x = UpdatePublicAddressPoolRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdatePublicAddressPoolRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdatePublicAddressPoolRequest) ProtoMessage() {}
+
+func (x *UpdatePublicAddressPoolRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdatePublicAddressPoolRequest.ProtoReflect.Descriptor instead.
+func (*UpdatePublicAddressPoolRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *UpdatePublicAddressPoolRequest) GetPublicAddressPool() *PublicAddressPool {
+	if x != nil {
+		return x.PublicAddressPool
+	}
+	return nil
+}
+
+func (x *UpdatePublicAddressPoolRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+func (x *UpdatePublicAddressPoolRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+type DeletePublicAddressPoolRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Etag          string                 `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"` // if set, must match
+	ValidateOnly  bool                   `protobuf:"varint,3,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletePublicAddressPoolRequest) Reset() {
+	*x = DeletePublicAddressPoolRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePublicAddressPoolRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePublicAddressPoolRequest) ProtoMessage() {}
+
+func (x *DeletePublicAddressPoolRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePublicAddressPoolRequest.ProtoReflect.Descriptor instead.
+func (*DeletePublicAddressPoolRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *DeletePublicAddressPoolRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeletePublicAddressPoolRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *DeletePublicAddressPoolRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+type CreateElasticIpRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Parent        string                 `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	ElasticIpId   string                 `protobuf:"bytes,2,opt,name=elastic_ip_id,json=elasticIpId,proto3" json:"elastic_ip_id,omitempty"` // the last segment of the new name
+	ElasticIp     *ElasticIp             `protobuf:"bytes,3,opt,name=elastic_ip,json=elasticIp,proto3" json:"elastic_ip,omitempty"`
+	ValidateOnly  bool                   `protobuf:"varint,4,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"` // check everything, store nothing
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateElasticIpRequest) Reset() {
+	*x = CreateElasticIpRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateElasticIpRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateElasticIpRequest) ProtoMessage() {}
+
+func (x *CreateElasticIpRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateElasticIpRequest.ProtoReflect.Descriptor instead.
+func (*CreateElasticIpRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *CreateElasticIpRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *CreateElasticIpRequest) GetElasticIpId() string {
+	if x != nil {
+		return x.ElasticIpId
+	}
+	return ""
+}
+
+func (x *CreateElasticIpRequest) GetElasticIp() *ElasticIp {
+	if x != nil {
+		return x.ElasticIp
+	}
+	return nil
+}
+
+func (x *CreateElasticIpRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+type GetElasticIpRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetElasticIpRequest) Reset() {
+	*x = GetElasticIpRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetElasticIpRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetElasticIpRequest) ProtoMessage() {}
+
+func (x *GetElasticIpRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetElasticIpRequest.ProtoReflect.Descriptor instead.
+func (*GetElasticIpRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *GetElasticIpRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListElasticIpsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Parent        string                 `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"` // default 100, at most 1000
+	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	Filter        string                 `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"` // as in ListVpcsRequest
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListElasticIpsRequest) Reset() {
+	*x = ListElasticIpsRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListElasticIpsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListElasticIpsRequest) ProtoMessage() {}
+
+func (x *ListElasticIpsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListElasticIpsRequest.ProtoReflect.Descriptor instead.
+func (*ListElasticIpsRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *ListElasticIpsRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *ListElasticIpsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListElasticIpsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListElasticIpsRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+type ListElasticIpsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ElasticIps    []*ElasticIp           `protobuf:"bytes,1,rep,name=elastic_ips,json=elasticIps,proto3" json:"elastic_ips,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	Revision      int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"` // store revision of this listing: watch from here
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListElasticIpsResponse) Reset() {
+	*x = ListElasticIpsResponse{}
+	mi := &file_meridian_v1_service_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListElasticIpsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListElasticIpsResponse) ProtoMessage() {}
+
+func (x *ListElasticIpsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListElasticIpsResponse.ProtoReflect.Descriptor instead.
+func (*ListElasticIpsResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *ListElasticIpsResponse) GetElasticIps() []*ElasticIp {
+	if x != nil {
+		return x.ElasticIps
+	}
+	return nil
+}
+
+func (x *ListElasticIpsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListElasticIpsResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type UpdateElasticIpRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ElasticIp     *ElasticIp             `protobuf:"bytes,1,opt,name=elastic_ip,json=elasticIp,proto3" json:"elastic_ip,omitempty"`    // name identifies it; etag, if set, must match
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"` // empty: every updatable field
+	ValidateOnly  bool                   `protobuf:"varint,3,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateElasticIpRequest) Reset() {
+	*x = UpdateElasticIpRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateElasticIpRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateElasticIpRequest) ProtoMessage() {}
+
+func (x *UpdateElasticIpRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateElasticIpRequest.ProtoReflect.Descriptor instead.
+func (*UpdateElasticIpRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *UpdateElasticIpRequest) GetElasticIp() *ElasticIp {
+	if x != nil {
+		return x.ElasticIp
+	}
+	return nil
+}
+
+func (x *UpdateElasticIpRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+func (x *UpdateElasticIpRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+type DeleteElasticIpRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Etag          string                 `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"` // if set, must match
+	ValidateOnly  bool                   `protobuf:"varint,3,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteElasticIpRequest) Reset() {
+	*x = DeleteElasticIpRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteElasticIpRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteElasticIpRequest) ProtoMessage() {}
+
+func (x *DeleteElasticIpRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteElasticIpRequest.ProtoReflect.Descriptor instead.
+func (*DeleteElasticIpRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *DeleteElasticIpRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteElasticIpRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *DeleteElasticIpRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+type CreateNatGatewayRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Parent        string                 `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	NatGatewayId  string                 `protobuf:"bytes,2,opt,name=nat_gateway_id,json=natGatewayId,proto3" json:"nat_gateway_id,omitempty"` // the last segment of the new name
+	NatGateway    *NatGateway            `protobuf:"bytes,3,opt,name=nat_gateway,json=natGateway,proto3" json:"nat_gateway,omitempty"`
+	ValidateOnly  bool                   `protobuf:"varint,4,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"` // check everything, store nothing
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateNatGatewayRequest) Reset() {
+	*x = CreateNatGatewayRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateNatGatewayRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateNatGatewayRequest) ProtoMessage() {}
+
+func (x *CreateNatGatewayRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateNatGatewayRequest.ProtoReflect.Descriptor instead.
+func (*CreateNatGatewayRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *CreateNatGatewayRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *CreateNatGatewayRequest) GetNatGatewayId() string {
+	if x != nil {
+		return x.NatGatewayId
+	}
+	return ""
+}
+
+func (x *CreateNatGatewayRequest) GetNatGateway() *NatGateway {
+	if x != nil {
+		return x.NatGateway
+	}
+	return nil
+}
+
+func (x *CreateNatGatewayRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+type GetNatGatewayRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetNatGatewayRequest) Reset() {
+	*x = GetNatGatewayRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetNatGatewayRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetNatGatewayRequest) ProtoMessage() {}
+
+func (x *GetNatGatewayRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetNatGatewayRequest.ProtoReflect.Descriptor instead.
+func (*GetNatGatewayRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *GetNatGatewayRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListNatGatewaysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Parent        string                 `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"` // default 100, at most 1000
+	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	Filter        string                 `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"` // as in ListVpcsRequest
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNatGatewaysRequest) Reset() {
+	*x = ListNatGatewaysRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNatGatewaysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNatGatewaysRequest) ProtoMessage() {}
+
+func (x *ListNatGatewaysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNatGatewaysRequest.ProtoReflect.Descriptor instead.
+func (*ListNatGatewaysRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *ListNatGatewaysRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *ListNatGatewaysRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListNatGatewaysRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListNatGatewaysRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+type ListNatGatewaysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NatGateways   []*NatGateway          `protobuf:"bytes,1,rep,name=nat_gateways,json=natGateways,proto3" json:"nat_gateways,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	Revision      int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"` // store revision of this listing: watch from here
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNatGatewaysResponse) Reset() {
+	*x = ListNatGatewaysResponse{}
+	mi := &file_meridian_v1_service_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNatGatewaysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNatGatewaysResponse) ProtoMessage() {}
+
+func (x *ListNatGatewaysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNatGatewaysResponse.ProtoReflect.Descriptor instead.
+func (*ListNatGatewaysResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *ListNatGatewaysResponse) GetNatGateways() []*NatGateway {
+	if x != nil {
+		return x.NatGateways
+	}
+	return nil
+}
+
+func (x *ListNatGatewaysResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListNatGatewaysResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type UpdateNatGatewayRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NatGateway    *NatGateway            `protobuf:"bytes,1,opt,name=nat_gateway,json=natGateway,proto3" json:"nat_gateway,omitempty"` // name identifies it; etag, if set, must match
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"` // empty: every updatable field
+	ValidateOnly  bool                   `protobuf:"varint,3,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateNatGatewayRequest) Reset() {
+	*x = UpdateNatGatewayRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateNatGatewayRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateNatGatewayRequest) ProtoMessage() {}
+
+func (x *UpdateNatGatewayRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateNatGatewayRequest.ProtoReflect.Descriptor instead.
+func (*UpdateNatGatewayRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *UpdateNatGatewayRequest) GetNatGateway() *NatGateway {
+	if x != nil {
+		return x.NatGateway
+	}
+	return nil
+}
+
+func (x *UpdateNatGatewayRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+func (x *UpdateNatGatewayRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+type DeleteNatGatewayRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Etag          string                 `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"` // if set, must match
+	ValidateOnly  bool                   `protobuf:"varint,3,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteNatGatewayRequest) Reset() {
+	*x = DeleteNatGatewayRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteNatGatewayRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteNatGatewayRequest) ProtoMessage() {}
+
+func (x *DeleteNatGatewayRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteNatGatewayRequest.ProtoReflect.Descriptor instead.
+func (*DeleteNatGatewayRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *DeleteNatGatewayRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteNatGatewayRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *DeleteNatGatewayRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+type CreateBgpPeerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Parent        string                 `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`                          // unused: top-level collection
+	BgpPeerId     string                 `protobuf:"bytes,2,opt,name=bgp_peer_id,json=bgpPeerId,proto3" json:"bgp_peer_id,omitempty"` // the last segment of the new name
+	BgpPeer       *BgpPeer               `protobuf:"bytes,3,opt,name=bgp_peer,json=bgpPeer,proto3" json:"bgp_peer,omitempty"`
+	ValidateOnly  bool                   `protobuf:"varint,4,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"` // check everything, store nothing
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateBgpPeerRequest) Reset() {
+	*x = CreateBgpPeerRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateBgpPeerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateBgpPeerRequest) ProtoMessage() {}
+
+func (x *CreateBgpPeerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateBgpPeerRequest.ProtoReflect.Descriptor instead.
+func (*CreateBgpPeerRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *CreateBgpPeerRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *CreateBgpPeerRequest) GetBgpPeerId() string {
+	if x != nil {
+		return x.BgpPeerId
+	}
+	return ""
+}
+
+func (x *CreateBgpPeerRequest) GetBgpPeer() *BgpPeer {
+	if x != nil {
+		return x.BgpPeer
+	}
+	return nil
+}
+
+func (x *CreateBgpPeerRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+type GetBgpPeerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBgpPeerRequest) Reset() {
+	*x = GetBgpPeerRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBgpPeerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBgpPeerRequest) ProtoMessage() {}
+
+func (x *GetBgpPeerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBgpPeerRequest.ProtoReflect.Descriptor instead.
+func (*GetBgpPeerRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *GetBgpPeerRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListBgpPeersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Parent        string                 `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`                      // unused: top-level collection
+	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"` // default 100, at most 1000
+	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	Filter        string                 `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"` // as in ListVpcsRequest
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBgpPeersRequest) Reset() {
+	*x = ListBgpPeersRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBgpPeersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBgpPeersRequest) ProtoMessage() {}
+
+func (x *ListBgpPeersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBgpPeersRequest.ProtoReflect.Descriptor instead.
+func (*ListBgpPeersRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *ListBgpPeersRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *ListBgpPeersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListBgpPeersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListBgpPeersRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+type ListBgpPeersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BgpPeers      []*BgpPeer             `protobuf:"bytes,1,rep,name=bgp_peers,json=bgpPeers,proto3" json:"bgp_peers,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	Revision      int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"` // store revision of this listing: watch from here
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBgpPeersResponse) Reset() {
+	*x = ListBgpPeersResponse{}
+	mi := &file_meridian_v1_service_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBgpPeersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBgpPeersResponse) ProtoMessage() {}
+
+func (x *ListBgpPeersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBgpPeersResponse.ProtoReflect.Descriptor instead.
+func (*ListBgpPeersResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *ListBgpPeersResponse) GetBgpPeers() []*BgpPeer {
+	if x != nil {
+		return x.BgpPeers
+	}
+	return nil
+}
+
+func (x *ListBgpPeersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListBgpPeersResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type UpdateBgpPeerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BgpPeer       *BgpPeer               `protobuf:"bytes,1,opt,name=bgp_peer,json=bgpPeer,proto3" json:"bgp_peer,omitempty"`          // name identifies it; etag, if set, must match
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"` // empty: every updatable field
+	ValidateOnly  bool                   `protobuf:"varint,3,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateBgpPeerRequest) Reset() {
+	*x = UpdateBgpPeerRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateBgpPeerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateBgpPeerRequest) ProtoMessage() {}
+
+func (x *UpdateBgpPeerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateBgpPeerRequest.ProtoReflect.Descriptor instead.
+func (*UpdateBgpPeerRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *UpdateBgpPeerRequest) GetBgpPeer() *BgpPeer {
+	if x != nil {
+		return x.BgpPeer
+	}
+	return nil
+}
+
+func (x *UpdateBgpPeerRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+func (x *UpdateBgpPeerRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+type DeleteBgpPeerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Etag          string                 `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"` // if set, must match
+	ValidateOnly  bool                   `protobuf:"varint,3,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteBgpPeerRequest) Reset() {
+	*x = DeleteBgpPeerRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteBgpPeerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteBgpPeerRequest) ProtoMessage() {}
+
+func (x *DeleteBgpPeerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteBgpPeerRequest.ProtoReflect.Descriptor instead.
+func (*DeleteBgpPeerRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *DeleteBgpPeerRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteBgpPeerRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *DeleteBgpPeerRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
 type ListAuditRecordsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Project       string                 `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"` // projects/{project}; empty: all the caller may see
@@ -2983,7 +4423,7 @@ type ListAuditRecordsRequest struct {
 
 func (x *ListAuditRecordsRequest) Reset() {
 	*x = ListAuditRecordsRequest{}
-	mi := &file_meridian_v1_service_proto_msgTypes[48]
+	mi := &file_meridian_v1_service_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2995,7 +4435,7 @@ func (x *ListAuditRecordsRequest) String() string {
 func (*ListAuditRecordsRequest) ProtoMessage() {}
 
 func (x *ListAuditRecordsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_service_proto_msgTypes[48]
+	mi := &file_meridian_v1_service_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3008,7 +4448,7 @@ func (x *ListAuditRecordsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRecordsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRecordsRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_service_proto_rawDescGZIP(), []int{48}
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ListAuditRecordsRequest) GetProject() string {
@@ -3042,7 +4482,7 @@ type ListAuditRecordsResponse struct {
 
 func (x *ListAuditRecordsResponse) Reset() {
 	*x = ListAuditRecordsResponse{}
-	mi := &file_meridian_v1_service_proto_msgTypes[49]
+	mi := &file_meridian_v1_service_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3054,7 +4494,7 @@ func (x *ListAuditRecordsResponse) String() string {
 func (*ListAuditRecordsResponse) ProtoMessage() {}
 
 func (x *ListAuditRecordsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_service_proto_msgTypes[49]
+	mi := &file_meridian_v1_service_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3067,7 +4507,7 @@ func (x *ListAuditRecordsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRecordsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditRecordsResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_service_proto_rawDescGZIP(), []int{49}
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ListAuditRecordsResponse) GetRecords() []*AuditRecord {
@@ -3097,7 +4537,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_meridian_v1_service_proto_msgTypes[50]
+	mi := &file_meridian_v1_service_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3109,7 +4549,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_service_proto_msgTypes[50]
+	mi := &file_meridian_v1_service_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3122,7 +4562,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_service_proto_rawDescGZIP(), []int{50}
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *WatchRequest) GetParent() string {
@@ -3157,7 +4597,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_meridian_v1_service_proto_msgTypes[51]
+	mi := &file_meridian_v1_service_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3169,7 +4609,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_service_proto_msgTypes[51]
+	mi := &file_meridian_v1_service_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3182,7 +4622,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_service_proto_rawDescGZIP(), []int{51}
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *WatchEvent) GetType() EventType {
@@ -3214,7 +4654,7 @@ type WhoAmIRequest struct {
 
 func (x *WhoAmIRequest) Reset() {
 	*x = WhoAmIRequest{}
-	mi := &file_meridian_v1_service_proto_msgTypes[52]
+	mi := &file_meridian_v1_service_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3226,7 +4666,7 @@ func (x *WhoAmIRequest) String() string {
 func (*WhoAmIRequest) ProtoMessage() {}
 
 func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_service_proto_msgTypes[52]
+	mi := &file_meridian_v1_service_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3239,7 +4679,7 @@ func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIRequest.ProtoReflect.Descriptor instead.
 func (*WhoAmIRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_service_proto_rawDescGZIP(), []int{52}
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{76}
 }
 
 type WhoAmIResponse struct {
@@ -3254,7 +4694,7 @@ type WhoAmIResponse struct {
 
 func (x *WhoAmIResponse) Reset() {
 	*x = WhoAmIResponse{}
-	mi := &file_meridian_v1_service_proto_msgTypes[53]
+	mi := &file_meridian_v1_service_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3266,7 +4706,7 @@ func (x *WhoAmIResponse) String() string {
 func (*WhoAmIResponse) ProtoMessage() {}
 
 func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_service_proto_msgTypes[53]
+	mi := &file_meridian_v1_service_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3279,7 +4719,7 @@ func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIResponse.ProtoReflect.Descriptor instead.
 func (*WhoAmIResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_service_proto_rawDescGZIP(), []int{53}
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *WhoAmIResponse) GetSubject() string {
@@ -3527,6 +4967,115 @@ const file_meridian_v1_service_proto_rawDesc = "" +
 	"\x11DeleteNodeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\x12#\n" +
+	"\rvalidate_only\x18\x03 \x01(\bR\fvalidateOnly\"\xe2\x01\n" +
+	"\x1eCreatePublicAddressPoolRequest\x12\x16\n" +
+	"\x06parent\x18\x01 \x01(\tR\x06parent\x123\n" +
+	"\x16public_address_pool_id\x18\x02 \x01(\tR\x13publicAddressPoolId\x12N\n" +
+	"\x13public_address_pool\x18\x03 \x01(\v2\x1e.meridian.v1.PublicAddressPoolR\x11publicAddressPool\x12#\n" +
+	"\rvalidate_only\x18\x04 \x01(\bR\fvalidateOnly\"1\n" +
+	"\x1bGetPublicAddressPoolRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x8b\x01\n" +
+	"\x1dListPublicAddressPoolsRequest\x12\x16\n" +
+	"\x06parent\x18\x01 \x01(\tR\x06parent\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12\x16\n" +
+	"\x06filter\x18\x04 \x01(\tR\x06filter\"\xb6\x01\n" +
+	"\x1eListPublicAddressPoolsResponse\x12P\n" +
+	"\x14public_address_pools\x18\x01 \x03(\v2\x1e.meridian.v1.PublicAddressPoolR\x12publicAddressPools\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"\xd2\x01\n" +
+	"\x1eUpdatePublicAddressPoolRequest\x12N\n" +
+	"\x13public_address_pool\x18\x01 \x01(\v2\x1e.meridian.v1.PublicAddressPoolR\x11publicAddressPool\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\x12#\n" +
+	"\rvalidate_only\x18\x03 \x01(\bR\fvalidateOnly\"m\n" +
+	"\x1eDeletePublicAddressPoolRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\x12#\n" +
+	"\rvalidate_only\x18\x03 \x01(\bR\fvalidateOnly\"\xb0\x01\n" +
+	"\x16CreateElasticIpRequest\x12\x16\n" +
+	"\x06parent\x18\x01 \x01(\tR\x06parent\x12\"\n" +
+	"\relastic_ip_id\x18\x02 \x01(\tR\velasticIpId\x125\n" +
+	"\n" +
+	"elastic_ip\x18\x03 \x01(\v2\x16.meridian.v1.ElasticIpR\telasticIp\x12#\n" +
+	"\rvalidate_only\x18\x04 \x01(\bR\fvalidateOnly\")\n" +
+	"\x13GetElasticIpRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x83\x01\n" +
+	"\x15ListElasticIpsRequest\x12\x16\n" +
+	"\x06parent\x18\x01 \x01(\tR\x06parent\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12\x16\n" +
+	"\x06filter\x18\x04 \x01(\tR\x06filter\"\x95\x01\n" +
+	"\x16ListElasticIpsResponse\x127\n" +
+	"\velastic_ips\x18\x01 \x03(\v2\x16.meridian.v1.ElasticIpR\n" +
+	"elasticIps\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"\xb1\x01\n" +
+	"\x16UpdateElasticIpRequest\x125\n" +
+	"\n" +
+	"elastic_ip\x18\x01 \x01(\v2\x16.meridian.v1.ElasticIpR\telasticIp\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\x12#\n" +
+	"\rvalidate_only\x18\x03 \x01(\bR\fvalidateOnly\"e\n" +
+	"\x16DeleteElasticIpRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\x12#\n" +
+	"\rvalidate_only\x18\x03 \x01(\bR\fvalidateOnly\"\xb6\x01\n" +
+	"\x17CreateNatGatewayRequest\x12\x16\n" +
+	"\x06parent\x18\x01 \x01(\tR\x06parent\x12$\n" +
+	"\x0enat_gateway_id\x18\x02 \x01(\tR\fnatGatewayId\x128\n" +
+	"\vnat_gateway\x18\x03 \x01(\v2\x17.meridian.v1.NatGatewayR\n" +
+	"natGateway\x12#\n" +
+	"\rvalidate_only\x18\x04 \x01(\bR\fvalidateOnly\"*\n" +
+	"\x14GetNatGatewayRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x84\x01\n" +
+	"\x16ListNatGatewaysRequest\x12\x16\n" +
+	"\x06parent\x18\x01 \x01(\tR\x06parent\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12\x16\n" +
+	"\x06filter\x18\x04 \x01(\tR\x06filter\"\x99\x01\n" +
+	"\x17ListNatGatewaysResponse\x12:\n" +
+	"\fnat_gateways\x18\x01 \x03(\v2\x17.meridian.v1.NatGatewayR\vnatGateways\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"\xb5\x01\n" +
+	"\x17UpdateNatGatewayRequest\x128\n" +
+	"\vnat_gateway\x18\x01 \x01(\v2\x17.meridian.v1.NatGatewayR\n" +
+	"natGateway\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\x12#\n" +
+	"\rvalidate_only\x18\x03 \x01(\bR\fvalidateOnly\"f\n" +
+	"\x17DeleteNatGatewayRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\x12#\n" +
+	"\rvalidate_only\x18\x03 \x01(\bR\fvalidateOnly\"\xa4\x01\n" +
+	"\x14CreateBgpPeerRequest\x12\x16\n" +
+	"\x06parent\x18\x01 \x01(\tR\x06parent\x12\x1e\n" +
+	"\vbgp_peer_id\x18\x02 \x01(\tR\tbgpPeerId\x12/\n" +
+	"\bbgp_peer\x18\x03 \x01(\v2\x14.meridian.v1.BgpPeerR\abgpPeer\x12#\n" +
+	"\rvalidate_only\x18\x04 \x01(\bR\fvalidateOnly\"'\n" +
+	"\x11GetBgpPeerRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x81\x01\n" +
+	"\x13ListBgpPeersRequest\x12\x16\n" +
+	"\x06parent\x18\x01 \x01(\tR\x06parent\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12\x16\n" +
+	"\x06filter\x18\x04 \x01(\tR\x06filter\"\x8d\x01\n" +
+	"\x14ListBgpPeersResponse\x121\n" +
+	"\tbgp_peers\x18\x01 \x03(\v2\x14.meridian.v1.BgpPeerR\bbgpPeers\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"\xa9\x01\n" +
+	"\x14UpdateBgpPeerRequest\x12/\n" +
+	"\bbgp_peer\x18\x01 \x01(\v2\x14.meridian.v1.BgpPeerR\abgpPeer\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\x12#\n" +
+	"\rvalidate_only\x18\x03 \x01(\bR\fvalidateOnly\"c\n" +
+	"\x14DeleteBgpPeerRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\x12#\n" +
 	"\rvalidate_only\x18\x03 \x01(\bR\fvalidateOnly\"o\n" +
 	"\x17ListAuditRecordsRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x1b\n" +
@@ -3606,7 +5155,29 @@ const file_meridian_v1_service_proto_rawDesc = "" +
 	"\n" +
 	"UpdateNode\x12\x1e.meridian.v1.UpdateNodeRequest\x1a\x11.meridian.v1.Node\x12D\n" +
 	"\n" +
-	"DeleteNode\x12\x1e.meridian.v1.DeleteNodeRequest\x1a\x16.google.protobuf.Empty2o\n" +
+	"DeleteNode\x12\x1e.meridian.v1.DeleteNodeRequest\x1a\x16.google.protobuf.Empty2\xc3\r\n" +
+	"\vEdgeService\x12f\n" +
+	"\x17CreatePublicAddressPool\x12+.meridian.v1.CreatePublicAddressPoolRequest\x1a\x1e.meridian.v1.PublicAddressPool\x12`\n" +
+	"\x14GetPublicAddressPool\x12(.meridian.v1.GetPublicAddressPoolRequest\x1a\x1e.meridian.v1.PublicAddressPool\x12q\n" +
+	"\x16ListPublicAddressPools\x12*.meridian.v1.ListPublicAddressPoolsRequest\x1a+.meridian.v1.ListPublicAddressPoolsResponse\x12f\n" +
+	"\x17UpdatePublicAddressPool\x12+.meridian.v1.UpdatePublicAddressPoolRequest\x1a\x1e.meridian.v1.PublicAddressPool\x12^\n" +
+	"\x17DeletePublicAddressPool\x12+.meridian.v1.DeletePublicAddressPoolRequest\x1a\x16.google.protobuf.Empty\x12N\n" +
+	"\x0fCreateElasticIp\x12#.meridian.v1.CreateElasticIpRequest\x1a\x16.meridian.v1.ElasticIp\x12H\n" +
+	"\fGetElasticIp\x12 .meridian.v1.GetElasticIpRequest\x1a\x16.meridian.v1.ElasticIp\x12Y\n" +
+	"\x0eListElasticIps\x12\".meridian.v1.ListElasticIpsRequest\x1a#.meridian.v1.ListElasticIpsResponse\x12N\n" +
+	"\x0fUpdateElasticIp\x12#.meridian.v1.UpdateElasticIpRequest\x1a\x16.meridian.v1.ElasticIp\x12N\n" +
+	"\x0fDeleteElasticIp\x12#.meridian.v1.DeleteElasticIpRequest\x1a\x16.google.protobuf.Empty\x12Q\n" +
+	"\x10CreateNatGateway\x12$.meridian.v1.CreateNatGatewayRequest\x1a\x17.meridian.v1.NatGateway\x12K\n" +
+	"\rGetNatGateway\x12!.meridian.v1.GetNatGatewayRequest\x1a\x17.meridian.v1.NatGateway\x12\\\n" +
+	"\x0fListNatGateways\x12#.meridian.v1.ListNatGatewaysRequest\x1a$.meridian.v1.ListNatGatewaysResponse\x12Q\n" +
+	"\x10UpdateNatGateway\x12$.meridian.v1.UpdateNatGatewayRequest\x1a\x17.meridian.v1.NatGateway\x12P\n" +
+	"\x10DeleteNatGateway\x12$.meridian.v1.DeleteNatGatewayRequest\x1a\x16.google.protobuf.Empty\x12H\n" +
+	"\rCreateBgpPeer\x12!.meridian.v1.CreateBgpPeerRequest\x1a\x14.meridian.v1.BgpPeer\x12B\n" +
+	"\n" +
+	"GetBgpPeer\x12\x1e.meridian.v1.GetBgpPeerRequest\x1a\x14.meridian.v1.BgpPeer\x12S\n" +
+	"\fListBgpPeers\x12 .meridian.v1.ListBgpPeersRequest\x1a!.meridian.v1.ListBgpPeersResponse\x12H\n" +
+	"\rUpdateBgpPeer\x12!.meridian.v1.UpdateBgpPeerRequest\x1a\x14.meridian.v1.BgpPeer\x12J\n" +
+	"\rDeleteBgpPeer\x12!.meridian.v1.DeleteBgpPeerRequest\x1a\x16.google.protobuf.Empty2o\n" +
 	"\fAuditService\x12_\n" +
 	"\x10ListAuditRecords\x12$.meridian.v1.ListAuditRecordsRequest\x1a%.meridian.v1.ListAuditRecordsResponse2M\n" +
 	"\fWatchService\x12=\n" +
@@ -3627,203 +5198,287 @@ func file_meridian_v1_service_proto_rawDescGZIP() []byte {
 }
 
 var file_meridian_v1_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_meridian_v1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_meridian_v1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 78)
 var file_meridian_v1_service_proto_goTypes = []any{
-	(EventType)(0),                     // 0: meridian.v1.EventType
-	(*CreateProjectRequest)(nil),       // 1: meridian.v1.CreateProjectRequest
-	(*GetProjectRequest)(nil),          // 2: meridian.v1.GetProjectRequest
-	(*ListProjectsRequest)(nil),        // 3: meridian.v1.ListProjectsRequest
-	(*ListProjectsResponse)(nil),       // 4: meridian.v1.ListProjectsResponse
-	(*UpdateProjectRequest)(nil),       // 5: meridian.v1.UpdateProjectRequest
-	(*DeleteProjectRequest)(nil),       // 6: meridian.v1.DeleteProjectRequest
-	(*CreateVpcRequest)(nil),           // 7: meridian.v1.CreateVpcRequest
-	(*GetVpcRequest)(nil),              // 8: meridian.v1.GetVpcRequest
-	(*ListVpcsRequest)(nil),            // 9: meridian.v1.ListVpcsRequest
-	(*ListVpcsResponse)(nil),           // 10: meridian.v1.ListVpcsResponse
-	(*UpdateVpcRequest)(nil),           // 11: meridian.v1.UpdateVpcRequest
-	(*DeleteVpcRequest)(nil),           // 12: meridian.v1.DeleteVpcRequest
-	(*CreateSubnetRequest)(nil),        // 13: meridian.v1.CreateSubnetRequest
-	(*GetSubnetRequest)(nil),           // 14: meridian.v1.GetSubnetRequest
-	(*ListSubnetsRequest)(nil),         // 15: meridian.v1.ListSubnetsRequest
-	(*ListSubnetsResponse)(nil),        // 16: meridian.v1.ListSubnetsResponse
-	(*UpdateSubnetRequest)(nil),        // 17: meridian.v1.UpdateSubnetRequest
-	(*DeleteSubnetRequest)(nil),        // 18: meridian.v1.DeleteSubnetRequest
-	(*CreatePortRequest)(nil),          // 19: meridian.v1.CreatePortRequest
-	(*GetPortRequest)(nil),             // 20: meridian.v1.GetPortRequest
-	(*ListPortsRequest)(nil),           // 21: meridian.v1.ListPortsRequest
-	(*ListPortsResponse)(nil),          // 22: meridian.v1.ListPortsResponse
-	(*UpdatePortRequest)(nil),          // 23: meridian.v1.UpdatePortRequest
-	(*DeletePortRequest)(nil),          // 24: meridian.v1.DeletePortRequest
-	(*CreateRouteTableRequest)(nil),    // 25: meridian.v1.CreateRouteTableRequest
-	(*GetRouteTableRequest)(nil),       // 26: meridian.v1.GetRouteTableRequest
-	(*ListRouteTablesRequest)(nil),     // 27: meridian.v1.ListRouteTablesRequest
-	(*ListRouteTablesResponse)(nil),    // 28: meridian.v1.ListRouteTablesResponse
-	(*UpdateRouteTableRequest)(nil),    // 29: meridian.v1.UpdateRouteTableRequest
-	(*DeleteRouteTableRequest)(nil),    // 30: meridian.v1.DeleteRouteTableRequest
-	(*CreateSecurityGroupRequest)(nil), // 31: meridian.v1.CreateSecurityGroupRequest
-	(*GetSecurityGroupRequest)(nil),    // 32: meridian.v1.GetSecurityGroupRequest
-	(*ListSecurityGroupsRequest)(nil),  // 33: meridian.v1.ListSecurityGroupsRequest
-	(*ListSecurityGroupsResponse)(nil), // 34: meridian.v1.ListSecurityGroupsResponse
-	(*UpdateSecurityGroupRequest)(nil), // 35: meridian.v1.UpdateSecurityGroupRequest
-	(*DeleteSecurityGroupRequest)(nil), // 36: meridian.v1.DeleteSecurityGroupRequest
-	(*CreateNetworkAclRequest)(nil),    // 37: meridian.v1.CreateNetworkAclRequest
-	(*GetNetworkAclRequest)(nil),       // 38: meridian.v1.GetNetworkAclRequest
-	(*ListNetworkAclsRequest)(nil),     // 39: meridian.v1.ListNetworkAclsRequest
-	(*ListNetworkAclsResponse)(nil),    // 40: meridian.v1.ListNetworkAclsResponse
-	(*UpdateNetworkAclRequest)(nil),    // 41: meridian.v1.UpdateNetworkAclRequest
-	(*DeleteNetworkAclRequest)(nil),    // 42: meridian.v1.DeleteNetworkAclRequest
-	(*CreateNodeRequest)(nil),          // 43: meridian.v1.CreateNodeRequest
-	(*GetNodeRequest)(nil),             // 44: meridian.v1.GetNodeRequest
-	(*ListNodesRequest)(nil),           // 45: meridian.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),          // 46: meridian.v1.ListNodesResponse
-	(*UpdateNodeRequest)(nil),          // 47: meridian.v1.UpdateNodeRequest
-	(*DeleteNodeRequest)(nil),          // 48: meridian.v1.DeleteNodeRequest
-	(*ListAuditRecordsRequest)(nil),    // 49: meridian.v1.ListAuditRecordsRequest
-	(*ListAuditRecordsResponse)(nil),   // 50: meridian.v1.ListAuditRecordsResponse
-	(*WatchRequest)(nil),               // 51: meridian.v1.WatchRequest
-	(*WatchEvent)(nil),                 // 52: meridian.v1.WatchEvent
-	(*WhoAmIRequest)(nil),              // 53: meridian.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),             // 54: meridian.v1.WhoAmIResponse
-	(*Project)(nil),                    // 55: meridian.v1.Project
-	(*fieldmaskpb.FieldMask)(nil),      // 56: google.protobuf.FieldMask
-	(*Vpc)(nil),                        // 57: meridian.v1.Vpc
-	(*Subnet)(nil),                     // 58: meridian.v1.Subnet
-	(*Port)(nil),                       // 59: meridian.v1.Port
-	(*RouteTable)(nil),                 // 60: meridian.v1.RouteTable
-	(*SecurityGroup)(nil),              // 61: meridian.v1.SecurityGroup
-	(*NetworkAcl)(nil),                 // 62: meridian.v1.NetworkAcl
-	(*Node)(nil),                       // 63: meridian.v1.Node
-	(*AuditRecord)(nil),                // 64: meridian.v1.AuditRecord
-	(*Resource)(nil),                   // 65: meridian.v1.Resource
-	(*emptypb.Empty)(nil),              // 66: google.protobuf.Empty
+	(EventType)(0),                         // 0: meridian.v1.EventType
+	(*CreateProjectRequest)(nil),           // 1: meridian.v1.CreateProjectRequest
+	(*GetProjectRequest)(nil),              // 2: meridian.v1.GetProjectRequest
+	(*ListProjectsRequest)(nil),            // 3: meridian.v1.ListProjectsRequest
+	(*ListProjectsResponse)(nil),           // 4: meridian.v1.ListProjectsResponse
+	(*UpdateProjectRequest)(nil),           // 5: meridian.v1.UpdateProjectRequest
+	(*DeleteProjectRequest)(nil),           // 6: meridian.v1.DeleteProjectRequest
+	(*CreateVpcRequest)(nil),               // 7: meridian.v1.CreateVpcRequest
+	(*GetVpcRequest)(nil),                  // 8: meridian.v1.GetVpcRequest
+	(*ListVpcsRequest)(nil),                // 9: meridian.v1.ListVpcsRequest
+	(*ListVpcsResponse)(nil),               // 10: meridian.v1.ListVpcsResponse
+	(*UpdateVpcRequest)(nil),               // 11: meridian.v1.UpdateVpcRequest
+	(*DeleteVpcRequest)(nil),               // 12: meridian.v1.DeleteVpcRequest
+	(*CreateSubnetRequest)(nil),            // 13: meridian.v1.CreateSubnetRequest
+	(*GetSubnetRequest)(nil),               // 14: meridian.v1.GetSubnetRequest
+	(*ListSubnetsRequest)(nil),             // 15: meridian.v1.ListSubnetsRequest
+	(*ListSubnetsResponse)(nil),            // 16: meridian.v1.ListSubnetsResponse
+	(*UpdateSubnetRequest)(nil),            // 17: meridian.v1.UpdateSubnetRequest
+	(*DeleteSubnetRequest)(nil),            // 18: meridian.v1.DeleteSubnetRequest
+	(*CreatePortRequest)(nil),              // 19: meridian.v1.CreatePortRequest
+	(*GetPortRequest)(nil),                 // 20: meridian.v1.GetPortRequest
+	(*ListPortsRequest)(nil),               // 21: meridian.v1.ListPortsRequest
+	(*ListPortsResponse)(nil),              // 22: meridian.v1.ListPortsResponse
+	(*UpdatePortRequest)(nil),              // 23: meridian.v1.UpdatePortRequest
+	(*DeletePortRequest)(nil),              // 24: meridian.v1.DeletePortRequest
+	(*CreateRouteTableRequest)(nil),        // 25: meridian.v1.CreateRouteTableRequest
+	(*GetRouteTableRequest)(nil),           // 26: meridian.v1.GetRouteTableRequest
+	(*ListRouteTablesRequest)(nil),         // 27: meridian.v1.ListRouteTablesRequest
+	(*ListRouteTablesResponse)(nil),        // 28: meridian.v1.ListRouteTablesResponse
+	(*UpdateRouteTableRequest)(nil),        // 29: meridian.v1.UpdateRouteTableRequest
+	(*DeleteRouteTableRequest)(nil),        // 30: meridian.v1.DeleteRouteTableRequest
+	(*CreateSecurityGroupRequest)(nil),     // 31: meridian.v1.CreateSecurityGroupRequest
+	(*GetSecurityGroupRequest)(nil),        // 32: meridian.v1.GetSecurityGroupRequest
+	(*ListSecurityGroupsRequest)(nil),      // 33: meridian.v1.ListSecurityGroupsRequest
+	(*ListSecurityGroupsResponse)(nil),     // 34: meridian.v1.ListSecurityGroupsResponse
+	(*UpdateSecurityGroupRequest)(nil),     // 35: meridian.v1.UpdateSecurityGroupRequest
+	(*DeleteSecurityGroupRequest)(nil),     // 36: meridian.v1.DeleteSecurityGroupRequest
+	(*CreateNetworkAclRequest)(nil),        // 37: meridian.v1.CreateNetworkAclRequest
+	(*GetNetworkAclRequest)(nil),           // 38: meridian.v1.GetNetworkAclRequest
+	(*ListNetworkAclsRequest)(nil),         // 39: meridian.v1.ListNetworkAclsRequest
+	(*ListNetworkAclsResponse)(nil),        // 40: meridian.v1.ListNetworkAclsResponse
+	(*UpdateNetworkAclRequest)(nil),        // 41: meridian.v1.UpdateNetworkAclRequest
+	(*DeleteNetworkAclRequest)(nil),        // 42: meridian.v1.DeleteNetworkAclRequest
+	(*CreateNodeRequest)(nil),              // 43: meridian.v1.CreateNodeRequest
+	(*GetNodeRequest)(nil),                 // 44: meridian.v1.GetNodeRequest
+	(*ListNodesRequest)(nil),               // 45: meridian.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),              // 46: meridian.v1.ListNodesResponse
+	(*UpdateNodeRequest)(nil),              // 47: meridian.v1.UpdateNodeRequest
+	(*DeleteNodeRequest)(nil),              // 48: meridian.v1.DeleteNodeRequest
+	(*CreatePublicAddressPoolRequest)(nil), // 49: meridian.v1.CreatePublicAddressPoolRequest
+	(*GetPublicAddressPoolRequest)(nil),    // 50: meridian.v1.GetPublicAddressPoolRequest
+	(*ListPublicAddressPoolsRequest)(nil),  // 51: meridian.v1.ListPublicAddressPoolsRequest
+	(*ListPublicAddressPoolsResponse)(nil), // 52: meridian.v1.ListPublicAddressPoolsResponse
+	(*UpdatePublicAddressPoolRequest)(nil), // 53: meridian.v1.UpdatePublicAddressPoolRequest
+	(*DeletePublicAddressPoolRequest)(nil), // 54: meridian.v1.DeletePublicAddressPoolRequest
+	(*CreateElasticIpRequest)(nil),         // 55: meridian.v1.CreateElasticIpRequest
+	(*GetElasticIpRequest)(nil),            // 56: meridian.v1.GetElasticIpRequest
+	(*ListElasticIpsRequest)(nil),          // 57: meridian.v1.ListElasticIpsRequest
+	(*ListElasticIpsResponse)(nil),         // 58: meridian.v1.ListElasticIpsResponse
+	(*UpdateElasticIpRequest)(nil),         // 59: meridian.v1.UpdateElasticIpRequest
+	(*DeleteElasticIpRequest)(nil),         // 60: meridian.v1.DeleteElasticIpRequest
+	(*CreateNatGatewayRequest)(nil),        // 61: meridian.v1.CreateNatGatewayRequest
+	(*GetNatGatewayRequest)(nil),           // 62: meridian.v1.GetNatGatewayRequest
+	(*ListNatGatewaysRequest)(nil),         // 63: meridian.v1.ListNatGatewaysRequest
+	(*ListNatGatewaysResponse)(nil),        // 64: meridian.v1.ListNatGatewaysResponse
+	(*UpdateNatGatewayRequest)(nil),        // 65: meridian.v1.UpdateNatGatewayRequest
+	(*DeleteNatGatewayRequest)(nil),        // 66: meridian.v1.DeleteNatGatewayRequest
+	(*CreateBgpPeerRequest)(nil),           // 67: meridian.v1.CreateBgpPeerRequest
+	(*GetBgpPeerRequest)(nil),              // 68: meridian.v1.GetBgpPeerRequest
+	(*ListBgpPeersRequest)(nil),            // 69: meridian.v1.ListBgpPeersRequest
+	(*ListBgpPeersResponse)(nil),           // 70: meridian.v1.ListBgpPeersResponse
+	(*UpdateBgpPeerRequest)(nil),           // 71: meridian.v1.UpdateBgpPeerRequest
+	(*DeleteBgpPeerRequest)(nil),           // 72: meridian.v1.DeleteBgpPeerRequest
+	(*ListAuditRecordsRequest)(nil),        // 73: meridian.v1.ListAuditRecordsRequest
+	(*ListAuditRecordsResponse)(nil),       // 74: meridian.v1.ListAuditRecordsResponse
+	(*WatchRequest)(nil),                   // 75: meridian.v1.WatchRequest
+	(*WatchEvent)(nil),                     // 76: meridian.v1.WatchEvent
+	(*WhoAmIRequest)(nil),                  // 77: meridian.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),                 // 78: meridian.v1.WhoAmIResponse
+	(*Project)(nil),                        // 79: meridian.v1.Project
+	(*fieldmaskpb.FieldMask)(nil),          // 80: google.protobuf.FieldMask
+	(*Vpc)(nil),                            // 81: meridian.v1.Vpc
+	(*Subnet)(nil),                         // 82: meridian.v1.Subnet
+	(*Port)(nil),                           // 83: meridian.v1.Port
+	(*RouteTable)(nil),                     // 84: meridian.v1.RouteTable
+	(*SecurityGroup)(nil),                  // 85: meridian.v1.SecurityGroup
+	(*NetworkAcl)(nil),                     // 86: meridian.v1.NetworkAcl
+	(*Node)(nil),                           // 87: meridian.v1.Node
+	(*PublicAddressPool)(nil),              // 88: meridian.v1.PublicAddressPool
+	(*ElasticIp)(nil),                      // 89: meridian.v1.ElasticIp
+	(*NatGateway)(nil),                     // 90: meridian.v1.NatGateway
+	(*BgpPeer)(nil),                        // 91: meridian.v1.BgpPeer
+	(*AuditRecord)(nil),                    // 92: meridian.v1.AuditRecord
+	(*Resource)(nil),                       // 93: meridian.v1.Resource
+	(*emptypb.Empty)(nil),                  // 94: google.protobuf.Empty
 }
 var file_meridian_v1_service_proto_depIdxs = []int32{
-	55, // 0: meridian.v1.CreateProjectRequest.project:type_name -> meridian.v1.Project
-	55, // 1: meridian.v1.ListProjectsResponse.projects:type_name -> meridian.v1.Project
-	55, // 2: meridian.v1.UpdateProjectRequest.project:type_name -> meridian.v1.Project
-	56, // 3: meridian.v1.UpdateProjectRequest.update_mask:type_name -> google.protobuf.FieldMask
-	57, // 4: meridian.v1.CreateVpcRequest.vpc:type_name -> meridian.v1.Vpc
-	57, // 5: meridian.v1.ListVpcsResponse.vpcs:type_name -> meridian.v1.Vpc
-	57, // 6: meridian.v1.UpdateVpcRequest.vpc:type_name -> meridian.v1.Vpc
-	56, // 7: meridian.v1.UpdateVpcRequest.update_mask:type_name -> google.protobuf.FieldMask
-	58, // 8: meridian.v1.CreateSubnetRequest.subnet:type_name -> meridian.v1.Subnet
-	58, // 9: meridian.v1.ListSubnetsResponse.subnets:type_name -> meridian.v1.Subnet
-	58, // 10: meridian.v1.UpdateSubnetRequest.subnet:type_name -> meridian.v1.Subnet
-	56, // 11: meridian.v1.UpdateSubnetRequest.update_mask:type_name -> google.protobuf.FieldMask
-	59, // 12: meridian.v1.CreatePortRequest.port:type_name -> meridian.v1.Port
-	59, // 13: meridian.v1.ListPortsResponse.ports:type_name -> meridian.v1.Port
-	59, // 14: meridian.v1.UpdatePortRequest.port:type_name -> meridian.v1.Port
-	56, // 15: meridian.v1.UpdatePortRequest.update_mask:type_name -> google.protobuf.FieldMask
-	60, // 16: meridian.v1.CreateRouteTableRequest.route_table:type_name -> meridian.v1.RouteTable
-	60, // 17: meridian.v1.ListRouteTablesResponse.route_tables:type_name -> meridian.v1.RouteTable
-	60, // 18: meridian.v1.UpdateRouteTableRequest.route_table:type_name -> meridian.v1.RouteTable
-	56, // 19: meridian.v1.UpdateRouteTableRequest.update_mask:type_name -> google.protobuf.FieldMask
-	61, // 20: meridian.v1.CreateSecurityGroupRequest.security_group:type_name -> meridian.v1.SecurityGroup
-	61, // 21: meridian.v1.ListSecurityGroupsResponse.security_groups:type_name -> meridian.v1.SecurityGroup
-	61, // 22: meridian.v1.UpdateSecurityGroupRequest.security_group:type_name -> meridian.v1.SecurityGroup
-	56, // 23: meridian.v1.UpdateSecurityGroupRequest.update_mask:type_name -> google.protobuf.FieldMask
-	62, // 24: meridian.v1.CreateNetworkAclRequest.network_acl:type_name -> meridian.v1.NetworkAcl
-	62, // 25: meridian.v1.ListNetworkAclsResponse.network_acls:type_name -> meridian.v1.NetworkAcl
-	62, // 26: meridian.v1.UpdateNetworkAclRequest.network_acl:type_name -> meridian.v1.NetworkAcl
-	56, // 27: meridian.v1.UpdateNetworkAclRequest.update_mask:type_name -> google.protobuf.FieldMask
-	63, // 28: meridian.v1.CreateNodeRequest.node:type_name -> meridian.v1.Node
-	63, // 29: meridian.v1.ListNodesResponse.nodes:type_name -> meridian.v1.Node
-	63, // 30: meridian.v1.UpdateNodeRequest.node:type_name -> meridian.v1.Node
-	56, // 31: meridian.v1.UpdateNodeRequest.update_mask:type_name -> google.protobuf.FieldMask
-	64, // 32: meridian.v1.ListAuditRecordsResponse.records:type_name -> meridian.v1.AuditRecord
-	0,  // 33: meridian.v1.WatchEvent.type:type_name -> meridian.v1.EventType
-	65, // 34: meridian.v1.WatchEvent.resource:type_name -> meridian.v1.Resource
-	1,  // 35: meridian.v1.ProjectService.CreateProject:input_type -> meridian.v1.CreateProjectRequest
-	2,  // 36: meridian.v1.ProjectService.GetProject:input_type -> meridian.v1.GetProjectRequest
-	3,  // 37: meridian.v1.ProjectService.ListProjects:input_type -> meridian.v1.ListProjectsRequest
-	5,  // 38: meridian.v1.ProjectService.UpdateProject:input_type -> meridian.v1.UpdateProjectRequest
-	6,  // 39: meridian.v1.ProjectService.DeleteProject:input_type -> meridian.v1.DeleteProjectRequest
-	7,  // 40: meridian.v1.NetworkService.CreateVpc:input_type -> meridian.v1.CreateVpcRequest
-	8,  // 41: meridian.v1.NetworkService.GetVpc:input_type -> meridian.v1.GetVpcRequest
-	9,  // 42: meridian.v1.NetworkService.ListVpcs:input_type -> meridian.v1.ListVpcsRequest
-	11, // 43: meridian.v1.NetworkService.UpdateVpc:input_type -> meridian.v1.UpdateVpcRequest
-	12, // 44: meridian.v1.NetworkService.DeleteVpc:input_type -> meridian.v1.DeleteVpcRequest
-	13, // 45: meridian.v1.NetworkService.CreateSubnet:input_type -> meridian.v1.CreateSubnetRequest
-	14, // 46: meridian.v1.NetworkService.GetSubnet:input_type -> meridian.v1.GetSubnetRequest
-	15, // 47: meridian.v1.NetworkService.ListSubnets:input_type -> meridian.v1.ListSubnetsRequest
-	17, // 48: meridian.v1.NetworkService.UpdateSubnet:input_type -> meridian.v1.UpdateSubnetRequest
-	18, // 49: meridian.v1.NetworkService.DeleteSubnet:input_type -> meridian.v1.DeleteSubnetRequest
-	19, // 50: meridian.v1.NetworkService.CreatePort:input_type -> meridian.v1.CreatePortRequest
-	20, // 51: meridian.v1.NetworkService.GetPort:input_type -> meridian.v1.GetPortRequest
-	21, // 52: meridian.v1.NetworkService.ListPorts:input_type -> meridian.v1.ListPortsRequest
-	23, // 53: meridian.v1.NetworkService.UpdatePort:input_type -> meridian.v1.UpdatePortRequest
-	24, // 54: meridian.v1.NetworkService.DeletePort:input_type -> meridian.v1.DeletePortRequest
-	25, // 55: meridian.v1.NetworkService.CreateRouteTable:input_type -> meridian.v1.CreateRouteTableRequest
-	26, // 56: meridian.v1.NetworkService.GetRouteTable:input_type -> meridian.v1.GetRouteTableRequest
-	27, // 57: meridian.v1.NetworkService.ListRouteTables:input_type -> meridian.v1.ListRouteTablesRequest
-	29, // 58: meridian.v1.NetworkService.UpdateRouteTable:input_type -> meridian.v1.UpdateRouteTableRequest
-	30, // 59: meridian.v1.NetworkService.DeleteRouteTable:input_type -> meridian.v1.DeleteRouteTableRequest
-	31, // 60: meridian.v1.SecurityService.CreateSecurityGroup:input_type -> meridian.v1.CreateSecurityGroupRequest
-	32, // 61: meridian.v1.SecurityService.GetSecurityGroup:input_type -> meridian.v1.GetSecurityGroupRequest
-	33, // 62: meridian.v1.SecurityService.ListSecurityGroups:input_type -> meridian.v1.ListSecurityGroupsRequest
-	35, // 63: meridian.v1.SecurityService.UpdateSecurityGroup:input_type -> meridian.v1.UpdateSecurityGroupRequest
-	36, // 64: meridian.v1.SecurityService.DeleteSecurityGroup:input_type -> meridian.v1.DeleteSecurityGroupRequest
-	37, // 65: meridian.v1.SecurityService.CreateNetworkAcl:input_type -> meridian.v1.CreateNetworkAclRequest
-	38, // 66: meridian.v1.SecurityService.GetNetworkAcl:input_type -> meridian.v1.GetNetworkAclRequest
-	39, // 67: meridian.v1.SecurityService.ListNetworkAcls:input_type -> meridian.v1.ListNetworkAclsRequest
-	41, // 68: meridian.v1.SecurityService.UpdateNetworkAcl:input_type -> meridian.v1.UpdateNetworkAclRequest
-	42, // 69: meridian.v1.SecurityService.DeleteNetworkAcl:input_type -> meridian.v1.DeleteNetworkAclRequest
-	43, // 70: meridian.v1.NodeService.CreateNode:input_type -> meridian.v1.CreateNodeRequest
-	44, // 71: meridian.v1.NodeService.GetNode:input_type -> meridian.v1.GetNodeRequest
-	45, // 72: meridian.v1.NodeService.ListNodes:input_type -> meridian.v1.ListNodesRequest
-	47, // 73: meridian.v1.NodeService.UpdateNode:input_type -> meridian.v1.UpdateNodeRequest
-	48, // 74: meridian.v1.NodeService.DeleteNode:input_type -> meridian.v1.DeleteNodeRequest
-	49, // 75: meridian.v1.AuditService.ListAuditRecords:input_type -> meridian.v1.ListAuditRecordsRequest
-	51, // 76: meridian.v1.WatchService.Watch:input_type -> meridian.v1.WatchRequest
-	53, // 77: meridian.v1.IdentityService.WhoAmI:input_type -> meridian.v1.WhoAmIRequest
-	55, // 78: meridian.v1.ProjectService.CreateProject:output_type -> meridian.v1.Project
-	55, // 79: meridian.v1.ProjectService.GetProject:output_type -> meridian.v1.Project
-	4,  // 80: meridian.v1.ProjectService.ListProjects:output_type -> meridian.v1.ListProjectsResponse
-	55, // 81: meridian.v1.ProjectService.UpdateProject:output_type -> meridian.v1.Project
-	66, // 82: meridian.v1.ProjectService.DeleteProject:output_type -> google.protobuf.Empty
-	57, // 83: meridian.v1.NetworkService.CreateVpc:output_type -> meridian.v1.Vpc
-	57, // 84: meridian.v1.NetworkService.GetVpc:output_type -> meridian.v1.Vpc
-	10, // 85: meridian.v1.NetworkService.ListVpcs:output_type -> meridian.v1.ListVpcsResponse
-	57, // 86: meridian.v1.NetworkService.UpdateVpc:output_type -> meridian.v1.Vpc
-	66, // 87: meridian.v1.NetworkService.DeleteVpc:output_type -> google.protobuf.Empty
-	58, // 88: meridian.v1.NetworkService.CreateSubnet:output_type -> meridian.v1.Subnet
-	58, // 89: meridian.v1.NetworkService.GetSubnet:output_type -> meridian.v1.Subnet
-	16, // 90: meridian.v1.NetworkService.ListSubnets:output_type -> meridian.v1.ListSubnetsResponse
-	58, // 91: meridian.v1.NetworkService.UpdateSubnet:output_type -> meridian.v1.Subnet
-	66, // 92: meridian.v1.NetworkService.DeleteSubnet:output_type -> google.protobuf.Empty
-	59, // 93: meridian.v1.NetworkService.CreatePort:output_type -> meridian.v1.Port
-	59, // 94: meridian.v1.NetworkService.GetPort:output_type -> meridian.v1.Port
-	22, // 95: meridian.v1.NetworkService.ListPorts:output_type -> meridian.v1.ListPortsResponse
-	59, // 96: meridian.v1.NetworkService.UpdatePort:output_type -> meridian.v1.Port
-	66, // 97: meridian.v1.NetworkService.DeletePort:output_type -> google.protobuf.Empty
-	60, // 98: meridian.v1.NetworkService.CreateRouteTable:output_type -> meridian.v1.RouteTable
-	60, // 99: meridian.v1.NetworkService.GetRouteTable:output_type -> meridian.v1.RouteTable
-	28, // 100: meridian.v1.NetworkService.ListRouteTables:output_type -> meridian.v1.ListRouteTablesResponse
-	60, // 101: meridian.v1.NetworkService.UpdateRouteTable:output_type -> meridian.v1.RouteTable
-	66, // 102: meridian.v1.NetworkService.DeleteRouteTable:output_type -> google.protobuf.Empty
-	61, // 103: meridian.v1.SecurityService.CreateSecurityGroup:output_type -> meridian.v1.SecurityGroup
-	61, // 104: meridian.v1.SecurityService.GetSecurityGroup:output_type -> meridian.v1.SecurityGroup
-	34, // 105: meridian.v1.SecurityService.ListSecurityGroups:output_type -> meridian.v1.ListSecurityGroupsResponse
-	61, // 106: meridian.v1.SecurityService.UpdateSecurityGroup:output_type -> meridian.v1.SecurityGroup
-	66, // 107: meridian.v1.SecurityService.DeleteSecurityGroup:output_type -> google.protobuf.Empty
-	62, // 108: meridian.v1.SecurityService.CreateNetworkAcl:output_type -> meridian.v1.NetworkAcl
-	62, // 109: meridian.v1.SecurityService.GetNetworkAcl:output_type -> meridian.v1.NetworkAcl
-	40, // 110: meridian.v1.SecurityService.ListNetworkAcls:output_type -> meridian.v1.ListNetworkAclsResponse
-	62, // 111: meridian.v1.SecurityService.UpdateNetworkAcl:output_type -> meridian.v1.NetworkAcl
-	66, // 112: meridian.v1.SecurityService.DeleteNetworkAcl:output_type -> google.protobuf.Empty
-	63, // 113: meridian.v1.NodeService.CreateNode:output_type -> meridian.v1.Node
-	63, // 114: meridian.v1.NodeService.GetNode:output_type -> meridian.v1.Node
-	46, // 115: meridian.v1.NodeService.ListNodes:output_type -> meridian.v1.ListNodesResponse
-	63, // 116: meridian.v1.NodeService.UpdateNode:output_type -> meridian.v1.Node
-	66, // 117: meridian.v1.NodeService.DeleteNode:output_type -> google.protobuf.Empty
-	50, // 118: meridian.v1.AuditService.ListAuditRecords:output_type -> meridian.v1.ListAuditRecordsResponse
-	52, // 119: meridian.v1.WatchService.Watch:output_type -> meridian.v1.WatchEvent
-	54, // 120: meridian.v1.IdentityService.WhoAmI:output_type -> meridian.v1.WhoAmIResponse
-	78, // [78:121] is the sub-list for method output_type
-	35, // [35:78] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	79,  // 0: meridian.v1.CreateProjectRequest.project:type_name -> meridian.v1.Project
+	79,  // 1: meridian.v1.ListProjectsResponse.projects:type_name -> meridian.v1.Project
+	79,  // 2: meridian.v1.UpdateProjectRequest.project:type_name -> meridian.v1.Project
+	80,  // 3: meridian.v1.UpdateProjectRequest.update_mask:type_name -> google.protobuf.FieldMask
+	81,  // 4: meridian.v1.CreateVpcRequest.vpc:type_name -> meridian.v1.Vpc
+	81,  // 5: meridian.v1.ListVpcsResponse.vpcs:type_name -> meridian.v1.Vpc
+	81,  // 6: meridian.v1.UpdateVpcRequest.vpc:type_name -> meridian.v1.Vpc
+	80,  // 7: meridian.v1.UpdateVpcRequest.update_mask:type_name -> google.protobuf.FieldMask
+	82,  // 8: meridian.v1.CreateSubnetRequest.subnet:type_name -> meridian.v1.Subnet
+	82,  // 9: meridian.v1.ListSubnetsResponse.subnets:type_name -> meridian.v1.Subnet
+	82,  // 10: meridian.v1.UpdateSubnetRequest.subnet:type_name -> meridian.v1.Subnet
+	80,  // 11: meridian.v1.UpdateSubnetRequest.update_mask:type_name -> google.protobuf.FieldMask
+	83,  // 12: meridian.v1.CreatePortRequest.port:type_name -> meridian.v1.Port
+	83,  // 13: meridian.v1.ListPortsResponse.ports:type_name -> meridian.v1.Port
+	83,  // 14: meridian.v1.UpdatePortRequest.port:type_name -> meridian.v1.Port
+	80,  // 15: meridian.v1.UpdatePortRequest.update_mask:type_name -> google.protobuf.FieldMask
+	84,  // 16: meridian.v1.CreateRouteTableRequest.route_table:type_name -> meridian.v1.RouteTable
+	84,  // 17: meridian.v1.ListRouteTablesResponse.route_tables:type_name -> meridian.v1.RouteTable
+	84,  // 18: meridian.v1.UpdateRouteTableRequest.route_table:type_name -> meridian.v1.RouteTable
+	80,  // 19: meridian.v1.UpdateRouteTableRequest.update_mask:type_name -> google.protobuf.FieldMask
+	85,  // 20: meridian.v1.CreateSecurityGroupRequest.security_group:type_name -> meridian.v1.SecurityGroup
+	85,  // 21: meridian.v1.ListSecurityGroupsResponse.security_groups:type_name -> meridian.v1.SecurityGroup
+	85,  // 22: meridian.v1.UpdateSecurityGroupRequest.security_group:type_name -> meridian.v1.SecurityGroup
+	80,  // 23: meridian.v1.UpdateSecurityGroupRequest.update_mask:type_name -> google.protobuf.FieldMask
+	86,  // 24: meridian.v1.CreateNetworkAclRequest.network_acl:type_name -> meridian.v1.NetworkAcl
+	86,  // 25: meridian.v1.ListNetworkAclsResponse.network_acls:type_name -> meridian.v1.NetworkAcl
+	86,  // 26: meridian.v1.UpdateNetworkAclRequest.network_acl:type_name -> meridian.v1.NetworkAcl
+	80,  // 27: meridian.v1.UpdateNetworkAclRequest.update_mask:type_name -> google.protobuf.FieldMask
+	87,  // 28: meridian.v1.CreateNodeRequest.node:type_name -> meridian.v1.Node
+	87,  // 29: meridian.v1.ListNodesResponse.nodes:type_name -> meridian.v1.Node
+	87,  // 30: meridian.v1.UpdateNodeRequest.node:type_name -> meridian.v1.Node
+	80,  // 31: meridian.v1.UpdateNodeRequest.update_mask:type_name -> google.protobuf.FieldMask
+	88,  // 32: meridian.v1.CreatePublicAddressPoolRequest.public_address_pool:type_name -> meridian.v1.PublicAddressPool
+	88,  // 33: meridian.v1.ListPublicAddressPoolsResponse.public_address_pools:type_name -> meridian.v1.PublicAddressPool
+	88,  // 34: meridian.v1.UpdatePublicAddressPoolRequest.public_address_pool:type_name -> meridian.v1.PublicAddressPool
+	80,  // 35: meridian.v1.UpdatePublicAddressPoolRequest.update_mask:type_name -> google.protobuf.FieldMask
+	89,  // 36: meridian.v1.CreateElasticIpRequest.elastic_ip:type_name -> meridian.v1.ElasticIp
+	89,  // 37: meridian.v1.ListElasticIpsResponse.elastic_ips:type_name -> meridian.v1.ElasticIp
+	89,  // 38: meridian.v1.UpdateElasticIpRequest.elastic_ip:type_name -> meridian.v1.ElasticIp
+	80,  // 39: meridian.v1.UpdateElasticIpRequest.update_mask:type_name -> google.protobuf.FieldMask
+	90,  // 40: meridian.v1.CreateNatGatewayRequest.nat_gateway:type_name -> meridian.v1.NatGateway
+	90,  // 41: meridian.v1.ListNatGatewaysResponse.nat_gateways:type_name -> meridian.v1.NatGateway
+	90,  // 42: meridian.v1.UpdateNatGatewayRequest.nat_gateway:type_name -> meridian.v1.NatGateway
+	80,  // 43: meridian.v1.UpdateNatGatewayRequest.update_mask:type_name -> google.protobuf.FieldMask
+	91,  // 44: meridian.v1.CreateBgpPeerRequest.bgp_peer:type_name -> meridian.v1.BgpPeer
+	91,  // 45: meridian.v1.ListBgpPeersResponse.bgp_peers:type_name -> meridian.v1.BgpPeer
+	91,  // 46: meridian.v1.UpdateBgpPeerRequest.bgp_peer:type_name -> meridian.v1.BgpPeer
+	80,  // 47: meridian.v1.UpdateBgpPeerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	92,  // 48: meridian.v1.ListAuditRecordsResponse.records:type_name -> meridian.v1.AuditRecord
+	0,   // 49: meridian.v1.WatchEvent.type:type_name -> meridian.v1.EventType
+	93,  // 50: meridian.v1.WatchEvent.resource:type_name -> meridian.v1.Resource
+	1,   // 51: meridian.v1.ProjectService.CreateProject:input_type -> meridian.v1.CreateProjectRequest
+	2,   // 52: meridian.v1.ProjectService.GetProject:input_type -> meridian.v1.GetProjectRequest
+	3,   // 53: meridian.v1.ProjectService.ListProjects:input_type -> meridian.v1.ListProjectsRequest
+	5,   // 54: meridian.v1.ProjectService.UpdateProject:input_type -> meridian.v1.UpdateProjectRequest
+	6,   // 55: meridian.v1.ProjectService.DeleteProject:input_type -> meridian.v1.DeleteProjectRequest
+	7,   // 56: meridian.v1.NetworkService.CreateVpc:input_type -> meridian.v1.CreateVpcRequest
+	8,   // 57: meridian.v1.NetworkService.GetVpc:input_type -> meridian.v1.GetVpcRequest
+	9,   // 58: meridian.v1.NetworkService.ListVpcs:input_type -> meridian.v1.ListVpcsRequest
+	11,  // 59: meridian.v1.NetworkService.UpdateVpc:input_type -> meridian.v1.UpdateVpcRequest
+	12,  // 60: meridian.v1.NetworkService.DeleteVpc:input_type -> meridian.v1.DeleteVpcRequest
+	13,  // 61: meridian.v1.NetworkService.CreateSubnet:input_type -> meridian.v1.CreateSubnetRequest
+	14,  // 62: meridian.v1.NetworkService.GetSubnet:input_type -> meridian.v1.GetSubnetRequest
+	15,  // 63: meridian.v1.NetworkService.ListSubnets:input_type -> meridian.v1.ListSubnetsRequest
+	17,  // 64: meridian.v1.NetworkService.UpdateSubnet:input_type -> meridian.v1.UpdateSubnetRequest
+	18,  // 65: meridian.v1.NetworkService.DeleteSubnet:input_type -> meridian.v1.DeleteSubnetRequest
+	19,  // 66: meridian.v1.NetworkService.CreatePort:input_type -> meridian.v1.CreatePortRequest
+	20,  // 67: meridian.v1.NetworkService.GetPort:input_type -> meridian.v1.GetPortRequest
+	21,  // 68: meridian.v1.NetworkService.ListPorts:input_type -> meridian.v1.ListPortsRequest
+	23,  // 69: meridian.v1.NetworkService.UpdatePort:input_type -> meridian.v1.UpdatePortRequest
+	24,  // 70: meridian.v1.NetworkService.DeletePort:input_type -> meridian.v1.DeletePortRequest
+	25,  // 71: meridian.v1.NetworkService.CreateRouteTable:input_type -> meridian.v1.CreateRouteTableRequest
+	26,  // 72: meridian.v1.NetworkService.GetRouteTable:input_type -> meridian.v1.GetRouteTableRequest
+	27,  // 73: meridian.v1.NetworkService.ListRouteTables:input_type -> meridian.v1.ListRouteTablesRequest
+	29,  // 74: meridian.v1.NetworkService.UpdateRouteTable:input_type -> meridian.v1.UpdateRouteTableRequest
+	30,  // 75: meridian.v1.NetworkService.DeleteRouteTable:input_type -> meridian.v1.DeleteRouteTableRequest
+	31,  // 76: meridian.v1.SecurityService.CreateSecurityGroup:input_type -> meridian.v1.CreateSecurityGroupRequest
+	32,  // 77: meridian.v1.SecurityService.GetSecurityGroup:input_type -> meridian.v1.GetSecurityGroupRequest
+	33,  // 78: meridian.v1.SecurityService.ListSecurityGroups:input_type -> meridian.v1.ListSecurityGroupsRequest
+	35,  // 79: meridian.v1.SecurityService.UpdateSecurityGroup:input_type -> meridian.v1.UpdateSecurityGroupRequest
+	36,  // 80: meridian.v1.SecurityService.DeleteSecurityGroup:input_type -> meridian.v1.DeleteSecurityGroupRequest
+	37,  // 81: meridian.v1.SecurityService.CreateNetworkAcl:input_type -> meridian.v1.CreateNetworkAclRequest
+	38,  // 82: meridian.v1.SecurityService.GetNetworkAcl:input_type -> meridian.v1.GetNetworkAclRequest
+	39,  // 83: meridian.v1.SecurityService.ListNetworkAcls:input_type -> meridian.v1.ListNetworkAclsRequest
+	41,  // 84: meridian.v1.SecurityService.UpdateNetworkAcl:input_type -> meridian.v1.UpdateNetworkAclRequest
+	42,  // 85: meridian.v1.SecurityService.DeleteNetworkAcl:input_type -> meridian.v1.DeleteNetworkAclRequest
+	43,  // 86: meridian.v1.NodeService.CreateNode:input_type -> meridian.v1.CreateNodeRequest
+	44,  // 87: meridian.v1.NodeService.GetNode:input_type -> meridian.v1.GetNodeRequest
+	45,  // 88: meridian.v1.NodeService.ListNodes:input_type -> meridian.v1.ListNodesRequest
+	47,  // 89: meridian.v1.NodeService.UpdateNode:input_type -> meridian.v1.UpdateNodeRequest
+	48,  // 90: meridian.v1.NodeService.DeleteNode:input_type -> meridian.v1.DeleteNodeRequest
+	49,  // 91: meridian.v1.EdgeService.CreatePublicAddressPool:input_type -> meridian.v1.CreatePublicAddressPoolRequest
+	50,  // 92: meridian.v1.EdgeService.GetPublicAddressPool:input_type -> meridian.v1.GetPublicAddressPoolRequest
+	51,  // 93: meridian.v1.EdgeService.ListPublicAddressPools:input_type -> meridian.v1.ListPublicAddressPoolsRequest
+	53,  // 94: meridian.v1.EdgeService.UpdatePublicAddressPool:input_type -> meridian.v1.UpdatePublicAddressPoolRequest
+	54,  // 95: meridian.v1.EdgeService.DeletePublicAddressPool:input_type -> meridian.v1.DeletePublicAddressPoolRequest
+	55,  // 96: meridian.v1.EdgeService.CreateElasticIp:input_type -> meridian.v1.CreateElasticIpRequest
+	56,  // 97: meridian.v1.EdgeService.GetElasticIp:input_type -> meridian.v1.GetElasticIpRequest
+	57,  // 98: meridian.v1.EdgeService.ListElasticIps:input_type -> meridian.v1.ListElasticIpsRequest
+	59,  // 99: meridian.v1.EdgeService.UpdateElasticIp:input_type -> meridian.v1.UpdateElasticIpRequest
+	60,  // 100: meridian.v1.EdgeService.DeleteElasticIp:input_type -> meridian.v1.DeleteElasticIpRequest
+	61,  // 101: meridian.v1.EdgeService.CreateNatGateway:input_type -> meridian.v1.CreateNatGatewayRequest
+	62,  // 102: meridian.v1.EdgeService.GetNatGateway:input_type -> meridian.v1.GetNatGatewayRequest
+	63,  // 103: meridian.v1.EdgeService.ListNatGateways:input_type -> meridian.v1.ListNatGatewaysRequest
+	65,  // 104: meridian.v1.EdgeService.UpdateNatGateway:input_type -> meridian.v1.UpdateNatGatewayRequest
+	66,  // 105: meridian.v1.EdgeService.DeleteNatGateway:input_type -> meridian.v1.DeleteNatGatewayRequest
+	67,  // 106: meridian.v1.EdgeService.CreateBgpPeer:input_type -> meridian.v1.CreateBgpPeerRequest
+	68,  // 107: meridian.v1.EdgeService.GetBgpPeer:input_type -> meridian.v1.GetBgpPeerRequest
+	69,  // 108: meridian.v1.EdgeService.ListBgpPeers:input_type -> meridian.v1.ListBgpPeersRequest
+	71,  // 109: meridian.v1.EdgeService.UpdateBgpPeer:input_type -> meridian.v1.UpdateBgpPeerRequest
+	72,  // 110: meridian.v1.EdgeService.DeleteBgpPeer:input_type -> meridian.v1.DeleteBgpPeerRequest
+	73,  // 111: meridian.v1.AuditService.ListAuditRecords:input_type -> meridian.v1.ListAuditRecordsRequest
+	75,  // 112: meridian.v1.WatchService.Watch:input_type -> meridian.v1.WatchRequest
+	77,  // 113: meridian.v1.IdentityService.WhoAmI:input_type -> meridian.v1.WhoAmIRequest
+	79,  // 114: meridian.v1.ProjectService.CreateProject:output_type -> meridian.v1.Project
+	79,  // 115: meridian.v1.ProjectService.GetProject:output_type -> meridian.v1.Project
+	4,   // 116: meridian.v1.ProjectService.ListProjects:output_type -> meridian.v1.ListProjectsResponse
+	79,  // 117: meridian.v1.ProjectService.UpdateProject:output_type -> meridian.v1.Project
+	94,  // 118: meridian.v1.ProjectService.DeleteProject:output_type -> google.protobuf.Empty
+	81,  // 119: meridian.v1.NetworkService.CreateVpc:output_type -> meridian.v1.Vpc
+	81,  // 120: meridian.v1.NetworkService.GetVpc:output_type -> meridian.v1.Vpc
+	10,  // 121: meridian.v1.NetworkService.ListVpcs:output_type -> meridian.v1.ListVpcsResponse
+	81,  // 122: meridian.v1.NetworkService.UpdateVpc:output_type -> meridian.v1.Vpc
+	94,  // 123: meridian.v1.NetworkService.DeleteVpc:output_type -> google.protobuf.Empty
+	82,  // 124: meridian.v1.NetworkService.CreateSubnet:output_type -> meridian.v1.Subnet
+	82,  // 125: meridian.v1.NetworkService.GetSubnet:output_type -> meridian.v1.Subnet
+	16,  // 126: meridian.v1.NetworkService.ListSubnets:output_type -> meridian.v1.ListSubnetsResponse
+	82,  // 127: meridian.v1.NetworkService.UpdateSubnet:output_type -> meridian.v1.Subnet
+	94,  // 128: meridian.v1.NetworkService.DeleteSubnet:output_type -> google.protobuf.Empty
+	83,  // 129: meridian.v1.NetworkService.CreatePort:output_type -> meridian.v1.Port
+	83,  // 130: meridian.v1.NetworkService.GetPort:output_type -> meridian.v1.Port
+	22,  // 131: meridian.v1.NetworkService.ListPorts:output_type -> meridian.v1.ListPortsResponse
+	83,  // 132: meridian.v1.NetworkService.UpdatePort:output_type -> meridian.v1.Port
+	94,  // 133: meridian.v1.NetworkService.DeletePort:output_type -> google.protobuf.Empty
+	84,  // 134: meridian.v1.NetworkService.CreateRouteTable:output_type -> meridian.v1.RouteTable
+	84,  // 135: meridian.v1.NetworkService.GetRouteTable:output_type -> meridian.v1.RouteTable
+	28,  // 136: meridian.v1.NetworkService.ListRouteTables:output_type -> meridian.v1.ListRouteTablesResponse
+	84,  // 137: meridian.v1.NetworkService.UpdateRouteTable:output_type -> meridian.v1.RouteTable
+	94,  // 138: meridian.v1.NetworkService.DeleteRouteTable:output_type -> google.protobuf.Empty
+	85,  // 139: meridian.v1.SecurityService.CreateSecurityGroup:output_type -> meridian.v1.SecurityGroup
+	85,  // 140: meridian.v1.SecurityService.GetSecurityGroup:output_type -> meridian.v1.SecurityGroup
+	34,  // 141: meridian.v1.SecurityService.ListSecurityGroups:output_type -> meridian.v1.ListSecurityGroupsResponse
+	85,  // 142: meridian.v1.SecurityService.UpdateSecurityGroup:output_type -> meridian.v1.SecurityGroup
+	94,  // 143: meridian.v1.SecurityService.DeleteSecurityGroup:output_type -> google.protobuf.Empty
+	86,  // 144: meridian.v1.SecurityService.CreateNetworkAcl:output_type -> meridian.v1.NetworkAcl
+	86,  // 145: meridian.v1.SecurityService.GetNetworkAcl:output_type -> meridian.v1.NetworkAcl
+	40,  // 146: meridian.v1.SecurityService.ListNetworkAcls:output_type -> meridian.v1.ListNetworkAclsResponse
+	86,  // 147: meridian.v1.SecurityService.UpdateNetworkAcl:output_type -> meridian.v1.NetworkAcl
+	94,  // 148: meridian.v1.SecurityService.DeleteNetworkAcl:output_type -> google.protobuf.Empty
+	87,  // 149: meridian.v1.NodeService.CreateNode:output_type -> meridian.v1.Node
+	87,  // 150: meridian.v1.NodeService.GetNode:output_type -> meridian.v1.Node
+	46,  // 151: meridian.v1.NodeService.ListNodes:output_type -> meridian.v1.ListNodesResponse
+	87,  // 152: meridian.v1.NodeService.UpdateNode:output_type -> meridian.v1.Node
+	94,  // 153: meridian.v1.NodeService.DeleteNode:output_type -> google.protobuf.Empty
+	88,  // 154: meridian.v1.EdgeService.CreatePublicAddressPool:output_type -> meridian.v1.PublicAddressPool
+	88,  // 155: meridian.v1.EdgeService.GetPublicAddressPool:output_type -> meridian.v1.PublicAddressPool
+	52,  // 156: meridian.v1.EdgeService.ListPublicAddressPools:output_type -> meridian.v1.ListPublicAddressPoolsResponse
+	88,  // 157: meridian.v1.EdgeService.UpdatePublicAddressPool:output_type -> meridian.v1.PublicAddressPool
+	94,  // 158: meridian.v1.EdgeService.DeletePublicAddressPool:output_type -> google.protobuf.Empty
+	89,  // 159: meridian.v1.EdgeService.CreateElasticIp:output_type -> meridian.v1.ElasticIp
+	89,  // 160: meridian.v1.EdgeService.GetElasticIp:output_type -> meridian.v1.ElasticIp
+	58,  // 161: meridian.v1.EdgeService.ListElasticIps:output_type -> meridian.v1.ListElasticIpsResponse
+	89,  // 162: meridian.v1.EdgeService.UpdateElasticIp:output_type -> meridian.v1.ElasticIp
+	94,  // 163: meridian.v1.EdgeService.DeleteElasticIp:output_type -> google.protobuf.Empty
+	90,  // 164: meridian.v1.EdgeService.CreateNatGateway:output_type -> meridian.v1.NatGateway
+	90,  // 165: meridian.v1.EdgeService.GetNatGateway:output_type -> meridian.v1.NatGateway
+	64,  // 166: meridian.v1.EdgeService.ListNatGateways:output_type -> meridian.v1.ListNatGatewaysResponse
+	90,  // 167: meridian.v1.EdgeService.UpdateNatGateway:output_type -> meridian.v1.NatGateway
+	94,  // 168: meridian.v1.EdgeService.DeleteNatGateway:output_type -> google.protobuf.Empty
+	91,  // 169: meridian.v1.EdgeService.CreateBgpPeer:output_type -> meridian.v1.BgpPeer
+	91,  // 170: meridian.v1.EdgeService.GetBgpPeer:output_type -> meridian.v1.BgpPeer
+	70,  // 171: meridian.v1.EdgeService.ListBgpPeers:output_type -> meridian.v1.ListBgpPeersResponse
+	91,  // 172: meridian.v1.EdgeService.UpdateBgpPeer:output_type -> meridian.v1.BgpPeer
+	94,  // 173: meridian.v1.EdgeService.DeleteBgpPeer:output_type -> google.protobuf.Empty
+	74,  // 174: meridian.v1.AuditService.ListAuditRecords:output_type -> meridian.v1.ListAuditRecordsResponse
+	76,  // 175: meridian.v1.WatchService.Watch:output_type -> meridian.v1.WatchEvent
+	78,  // 176: meridian.v1.IdentityService.WhoAmI:output_type -> meridian.v1.WhoAmIResponse
+	114, // [114:177] is the sub-list for method output_type
+	51,  // [51:114] is the sub-list for method input_type
+	51,  // [51:51] is the sub-list for extension type_name
+	51,  // [51:51] is the sub-list for extension extendee
+	0,   // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_service_proto_init() }
@@ -3838,9 +5493,9 @@ func file_meridian_v1_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_service_proto_rawDesc), len(file_meridian_v1_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   54,
+			NumMessages:   78,
 			NumExtensions: 0,
-			NumServices:   7,
+			NumServices:   8,
 		},
 		GoTypes:           file_meridian_v1_service_proto_goTypes,
 		DependencyIndexes: file_meridian_v1_service_proto_depIdxs,

@@ -1800,6 +1800,838 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
+	EdgeService_CreatePublicAddressPool_FullMethodName = "/meridian.v1.EdgeService/CreatePublicAddressPool"
+	EdgeService_GetPublicAddressPool_FullMethodName    = "/meridian.v1.EdgeService/GetPublicAddressPool"
+	EdgeService_ListPublicAddressPools_FullMethodName  = "/meridian.v1.EdgeService/ListPublicAddressPools"
+	EdgeService_UpdatePublicAddressPool_FullMethodName = "/meridian.v1.EdgeService/UpdatePublicAddressPool"
+	EdgeService_DeletePublicAddressPool_FullMethodName = "/meridian.v1.EdgeService/DeletePublicAddressPool"
+	EdgeService_CreateElasticIp_FullMethodName         = "/meridian.v1.EdgeService/CreateElasticIp"
+	EdgeService_GetElasticIp_FullMethodName            = "/meridian.v1.EdgeService/GetElasticIp"
+	EdgeService_ListElasticIps_FullMethodName          = "/meridian.v1.EdgeService/ListElasticIps"
+	EdgeService_UpdateElasticIp_FullMethodName         = "/meridian.v1.EdgeService/UpdateElasticIp"
+	EdgeService_DeleteElasticIp_FullMethodName         = "/meridian.v1.EdgeService/DeleteElasticIp"
+	EdgeService_CreateNatGateway_FullMethodName        = "/meridian.v1.EdgeService/CreateNatGateway"
+	EdgeService_GetNatGateway_FullMethodName           = "/meridian.v1.EdgeService/GetNatGateway"
+	EdgeService_ListNatGateways_FullMethodName         = "/meridian.v1.EdgeService/ListNatGateways"
+	EdgeService_UpdateNatGateway_FullMethodName        = "/meridian.v1.EdgeService/UpdateNatGateway"
+	EdgeService_DeleteNatGateway_FullMethodName        = "/meridian.v1.EdgeService/DeleteNatGateway"
+	EdgeService_CreateBgpPeer_FullMethodName           = "/meridian.v1.EdgeService/CreateBgpPeer"
+	EdgeService_GetBgpPeer_FullMethodName              = "/meridian.v1.EdgeService/GetBgpPeer"
+	EdgeService_ListBgpPeers_FullMethodName            = "/meridian.v1.EdgeService/ListBgpPeers"
+	EdgeService_UpdateBgpPeer_FullMethodName           = "/meridian.v1.EdgeService/UpdateBgpPeer"
+	EdgeService_DeleteBgpPeer_FullMethodName           = "/meridian.v1.EdgeService/DeleteBgpPeer"
+)
+
+// EdgeServiceClient is the client API for EdgeService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// EdgeService manages where tenants meet the outside world: public address
+// pools and BGP peers (system administrators), elastic IPs and NAT gateways
+// (project members).
+type EdgeServiceClient interface {
+	CreatePublicAddressPool(ctx context.Context, in *CreatePublicAddressPoolRequest, opts ...grpc.CallOption) (*PublicAddressPool, error)
+	GetPublicAddressPool(ctx context.Context, in *GetPublicAddressPoolRequest, opts ...grpc.CallOption) (*PublicAddressPool, error)
+	ListPublicAddressPools(ctx context.Context, in *ListPublicAddressPoolsRequest, opts ...grpc.CallOption) (*ListPublicAddressPoolsResponse, error)
+	UpdatePublicAddressPool(ctx context.Context, in *UpdatePublicAddressPoolRequest, opts ...grpc.CallOption) (*PublicAddressPool, error)
+	DeletePublicAddressPool(ctx context.Context, in *DeletePublicAddressPoolRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	CreateElasticIp(ctx context.Context, in *CreateElasticIpRequest, opts ...grpc.CallOption) (*ElasticIp, error)
+	GetElasticIp(ctx context.Context, in *GetElasticIpRequest, opts ...grpc.CallOption) (*ElasticIp, error)
+	ListElasticIps(ctx context.Context, in *ListElasticIpsRequest, opts ...grpc.CallOption) (*ListElasticIpsResponse, error)
+	UpdateElasticIp(ctx context.Context, in *UpdateElasticIpRequest, opts ...grpc.CallOption) (*ElasticIp, error)
+	DeleteElasticIp(ctx context.Context, in *DeleteElasticIpRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	CreateNatGateway(ctx context.Context, in *CreateNatGatewayRequest, opts ...grpc.CallOption) (*NatGateway, error)
+	GetNatGateway(ctx context.Context, in *GetNatGatewayRequest, opts ...grpc.CallOption) (*NatGateway, error)
+	ListNatGateways(ctx context.Context, in *ListNatGatewaysRequest, opts ...grpc.CallOption) (*ListNatGatewaysResponse, error)
+	UpdateNatGateway(ctx context.Context, in *UpdateNatGatewayRequest, opts ...grpc.CallOption) (*NatGateway, error)
+	DeleteNatGateway(ctx context.Context, in *DeleteNatGatewayRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	CreateBgpPeer(ctx context.Context, in *CreateBgpPeerRequest, opts ...grpc.CallOption) (*BgpPeer, error)
+	GetBgpPeer(ctx context.Context, in *GetBgpPeerRequest, opts ...grpc.CallOption) (*BgpPeer, error)
+	ListBgpPeers(ctx context.Context, in *ListBgpPeersRequest, opts ...grpc.CallOption) (*ListBgpPeersResponse, error)
+	UpdateBgpPeer(ctx context.Context, in *UpdateBgpPeerRequest, opts ...grpc.CallOption) (*BgpPeer, error)
+	DeleteBgpPeer(ctx context.Context, in *DeleteBgpPeerRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+}
+
+type edgeServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewEdgeServiceClient(cc grpc.ClientConnInterface) EdgeServiceClient {
+	return &edgeServiceClient{cc}
+}
+
+func (c *edgeServiceClient) CreatePublicAddressPool(ctx context.Context, in *CreatePublicAddressPoolRequest, opts ...grpc.CallOption) (*PublicAddressPool, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PublicAddressPool)
+	err := c.cc.Invoke(ctx, EdgeService_CreatePublicAddressPool_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) GetPublicAddressPool(ctx context.Context, in *GetPublicAddressPoolRequest, opts ...grpc.CallOption) (*PublicAddressPool, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PublicAddressPool)
+	err := c.cc.Invoke(ctx, EdgeService_GetPublicAddressPool_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) ListPublicAddressPools(ctx context.Context, in *ListPublicAddressPoolsRequest, opts ...grpc.CallOption) (*ListPublicAddressPoolsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListPublicAddressPoolsResponse)
+	err := c.cc.Invoke(ctx, EdgeService_ListPublicAddressPools_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) UpdatePublicAddressPool(ctx context.Context, in *UpdatePublicAddressPoolRequest, opts ...grpc.CallOption) (*PublicAddressPool, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PublicAddressPool)
+	err := c.cc.Invoke(ctx, EdgeService_UpdatePublicAddressPool_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) DeletePublicAddressPool(ctx context.Context, in *DeletePublicAddressPoolRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, EdgeService_DeletePublicAddressPool_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) CreateElasticIp(ctx context.Context, in *CreateElasticIpRequest, opts ...grpc.CallOption) (*ElasticIp, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ElasticIp)
+	err := c.cc.Invoke(ctx, EdgeService_CreateElasticIp_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) GetElasticIp(ctx context.Context, in *GetElasticIpRequest, opts ...grpc.CallOption) (*ElasticIp, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ElasticIp)
+	err := c.cc.Invoke(ctx, EdgeService_GetElasticIp_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) ListElasticIps(ctx context.Context, in *ListElasticIpsRequest, opts ...grpc.CallOption) (*ListElasticIpsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListElasticIpsResponse)
+	err := c.cc.Invoke(ctx, EdgeService_ListElasticIps_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) UpdateElasticIp(ctx context.Context, in *UpdateElasticIpRequest, opts ...grpc.CallOption) (*ElasticIp, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ElasticIp)
+	err := c.cc.Invoke(ctx, EdgeService_UpdateElasticIp_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) DeleteElasticIp(ctx context.Context, in *DeleteElasticIpRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, EdgeService_DeleteElasticIp_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) CreateNatGateway(ctx context.Context, in *CreateNatGatewayRequest, opts ...grpc.CallOption) (*NatGateway, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NatGateway)
+	err := c.cc.Invoke(ctx, EdgeService_CreateNatGateway_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) GetNatGateway(ctx context.Context, in *GetNatGatewayRequest, opts ...grpc.CallOption) (*NatGateway, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NatGateway)
+	err := c.cc.Invoke(ctx, EdgeService_GetNatGateway_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) ListNatGateways(ctx context.Context, in *ListNatGatewaysRequest, opts ...grpc.CallOption) (*ListNatGatewaysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListNatGatewaysResponse)
+	err := c.cc.Invoke(ctx, EdgeService_ListNatGateways_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) UpdateNatGateway(ctx context.Context, in *UpdateNatGatewayRequest, opts ...grpc.CallOption) (*NatGateway, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NatGateway)
+	err := c.cc.Invoke(ctx, EdgeService_UpdateNatGateway_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) DeleteNatGateway(ctx context.Context, in *DeleteNatGatewayRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, EdgeService_DeleteNatGateway_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) CreateBgpPeer(ctx context.Context, in *CreateBgpPeerRequest, opts ...grpc.CallOption) (*BgpPeer, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BgpPeer)
+	err := c.cc.Invoke(ctx, EdgeService_CreateBgpPeer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) GetBgpPeer(ctx context.Context, in *GetBgpPeerRequest, opts ...grpc.CallOption) (*BgpPeer, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BgpPeer)
+	err := c.cc.Invoke(ctx, EdgeService_GetBgpPeer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) ListBgpPeers(ctx context.Context, in *ListBgpPeersRequest, opts ...grpc.CallOption) (*ListBgpPeersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListBgpPeersResponse)
+	err := c.cc.Invoke(ctx, EdgeService_ListBgpPeers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) UpdateBgpPeer(ctx context.Context, in *UpdateBgpPeerRequest, opts ...grpc.CallOption) (*BgpPeer, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BgpPeer)
+	err := c.cc.Invoke(ctx, EdgeService_UpdateBgpPeer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeServiceClient) DeleteBgpPeer(ctx context.Context, in *DeleteBgpPeerRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, EdgeService_DeleteBgpPeer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// EdgeServiceServer is the server API for EdgeService service.
+// All implementations must embed UnimplementedEdgeServiceServer
+// for forward compatibility.
+//
+// EdgeService manages where tenants meet the outside world: public address
+// pools and BGP peers (system administrators), elastic IPs and NAT gateways
+// (project members).
+type EdgeServiceServer interface {
+	CreatePublicAddressPool(context.Context, *CreatePublicAddressPoolRequest) (*PublicAddressPool, error)
+	GetPublicAddressPool(context.Context, *GetPublicAddressPoolRequest) (*PublicAddressPool, error)
+	ListPublicAddressPools(context.Context, *ListPublicAddressPoolsRequest) (*ListPublicAddressPoolsResponse, error)
+	UpdatePublicAddressPool(context.Context, *UpdatePublicAddressPoolRequest) (*PublicAddressPool, error)
+	DeletePublicAddressPool(context.Context, *DeletePublicAddressPoolRequest) (*emptypb.Empty, error)
+	CreateElasticIp(context.Context, *CreateElasticIpRequest) (*ElasticIp, error)
+	GetElasticIp(context.Context, *GetElasticIpRequest) (*ElasticIp, error)
+	ListElasticIps(context.Context, *ListElasticIpsRequest) (*ListElasticIpsResponse, error)
+	UpdateElasticIp(context.Context, *UpdateElasticIpRequest) (*ElasticIp, error)
+	DeleteElasticIp(context.Context, *DeleteElasticIpRequest) (*emptypb.Empty, error)
+	CreateNatGateway(context.Context, *CreateNatGatewayRequest) (*NatGateway, error)
+	GetNatGateway(context.Context, *GetNatGatewayRequest) (*NatGateway, error)
+	ListNatGateways(context.Context, *ListNatGatewaysRequest) (*ListNatGatewaysResponse, error)
+	UpdateNatGateway(context.Context, *UpdateNatGatewayRequest) (*NatGateway, error)
+	DeleteNatGateway(context.Context, *DeleteNatGatewayRequest) (*emptypb.Empty, error)
+	CreateBgpPeer(context.Context, *CreateBgpPeerRequest) (*BgpPeer, error)
+	GetBgpPeer(context.Context, *GetBgpPeerRequest) (*BgpPeer, error)
+	ListBgpPeers(context.Context, *ListBgpPeersRequest) (*ListBgpPeersResponse, error)
+	UpdateBgpPeer(context.Context, *UpdateBgpPeerRequest) (*BgpPeer, error)
+	DeleteBgpPeer(context.Context, *DeleteBgpPeerRequest) (*emptypb.Empty, error)
+	mustEmbedUnimplementedEdgeServiceServer()
+}
+
+// UnimplementedEdgeServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedEdgeServiceServer struct{}
+
+func (UnimplementedEdgeServiceServer) CreatePublicAddressPool(context.Context, *CreatePublicAddressPoolRequest) (*PublicAddressPool, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreatePublicAddressPool not implemented")
+}
+func (UnimplementedEdgeServiceServer) GetPublicAddressPool(context.Context, *GetPublicAddressPoolRequest) (*PublicAddressPool, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetPublicAddressPool not implemented")
+}
+func (UnimplementedEdgeServiceServer) ListPublicAddressPools(context.Context, *ListPublicAddressPoolsRequest) (*ListPublicAddressPoolsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListPublicAddressPools not implemented")
+}
+func (UnimplementedEdgeServiceServer) UpdatePublicAddressPool(context.Context, *UpdatePublicAddressPoolRequest) (*PublicAddressPool, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdatePublicAddressPool not implemented")
+}
+func (UnimplementedEdgeServiceServer) DeletePublicAddressPool(context.Context, *DeletePublicAddressPoolRequest) (*emptypb.Empty, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeletePublicAddressPool not implemented")
+}
+func (UnimplementedEdgeServiceServer) CreateElasticIp(context.Context, *CreateElasticIpRequest) (*ElasticIp, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateElasticIp not implemented")
+}
+func (UnimplementedEdgeServiceServer) GetElasticIp(context.Context, *GetElasticIpRequest) (*ElasticIp, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetElasticIp not implemented")
+}
+func (UnimplementedEdgeServiceServer) ListElasticIps(context.Context, *ListElasticIpsRequest) (*ListElasticIpsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListElasticIps not implemented")
+}
+func (UnimplementedEdgeServiceServer) UpdateElasticIp(context.Context, *UpdateElasticIpRequest) (*ElasticIp, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateElasticIp not implemented")
+}
+func (UnimplementedEdgeServiceServer) DeleteElasticIp(context.Context, *DeleteElasticIpRequest) (*emptypb.Empty, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteElasticIp not implemented")
+}
+func (UnimplementedEdgeServiceServer) CreateNatGateway(context.Context, *CreateNatGatewayRequest) (*NatGateway, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateNatGateway not implemented")
+}
+func (UnimplementedEdgeServiceServer) GetNatGateway(context.Context, *GetNatGatewayRequest) (*NatGateway, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetNatGateway not implemented")
+}
+func (UnimplementedEdgeServiceServer) ListNatGateways(context.Context, *ListNatGatewaysRequest) (*ListNatGatewaysResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListNatGateways not implemented")
+}
+func (UnimplementedEdgeServiceServer) UpdateNatGateway(context.Context, *UpdateNatGatewayRequest) (*NatGateway, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateNatGateway not implemented")
+}
+func (UnimplementedEdgeServiceServer) DeleteNatGateway(context.Context, *DeleteNatGatewayRequest) (*emptypb.Empty, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteNatGateway not implemented")
+}
+func (UnimplementedEdgeServiceServer) CreateBgpPeer(context.Context, *CreateBgpPeerRequest) (*BgpPeer, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateBgpPeer not implemented")
+}
+func (UnimplementedEdgeServiceServer) GetBgpPeer(context.Context, *GetBgpPeerRequest) (*BgpPeer, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetBgpPeer not implemented")
+}
+func (UnimplementedEdgeServiceServer) ListBgpPeers(context.Context, *ListBgpPeersRequest) (*ListBgpPeersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListBgpPeers not implemented")
+}
+func (UnimplementedEdgeServiceServer) UpdateBgpPeer(context.Context, *UpdateBgpPeerRequest) (*BgpPeer, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateBgpPeer not implemented")
+}
+func (UnimplementedEdgeServiceServer) DeleteBgpPeer(context.Context, *DeleteBgpPeerRequest) (*emptypb.Empty, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteBgpPeer not implemented")
+}
+func (UnimplementedEdgeServiceServer) mustEmbedUnimplementedEdgeServiceServer() {}
+func (UnimplementedEdgeServiceServer) testEmbeddedByValue()                     {}
+
+// UnsafeEdgeServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to EdgeServiceServer will
+// result in compilation errors.
+type UnsafeEdgeServiceServer interface {
+	mustEmbedUnimplementedEdgeServiceServer()
+}
+
+func RegisterEdgeServiceServer(s grpc.ServiceRegistrar, srv EdgeServiceServer) {
+	// If the following call pancis, it indicates UnimplementedEdgeServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&EdgeService_ServiceDesc, srv)
+}
+
+func _EdgeService_CreatePublicAddressPool_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreatePublicAddressPoolRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).CreatePublicAddressPool(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_CreatePublicAddressPool_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).CreatePublicAddressPool(ctx, req.(*CreatePublicAddressPoolRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_GetPublicAddressPool_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPublicAddressPoolRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).GetPublicAddressPool(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_GetPublicAddressPool_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).GetPublicAddressPool(ctx, req.(*GetPublicAddressPoolRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_ListPublicAddressPools_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPublicAddressPoolsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).ListPublicAddressPools(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_ListPublicAddressPools_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).ListPublicAddressPools(ctx, req.(*ListPublicAddressPoolsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_UpdatePublicAddressPool_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdatePublicAddressPoolRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).UpdatePublicAddressPool(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_UpdatePublicAddressPool_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).UpdatePublicAddressPool(ctx, req.(*UpdatePublicAddressPoolRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_DeletePublicAddressPool_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeletePublicAddressPoolRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).DeletePublicAddressPool(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_DeletePublicAddressPool_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).DeletePublicAddressPool(ctx, req.(*DeletePublicAddressPoolRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_CreateElasticIp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateElasticIpRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).CreateElasticIp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_CreateElasticIp_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).CreateElasticIp(ctx, req.(*CreateElasticIpRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_GetElasticIp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetElasticIpRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).GetElasticIp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_GetElasticIp_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).GetElasticIp(ctx, req.(*GetElasticIpRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_ListElasticIps_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListElasticIpsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).ListElasticIps(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_ListElasticIps_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).ListElasticIps(ctx, req.(*ListElasticIpsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_UpdateElasticIp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateElasticIpRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).UpdateElasticIp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_UpdateElasticIp_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).UpdateElasticIp(ctx, req.(*UpdateElasticIpRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_DeleteElasticIp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteElasticIpRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).DeleteElasticIp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_DeleteElasticIp_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).DeleteElasticIp(ctx, req.(*DeleteElasticIpRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_CreateNatGateway_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateNatGatewayRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).CreateNatGateway(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_CreateNatGateway_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).CreateNatGateway(ctx, req.(*CreateNatGatewayRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_GetNatGateway_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetNatGatewayRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).GetNatGateway(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_GetNatGateway_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).GetNatGateway(ctx, req.(*GetNatGatewayRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_ListNatGateways_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListNatGatewaysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).ListNatGateways(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_ListNatGateways_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).ListNatGateways(ctx, req.(*ListNatGatewaysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_UpdateNatGateway_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateNatGatewayRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).UpdateNatGateway(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_UpdateNatGateway_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).UpdateNatGateway(ctx, req.(*UpdateNatGatewayRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_DeleteNatGateway_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteNatGatewayRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).DeleteNatGateway(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_DeleteNatGateway_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).DeleteNatGateway(ctx, req.(*DeleteNatGatewayRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_CreateBgpPeer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateBgpPeerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).CreateBgpPeer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_CreateBgpPeer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).CreateBgpPeer(ctx, req.(*CreateBgpPeerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_GetBgpPeer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetBgpPeerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).GetBgpPeer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_GetBgpPeer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).GetBgpPeer(ctx, req.(*GetBgpPeerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_ListBgpPeers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBgpPeersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).ListBgpPeers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_ListBgpPeers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).ListBgpPeers(ctx, req.(*ListBgpPeersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_UpdateBgpPeer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateBgpPeerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).UpdateBgpPeer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_UpdateBgpPeer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).UpdateBgpPeer(ctx, req.(*UpdateBgpPeerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeService_DeleteBgpPeer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteBgpPeerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeServiceServer).DeleteBgpPeer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeService_DeleteBgpPeer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeServiceServer).DeleteBgpPeer(ctx, req.(*DeleteBgpPeerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// EdgeService_ServiceDesc is the grpc.ServiceDesc for EdgeService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var EdgeService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "meridian.v1.EdgeService",
+	HandlerType: (*EdgeServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "CreatePublicAddressPool",
+			Handler:    _EdgeService_CreatePublicAddressPool_Handler,
+		},
+		{
+			MethodName: "GetPublicAddressPool",
+			Handler:    _EdgeService_GetPublicAddressPool_Handler,
+		},
+		{
+			MethodName: "ListPublicAddressPools",
+			Handler:    _EdgeService_ListPublicAddressPools_Handler,
+		},
+		{
+			MethodName: "UpdatePublicAddressPool",
+			Handler:    _EdgeService_UpdatePublicAddressPool_Handler,
+		},
+		{
+			MethodName: "DeletePublicAddressPool",
+			Handler:    _EdgeService_DeletePublicAddressPool_Handler,
+		},
+		{
+			MethodName: "CreateElasticIp",
+			Handler:    _EdgeService_CreateElasticIp_Handler,
+		},
+		{
+			MethodName: "GetElasticIp",
+			Handler:    _EdgeService_GetElasticIp_Handler,
+		},
+		{
+			MethodName: "ListElasticIps",
+			Handler:    _EdgeService_ListElasticIps_Handler,
+		},
+		{
+			MethodName: "UpdateElasticIp",
+			Handler:    _EdgeService_UpdateElasticIp_Handler,
+		},
+		{
+			MethodName: "DeleteElasticIp",
+			Handler:    _EdgeService_DeleteElasticIp_Handler,
+		},
+		{
+			MethodName: "CreateNatGateway",
+			Handler:    _EdgeService_CreateNatGateway_Handler,
+		},
+		{
+			MethodName: "GetNatGateway",
+			Handler:    _EdgeService_GetNatGateway_Handler,
+		},
+		{
+			MethodName: "ListNatGateways",
+			Handler:    _EdgeService_ListNatGateways_Handler,
+		},
+		{
+			MethodName: "UpdateNatGateway",
+			Handler:    _EdgeService_UpdateNatGateway_Handler,
+		},
+		{
+			MethodName: "DeleteNatGateway",
+			Handler:    _EdgeService_DeleteNatGateway_Handler,
+		},
+		{
+			MethodName: "CreateBgpPeer",
+			Handler:    _EdgeService_CreateBgpPeer_Handler,
+		},
+		{
+			MethodName: "GetBgpPeer",
+			Handler:    _EdgeService_GetBgpPeer_Handler,
+		},
+		{
+			MethodName: "ListBgpPeers",
+			Handler:    _EdgeService_ListBgpPeers_Handler,
+		},
+		{
+			MethodName: "UpdateBgpPeer",
+			Handler:    _EdgeService_UpdateBgpPeer_Handler,
+		},
+		{
+			MethodName: "DeleteBgpPeer",
+			Handler:    _EdgeService_DeleteBgpPeer_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "meridian/v1/service.proto",
+}
+
+const (
 	AuditService_ListAuditRecords_FullMethodName = "/meridian.v1.AuditService/ListAuditRecords"
 )
 
