@@ -408,7 +408,9 @@ func TestEdgeRejectedRequestsChangeNothing(t *testing.T) {
 		invalidCase("ngw mapping private port too large", ngw(func(n *v1.NatGateway) {
 			n.PortMappings = pm(func(m *v1.NatGatewayPortMapping) { m.PrivatePort = 70000 })
 		}), "nat_gateway.port_mappings[0].private_port"),
-		invalidCase("ngw mapping port of another vpc", ngw(func(n *v1.NatGateway) { n.PortMappings = pm(func(m *v1.NatGatewayPortMapping) { m.Port = apitest.Port2 }) }), "nat_gateway.port_mappings[0].port"),
+		invalidCase("ngw mapping port of another vpc", ngw(func(n *v1.NatGateway) {
+			n.PortMappings = pm(func(m *v1.NatGatewayPortMapping) { m.Port = apitest.Port2 })
+		}), "nat_gateway.port_mappings[0].port"),
 		invalidCase("ngw mapping duplicated", ngw(func(n *v1.NatGateway) {
 			n.PortMappings = append(pm(func(*v1.NatGatewayPortMapping) {}), pm(func(m *v1.NatGatewayPortMapping) { m.PrivatePort = 81 })...)
 		}), "nat_gateway.port_mappings[1]"),
