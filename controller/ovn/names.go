@@ -66,3 +66,27 @@ func RouteTableName(rt uint32) string { return "mer-rt-" + itoa(rt) }
 func routerMAC(subnet uint32) string {
 	return fmt.Sprintf("02:4d:%02x:%02x:%02x:%02x", byte(subnet>>24), byte(subnet>>16), byte(subnet>>8), byte(subnet))
 }
+
+// GatewayPortName is a VPC router's distributed gateway port onto the
+// external switch.
+func GatewayPortName(vpc uint32) string { return "mer-gw-" + itoa(vpc) }
+
+// ExternalSwitchPortName is the external switch's port peering with a VPC
+// router's gateway port.
+func ExternalSwitchPortName(vpc uint32) string { return "mer-ext-" + itoa(vpc) }
+
+// GatewayChassisName is the Gateway_Chassis row binding a VPC's gateway
+// port to one gateway node (the OVN convention "<port>-<chassis>").
+func GatewayChassisName(vpc uint32, node string) string { return GatewayPortName(vpc) + "-" + node }
+
+// PortMappingsLBName is the Load_Balancer holding a NAT gateway's port
+// mappings of one protocol ("tcp" or "udp").
+func PortMappingsLBName(natgw uint32, proto string) string {
+	return "mer-natgw-" + itoa(natgw) + "-" + proto
+}
+
+// gatewayMAC is the MAC of a VPC's gateway port: locally administered,
+// distinct from every subnet router port's (02:4d:...), stable per VPC.
+func gatewayMAC(vpc uint32) string {
+	return fmt.Sprintf("02:4e:%02x:%02x:%02x:%02x", byte(vpc>>24), byte(vpc>>16), byte(vpc>>8), byte(vpc))
+}

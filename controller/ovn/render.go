@@ -98,10 +98,23 @@ func owner(kind string, id uint32) string { return kind + "/" + itoa(id) }
 // A Renderer is not safe for concurrent use.
 type Renderer struct {
 	sgACLs map[*agentv1.SecurityGroup][]*Row
+	ext    *ExternalNetwork // nil: no external network, so no gateway ports or NAT
 }
 
 // NewRenderer returns a Renderer with nothing cached.
 func NewRenderer() *Renderer { return &Renderer{sgACLs: map[*agentv1.SecurityGroup][]*Row{}} }
+
+// NewRendererFor returns a Renderer that also renders elastic IPs and NAT
+// gateways, on gateway ports onto ext (see gateway.go); NewRenderer's
+// renders none. A bad ext is an error.
+func NewRendererFor(ext ExternalNetwork) (*Renderer, error) {
+	if err := ext.validate(); err != nil {
+		return nil, err
+	}
+	rr := NewRenderer()
+	rr.ext = &ext
+	return rr, nil
+}
 
 // Render renders objs from scratch; see Renderer.Render.
 func Render(objs map[string]*agentv1.Object) *Desired { return NewRenderer().Render(objs) }
@@ -148,6 +161,7 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 	for _, id := range sortedIDs(x.RouteTables) {
 		d.renderRouteTable(x, x.RouteTables[id])
 	}
+	d.renderOutside(x, indexOutside(objs), rr.ext)
 	return d
 }
 

@@ -54,6 +54,9 @@ var specs = []*tableSpec{
 		refs: []refSpec{
 			{"ports", nbdb.LogicalRouterPortTable, refChildren},
 			{"static_routes", nbdb.LogicalRouterStaticRouteTable, refChildren},
+			{"nat", nbdb.NATTable, refChildren},
+			// Weak references to root rows: linked once both exist.
+			{"load_balancer", nbdb.LoadBalancerTable, refMembers},
 		}},
 	{name: nbdb.LogicalSwitchTable, root: true, typ: reflect.TypeFor[nbdb.LogicalSwitch](),
 		columns: []string{"name", "external_ids", "other_config"},
@@ -71,8 +74,13 @@ var specs = []*tableSpec{
 			{"acls", nbdb.ACLTable, refChildren},
 			{"ports", nbdb.LogicalSwitchPortTable, refMembers},
 		}},
+	{name: nbdb.LoadBalancerTable, root: true, typ: reflect.TypeFor[nbdb.LoadBalancer](),
+		columns: []string{"name", "vips", "protocol", "options", "external_ids"}},
 	{name: nbdb.LogicalRouterPortTable, typ: reflect.TypeFor[nbdb.LogicalRouterPort](),
-		columns: []string{"name", "mac", "networks", "options", "external_ids"}},
+		columns: []string{"name", "mac", "networks", "options", "external_ids"},
+		// Children of children: a gateway port's chassis are created in
+		// the transaction that creates the port (after it, in spec order).
+		refs: []refSpec{{"gateway_chassis", nbdb.GatewayChassisTable, refChildren}}},
 	{name: nbdb.LogicalRouterStaticRouteTable, typ: reflect.TypeFor[nbdb.LogicalRouterStaticRoute](),
 		columns: []string{"ip_prefix", "nexthop", "route_table", "policy", "options", "external_ids"}},
 	{name: nbdb.LogicalSwitchPortTable, typ: reflect.TypeFor[nbdb.LogicalSwitchPort](),
@@ -80,6 +88,10 @@ var specs = []*tableSpec{
 		refs:    []refSpec{{"dhcpv4_options", nbdb.DHCPOptionsTable, refOptional}}},
 	{name: nbdb.ACLTable, typ: reflect.TypeFor[nbdb.ACL](),
 		columns: []string{"action", "direction", "match", "priority", "name", "log", "severity", "options", "external_ids"}},
+	{name: nbdb.NATTable, typ: reflect.TypeFor[nbdb.NAT](),
+		columns: []string{"type", "external_ip", "logical_ip", "external_port_range", "external_mac", "logical_port", "options", "external_ids"}},
+	{name: nbdb.GatewayChassisTable, typ: reflect.TypeFor[nbdb.GatewayChassis](),
+		columns: []string{"name", "chassis_name", "priority", "options", "external_ids"}},
 }
 
 var specByName = func() map[string]*tableSpec {

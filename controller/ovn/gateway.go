@@ -1,0 +1,273 @@
+package ovn
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
+	"github.com/meridian-sdn/meridian/controller/ovn/nbdb"
+)
+
+// Defaults of ExternalNetwork.
+const (
+	DefaultExternalSwitch  = "meridian-ext"
+	DefaultPhysicalNetwork = "physnet"
+)
+
+// Gateway_Chassis priorities of a VPC's gateway port: the preferred
+// gateway node above every other, which stand by in name order (OVN breaks
+// equal priorities by chassis name).
+const (
+	GatewayPriorityPreferred = 100
+	GatewayPriorityStandby   = 50
+)
+
+// ExternalNetwork is the provider network through which an OVN deployment
+// reaches the fabric: one logical switch with a localnet port, which
+// ovn-controller on each gateway node bridges to a physical network through
+// its ovn-bridge-mappings (network_name -> bridge). It is deployment
+// configuration, like the bridge mappings, not part of the logical model:
+// the agent objects say which nodes are gateways and which addresses are
+// public, not how the gateway nodes' uplinks are addressed.
+type ExternalNetwork struct {
+	// Switch names the external Logical_Switch (default
+	// DefaultExternalSwitch).
+	Switch string
+	// PhysicalNetwork is its localnet port's network_name (default
+	// DefaultPhysicalNetwork).
+	PhysicalNetwork string
+	// CIDR is the external network's prefix. Elastic IPs and NAT-gateway
+	// addresses of another family are not rendered.
+	CIDR netip.Prefix
+	// RouterRange, inside CIDR, holds the VPC routers' own addresses on
+	// the external network: VPC v's gateway port has the v-th address of
+	// the range, so the address is stable and needs no allocation. A VPC
+	// whose address falls outside the range gets no gateway port.
+	RouterRange netip.Prefix
+	// NextHop is the fabric's router on the external network, the next hop
+	// of every gateway router's default route. Unset: no default route
+	// (the fabric must then be reached by other routes).
+	NextHop netip.Addr
+}
+
+// validate normalises n and checks it, so that rendering never meets an
+// inconsistent network.
+func (n *ExternalNetwork) validate() error {
+	if n.Switch == "" {
+		n.Switch = DefaultExternalSwitch
+	}
+	if n.PhysicalNetwork == "" {
+		n.PhysicalNetwork = DefaultPhysicalNetwork
+	}
+	if !n.CIDR.IsValid() {
+		return errors.New("ovn: external network: CIDR is required")
+	}
+	n.CIDR = n.CIDR.Masked()
+	if !n.RouterRange.IsValid() {
+		return errors.New("ovn: external network: RouterRange is required")
+	}
+	n.RouterRange = n.RouterRange.Masked()
+	if n.RouterRange.Bits() < n.CIDR.Bits() || !n.CIDR.Contains(n.RouterRange.Addr()) {
+		return fmt.Errorf("ovn: external network: router range %s is not inside %s", n.RouterRange, n.CIDR)
+	}
+	if n.NextHop.IsValid() {
+		if !n.CIDR.Contains(n.NextHop) {
+			return fmt.Errorf("ovn: external network: next hop %s is not in %s", n.NextHop, n.CIDR)
+		}
+		if n.RouterRange.Contains(n.NextHop) {
+			return fmt.Errorf("ovn: external network: next hop %s is inside the router range %s", n.NextHop, n.RouterRange)
+		}
+	}
+	return nil
+}
+
+// routerAddress is VPC vpc's address on the external network, false when
+// the router range has none for it.
+func (n *ExternalNetwork) routerAddress(vpc uint32) (netip.Addr, bool) {
+	a := addOffset(n.RouterRange.Addr(), uint64(vpc))
+	if !a.IsValid() || !n.RouterRange.Contains(a) {
+		return netip.Addr{}, false
+	}
+	// The last address of an IPv4 network is its broadcast address.
+	if a.Is4() {
+		if next := addOffset(a, 1); !next.IsValid() || !n.CIDR.Contains(next) {
+			return netip.Addr{}, false
+		}
+	}
+	return a, true
+}
+
+// addOffset returns a+off, or the zero Addr on overflow.
+func addOffset(a netip.Addr, off uint64) netip.Addr {
+	if a.Is4() {
+		b := a.As4()
+		v := uint64(binary.BigEndian.Uint32(b[:])) + off
+		if v > 0xffffffff {
+			return netip.Addr{}
+		}
+		binary.BigEndian.PutUint32(b[:], uint32(v))
+		return netip.AddrFrom4(b)
+	}
+	b := a.As16()
+	hi, lo := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
+	nlo := lo + off
+	if nlo < lo {
+		if hi == ^uint64(0) {
+			return netip.Addr{}
+		}
+		hi++
+	}
+	binary.BigEndian.PutUint64(b[:8], hi)
+	binary.BigEndian.PutUint64(b[8:], nlo)
+	return netip.AddrFrom16(b)
+}
+
+// outside is the part of the model about the outside world, which
+// agentv1.Index does not sort out.
+type outside struct {
+	gateways []string // gateway node IDs, sorted
+	eips     map[uint32]*agentv1.ElasticIp
+	natgws   map[uint32]*agentv1.NatGateway
+}
+
+func indexOutside(objs map[string]*agentv1.Object) *outside {
+	o := &outside{eips: map[uint32]*agentv1.ElasticIp{}, natgws: map[uint32]*agentv1.NatGateway{}}
+	for _, obj := range objs {
+		switch b := obj.GetBody().(type) {
+		case *agentv1.Object_Gateway:
+			if n := b.Gateway.GetNode(); n != "" {
+				o.gateways = append(o.gateways, n)
+			}
+		case *agentv1.Object_ElasticIp:
+			o.eips[b.ElasticIp.GetId()] = b.ElasticIp
+		case *agentv1.Object_NatGateway:
+			o.natgws[b.NatGateway.GetId()] = b.NatGateway
+		}
+	}
+	slices.Sort(o.gateways)
+	o.gateways = slices.Compact(o.gateways)
+	return o
+}
+
+// gatewayPort is what the NAT rows of one VPC hang on.
+type gatewayPort struct {
+	router *Row // the VPC's Logical_Router
+}
+
+// renderOutside renders the gateway ports, elastic IPs and NAT gateways.
+// A VPC gets a gateway port when it has something to translate (an elastic
+// IP associated with one of its ports, or a NAT gateway) and there are
+// gateway nodes to bind it to; without one, its NAT rows would have no
+// gateway to run on, so none are rendered (failing closed).
+func (d *Desired) renderOutside(x *agentv1.Index, o *outside, ext *ExternalNetwork) {
+	if ext == nil || len(o.gateways) == 0 {
+		return
+	}
+	eips := map[uint32][]*agentv1.ElasticIp{} // vpc -> its port-associated elastic IPs
+	for _, id := range sortedIDs(o.eips) {
+		e := o.eips[id]
+		if eipNAT(e, ext) != nil && x.VPCs[e.GetVpcId()] != nil {
+			eips[e.GetVpcId()] = append(eips[e.GetVpcId()], e)
+		}
+	}
+	natgws := map[uint32][]*agentv1.NatGateway{}
+	for _, id := range sortedIDs(o.natgws) {
+		g := o.natgws[id]
+		if _, ok := natAddress(g, ext); ok && x.VPCs[g.GetVpcId()] != nil {
+			natgws[g.GetVpcId()] = append(natgws[g.GetVpcId()], g)
+		}
+	}
+	var extSwitch *Row
+	for _, vpc := range sortedIDs(x.VPCs) {
+		if len(eips[vpc]) == 0 && len(natgws[vpc]) == 0 {
+			continue
+		}
+		addr, ok := ext.routerAddress(vpc)
+		if !ok {
+			continue
+		}
+		if extSwitch == nil {
+			extSwitch = d.renderExternalSwitch(ext)
+		}
+		gw := d.renderGatewayPort(vpc, addr, ext, extSwitch, preferredGateway(vpc, natgws[vpc], o.gateways), o.gateways)
+		for _, e := range eips[vpc] {
+			d.renderElasticIP(gw, e, ext)
+		}
+		for _, g := range natgws[vpc] {
+			d.renderNatGateway(gw, g, ext)
+		}
+	}
+}
+
+// renderExternalSwitch is the deployment's external switch and its
+// localnet port, shared by every VPC's gateway port.
+func (d *Desired) renderExternalSwitch(ext *ExternalNetwork) *Row {
+	ls := d.add(nbdb.LogicalSwitchTable, "global/external", OwnerGlobal, "external-switch", &nbdb.LogicalSwitch{Name: ext.Switch})
+	d.add(nbdb.LogicalSwitchPortTable, "global/external/localnet", OwnerGlobal, "localnet", &nbdb.LogicalSwitchPort{
+		Name: ext.Switch + "-localnet", Type: "localnet", Addresses: []string{"unknown"},
+		Options: map[string]string{"network_name": ext.PhysicalNetwork},
+	})
+	ls.Refs["ports"] = append(ls.Refs["ports"], "global/external/localnet")
+	return ls
+}
+
+// preferredGateway is the gateway node that should hold a VPC's gateway
+// port: the owner of its first NAT gateway, whose SNAT state lives there
+// in the eBPF realization too; else one chosen by VPC ID, so VPCs with
+// only elastic IPs spread over the gateways.
+func preferredGateway(vpc uint32, natgws []*agentv1.NatGateway, gateways []string) string {
+	for _, g := range natgws {
+		if n := g.GetOwnerNode(); slices.Contains(gateways, n) {
+			return n
+		}
+	}
+	return gateways[int(vpc)%len(gateways)]
+}
+
+// renderGatewayPort gives a VPC's router its distributed gateway port on
+// the external switch, bound to every gateway node (preferred first), and
+// the default route toward the fabric.
+func (d *Desired) renderGatewayPort(vpc uint32, addr netip.Addr, ext *ExternalNetwork, extSwitch *Row, preferred string, gateways []string) *gatewayPort {
+	own := owner("vpc", vpc)
+	lr := d.Row(nbdb.LogicalRouterTable, own)
+	lrpID := own + "/gateway-port"
+	lrp := d.add(nbdb.LogicalRouterPortTable, lrpID, own, "gateway-port", &nbdb.LogicalRouterPort{
+		Name: GatewayPortName(vpc), MAC: gatewayMAC(vpc), Networks: []string{netip.PrefixFrom(addr, ext.CIDR.Bits()).String()},
+	})
+	lr.Refs["ports"] = append(lr.Refs["ports"], lrpID)
+	for _, node := range gateways {
+		prio := GatewayPriorityStandby
+		if node == preferred {
+			prio = GatewayPriorityPreferred
+		}
+		id := own + "/gateway-chassis/" + node
+		d.add(nbdb.GatewayChassisTable, id, own, "gateway-chassis", &nbdb.GatewayChassis{
+			Name: GatewayChassisName(vpc, node), ChassisName: node, Priority: prio,
+		})
+		lrp.Refs["gateway_chassis"] = append(lrp.Refs["gateway_chassis"], id)
+	}
+	lspID := own + "/external-switch-port"
+	d.add(nbdb.LogicalSwitchPortTable, lspID, own, "external-switch-port", &nbdb.LogicalSwitchPort{
+		Name: ExternalSwitchPortName(vpc), Type: "router", Addresses: []string{"router"},
+		// nat-addresses=router: the active gateway chassis answers ARP for,
+		// and announces with gratuitous ARPs, the router's NAT and load
+		// balancer addresses on the external network.
+		Options: map[string]string{"router-port": GatewayPortName(vpc), "nat-addresses": "router"},
+	})
+	extSwitch.Refs["ports"] = append(extSwitch.Refs["ports"], lspID)
+	if ext.NextHop.IsValid() {
+		dst := "0.0.0.0/0"
+		if ext.NextHop.Is6() {
+			dst = "::/0"
+		}
+		id := own + "/gateway-route/" + dst
+		d.add(nbdb.LogicalRouterStaticRouteTable, id, own, "gateway-route", &nbdb.LogicalRouterStaticRoute{
+			IPPrefix: dst, Nexthop: ext.NextHop.String(),
+		})
+		lr.Refs["static_routes"] = append(lr.Refs["static_routes"], id)
+	}
+	return &gatewayPort{router: lr}
+}
