@@ -73,6 +73,9 @@ type Status struct {
 	LastError string    // error of the last pass, "" when it succeeded
 	Passes    uint64
 	Last      SyncResult // what the last successful pass wrote
+	// LastScope is how many rows the last pass reconciled: -1 for a full
+	// pass over every row, else the rows of an incremental pass.
+	LastScope int
 	Total     SyncResult // everything written since start
 }
 
@@ -90,6 +93,13 @@ type Reconciler struct {
 	renderer   *Renderer
 	verified   map[verifiedKey]verifiedPair // from the last pass on this client
 	verifiedOn client.Client
+	// synced is the rendering the last successful pass on verifiedOn made
+	// true; the next pass need only look at rows that differ from it (and
+	// at rows NB events named). nil: the next pass is a full one.
+	synced *Desired
+
+	driftMu sync.Mutex
+	drift   map[string]map[string]bool // Meridian rows NB events named since the last pass
 
 	mu     sync.Mutex // guards c and status; never held across I/O
 	c      client.Client
@@ -129,6 +139,13 @@ func (r *Reconciler) Connect(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ovn: NB model: %w", err)
 	}
+	// The cache indexes Meridian's rows by meridian:id, so an incremental
+	// pass finds the rows it needs without scanning tables.
+	indexes := map[string][]model.ClientIndex{}
+	for _, s := range specs {
+		indexes[s.name] = []model.ClientIndex{{Columns: []model.ColumnKey{{Column: "external_ids", Key: KeyID}}}}
+	}
+	dbModel.SetIndexes(indexes)
 	lg := logr.FromSlogHandler(r.log.With("lib", "libovsdb").Handler())
 	// No libovsdb reconnect: after a reconnect it refills its cache
 	// without raising events, so a database that came back empty would go
@@ -155,7 +172,7 @@ func (r *Reconciler) Connect(ctx context.Context) error {
 	}()
 	c.Cache().AddEventHandler(&cache.EventHandlerFuncs{
 		AddFunc:    func(table string, m model.Model) { r.onRow(table, m) },
-		UpdateFunc: func(table string, old, _ model.Model) { r.onRow(table, old) },
+		UpdateFunc: func(table string, old, m model.Model) { r.onRow(table, old); r.onRow(table, m) },
 		DeleteFunc: func(table string, m model.Model) { r.onRow(table, m) },
 	})
 	var tables []client.MonitorOption
@@ -200,6 +217,15 @@ func (r *Reconciler) onRow(table string, m model.Model) {
 		return
 	}
 	if _, ext := s.meta(m); ext[KeyID] != "" {
+		r.driftMu.Lock()
+		if r.drift == nil {
+			r.drift = map[string]map[string]bool{}
+		}
+		if r.drift[table] == nil {
+			r.drift[table] = map[string]bool{}
+		}
+		r.drift[table][ext[KeyID]] = true
+		r.driftMu.Unlock()
 		r.Trigger()
 	}
 }
@@ -231,42 +257,112 @@ func (r *Reconciler) Client() client.Client {
 	return r.c
 }
 
-// Sync renders objs and makes the NB database match, in one pass. It is
-// safe to call concurrently with Run (passes are serialised).
+// Sync renders objs and makes the NB database match. After a successful
+// pass on the current connection it is incremental: it reconciles only
+// the rows whose rendering changed since and the rows NB events named
+// (edits by others, which it reverts), reading them through the cache's
+// meridian:id index. It is safe to call concurrently with Run (passes are
+// serialised).
 func (r *Reconciler) Sync(ctx context.Context, objs map[string]*agentv1.Object) (SyncResult, error) {
-	r.passMu.Lock()
-	d := r.renderer.Render(objs)
-	r.passMu.Unlock()
-	return r.SyncDesired(ctx, d)
+	return r.sync(ctx, objs, nil, false)
 }
 
-// SyncDesired makes the NB database match already rendered rows.
+// Resync renders objs and compares every Meridian row in NB with it: a
+// full pass, which also finds what no event reported.
+func (r *Reconciler) Resync(ctx context.Context, objs map[string]*agentv1.Object) (SyncResult, error) {
+	return r.sync(ctx, objs, nil, true)
+}
+
+// SyncDesired makes the NB database match already rendered rows, in a full
+// pass.
 func (r *Reconciler) SyncDesired(ctx context.Context, d *Desired) (SyncResult, error) {
+	return r.sync(ctx, nil, d, true)
+}
+
+func (r *Reconciler) sync(ctx context.Context, objs map[string]*agentv1.Object, d *Desired, full bool) (SyncResult, error) {
 	r.passMu.Lock()
 	defer r.passMu.Unlock()
 	c := r.Client()
 	if c == nil {
 		return SyncResult{}, errors.New("ovn: sync before Connect")
 	}
+	if d == nil {
+		d = r.renderer.Render(objs)
+	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
 	if r.verifiedOn != c {
-		r.verified, r.verifiedOn = nil, c // a new client has a new cache
+		// A new client has a new cache, and NB may have changed
+		// meanwhile: start over with a full pass.
+		r.verified, r.verifiedOn, r.synced = nil, c, nil
 	}
-	p := &pass{log: r.log, c: c, d: d, max: r.cfg.MaxOps, verified: r.verified, nextVerified: make(map[verifiedKey]verifiedPair, len(r.verified))}
+	drift := r.takeDrift()
+	var scope map[string]map[string]bool
+	if !full && r.synced != nil {
+		scope = changedRows(r.synced, d)
+		for table, ids := range drift {
+			for id := range ids {
+				if scope[table] == nil {
+					scope[table] = map[string]bool{}
+				}
+				scope[table][id] = true
+			}
+		}
+	}
+	p := r.newPass(c, d, scope)
 	err := p.run(ctx)
+	if errors.Is(err, errNeedFull) {
+		r.log.Info("incremental NB pass needs a full one", "scope", scopeSize(scope))
+		done := p.result
+		if err := p.settle(ctx, r.cfg.Timeout); err != nil {
+			return done, fmt.Errorf("ovn: sync NB: %w", err)
+		}
+		p = r.newPass(c, d, nil)
+		p.result = done
+		err = p.run(ctx)
+	}
 	r.verified = p.nextVerified
 	if err == nil {
 		err = p.settle(ctx, r.cfg.Timeout)
 	}
+	r.synced = d
+	if err != nil {
+		r.synced = nil // whatever failed is found again by a full pass
+	}
 	r.mu.Lock()
 	r.status.Passes++
 	r.status.Total.add(p.result)
+	r.status.LastScope = -1
+	if p.scope != nil {
+		r.status.LastScope = scopeSize(p.scope)
+	}
 	r.mu.Unlock()
 	if err != nil {
 		return p.result, fmt.Errorf("ovn: sync NB: %w", err)
 	}
 	return p.result, nil
+}
+
+// newPass prepares a pass over d: over every row when scope is nil.
+func (r *Reconciler) newPass(c client.Client, d *Desired, scope map[string]map[string]bool) *pass {
+	p := &pass{log: r.log, c: c, d: d, max: r.cfg.MaxOps, scope: scope, verified: r.verified}
+	if scope == nil || r.verified == nil {
+		// A full pass keeps only what it verified, so the map never
+		// holds rows that are gone.
+		p.nextVerified = make(map[verifiedKey]verifiedPair, len(r.verified))
+	} else {
+		p.nextVerified = r.verified // a scoped pass updates its rows in place
+	}
+	return p
+}
+
+// takeDrift returns and forgets the rows NB events named.
+func (r *Reconciler) takeDrift() map[string]map[string]bool {
+	r.driftMu.Lock()
+	defer r.driftMu.Unlock()
+	d := r.drift
+	r.drift = nil
+	return d
 }
 
 // Status returns the current sync state.
@@ -331,6 +427,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	retry := time.Duration(0)
 	var retryC <-chan time.Time
 	for {
+		full := false
 		select {
 		case <-ctx.Done():
 			return nil
@@ -341,6 +438,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			return fmt.Errorf("ovn: model source: %w", err)
 		case <-r.wake:
 		case <-resync.C:
+			full = true
 		case <-retryC:
 		case <-r.lostC:
 			if !r.connectLoop(ctx) {
@@ -354,7 +452,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		}
 		objs, rev := r.cfg.Source.Objects()
 		start := time.Now()
-		res, err := r.Sync(ctx, objs)
+		res, err := r.sync(ctx, objs, nil, full)
 		r.recordPass(rev, res, err)
 		if err != nil {
 			retry = min(max(2*retry, 100*time.Millisecond), 30*time.Second)

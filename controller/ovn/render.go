@@ -98,11 +98,21 @@ func owner(kind string, id uint32) string { return kind + "/" + itoa(id) }
 // A Renderer is not safe for concurrent use.
 type Renderer struct {
 	sgACLs map[*agentv1.SecurityGroup][]*Row
+	ports  map[*agentv1.Port]portRow
 	ext    *ExternalNetwork // nil: no external network, so no gateway ports or NAT
 }
 
+// portRow is a port's rendered switch port and the DHCP options row it
+// was rendered against: reused while both are the same.
+type portRow struct {
+	row  *Row
+	dhcp string
+}
+
 // NewRenderer returns a Renderer with nothing cached.
-func NewRenderer() *Renderer { return &Renderer{sgACLs: map[*agentv1.SecurityGroup][]*Row{}} }
+func NewRenderer() *Renderer {
+	return &Renderer{sgACLs: map[*agentv1.SecurityGroup][]*Row{}, ports: map[*agentv1.Port]portRow{}}
+}
 
 // NewRendererFor returns a Renderer that also renders elastic IPs and NAT
 // gateways, on gateway ports onto ext (see gateway.go); NewRenderer's
@@ -137,9 +147,11 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 	}
 	remote := remoteGroups(x)
 	members := map[uint32][]string{} // sg -> LSP ids
+	cachedPorts := rr.ports
+	rr.ports = make(map[*agentv1.Port]portRow, len(x.Ports))
 	for _, id := range sortedIDs(x.Ports) {
 		p := x.Ports[id]
-		if !d.renderPort(x, p) {
+		if !d.renderPort(x, p, cachedPorts, rr.ports) {
 			continue
 		}
 		allPorts.Refs["ports"] = append(allPorts.Refs["ports"], owner("port", id))
@@ -265,12 +277,23 @@ func gatewayNetwork(gw, cidr string) string {
 
 // renderPort reports whether the port got a switch port: it needs its
 // subnet's switch.
-func (d *Desired) renderPort(x *agentv1.Index, p *agentv1.Port) bool {
+func (d *Desired) renderPort(x *agentv1.Index, p *agentv1.Port, cache, next map[*agentv1.Port]portRow) bool {
 	s := x.Subnets[p.GetSubnetId()]
 	if s == nil {
 		return false
 	}
 	id := owner("port", p.GetId())
+	ls := d.Row(nbdb.LogicalSwitchTable, owner("subnet", s.GetId()))
+	ls.Refs["ports"] = append(ls.Refs["ports"], id)
+	dhcp := ""
+	if dh := d.Row(nbdb.DHCPOptionsTable, owner("subnet", s.GetId())+"/dhcp4"); dh != nil && hasIPv4(p.GetIps()) {
+		dhcp = dh.ID
+	}
+	if c, ok := cache[p]; ok && c.dhcp == dhcp {
+		d.put(c.row)
+		next[p] = c
+		return true
+	}
 	lsp := &nbdb.LogicalSwitchPort{Name: LogicalPortName(p.GetId())}
 	if mac := p.GetMac(); mac != "" {
 		addr := strings.Join(append([]string{mac}, p.GetIps()...), " ")
@@ -287,11 +310,10 @@ func (d *Desired) renderPort(x *agentv1.Index, p *agentv1.Port) bool {
 		lsp.Options = map[string]string{"requested-chassis": n}
 	}
 	row := d.add(nbdb.LogicalSwitchPortTable, id, id, "port", lsp)
-	if dh := d.Row(nbdb.DHCPOptionsTable, owner("subnet", s.GetId())+"/dhcp4"); dh != nil && hasIPv4(p.GetIps()) {
-		row.Refs["dhcpv4_options"] = []string{dh.ID}
+	if dhcp != "" {
+		row.Refs["dhcpv4_options"] = []string{dhcp}
 	}
-	ls := d.Row(nbdb.LogicalSwitchTable, owner("subnet", s.GetId()))
-	ls.Refs["ports"] = append(ls.Refs["ports"], id)
+	next[p] = portRow{row, dhcp}
 	return true
 }
 

@@ -2,8 +2,11 @@ package ovn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"reflect"
 	"slices"
 	"strconv"
 	"time"
@@ -12,6 +15,10 @@ import (
 	"github.com/ovn-kubernetes/libovsdb/model"
 	"github.com/ovn-kubernetes/libovsdb/ovsdb"
 )
+
+// errNeedFull ends a scoped pass that met something only a full pass can
+// put right (a row of ours hanging from a parent outside the scope).
+var errNeedFull = errors.New("ovn: a full pass is needed")
 
 // SyncResult counts what one pass wrote.
 type SyncResult struct {
@@ -60,6 +67,14 @@ type pass struct {
 	created []created // rows created, to wait for in the cache
 	deleted []created
 
+	// scope limits an incremental pass to these rows (table -> meridian:id):
+	// the rows whose rendering changed and the rows NB events named. nil
+	// means a full pass over every row. A scoped pass reads the rows it
+	// needs through the cache's meridian:id index instead of scanning.
+	scope    map[string]map[string]bool
+	handled  map[rowRef]bool // scoped children already reconciled under their parent
+	inserted map[rowRef]bool // rows this pass created
+
 	// verified remembers, per table and id, the desired row and the cache
 	// row last found equal. Rendered rows are reused while their object is
 	// unchanged, and libovsdb replaces a cached model on every update, so
@@ -87,11 +102,15 @@ type unit struct {
 
 type rowRef struct{ table, id string }
 
-func (p *pass) snapshot() {
+func (p *pass) snapshot() error {
 	p.actual = map[string]*actualTable{}
 	p.uuid = map[string]map[string]string{}
-	p.parent = make(map[string]string, p.d.Len())
 	p.gone = map[string]bool{}
+	p.inserted = map[rowRef]bool{}
+	if p.scope != nil {
+		return p.snapshotScope()
+	}
+	p.parent = make(map[string]string, p.d.Len())
 	for _, s := range specs {
 		rows := p.c.Cache().Table(s.name).RowsShallow()
 		// Sized up front: growing maps of 50,000 entries showed in profiles.
@@ -118,6 +137,159 @@ func (p *pass) snapshot() {
 		}
 		p.actual[s.name] = at
 	}
+	p.linkParents()
+	return nil
+}
+
+// snapshotScope reads the rows in scope from the cache, by meridian:id.
+func (p *pass) snapshotScope() error {
+	p.parent = map[string]string{}
+	p.handled = map[rowRef]bool{}
+	for _, s := range specs {
+		ids := p.scope[s.name]
+		at := &actualTable{byID: make(map[string]model.Model, len(ids)), idOf: make(map[string]string, len(ids))}
+		p.uuid[s.name] = make(map[string]string, len(ids))
+		p.actual[s.name] = at
+		for id := range ids {
+			rows, err := p.lookup(s, id)
+			if err != nil {
+				return err
+			}
+			var kept model.Model
+			keptUUID := ""
+			for u, m := range rows {
+				at.idOf[u] = id
+				switch {
+				case kept == nil:
+					kept, keptUUID = m, u
+				case p.prefer(s, id, u, m, kept):
+					at.extras = append(at.extras, kept)
+					kept, keptUUID = m, u
+				default:
+					at.extras = append(at.extras, m)
+				}
+			}
+			if kept == nil {
+				continue
+			}
+			at.byID[id] = kept
+			p.uuid[s.name][id] = keptUUID
+		}
+	}
+	p.linkParents()
+	// A child of ours that must go (unwanted, or a duplicate) leaves by
+	// being unlinked from its parent: a parent this pass must look at. It
+	// always does when the change came from the model (the parent's
+	// references changed too); a row moved by hand may hang elsewhere.
+	for _, s := range specs {
+		if s.root {
+			continue
+		}
+		at := p.actual[s.name]
+		for u, id := range at.idOf {
+			kept, _ := s.meta(at.byID[id])
+			if (kept != u || p.d.Row(s.name, id) == nil) && p.parent[u] == "" {
+				return errNeedFull
+			}
+		}
+	}
+	return nil
+}
+
+// lookup returns the cached rows whose meridian:id is id.
+func (p *pass) lookup(s *tableSpec, id string) (map[string]model.Model, error) {
+	m := reflectZero(s)
+	s.field(m, "external_ids").Set(reflect.ValueOf(map[string]string{KeyID: id}))
+	rows, err := p.c.Cache().Table(s.name).RowsByModels([]model.Model{m})
+	if err != nil {
+		return nil, fmt.Errorf("look up %s %s in the cache: %w", s.name, id, err)
+	}
+	return rows, nil
+}
+
+// uuidOf returns the UUID of the row kept for id: created this pass, in the
+// snapshot, or (in a scoped pass) looked up in the cache.
+func (p *pass) uuidOf(table, id string) (string, bool) {
+	if u, ok := p.uuid[table][id]; ok {
+		return u, true
+	}
+	if p.scope == nil {
+		return "", false
+	}
+	s := specByName[table]
+	rows, err := p.lookup(s, id)
+	if err != nil || len(rows) == 0 {
+		return "", false
+	}
+	var kept model.Model
+	keptUUID := ""
+	for u, m := range rows {
+		if kept == nil || p.prefer(s, id, u, m, kept) {
+			kept, keptUUID = m, u
+		}
+	}
+	p.uuid[table][id] = keptUUID
+	return keptUUID, true
+}
+
+// ours returns the meridian:id of the row with that UUID, if it is a
+// Meridian row.
+func (p *pass) ours(table, uuid string) (string, bool) {
+	if id, ok := p.actual[table].idOf[uuid]; ok || p.scope == nil {
+		return id, ok
+	}
+	m := p.c.Cache().Table(table).Row(uuid)
+	if m == nil {
+		return "", false
+	}
+	_, ext := specByName[table].meta(m)
+	id, ok := ext[KeyID]
+	return id, ok
+}
+
+// rows returns the desired rows of a table the pass reconciles.
+func (p *pass) rows(table string) []*Row {
+	if p.scope == nil {
+		return slices.Collect(maps.Values(p.d.rows[table]))
+	}
+	var out []*Row
+	for id := range p.scope[table] {
+		if r := p.d.Row(table, id); r != nil {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// memberRows returns the desired rows of a table whose memberships the
+// pass reconciles: in a scoped pass, those in scope and those naming a row
+// this pass created (a switch port recreated in another switch has a new
+// UUID, which its port groups must learn though their rendering did not
+// change).
+func (p *pass) memberRows(s *tableSpec) []*Row {
+	out := p.rows(s.name)
+	if p.scope == nil || len(p.inserted) == 0 {
+		return out
+	}
+	for _, ref := range s.refs {
+		if ref.kind != refMembers {
+			continue
+		}
+		for id, want := range p.d.rows[s.name] {
+			if p.scope[s.name][id] {
+				continue
+			}
+			if slices.ContainsFunc(want.Refs[ref.column], func(m string) bool { return p.inserted[rowRef{ref.table, m}] }) {
+				out = append(out, want)
+			}
+		}
+	}
+	return out
+}
+
+// linkParents records, for the children of every parent in the snapshot,
+// which parent holds them.
+func (p *pass) linkParents() {
 	for _, s := range specs {
 		for _, m := range p.actual[s.name].byID {
 			pu, _ := s.meta(m)
@@ -157,8 +329,10 @@ func (p *pass) prefer(s *tableSpec, id, u string, m, kept model.Model) bool {
 // Address sets are created before and deleted after the ACLs naming them.
 func (p *pass) run(ctx context.Context) error {
 	start := time.Now()
-	p.snapshot()
-	p.log.Debug("NB snapshot", "took", time.Since(start))
+	if err := p.snapshot(); err != nil {
+		return err
+	}
+	p.log.Debug("NB snapshot", "took", time.Since(start), "scoped", p.scope != nil)
 	phases := []struct {
 		name string
 		fn   func() ([]unit, error)
@@ -189,7 +363,7 @@ func (p *pass) roots() ([]unit, error) {
 		if !s.root {
 			continue
 		}
-		for _, want := range p.d.rows[s.name] {
+		for _, want := range p.rows(s.name) {
 			u, err := p.upsert(s, want)
 			if err != nil {
 				return nil, err
@@ -209,7 +383,7 @@ func (p *pass) upsert(s *tableSpec, want *Row) (*unit, error) {
 	for _, ref := range s.refs {
 		if ref.kind == refOptional {
 			if ids := want.Refs[ref.column]; len(ids) > 0 {
-				if u, ok := p.uuid[ref.table][ids[0]]; ok {
+				if u, ok := p.uuidOf(ref.table, ids[0]); ok {
 					s.field(m, ref.column).Set(reflectPtr(u))
 				}
 			}
@@ -258,7 +432,7 @@ func (p *pass) insert(s *tableSpec, id string, m model.Model) (*unit, error) {
 func (p *pass) wantedRefs(want *Row, ref refSpec) map[string]bool {
 	out := map[string]bool{}
 	for _, id := range want.Refs[ref.column] {
-		if u, ok := p.uuid[ref.table][id]; ok {
+		if u, ok := p.uuidOf(ref.table, id); ok {
 			out[u] = true
 		}
 	}
@@ -278,7 +452,7 @@ func (p *pass) mutate(s *tableSpec, rowUUID, column string, mutator ovsdb.Mutato
 // placed reports whether the existing child row kept for id is linked from
 // the desired parent row.
 func (p *pass) placed(table, id, parentUUID string) (string, bool) {
-	u, ok := p.uuid[table][id]
+	u, ok := p.uuidOf(table, id)
 	if !ok {
 		return "", false
 	}
@@ -312,7 +486,7 @@ func (p *pass) unlinkChildren() ([]unit, error) {
 				}
 				var drop []string
 				for _, cu := range s.field(have, ref.column).Interface().([]string) {
-					cid, ours := p.actual[ref.table].idOf[cu]
+					cid, ours := p.ours(ref.table, cu)
 					if !ours || keep[cu] {
 						continue
 					}
@@ -346,7 +520,7 @@ func (p *pass) unlinkChildren() ([]unit, error) {
 func (p *pass) children() ([]unit, error) {
 	var units []unit
 	for _, s := range specs {
-		for _, want := range p.d.rows[s.name] {
+		for _, want := range p.rows(s.name) {
 			pu, ok := p.uuid[s.name][want.ID]
 			if !ok {
 				return nil, fmt.Errorf("%s %s has no UUID after phase 1", s.name, want.ID)
@@ -363,7 +537,14 @@ func (p *pass) children() ([]unit, error) {
 					if crow == nil {
 						return nil, fmt.Errorf("%s %s references missing %s %s", s.name, want.ID, ref.table, cid)
 					}
-					if _, inPlace := p.placed(ref.table, cid, pu); !inPlace {
+					_, inPlace := p.placed(ref.table, cid, pu)
+					if p.scope != nil {
+						if inPlace && !p.scope[ref.table][cid] {
+							continue // unchanged, and where it belongs
+						}
+						p.handled[rowRef{ref.table, cid}] = true
+					}
+					if !inPlace {
 						// Absent, or linked elsewhere and unlinked in the
 						// previous phase: make a new row here.
 						delete(p.actual[ref.table].byID, cid)
@@ -397,6 +578,32 @@ func (p *pass) children() ([]unit, error) {
 			}
 		}
 	}
+	if p.scope == nil {
+		return units, nil
+	}
+	// Children whose content changed under a parent that did not: updated
+	// in place. One that is missing needs its parent, which a full pass
+	// finds.
+	for _, s := range specs {
+		if s.root {
+			continue
+		}
+		for _, want := range p.rows(s.name) {
+			if p.handled[rowRef{s.name, want.ID}] {
+				continue
+			}
+			if p.actual[s.name].byID[want.ID] == nil {
+				return nil, errNeedFull
+			}
+			u, err := p.upsert(s, want)
+			if err != nil {
+				return nil, err
+			}
+			if u != nil {
+				units = append(units, *u)
+			}
+		}
+	}
 	return units, nil
 }
 
@@ -405,9 +612,12 @@ func (p *pass) children() ([]unit, error) {
 func (p *pass) members() ([]unit, error) {
 	var units []unit
 	for _, s := range specs {
-		for _, want := range p.d.rows[s.name] {
-			pu := p.uuid[s.name][want.ID]
+		for _, want := range p.memberRows(s) {
+			pu, _ := p.uuidOf(s.name, want.ID)
 			have := p.actual[s.name].byID[want.ID]
+			if have == nil && p.scope != nil && pu != "" {
+				have = p.c.Cache().Table(s.name).Row(pu)
+			}
 			for _, ref := range s.refs {
 				if ref.kind != refMembers {
 					continue
@@ -420,7 +630,7 @@ func (p *pass) members() ([]unit, error) {
 						present[mu] = true
 						// Collected rows left weak references behind only in
 						// our stale snapshot: OVSDB already removed them.
-						if _, ours := p.actual[ref.table].idOf[mu]; ours && !wanted[mu] && !p.gone[mu] {
+						if _, ours := p.ours(ref.table, mu); ours && !wanted[mu] && !p.gone[mu] {
 							drop = append(drop, mu)
 						}
 					}
@@ -528,6 +738,7 @@ func (p *pass) transact(ctx context.Context, units []unit) error {
 	for i, at := range insertAt {
 		u := res[at].UUID.GoUUID
 		p.uuid[inserts[i].table][inserts[i].id] = u
+		p.inserted[inserts[i]] = true
 		p.created = append(p.created, created{inserts[i].table, u})
 	}
 	counts.Transactions = 1

@@ -1,0 +1,68 @@
+package ovn
+
+import "slices"
+
+// changedRows compares a new rendering with the previous one and returns,
+// by table, the meridian:ids of the rows that were added, removed or
+// changed: the scope of an incremental pass. Rows of d equal to their
+// predecessor are replaced by it, so that the next comparison, and the
+// reconciler's verified cache, see the same pointer again; most rows
+// (security-group ACLs, switch ports) are already shared by the Renderer
+// and cost one pointer comparison.
+func changedRows(prev, d *Desired) map[string]map[string]bool {
+	out := map[string]map[string]bool{}
+	mark := func(table, id string) {
+		t := out[table]
+		if t == nil {
+			t = map[string]bool{}
+			out[table] = t
+		}
+		t[id] = true
+	}
+	for table, rows := range d.rows {
+		s := specByName[table]
+		old := prev.rows[table]
+		for id, r := range rows {
+			o := old[id]
+			switch {
+			case o == r:
+			case o != nil && sameRow(s, o, r):
+				rows[id] = o
+			default:
+				mark(table, id)
+			}
+		}
+	}
+	for table, rows := range prev.rows {
+		now := d.rows[table]
+		for id := range rows {
+			if _, ok := now[id]; !ok {
+				mark(table, id)
+			}
+		}
+	}
+	return out
+}
+
+// sameRow reports whether two desired rows have the same columns and
+// references (rendering lists references in a stable order).
+func sameRow(s *tableSpec, a, b *Row) bool {
+	if len(s.changed(a.Model, b.Model)) != 0 || len(a.Refs) != len(b.Refs) {
+		return false
+	}
+	for col, ids := range a.Refs {
+		if !slices.Equal(ids, b.Refs[col]) {
+			return false
+		}
+	}
+	return true
+}
+
+// scopeSize counts the rows of a scope.
+func scopeSize(scope map[string]map[string]bool) int {
+	n := 0
+	for _, t := range scope {
+		n += len(t)
+	}
+	return n
+}

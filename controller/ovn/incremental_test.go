@@ -1,0 +1,314 @@
+package ovn
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
+	"github.com/meridian-sdn/meridian/controller/ovn/nbdb"
+	"github.com/meridian-sdn/meridian/controller/ovn/ovntest"
+)
+
+// waitDrift waits until the reconciler heard of NB events for rows of
+// table, as Run would before its next pass (the cache delivers events on
+// its own goroutine).
+func waitDrift(t *testing.T, r *Reconciler, table string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r.driftMu.Lock()
+		n := len(r.drift[table])
+		r.driftMu.Unlock()
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no NB event for %s reached the reconciler", table)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// settleEvents lets the events of the reconciler's own writes arrive and
+// runs the pass they cause, so the next pass sees only the test's change.
+func settleEvents(t *testing.T, r *Reconciler, objs map[string]*agentv1.Object) {
+	t.Helper()
+	time.Sleep(20 * time.Millisecond) // event delivery, not a condition: there may be no event
+	if res := mustSync(t, r, objs); res.Writes() != 0 {
+		t.Fatalf("verifying the rows just written wrote %+v", res)
+	}
+}
+
+func TestOneRuleChangeIsOneIncrementalWrite(t *testing.T) {
+	r := connect(t, ovntest.InMemoryNB(t), nil)
+	objs := fixture()
+	mustSync(t, r, objs)
+	settleEvents(t, r, objs)
+
+	sg := cloneSG(objs["sg/21"].GetSecurityGroup())
+	sg.Rules[0].PortMin, sg.Rules[0].PortMax = 2222, 2222
+	objs["sg/21"] = objects(sg)["sg/21"]
+	res := mustSync(t, r, objs)
+	if res.Writes() != 1 || res.Updated != 1 || res.Transactions != 1 {
+		t.Errorf("one rule change wrote %+v, want one update in one transaction", res)
+	}
+	if st := r.Status(); st.LastScope != 1 {
+		t.Errorf("the pass looked at %d rows, want 1 (the changed ACL)", st.LastScope)
+	}
+	assertNBMatches(t, r, Render(objs))
+
+	// Nothing changed: an incremental pass looks at nothing at all.
+	settleEvents(t, r, objs)
+	if res := mustSync(t, r, objs); res != (SyncResult{}) || r.Status().LastScope != 0 {
+		t.Errorf("idle incremental pass wrote %+v over %d rows", res, r.Status().LastScope)
+	}
+}
+
+func TestIncrementalPassRepairsDriftItHears(t *testing.T) {
+	r := connect(t, ovntest.InMemoryNB(t), nil)
+	objs := fixture()
+	mustSync(t, r, objs)
+	settleEvents(t, r, objs)
+	c := r.Client()
+	a := &nbdb.ACL{UUID: uuidOf(r, nbdb.ACLTable, "sg/21/rule/1"), Match: "1"}
+	transact(t, c, must(c.Where(a).Update(a, &a.Match)))
+	waitDrift(t, r, nbdb.ACLTable)
+	res := mustSync(t, r, objs)
+	if res.Updated != 1 || res.Writes() != 1 {
+		t.Errorf("repair wrote %+v, want the one ACL updated", res)
+	}
+	if st := r.Status(); st.LastScope < 0 {
+		t.Errorf("the repair took a full pass")
+	}
+	assertNBMatches(t, r, Render(objs))
+}
+
+// TestIncrementalPassesMatchFullPasses applies random changes of every kind
+// and checks after each incremental pass that NB holds exactly the
+// rendering and that a full pass finds nothing left to write.
+func TestIncrementalPassesMatchFullPasses(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 7))
+	r := connect(t, ovntest.InMemoryNB(t), nil)
+	m := newMutator(rng)
+	objs := m.objects()
+	mustSync(t, r, objs)
+	full, incremental := 0, 0
+	for step := range 60 {
+		what := m.mutate()
+		objs = m.objects()
+		if _, err := r.Sync(testCtx(t), objs); err != nil {
+			t.Fatalf("step %d (%s): %v", step, what, err)
+		}
+		if r.Status().LastScope < 0 {
+			full++
+		} else {
+			incremental++
+		}
+		assertNBMatches(t, r, Render(objs))
+		if t.Failed() {
+			t.Fatalf("step %d (%s): NB differs from the rendering", step, what)
+		}
+		res, err := r.Resync(testCtx(t), objs)
+		if err != nil {
+			t.Fatalf("step %d (%s): full pass: %v", step, what, err)
+		}
+		if res.Writes() != 0 {
+			t.Fatalf("step %d (%s): the full pass after the incremental one wrote %+v", step, what, res)
+		}
+	}
+	t.Logf("%d incremental passes, %d fell back to full passes", incremental, full)
+	if incremental < 50 {
+		t.Errorf("only %d of 60 passes were incremental", incremental)
+	}
+}
+
+// mutator holds a random topology and changes it the way the model does:
+// a changed object is a new object.
+type mutator struct {
+	rng     *rand.Rand
+	vpcs    []*agentv1.Vpc
+	subnets map[uint32]*agentv1.Subnet
+	ports   map[uint32]*agentv1.Port
+	sgs     map[uint32]*agentv1.SecurityGroup
+	acls    map[uint32]*agentv1.NetworkAcl
+	rts     map[uint32]*agentv1.RouteTable
+	next    uint32
+}
+
+func newMutator(rng *rand.Rand) *mutator {
+	m := &mutator{rng: rng, subnets: map[uint32]*agentv1.Subnet{}, ports: map[uint32]*agentv1.Port{},
+		sgs: map[uint32]*agentv1.SecurityGroup{}, acls: map[uint32]*agentv1.NetworkAcl{}, rts: map[uint32]*agentv1.RouteTable{}, next: 1000}
+	for v := uint32(1); v <= 2; v++ {
+		m.vpcs = append(m.vpcs, &agentv1.Vpc{Id: v, Vni: 100 + v, Cidrs: []string{"10.0.0.0/8"}})
+		for s := range uint32(3) {
+			id := v*10 + s
+			m.subnets[id] = &agentv1.Subnet{Id: id, VpcId: v, Cidr: fmt.Sprintf("10.%d.0.0/16", s),
+				GatewayIp: fmt.Sprintf("10.%d.0.1", s), Mtu: 1450, DhcpEnabled: s == 0}
+		}
+		for g := range uint32(4) {
+			id := v*100 + g
+			m.sgs[id] = &agentv1.SecurityGroup{Id: id, VpcId: v, Rules: []*agentv1.Rule{m.rule(v)}}
+		}
+		m.acls[v*1000] = &agentv1.NetworkAcl{Id: v * 1000, VpcId: v, Rules: []*agentv1.Rule{
+			{Id: m.id(), Number: 100, Ingress: true, Protocol: 6, PortMin: 23, PortMax: 23, IcmpType: -1, IcmpCode: -1},
+			{Id: m.id(), Number: 200, Ingress: true, Allow: true, IcmpType: -1, IcmpCode: -1}}}
+		m.rts[v*2000] = &agentv1.RouteTable{Id: v * 2000, VpcId: v, Routes: []*agentv1.Route{{Destination: "192.168.0.0/16", Blackhole: true}}}
+	}
+	for range 30 {
+		m.addPort()
+	}
+	return m
+}
+
+func (m *mutator) id() uint32 { m.next++; return m.next }
+
+func (m *mutator) rule(vpc uint32) *agentv1.Rule {
+	r := &agentv1.Rule{Id: m.id(), Allow: true, Ingress: m.rng.IntN(2) == 0, Protocol: 6,
+		PortMin: uint32(1 + m.rng.IntN(1000)), IcmpType: -1, IcmpCode: -1, Cidr: "192.168.0.0/24"}
+	r.PortMax = r.PortMin
+	if m.rng.IntN(3) == 0 {
+		r.Cidr, r.RemoteGroupId = "", vpc*100+uint32(m.rng.IntN(4))
+	}
+	return r
+}
+
+func pick[T any](rng *rand.Rand, m map[uint32]T) (uint32, T) {
+	keys := sortedIDs(m)
+	k := keys[rng.IntN(len(keys))]
+	return k, m[k]
+}
+
+func (m *mutator) addPort() {
+	id := m.id()
+	_, s := pick(m.rng, m.subnets)
+	m.ports[id] = &agentv1.Port{Id: id, VpcId: s.VpcId, SubnetId: s.Id, Mac: fmt.Sprintf("02:00:00:00:%02x:%02x", byte(id>>8), byte(id)),
+		Ips: []string{fmt.Sprintf("10.%d.%d.%d", (s.Id%10)%3, id/200, id%200+2)}, SourceDestCheck: true,
+		SecurityGroupIds: m.groups(s.VpcId)}
+}
+
+func (m *mutator) groups(vpc uint32) []uint32 {
+	var out []uint32
+	for g := range uint32(4) {
+		if m.rng.IntN(3) == 0 {
+			out = append(out, vpc*100+g)
+		}
+	}
+	return out
+}
+
+// mutate makes one random change and says what it was.
+func (m *mutator) mutate() string {
+	switch m.rng.IntN(12) {
+	case 0:
+		id, g := pick(m.rng, m.sgs)
+		g = proto.Clone(g).(*agentv1.SecurityGroup)
+		if len(g.Rules) > 0 {
+			g.Rules[m.rng.IntN(len(g.Rules))].PortMin += 1
+		}
+		m.sgs[id] = g
+		return "rule changed"
+	case 1:
+		id, g := pick(m.rng, m.sgs)
+		g = proto.Clone(g).(*agentv1.SecurityGroup)
+		g.Rules = append(g.Rules, m.rule(g.VpcId))
+		m.sgs[id] = g
+		return "rule added"
+	case 2:
+		id, g := pick(m.rng, m.sgs)
+		g = proto.Clone(g).(*agentv1.SecurityGroup)
+		if len(g.Rules) > 0 {
+			i := m.rng.IntN(len(g.Rules))
+			g.Rules = slices.Delete(g.Rules, i, i+1)
+		}
+		m.sgs[id] = g
+		return "rule removed"
+	case 3:
+		m.addPort()
+		return "port added"
+	case 4:
+		id, _ := pick(m.rng, m.ports)
+		delete(m.ports, id)
+		return "port deleted"
+	case 5:
+		id, p := pick(m.rng, m.ports)
+		p = proto.Clone(p).(*agentv1.Port)
+		p.SecurityGroupIds = m.groups(p.VpcId)
+		m.ports[id] = p
+		return "port groups changed"
+	case 6:
+		id, p := pick(m.rng, m.ports)
+		p = proto.Clone(p).(*agentv1.Port)
+		s := p.VpcId*10 + uint32(m.rng.IntN(3))
+		p.SubnetId = s
+		p.Ips = []string{fmt.Sprintf("10.%d.%d.%d", s%10, id/200, id%200+2)}
+		m.ports[id] = p
+		return "port moved to another subnet"
+	case 7:
+		id, s := pick(m.rng, m.subnets)
+		s = proto.Clone(s).(*agentv1.Subnet)
+		s.DhcpEnabled = !s.DhcpEnabled
+		m.subnets[id] = s
+		return "subnet DHCP toggled"
+	case 8:
+		id, s := pick(m.rng, m.subnets)
+		s = proto.Clone(s).(*agentv1.Subnet)
+		if s.NetworkAclId == 0 {
+			s.NetworkAclId, s.RouteTableId = s.VpcId*1000, s.VpcId*2000
+		} else {
+			s.NetworkAclId, s.RouteTableId = 0, 0
+		}
+		m.subnets[id] = s
+		return "subnet network ACL and route table toggled"
+	case 9:
+		id, a := pick(m.rng, m.acls)
+		a = proto.Clone(a).(*agentv1.NetworkAcl)
+		a.Rules = append(a.Rules, &agentv1.Rule{Id: m.id(), Number: uint32(300 + m.rng.IntN(100)), Protocol: 17,
+			PortMin: 53, PortMax: 53, IcmpType: -1, IcmpCode: -1})
+		m.acls[id] = a
+		return "network ACL rule added"
+	case 10:
+		id, rt := pick(m.rng, m.rts)
+		rt = proto.Clone(rt).(*agentv1.RouteTable)
+		rt.Routes = append(rt.Routes, &agentv1.Route{Destination: fmt.Sprintf("172.16.%d.0/24", m.rng.IntN(256)), NextHopIp: "10.0.0.9"})
+		m.rts[id] = rt
+		return "route added"
+	default:
+		id, g := pick(m.rng, m.sgs)
+		if m.rng.IntN(2) == 0 {
+			delete(m.sgs, id) // ports still naming it render without it
+			return "security group deleted"
+		}
+		m.sgs[id+50] = &agentv1.SecurityGroup{Id: id + 50, VpcId: g.VpcId, Rules: []*agentv1.Rule{m.rule(g.VpcId)}}
+		return "security group added"
+	}
+}
+
+func (m *mutator) objects() map[string]*agentv1.Object {
+	var bodies []proto.Message
+	for _, v := range m.vpcs {
+		bodies = append(bodies, v)
+	}
+	for _, id := range sortedIDs(m.subnets) {
+		bodies = append(bodies, m.subnets[id])
+	}
+	for _, id := range sortedIDs(m.ports) {
+		bodies = append(bodies, m.ports[id])
+	}
+	for _, id := range sortedIDs(m.sgs) {
+		bodies = append(bodies, m.sgs[id])
+	}
+	for _, id := range sortedIDs(m.acls) {
+		bodies = append(bodies, m.acls[id])
+	}
+	for _, id := range sortedIDs(m.rts) {
+		bodies = append(bodies, m.rts[id])
+	}
+	return objects(bodies...)
+}
