@@ -30,8 +30,9 @@ func (a *app) applyCommand() *cobra.Command {
 		Use:   "apply -f FILE",
 		Short: "Create or update the resources of a YAML topology, in dependency order",
 		Long: `apply converges the controller to a topology file: YAML documents, each
-"kind: Vpc" (Project, Node, Vpc, NetworkAcl, RouteTable, Subnet,
-SecurityGroup, Port) plus the resource's fields in protojson names.
+"kind: Vpc" (Project, Node, PublicAddressPool, BgpPeer, Vpc, NetworkAcl,
+RouteTable, Subnet, SecurityGroup, Port, ElasticIp, NatGateway) plus the
+resource's fields in protojson names.
 
 Resources that do not exist are created. Existing ones are compared on the
 fields the document sets, and only differing fields are updated (with the

@@ -10,7 +10,7 @@ import (
 // and rules alike); NetworkAcl.subnets is derived from the subnets.
 func outputOnly(fd protoreflect.FieldDescriptor) bool {
 	switch fd.Name() {
-	case "etag", "create_time", "update_time", "id", "vni", "status", "usage", "available_ips":
+	case "etag", "create_time", "update_time", "id", "vni", "status", "usage", "available_ips", "password_set":
 		return true
 	}
 	return fd.FullName() == "meridian.v1.NetworkAcl.subnets"
@@ -37,6 +37,15 @@ func diffFields(doc, cur proto.Message, fields map[string]any) []string {
 		}
 		node, set := keyOf(fields, fd)
 		if !set {
+			continue
+		}
+		if fd.FullName() == "meridian.v1.BgpPeer.password" {
+			// Write-only: the server never returns it, only whether one is
+			// set. apply sets or clears it; changing one that is set takes
+			// "bgp-peer update --mask password".
+			if (dm.Get(fd).String() != "") != cm.Get(cm.Descriptor().Fields().ByName("password_set")).Bool() {
+				changed = append(changed, string(fd.Name()))
+			}
 			continue
 		}
 		if !fieldEqual(fd, dm, cm, node) {

@@ -131,3 +131,27 @@ func TestUpdateMessage(t *testing.T) {
 		t.Errorf("update message = %v, want %v", got, want)
 	}
 }
+
+// TestDiffWriteOnlyPassword: the server never returns a BGP peer's
+// password, only whether one is set, so apply compares exactly that.
+func TestDiffWriteOnlyPassword(t *testing.T) {
+	withPw := doc(t, "kind: BgpPeer\nname: bgpPeers/p\npeerAsn: 65000\npassword: secret\n")
+	noPw := doc(t, "kind: BgpPeer\nname: bgpPeers/p\npeerAsn: 65000\npassword: \"\"\n")
+	set := &v1.BgpPeer{Name: "bgpPeers/p", PeerAsn: 65000, PasswordSet: true}
+	unset := &v1.BgpPeer{Name: "bgpPeers/p", PeerAsn: 65000}
+	for _, tc := range []struct {
+		name string
+		d    *Document
+		cur  *v1.BgpPeer
+		want string
+	}{
+		{"set and set", withPw, set, ""},
+		{"set, none on the server", withPw, unset, "password"},
+		{"cleared, one on the server", noPw, set, "password"},
+		{"cleared and none", noPw, unset, ""},
+	} {
+		if got := strings.Join(diffFields(tc.d.Msg, tc.cur, tc.d.Fields), ","); got != tc.want {
+			t.Errorf("%s: diff %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}

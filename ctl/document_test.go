@@ -59,7 +59,7 @@ func TestParseDocumentsErrors(t *testing.T) {
 		want []string // substrings of the error
 	}{
 		{"unknown kind", "kind: Vpc\nname: projects/p/vpcs/v\n---\nkind: Vnet\nname: x\n",
-			[]string{"t.yaml: document 2 (line 4)", `unknown kind "Vnet"`, "Project, Node, Vpc"}},
+			[]string{"t.yaml: document 2 (line 4)", `unknown kind "Vnet"`, "Project, Node, PublicAddressPool"}},
 		{"missing kind", "name: projects/p\n", []string{"document 1 (line 1)", "missing kind"}},
 		{"unknown field", "kind: Project\nname: projects/p\n---\nkind: Vpc\nname: projects/p/vpcs/v\ncidrBlock: 10.0.0.0/16\n",
 			[]string{"document 2 (line 4)", `unknown field "cidrBlock"`, `did you mean "cidrBlocks"`}},
@@ -167,5 +167,26 @@ func TestExampleTopology(t *testing.T) {
 				t.Errorf("db security group rule = %v", r)
 			}
 		}
+	}
+}
+
+// TestExampleOutside keeps the issue [4] example parseable: every kind of
+// the outside world, in dependency order after the topology's.
+func TestExampleOutside(t *testing.T) {
+	data, err := os.ReadFile("../examples/outside.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs, err := parseDocuments(kindTable(), "outside.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range orderDocuments(docs) {
+		got = append(got, d.Kind.Name)
+	}
+	want := []string{"Node", "PublicAddressPool", "BgpPeer", "ElasticIp", "ElasticIp", "NatGateway"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("kinds in apply order: %v, want %v", got, want)
 	}
 }

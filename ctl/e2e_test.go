@@ -66,6 +66,26 @@ func TestEndToEnd(t *testing.T) {
 	// Second apply changes nothing.
 	expectLines(t, "second apply", admin("apply", "-f", topology), len(docs), " unchanged")
 
+	// The outside world (issue [4]) on top of it: created, then unchanged
+	// (the BGP peer's write-only password included), then removed again.
+	const outside = "../examples/outside.yaml"
+	odocs, err := parseDocuments(kindTable(), outside, mustRead(t, outside))
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectLines(t, "apply outside", admin("apply", "-f", outside), len(odocs), " created")
+	expectLines(t, "apply outside again", admin("apply", "-f", outside), len(odocs), " unchanged")
+	if out := admin("eip", "get", "projects/demo/elasticIps/egress", "-o", "json"); !jsonField(out, "natGateway", "projects/demo/natGateways/egress") {
+		t.Errorf("the NAT gateway's elastic IP does not name it:\n%s", out)
+	}
+	if out := admin("bgp-peer", "get", "bgpPeers/gw-1-tor", "-o", "json"); strings.Contains(out, "demo-md5-secret") || !regexp.MustCompile(`"passwordSet":\s*true`).MatchString(out) {
+		t.Errorf("bgp-peer get shows the password or not that one is set:\n%s", out)
+	}
+	if out := admin("pool", "list"); !strings.Contains(out, "198.51.100.0/28") {
+		t.Errorf("pool list:\n%s", out)
+	}
+	expectLines(t, "delete outside", admin("delete", "-f", outside), len(odocs), " deleted")
+
 	// Edit one rule: exactly that security group is updated, in its rules.
 	edited := filepath.Join(dir, "edited.yaml")
 	text := string(mustRead(t, topology))

@@ -59,6 +59,18 @@ func kindTable() []*kindInfo {
 			Columns: []column{{Header: "HOSTNAME", Path: "hostname"}, {Header: "UNDERLAY IP", Path: "underlay_ip"}, {Header: "CONNECTED", Path: "status.connected"}, {Header: "APPLIED", Path: "status.applied_version"}},
 		},
 		{
+			Kind: resource.KindPublicAddressPool, Command: "public-address-pool", Aliases: []string{"pool", "pools", "publicaddresspool", "publicaddresspools"},
+			Service: "meridian.v1.EdgeService",
+			Flags:   []convFlag{{"cidr", "cidrs", "public CIDR of the pool (repeatable)"}, {"community", "communities", "BGP community asn:value or a:b:c (repeatable)"}},
+			Columns: []column{{Header: "CIDRS", Path: "cidrs"}, {Header: "ALLOCATED", Path: "status.allocated"}, {Header: "TOTAL", Path: "status.total"}, {Header: "ANNOUNCE", Path: "announce"}},
+		},
+		{
+			Kind: resource.KindBgpPeer, Command: "bgp-peer", Aliases: []string{"peer", "peers", "bgppeer", "bgppeers"},
+			Service: "meridian.v1.EdgeService",
+			Flags:   []convFlag{{"node", "node", "gateway node holding the session (nodes/NAME)"}, {"peer-address", "peer_address", "address of the router"}},
+			Columns: []column{{Header: "NODE", Path: "node"}, {Header: "PEER", Path: "peer_address"}, {Header: "PEER ASN", Path: "peer_asn"}, {Header: "STATE", Path: "status.state"}},
+		},
+		{
 			Kind: resource.KindVpc, Command: "vpc", Aliases: []string{"vpcs"},
 			Service: "meridian.v1.NetworkService",
 			Flags:   []convFlag{{"cidr", "cidr_blocks", "IPv4 CIDR block (repeatable)"}},
@@ -103,6 +115,27 @@ func kindTable() []*kindInfo {
 				{"node", "node", "node the port is bound to (nodes/NAME)"},
 			},
 			Columns: []column{{Header: "SUBNET", Path: "subnet"}, {Header: "IPS", Path: "fixed_ips"}, {Header: "MAC", Path: "mac_address"}, {Header: "NODE", Path: "node"}, {Header: "STATE", Path: "status.state"}},
+		},
+		{
+			Kind: resource.KindElasticIp, Command: "elastic-ip", Aliases: []string{"eip", "eips", "elasticip", "elasticips"},
+			Service: "meridian.v1.EdgeService",
+			Flags: []convFlag{
+				{"pool", "pool", "public address pool to allocate from (required, immutable)"},
+				{"address", "address", "address to take from the pool (default: the next free one)"},
+				{"port", "port", "port to associate with"},
+				{"nat-gateway", "nat_gateway", "NAT gateway to associate with"},
+			},
+			Columns: []column{{Header: "ADDRESS", Path: "address"}, {Header: "PORT", Path: "port"}, {Header: "PRIVATE IP", Path: "private_ip"}, {Header: "NAT GATEWAY", Path: "nat_gateway"}},
+		},
+		{
+			Kind: resource.KindNatGateway, Command: "nat-gateway", Aliases: []string{"ngw", "ngws", "natgateway", "natgateways"},
+			Service: "meridian.v1.EdgeService",
+			Flags: []convFlag{
+				{"vpc", "vpc", "VPC of the NAT gateway (required, immutable)"},
+				{"eip", "elastic_ips", "elastic IP (repeatable)"},
+				{"subnet", "subnets", "subnet whose outbound traffic it translates (repeatable)"},
+			},
+			Columns: []column{{Header: "VPC", Path: "vpc"}, {Header: "ELASTIC IPS", Path: "elastic_ips"}, {Header: "MAPPINGS", Path: "port_mappings", Count: true}, {Header: "OWNER", Path: "status.owner_node"}},
 		},
 	}
 }
