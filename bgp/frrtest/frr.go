@@ -323,11 +323,11 @@ type Path struct {
 
 // Route returns bgpd's paths for one prefix, with their attributes.
 func (r *Router) Route(ctx context.Context, prefix netip.Prefix) ([]Path, error) {
-	afi := "ip"
+	afi := "ipv4"
 	if prefix.Addr().Is6() {
 		afi = "ipv6"
 	}
-	out, err := r.Vtysh(ctx, fmt.Sprintf("show %s bgp %s json", afi, prefix))
+	out, err := r.Vtysh(ctx, fmt.Sprintf("show bgp %s unicast %s json", afi, prefix))
 	if err != nil {
 		return nil, err
 	}
@@ -340,7 +340,7 @@ func (r *Router) Route(ctx context.Context, prefix netip.Prefix) ([]Path, error)
 			LargeCommunity *struct {
 				String string `json:"string"`
 			} `json:"largeCommunity"`
-			Stale   bool `json:"stale"`
+			Stale    bool `json:"stale"`
 			Nexthops []struct {
 				IP string `json:"ip"`
 			} `json:"nexthops"`
@@ -384,8 +384,8 @@ func (r *Router) Route(ctx context.Context, prefix netip.Prefix) ([]Path, error)
 // the next hops of their paths.
 func (r *Router) Routes(ctx context.Context) (map[netip.Prefix][]netip.Addr, error) {
 	out := map[netip.Prefix][]netip.Addr{}
-	for _, afi := range []string{"ip", "ipv6"} {
-		raw, err := r.Vtysh(ctx, fmt.Sprintf("show %s bgp json", afi))
+	for _, afi := range []string{"ipv4", "ipv6"} {
+		raw, err := r.Vtysh(ctx, fmt.Sprintf("show bgp %s unicast json", afi))
 		if err != nil {
 			return nil, err
 		}
@@ -397,7 +397,7 @@ func (r *Router) Routes(ctx context.Context) (map[netip.Prefix][]netip.Addr, err
 			} `json:"routes"`
 		}
 		if err := json.Unmarshal([]byte(raw), &table); err != nil {
-			return nil, fmt.Errorf("frrtest: parsing show %s bgp json: %w", afi, err)
+			return nil, fmt.Errorf("frrtest: parsing show bgp %s unicast json: %w", afi, err)
 		}
 		for p, paths := range table.Routes {
 			pfx, err := netip.ParsePrefix(p)
