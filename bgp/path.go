@@ -201,33 +201,55 @@ func BuildPath(r Route) (*api.Path, error) {
 	return &api.Path{Family: fam, Nlri: nlri, Pattrs: pattrs}, nil
 }
 
+// announcement is a route as announced, with the path that carries it.
+type announcement struct {
+	route Route
+	path  *api.Path
+}
+
 // plan is what SetRoutes must do to go from the announced set to the desired
 // one: each entry is one UPDATE on the wire, nothing more.
 type plan struct {
-	announce []*api.Path // new prefixes and prefixes whose attributes changed
-	withdraw []*api.Path // prefixes no longer wanted (the paths announced before)
-	next     map[netip.Prefix]*api.Path
+	announce []announcement // new prefixes and prefixes whose attributes changed
+	withdraw []announcement // prefixes no longer wanted (as announced before)
+	next     map[netip.Prefix]announcement
 }
 
-// diffRoutes builds every path first, so one bad route fails the whole call
-// before anything is sent.
-func diffRoutes(announced map[netip.Prefix]*api.Path, desired []Route) (plan, error) {
-	next := make(map[netip.Prefix]*api.Path, len(desired))
+func sameRoute(a, b Route) bool {
+	return a.Prefix == b.Prefix && a.NextHop == b.NextHop && a.MED == b.MED && slices.Equal(a.Communities, b.Communities)
+}
+
+// diffRoutes builds every new or changed path first, so one bad route fails
+// the whole call before anything is sent. A route identical to the one
+// announced is not rebuilt: a reconcile loop passes thousands of unchanged
+// routes on every call.
+func diffRoutes(announced map[netip.Prefix]announcement, desired []Route) (plan, error) {
+	next := make(map[netip.Prefix]announcement, len(desired))
 	var p plan
+	var changed []netip.Prefix
 	for _, r := range desired {
 		if _, dup := next[r.Prefix]; dup {
 			return plan{}, fmt.Errorf("route %v: prefix listed twice", r.Prefix)
+		}
+		if old, ok := announced[r.Prefix]; ok && sameRoute(old.route, r) {
+			next[r.Prefix] = old
+			continue
 		}
 		path, err := BuildPath(r)
 		if err != nil {
 			return plan{}, err
 		}
-		next[r.Prefix] = path
-	}
-	for _, pfx := range sortedPrefixes(next) {
-		if old, ok := announced[pfx]; ok && proto.Equal(old, next[pfx]) {
+		r.Communities = slices.Clone(r.Communities) // the caller may reuse its slice
+		next[r.Prefix] = announcement{route: r, path: path}
+		// Another spelling of the same attributes (communities reordered)
+		// needs no UPDATE.
+		if old, ok := announced[r.Prefix]; ok && proto.Equal(old.path, path) {
 			continue
 		}
+		changed = append(changed, r.Prefix)
+	}
+	sortPrefixes(changed)
+	for _, pfx := range changed {
 		p.announce = append(p.announce, next[pfx])
 	}
 	for _, pfx := range sortedPrefixes(announced) {
@@ -239,16 +261,20 @@ func diffRoutes(announced map[netip.Prefix]*api.Path, desired []Route) (plan, er
 	return p, nil
 }
 
-func sortedPrefixes(m map[netip.Prefix]*api.Path) []netip.Prefix {
+func sortedPrefixes[V any](m map[netip.Prefix]V) []netip.Prefix {
 	out := make([]netip.Prefix, 0, len(m))
 	for k := range m {
 		out = append(out, k)
 	}
-	slices.SortFunc(out, func(a, b netip.Prefix) int {
+	sortPrefixes(out)
+	return out
+}
+
+func sortPrefixes(ps []netip.Prefix) {
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
 		if c := a.Addr().Compare(b.Addr()); c != 0 {
 			return c
 		}
 		return a.Bits() - b.Bits()
 	})
-	return out
 }

@@ -159,14 +159,14 @@ func TestDiffRoutes(t *testing.T) {
 	a := Route{Prefix: pfx("203.0.113.1/32"), MED: 10}
 	b := Route{Prefix: pfx("203.0.113.2/32")}
 	c := Route{Prefix: pfx("10.1.0.0/16"), Communities: []string{"65000:1"}}
-	announced := func(rs ...Route) map[netip.Prefix]*api.Path {
-		m := map[netip.Prefix]*api.Path{}
+	announced := func(rs ...Route) map[netip.Prefix]announcement {
+		m := map[netip.Prefix]announcement{}
 		for _, r := range rs {
 			p, err := BuildPath(r)
 			if err != nil {
 				t.Fatal(err)
 			}
-			m[r.Prefix] = p
+			m[r.Prefix] = announcement{route: r, path: p}
 		}
 		return m
 	}
@@ -174,13 +174,14 @@ func TestDiffRoutes(t *testing.T) {
 	aWorse.MED = 110
 	tests := []struct {
 		name               string
-		from               map[netip.Prefix]*api.Path
+		from               map[netip.Prefix]announcement
 		to                 []Route
 		announce, withdraw []netip.Prefix
 		err                string
 	}{
 		{name: "from nothing", from: announced(), to: []Route{a, b}, announce: []netip.Prefix{a.Prefix, b.Prefix}},
 		{name: "unchanged sends nothing", from: announced(a, b), to: []Route{b, a}},
+		{name: "communities reordered is no change", from: announced(c, a), to: []Route{a, {Prefix: c.Prefix, Communities: []string{"65000:1", "65000:1"}}}},
 		{name: "one attribute change re-announces only that prefix", from: announced(a, b), to: []Route{aWorse, b}, announce: []netip.Prefix{a.Prefix}},
 		{name: "removal withdraws only that prefix", from: announced(a, b, c), to: []Route{a, c}, withdraw: []netip.Prefix{b.Prefix}},
 		{name: "everything gone", from: announced(a, c), to: nil, withdraw: []netip.Prefix{c.Prefix, a.Prefix}},
@@ -199,10 +200,10 @@ func TestDiffRoutes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			check := func(what string, got []*api.Path, want []netip.Prefix) {
+			check := func(what string, got []announcement, want []netip.Prefix) {
 				var gp []netip.Prefix
 				for _, x := range got {
-					gp = append(gp, pathPrefix(x))
+					gp = append(gp, x.route.Prefix)
 				}
 				if len(gp) != len(want) {
 					t.Fatalf("%s = %v, want %v", what, gp, want)

@@ -92,7 +92,7 @@ type Speaker struct {
 	started   bool
 	stopped   bool
 	peers     map[netip.Addr]Peer
-	announced map[netip.Prefix]*api.Path
+	announced map[netip.Prefix]announcement
 	cancel    context.CancelFunc // ends the event watcher
 
 	smu    sync.Mutex // guards status, written by GoBGP's goroutines
@@ -124,7 +124,7 @@ func New(cfg Config) (*Speaker, error) {
 		cfg:       cfg,
 		log:       log.With("component", "bgp"),
 		peers:     map[netip.Addr]Peer{},
-		announced: map[netip.Prefix]*api.Path{},
+		announced: map[netip.Prefix]announcement{},
 		status:    map[netip.Addr]*peerStatus{},
 	}
 	return s, nil
@@ -327,35 +327,29 @@ func (s *Speaker) SetRoutes(ctx context.Context, routes []Route) error {
 	// Withdraw first: a prefix moving between families is impossible, so
 	// the two lists never share a prefix, and shrinking first keeps the
 	// peers' tables small when a large set is replaced.
-	for _, path := range p.withdraw {
-		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: path.Family, Path: path}); err != nil {
-			return fmt.Errorf("bgp: withdrawing %s: %w", pathPrefix(path), err)
+	for _, a := range p.withdraw {
+		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: a.path.Family, Path: a.path}); err != nil {
+			return fmt.Errorf("bgp: withdrawing %v: %w", a.route.Prefix, err)
 		}
-		delete(s.announced, pathPrefix(path))
+		delete(s.announced, a.route.Prefix)
 	}
-	for _, path := range p.announce {
-		if _, err := s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path}); err != nil {
-			return fmt.Errorf("bgp: announcing %s: %w", pathPrefix(path), err)
+	for _, a := range p.announce {
+		if _, err := s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: a.path}); err != nil {
+			return fmt.Errorf("bgp: announcing %v: %w", a.route.Prefix, err)
 		}
-		s.announced[pathPrefix(path)] = path
+		s.announced[a.route.Prefix] = a
+	}
+	// Unchanged routes may come with a new spelling of their communities;
+	// remember the latest so the next call compares against it cheaply.
+	for pfx, a := range p.next {
+		if _, ok := s.announced[pfx]; ok {
+			s.announced[pfx] = a
+		}
 	}
 	if len(p.withdraw)+len(p.announce) > 0 {
 		s.log.Debug("routes updated", "announced", len(p.announce), "withdrawn", len(p.withdraw), "total", len(s.announced))
 	}
 	return nil
-}
-
-// pathPrefix recovers the prefix of a path built by BuildPath.
-func pathPrefix(p *api.Path) netip.Prefix {
-	var n api.IPAddressPrefix
-	if err := p.Nlri.UnmarshalTo(&n); err != nil {
-		return netip.Prefix{}
-	}
-	a, err := netip.ParseAddr(n.Prefix)
-	if err != nil {
-		return netip.Prefix{}
-	}
-	return netip.PrefixFrom(a, int(n.PrefixLen))
 }
 
 // Routes returns what is announced, sorted by prefix.
