@@ -202,4 +202,3 @@ func expectPing(t *testing.T, ns, dst string, ok bool) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
-
