@@ -22,6 +22,9 @@ const (
 // object embeds (so that their creation, deletion or renumbering recompiles
 // it).
 func (m *Model) compile(ref string) (*agentv1.Object, []string) {
+	if id, ok := strings.CutPrefix(ref, gatewayPrefix); ok {
+		return m.compileGateway(id)
+	}
 	if id, ok := strings.CutPrefix(ref, "nodes/"); ok {
 		n := m.nodes[id]
 		if n == nil {
@@ -53,6 +56,22 @@ func (m *Model) compile(ref string) (*agentv1.Object, []string) {
 	case "routeTables":
 		if r := m.rts[ref]; r != nil && r.GetId() != 0 {
 			return m.compileRT(r)
+		}
+	case "publicAddressPools":
+		if p := m.pools[ref]; p != nil && p.GetId() != 0 {
+			return compilePool(p), nil
+		}
+	case "bgpPeers":
+		if p := m.peers[ref]; p != nil && p.GetId() != 0 {
+			return compilePeer(p), nil
+		}
+	case "elasticIps":
+		if e := m.eips[ref]; e != nil && e.GetId() != 0 {
+			return m.compileEIP(e)
+		}
+	case "natGateways":
+		if n := m.ngws[ref]; n != nil && n.GetId() != 0 {
+			return m.compileNGW(n)
 		}
 	}
 	return nil, nil

@@ -116,6 +116,10 @@ type Model struct {
 	acls    map[string]*mv1.NetworkAcl
 	rts     map[string]*mv1.RouteTable
 	nodes   map[string]*mv1.Node
+	pools   map[string]*mv1.PublicAddressPool
+	peers   map[string]*mv1.BgpPeer
+	eips    map[string]*mv1.ElasticIp
+	ngws    map[string]*mv1.NatGateway
 
 	// Compiled objects and their dependencies. A "ref" is a resource name
 	// ("projects/p/ports/x", "nodes/n"); names of different kinds never
@@ -125,6 +129,9 @@ type Model struct {
 	resKey map[string]string          // ref -> object key
 	deps   map[string][]string        // object key -> refs whose IDs it embeds
 	rdeps  map[string]set             // ref -> object keys embedding its ID
+	// crdeps: ref -> object keys embedding more of it than its ID (an
+	// elastic IP embeds its port's MAC and node): recompiled on any change.
+	crdeps map[string]set
 
 	// Indexes over the input that decide which node needs what.
 	vpcSubnets map[string]set            // vpc -> subnets
@@ -137,6 +144,17 @@ type Model struct {
 	nodeSGs    map[string]map[string]int // node ID -> sg -> bound ports using it
 	sgNodes    map[string]map[string]int // sg -> node ID -> bound ports using it
 
+	// The outside world (issue [4]).
+	gateways  set            // node IDs with the GATEWAY role
+	vpcNgws   map[string]set // vpc -> NAT gateways in it
+	portEips  map[string]set // port -> elastic IPs associated with it
+	nodeEips  map[string]set // node ID -> elastic IPs of ports bound there
+	nodePeers map[string]set // node ID -> BGP peers of that node
+	// down holds gateway node IDs the owner reported unavailable (agent
+	// gone): they keep their objects but own no NAT gateway. It is not
+	// store content, so Load keeps it.
+	down set
+
 	// Materialised per-node desired state (as keys) and its reverse.
 	nodeKeys map[string]set // node ID -> object keys
 	holders  map[string]set // object key -> node IDs
@@ -147,7 +165,7 @@ func New(log *slog.Logger) *Model {
 	if log == nil {
 		log = slog.Default()
 	}
-	m := &Model{log: log}
+	m := &Model{log: log, down: set{}}
 	m.reset()
 	return m
 }
@@ -160,6 +178,16 @@ func (m *Model) reset() {
 	m.acls = map[string]*mv1.NetworkAcl{}
 	m.rts = map[string]*mv1.RouteTable{}
 	m.nodes = map[string]*mv1.Node{}
+	m.pools = map[string]*mv1.PublicAddressPool{}
+	m.peers = map[string]*mv1.BgpPeer{}
+	m.eips = map[string]*mv1.ElasticIp{}
+	m.ngws = map[string]*mv1.NatGateway{}
+	m.crdeps = map[string]set{}
+	m.gateways = set{}
+	m.vpcNgws = map[string]set{}
+	m.portEips = map[string]set{}
+	m.nodeEips = map[string]set{}
+	m.nodePeers = map[string]set{}
 	m.objs = map[string]*agentv1.Object{}
 	m.objRes = map[string]string{}
 	m.resKey = map[string]string{}
@@ -184,6 +212,7 @@ func modelKinds() []*resource.Kind {
 	return []*resource.Kind{
 		resource.KindNode, resource.KindVpc, resource.KindNetworkAcl, resource.KindRouteTable,
 		resource.KindSubnet, resource.KindSecurityGroup, resource.KindPort,
+		resource.KindPublicAddressPool, resource.KindBgpPeer, resource.KindElasticIp, resource.KindNatGateway,
 	}
 }
 
@@ -229,15 +258,23 @@ func (m *Model) Load(tx store.ReadTx) error {
 		refs = append(refs, n)
 	}
 	for id := range m.nodes {
-		refs = append(refs, resource.KindNode.NameOf("", id))
+		refs = append(refs, resource.KindNode.NameOf("", id), gatewayRef(id))
 	}
+	refs = m.edgeRefs(refs)
 	for _, r := range refs {
 		m.recompile(r, &discard)
 	}
 	for n := range m.nodeVpcs {
 		m.setNodeKeys(n, m.computeNodeKeys(n), nil)
 	}
-	for n := range m.nodeSGs {
+	for _, ns := range []map[string]map[string]int{m.nodeSGs} {
+		for n := range ns {
+			if _, done := m.nodeKeys[n]; !done {
+				m.setNodeKeys(n, m.computeNodeKeys(n), nil)
+			}
+		}
+	}
+	for n := range m.nodes {
 		if _, done := m.nodeKeys[n]; !done {
 			m.setNodeKeys(n, m.computeNodeKeys(n), nil)
 		}
@@ -324,6 +361,14 @@ func idOf(msg proto.Message) uint32 {
 		return r.GetId()
 	case *mv1.RouteTable:
 		return r.GetId()
+	case *mv1.PublicAddressPool:
+		return r.GetId()
+	case *mv1.BgpPeer:
+		return r.GetId()
+	case *mv1.ElasticIp:
+		return r.GetId()
+	case *mv1.NatGateway:
+		return r.GetId()
 	}
 	return 0
 }
@@ -350,6 +395,14 @@ func (m *Model) get(k *resource.Kind, name string) proto.Message {
 		msg, ok = m.rts[name]
 	case resource.KindNode:
 		msg, ok = m.nodes[nodeID(name)]
+	case resource.KindPublicAddressPool:
+		msg, ok = m.pools[name]
+	case resource.KindBgpPeer:
+		msg, ok = m.peers[name]
+	case resource.KindElasticIp:
+		msg, ok = m.eips[name]
+	case resource.KindNatGateway:
+		msg, ok = m.ngws[name]
 	}
 	if !ok {
 		return nil
@@ -373,6 +426,14 @@ func (m *Model) set(k *resource.Kind, name string, msg proto.Message) {
 		setOrDelete(m.rts, name, msg)
 	case resource.KindNode:
 		setOrDelete(m.nodes, nodeID(name), msg)
+	case resource.KindPublicAddressPool:
+		setOrDelete(m.pools, name, msg)
+	case resource.KindBgpPeer:
+		setOrDelete(m.peers, name, msg)
+	case resource.KindElasticIp:
+		setOrDelete(m.eips, name, msg)
+	case resource.KindNatGateway:
+		setOrDelete(m.ngws, name, msg)
 	}
 }
 
@@ -391,12 +452,26 @@ func (m *Model) update(k *resource.Kind, name string, msg proto.Message, c *chan
 		return
 	}
 	oldKey := m.resKey[name]
+	wasGateway := k == resource.KindNode && m.isGateway(nodeID(name))
 	m.unindex(k, name, c)
 	m.set(k, name, msg)
 	m.index(k, name, c)
 	m.recompile(name, c)
 	c.check(oldKey)
 	c.check(m.resKey[name])
+	if k == resource.KindNode {
+		id := nodeID(name)
+		g := gatewayRef(id)
+		oldG := m.resKey[g]
+		m.recompile(g, c)
+		c.check(oldG)
+		c.check(m.resKey[g])
+		if wasGateway != m.isGateway(id) {
+			// NAT gateway owners are chosen among the gateways.
+			m.recompileContentDeps(gatewaysRef, c)
+		}
+	}
+	m.recompileContentDeps(name, c)
 	// Other objects embed only this resource's numeric ID, so they need
 	// recompiling only when the ID appears, disappears or changes.
 	if old == nil || msg == nil || idOf(old) != idOf(msg) {
@@ -466,6 +541,10 @@ func (m *Model) indexDelta(k *resource.Kind, name string, d int, c *changeSet) {
 			return
 		}
 		n := nodeID(p.GetNode())
+		for e := range m.portEips[name] {
+			setOp(m.nodeEips, n, e)
+			c.check(m.resKey[e])
+		}
 		if incr(m.nodeVpcs, n, vpc, d) {
 			incr(m.vpcNodes, vpc, n, d)
 			c.full[n] = struct{}{}
@@ -489,6 +568,8 @@ func (m *Model) indexDelta(k *resource.Kind, name string, d int, c *changeSet) {
 			setOp(m.sgRemoteOf, g, name)
 			c.check(m.resKey[g])
 		}
+	default:
+		m.indexEdge(k, name, d, setOp, c)
 	}
 }
 
@@ -515,18 +596,26 @@ func (m *Model) recompile(ref string, c *changeSet) {
 	}
 	m.objRes[newKey] = ref
 	m.resKey[ref] = newKey
+	content := contentKind(newKey)
 	for _, d := range m.deps[newKey] {
 		remove(m.rdeps, d, newKey)
+		if content {
+			remove(m.crdeps, d, newKey)
+		}
 	}
 	m.deps[newKey] = deps
 	for _, d := range deps {
 		add(m.rdeps, d, newKey)
+		if content {
+			add(m.crdeps, d, newKey)
+		}
 	}
 }
 
 func (m *Model) dropObject(key string) {
 	for _, d := range m.deps[key] {
 		remove(m.rdeps, d, key)
+		remove(m.crdeps, d, key)
 	}
 	delete(m.deps, key)
 	if r, ok := m.objRes[key]; ok && m.resKey[r] == key {
@@ -581,6 +670,7 @@ func (m *Model) computeNodeKeys(n string) set {
 			put(r)
 		}
 	}
+	m.edgeNodeKeys(n, put)
 	return out
 }
 
@@ -628,6 +718,8 @@ func (m *Model) holds(n, key string) bool {
 				return true
 			}
 		}
+	default:
+		return m.holdsEdge(n, kind, ref)
 	}
 	return false
 }
@@ -673,6 +765,8 @@ func (m *Model) candidates(key string, out set) {
 		for vpc := range m.nodeVpcs[nodeID(ref)] {
 			vpcNodes(vpc)
 		}
+	default:
+		m.candidatesEdge(kind, ref, out)
 	}
 }
 

@@ -2,9 +2,11 @@ package model
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -18,7 +20,11 @@ import (
 // full rebuild from tx: every object and every node's desired state.
 func assertSameAsFull(t *testing.T, m *Model, tx *memTx) {
 	t.Helper()
-	full := loadModel(t, tx)
+	full := New(quiet())
+	full.down = maps.Clone(m.down) // not store content: the owner's input
+	if err := full.Load(tx); err != nil {
+		t.Fatalf("Load: %v", err)
+	}
 	if m.Len() != full.Len() {
 		t.Fatalf("incremental has %d objects, full rebuild %d", m.Len(), full.Len())
 	}
@@ -55,7 +61,57 @@ type universe struct {
 
 const (
 	nVpcs, nSubnets, nSGs, nACLs, nRTs, nPorts, nNodes = 3, 2, 3, 2, 1, 14, 5
+	nPools, nPeers, nEIPs, nNGWs                       = 2, 3, 6, 3
 )
+
+func (u *universe) poolName(i int) string { return fmt.Sprintf("publicAddressPools/pl%d", i) }
+func (u *universe) eipName(i int) string  { return fmt.Sprintf("projects/p/elasticIps/e%d", i) }
+func (u *universe) ngwName(i int) string  { return fmt.Sprintf("projects/p/natGateways/g%d", i) }
+func (u *universe) nodeName(i int) string { return fmt.Sprintf("nodes/n%d", i) }
+
+// randomEdge returns a random outside-world resource.
+func (u *universe) randomEdge(v int) proto.Message {
+	switch u.r.IntN(4) {
+	case 0:
+		i := u.r.IntN(nPools)
+		p := &mv1.PublicAddressPool{Name: u.poolName(i), Id: uint32(i + 1), Cidrs: []string{fmt.Sprintf("203.0.%d.0/24", 113+i)},
+			Communities: []string{"65000:1", "65000:2"}[:u.r.IntN(3)], Med: uint32(u.r.IntN(2))}
+		if u.r.IntN(3) == 0 {
+			p.Announce = proto.Bool(false)
+		}
+		return p
+	case 1:
+		i := u.r.IntN(nPeers)
+		return &mv1.BgpPeer{Name: fmt.Sprintf("bgpPeers/b%d", i), Id: uint32(i + 1), Node: u.nodeName(u.r.IntN(nNodes)),
+			LocalAsn: 65001, PeerAsn: uint32(65000 + u.r.IntN(2)), PeerAddress: "192.0.2.254", Password: u.maybe(0.5, "pw")}
+	case 2:
+		i := u.r.IntN(nEIPs)
+		e := &mv1.ElasticIp{Name: u.eipName(i), Id: uint32(i + 1), Pool: u.poolName(u.r.IntN(nPools)),
+			Address: fmt.Sprintf("203.0.113.%d", u.r.IntN(4)+1)}
+		switch u.r.IntN(3) {
+		case 0:
+			e.Port, e.PrivateIp = u.portName(u.r.IntN(nPorts)), fmt.Sprintf("10.0.0.%d", u.r.IntN(250)+1)
+		case 1:
+			e.NatGateway = u.ngwName(u.r.IntN(nNGWs))
+		}
+		return e
+	default:
+		i := u.r.IntN(nNGWs)
+		n := &mv1.NatGateway{Name: u.ngwName(i), Id: uint32(i + 1), Vpc: u.vpcName(v), PortMin: uint32(u.r.IntN(2)) * 2000}
+		for range u.r.IntN(3) {
+			n.ElasticIps = append(n.ElasticIps, u.eipName(u.r.IntN(nEIPs)))
+		}
+		for range u.r.IntN(3) {
+			n.Subnets = append(n.Subnets, u.subName(v, u.r.IntN(nSubnets)))
+		}
+		for j := range u.r.IntN(3) {
+			n.PortMappings = append(n.PortMappings, &mv1.NatGatewayPortMapping{Protocol: []string{"tcp", "udp"}[u.r.IntN(2)],
+				ElasticIp: u.eipName(u.r.IntN(nEIPs)), PublicPort: uint32(80 + j), Port: u.portName(u.r.IntN(nPorts)), PrivatePort: 8080,
+				PrivateIp: "10.0.0.1"})
+		}
+		return n
+	}
+}
 
 func (u *universe) vpcName(i int) string    { return fmt.Sprintf("projects/p/vpcs/v%d", i) }
 func (u *universe) subName(v, i int) string { return fmt.Sprintf("%s/subnets/s%d", u.vpcName(v), i) }
@@ -79,7 +135,7 @@ func (u *universe) maybe(p float64, s string) string {
 func (u *universe) random() (msg proto.Message, key string) {
 	v := u.r.IntN(nVpcs)
 	id := func(base, i int) uint32 { return uint32(base*10 + i + 1) }
-	switch u.r.IntN(7) {
+	switch u.r.IntN(9) {
 	case 0:
 		m := vpc(u.vpcName(v), uint32(v+1), fmt.Sprintf("10.%d.0.0/16", u.r.IntN(3)))
 		m.Description = fmt.Sprint(u.r.IntN(2)) // no-op changes too
@@ -123,9 +179,15 @@ func (u *universe) random() (msg proto.Message, key string) {
 		m := &mv1.RouteTable{Name: u.rtName(v, i), Id: id(v, i), Vpc: u.vpcName(v), Routes: []*mv1.Route{
 			{Destination: "0.0.0.0/0", NextHopPort: u.portName(u.r.IntN(nPorts))}}}
 		return m, keyOf(m)
-	default:
+	case 6:
 		n := u.r.IntN(nNodes)
 		m := node(fmt.Sprintf("n%d", n), fmt.Sprintf("192.0.2.%d", u.r.IntN(3)+1))
+		if u.r.IntN(5) < 2 {
+			m.Roles = []mv1.NodeRole{mv1.NodeRole_COMPUTE, mv1.NodeRole_GATEWAY}
+		}
+		return m, keyOf(m)
+	default:
+		m := u.randomEdge(v)
 		return m, keyOf(m)
 	}
 }
@@ -135,6 +197,7 @@ func (u *universe) random() (msg proto.Message, key string) {
 // rebuild and (2) the reported changes are exactly the nodes and keys whose
 // desired state differs from before the event.
 func TestIncrementalEqualsFull(t *testing.T) {
+	seen := map[string]int{}
 	for seed := uint64(1); seed <= 20; seed++ {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
 			u := &universe{r: rand.New(rand.NewPCG(seed, 42))}
@@ -145,17 +208,25 @@ func TestIncrementalEqualsFull(t *testing.T) {
 				for _, n := range m.Nodes() {
 					before[n] = snapshot(m, n)
 				}
-				msg, key := u.random()
-				var ev store.Event
-				if u.r.IntN(4) == 0 {
-					var ok bool
-					if ev, ok = tx.del(key); !ok {
-						continue
-					}
+				var got Changes
+				what := ""
+				if u.r.IntN(20) == 0 {
+					// The owner marks a gateway down or up again.
+					n, down := fmt.Sprintf("n%d", u.r.IntN(nNodes)), u.r.IntN(2) == 0
+					got, what = m.SetGatewayDown(n, down), fmt.Sprintf("down %s %v", n, down)
 				} else {
-					ev = tx.put(t, msg)
+					msg, key := u.random()
+					var ev store.Event
+					if u.r.IntN(4) == 0 {
+						var ok bool
+						if ev, ok = tx.del(key); !ok {
+							continue
+						}
+					} else {
+						ev = tx.put(t, msg)
+					}
+					got, what = m.Apply(ev), fmt.Sprint(ev.Type, " ", ev.KV.Key)
 				}
-				got := m.Apply(ev)
 				assertSameAsFull(t, m, tx)
 				want := Changes{}
 				nodes := map[string]bool{}
@@ -179,10 +250,25 @@ func TestIncrementalEqualsFull(t *testing.T) {
 					}
 				}
 				if g, w := flatten(got), flatten(want); !slices.Equal(g, w) {
-					t.Fatalf("step %d (%s %s): changes %v, want %v", step, ev.Type, ev.KV.Key, g, w)
+					t.Fatalf("step %d (%s): changes %v, want %v", step, what, g, w)
+				}
+				for _, k := range flatten(got) {
+					_, key, _ := strings.Cut(k, " ")
+					kind, _, _ := strings.Cut(key, "/")
+					seen[kind]++
+					if o := m.Object(key); o.GetNatGateway().GetOwnerNode() != "" && strings.HasPrefix(what, "down") {
+						seen["owner moved"]++
+					}
 				}
 			}
 		})
+	}
+	// The universe must actually exercise every kind of object and the
+	// gateway failover, or the property says little.
+	for _, kind := range []string{"gateway", "eip", "ngw", "pool", "bgp", "port", "owner moved"} {
+		if seen[kind] == 0 {
+			t.Errorf("no change of %q in any run: widen the universe", kind)
+		}
 	}
 }
 
