@@ -100,6 +100,42 @@ type MeridianDropKey struct {
 	Reason uint32
 }
 
+type MeridianEgressEntry struct {
+	_      structs.HostLayout
+	Kind   uint32
+	NodeIp uint32
+	Natgw  uint32
+	Pad    uint32
+}
+
+type MeridianEgressKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Vpc       uint32
+	Ip        uint32
+}
+
+type MeridianEipEntry struct {
+	_         structs.HostLayout
+	Vpc       uint32
+	PrivateIp uint32
+	NodeIp    uint32
+	Mac       [6]uint8
+	Pad       [2]uint8
+}
+
+type MeridianEipRevKey struct {
+	_         structs.HostLayout
+	Vpc       uint32
+	PrivateIp uint32
+}
+
+type MeridianGwSet struct {
+	_      structs.HostLayout
+	Count  uint32
+	NodeIp [16]uint32
+}
+
 type MeridianIpcacheRange struct {
 	_      structs.HostLayout
 	Offset uint32
@@ -110,6 +146,49 @@ type MeridianIpcacheSlot struct {
 	_        structs.HostLayout
 	Start    uint32
 	Identity uint32
+}
+
+type MeridianNatConfig struct {
+	_              structs.HostLayout
+	TcpEstablished uint64
+	TcpTransitory  uint64
+	TcpClosed      uint64
+	Udp            uint64
+	Icmp           uint64
+}
+
+type MeridianNatEntry struct {
+	_       structs.HostLayout
+	Expires uint64
+	Addr    uint32
+	Port    uint16
+	State   uint8
+	Fin     uint8
+	Vpc     uint32
+	NodeIp  uint32
+	Natgw   uint32
+	Mac     [6]uint8
+	Pad     [2]uint8
+	_       [4]byte
+}
+
+type MeridianNatKey struct {
+	_     structs.HostLayout
+	Vpc   uint32
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
+type MeridianNatgwInfo struct {
+	_       structs.HostLayout
+	PortMin uint16
+	PortMax uint16
+	N_addrs uint32
+	Addrs   [8]uint32
 }
 
 type MeridianNodeConfig struct {
@@ -132,6 +211,35 @@ type MeridianPortIpKey struct {
 	_    structs.HostLayout
 	Port uint32
 	Ip   uint32
+}
+
+type MeridianPortmapEntry struct {
+	_           structs.HostLayout
+	Vpc         uint32
+	PrivateIp   uint32
+	PrivatePort uint16
+	Pad         uint16
+	NodeIp      uint32
+	Natgw       uint32
+	Mac         [6]uint8
+	Pad2        [2]uint8
+}
+
+type MeridianPortmapKey struct {
+	_     structs.HostLayout
+	Addr  uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type MeridianPortmapRevKey struct {
+	_           structs.HostLayout
+	Vpc         uint32
+	PrivateIp   uint32
+	PrivatePort uint16
+	Proto       uint8
+	Pad         uint8
 }
 
 type MeridianRouteEntry struct {
@@ -197,11 +305,23 @@ const (
 	MeridianMapCtStats                  = "ct_stats"
 	MeridianMapDropEvents               = "drop_events"
 	MeridianMapDrops                    = "drops"
+	MeridianMapEgress                   = "egress"
+	MeridianMapEipByPrivate             = "eip_by_private"
+	MeridianMapEips                     = "eips"
+	MeridianMapGateways                 = "gateways"
 	MeridianMapIpcacheSlots             = "ipcache_slots"
 	MeridianMapIpcacheVpcs              = "ipcache_vpcs"
+	MeridianMapNat                      = "nat"
+	MeridianMapNatAddrs                 = "nat_addrs"
+	MeridianMapNatCfg                   = "nat_cfg"
+	MeridianMapNatExhausted             = "nat_exhausted"
+	MeridianMapNatSrc                   = "nat_src"
+	MeridianMapNatgws                   = "natgws"
 	MeridianMapNodeCfg                  = "node_cfg"
 	MeridianMapPortByIfindex            = "port_by_ifindex"
 	MeridianMapPortIps                  = "port_ips"
+	MeridianMapPortMaps                 = "port_maps"
+	MeridianMapPortMapsRev              = "port_maps_rev"
 	MeridianMapPorts                    = "ports"
 	MeridianMapRoutes                   = "routes"
 	MeridianMapSgPolicy                 = "sg_policy"
@@ -210,6 +330,9 @@ const (
 	MeridianProgMeridianFromOverlay     = "meridian_from_overlay"
 	MeridianProgMeridianFromOverlayMark = "meridian_from_overlay_mark"
 	MeridianProgMeridianFromPort        = "meridian_from_port"
+	MeridianProgMeridianFromPortTest    = "meridian_from_port_test"
+	MeridianProgMeridianFromUplink      = "meridian_from_uplink"
+	MeridianProgMeridianFromUplinkTest  = "meridian_from_uplink_test"
 )
 
 // LoadMeridian returns the embedded CollectionSpec for Meridian.
@@ -257,6 +380,9 @@ type MeridianProgramSpecs struct {
 	MeridianFromOverlay     *ebpf.ProgramSpec `ebpf:"meridian_from_overlay"`
 	MeridianFromOverlayMark *ebpf.ProgramSpec `ebpf:"meridian_from_overlay_mark"`
 	MeridianFromPort        *ebpf.ProgramSpec `ebpf:"meridian_from_port"`
+	MeridianFromPortTest    *ebpf.ProgramSpec `ebpf:"meridian_from_port_test"`
+	MeridianFromUplink      *ebpf.ProgramSpec `ebpf:"meridian_from_uplink"`
+	MeridianFromUplinkTest  *ebpf.ProgramSpec `ebpf:"meridian_from_uplink_test"`
 }
 
 // MeridianMapSpecs contains maps before they are loaded into the kernel.
@@ -271,11 +397,23 @@ type MeridianMapSpecs struct {
 	CtStats       *ebpf.MapSpec `ebpf:"ct_stats"`
 	DropEvents    *ebpf.MapSpec `ebpf:"drop_events"`
 	Drops         *ebpf.MapSpec `ebpf:"drops"`
+	Egress        *ebpf.MapSpec `ebpf:"egress"`
+	EipByPrivate  *ebpf.MapSpec `ebpf:"eip_by_private"`
+	Eips          *ebpf.MapSpec `ebpf:"eips"`
+	Gateways      *ebpf.MapSpec `ebpf:"gateways"`
 	IpcacheSlots  *ebpf.MapSpec `ebpf:"ipcache_slots"`
 	IpcacheVpcs   *ebpf.MapSpec `ebpf:"ipcache_vpcs"`
+	Nat           *ebpf.MapSpec `ebpf:"nat"`
+	NatAddrs      *ebpf.MapSpec `ebpf:"nat_addrs"`
+	NatCfg        *ebpf.MapSpec `ebpf:"nat_cfg"`
+	NatExhausted  *ebpf.MapSpec `ebpf:"nat_exhausted"`
+	NatSrc        *ebpf.MapSpec `ebpf:"nat_src"`
+	Natgws        *ebpf.MapSpec `ebpf:"natgws"`
 	NodeCfg       *ebpf.MapSpec `ebpf:"node_cfg"`
 	PortByIfindex *ebpf.MapSpec `ebpf:"port_by_ifindex"`
 	PortIps       *ebpf.MapSpec `ebpf:"port_ips"`
+	PortMaps      *ebpf.MapSpec `ebpf:"port_maps"`
+	PortMapsRev   *ebpf.MapSpec `ebpf:"port_maps_rev"`
 	Ports         *ebpf.MapSpec `ebpf:"ports"`
 	Routes        *ebpf.MapSpec `ebpf:"routes"`
 	SgPolicy      *ebpf.MapSpec `ebpf:"sg_policy"`
@@ -317,11 +455,23 @@ type MeridianMaps struct {
 	CtStats       *ebpf.Map `ebpf:"ct_stats"`
 	DropEvents    *ebpf.Map `ebpf:"drop_events"`
 	Drops         *ebpf.Map `ebpf:"drops"`
+	Egress        *ebpf.Map `ebpf:"egress"`
+	EipByPrivate  *ebpf.Map `ebpf:"eip_by_private"`
+	Eips          *ebpf.Map `ebpf:"eips"`
+	Gateways      *ebpf.Map `ebpf:"gateways"`
 	IpcacheSlots  *ebpf.Map `ebpf:"ipcache_slots"`
 	IpcacheVpcs   *ebpf.Map `ebpf:"ipcache_vpcs"`
+	Nat           *ebpf.Map `ebpf:"nat"`
+	NatAddrs      *ebpf.Map `ebpf:"nat_addrs"`
+	NatCfg        *ebpf.Map `ebpf:"nat_cfg"`
+	NatExhausted  *ebpf.Map `ebpf:"nat_exhausted"`
+	NatSrc        *ebpf.Map `ebpf:"nat_src"`
+	Natgws        *ebpf.Map `ebpf:"natgws"`
 	NodeCfg       *ebpf.Map `ebpf:"node_cfg"`
 	PortByIfindex *ebpf.Map `ebpf:"port_by_ifindex"`
 	PortIps       *ebpf.Map `ebpf:"port_ips"`
+	PortMaps      *ebpf.Map `ebpf:"port_maps"`
+	PortMapsRev   *ebpf.Map `ebpf:"port_maps_rev"`
 	Ports         *ebpf.Map `ebpf:"ports"`
 	Routes        *ebpf.Map `ebpf:"routes"`
 	SgPolicy      *ebpf.Map `ebpf:"sg_policy"`
@@ -339,11 +489,23 @@ func (m *MeridianMaps) Close() error {
 		m.CtStats,
 		m.DropEvents,
 		m.Drops,
+		m.Egress,
+		m.EipByPrivate,
+		m.Eips,
+		m.Gateways,
 		m.IpcacheSlots,
 		m.IpcacheVpcs,
+		m.Nat,
+		m.NatAddrs,
+		m.NatCfg,
+		m.NatExhausted,
+		m.NatSrc,
+		m.Natgws,
 		m.NodeCfg,
 		m.PortByIfindex,
 		m.PortIps,
+		m.PortMaps,
+		m.PortMapsRev,
 		m.Ports,
 		m.Routes,
 		m.SgPolicy,
@@ -365,6 +527,9 @@ type MeridianPrograms struct {
 	MeridianFromOverlay     *ebpf.Program `ebpf:"meridian_from_overlay"`
 	MeridianFromOverlayMark *ebpf.Program `ebpf:"meridian_from_overlay_mark"`
 	MeridianFromPort        *ebpf.Program `ebpf:"meridian_from_port"`
+	MeridianFromPortTest    *ebpf.Program `ebpf:"meridian_from_port_test"`
+	MeridianFromUplink      *ebpf.Program `ebpf:"meridian_from_uplink"`
+	MeridianFromUplinkTest  *ebpf.Program `ebpf:"meridian_from_uplink_test"`
 }
 
 func (p *MeridianPrograms) Close() error {
@@ -372,6 +537,9 @@ func (p *MeridianPrograms) Close() error {
 		p.MeridianFromOverlay,
 		p.MeridianFromOverlayMark,
 		p.MeridianFromPort,
+		p.MeridianFromPortTest,
+		p.MeridianFromUplink,
+		p.MeridianFromUplinkTest,
 	)
 }
 

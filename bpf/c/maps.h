@@ -22,6 +22,18 @@
 #define MAX_ACL_ENTRIES  262144
 #define MAX_ACLS         16384
 #define MAX_DROP_KEYS    65536
+#define MAX_EGRESS       65536
+#define MAX_GATEWAYS     16
+#define MAX_EIPS         65536
+#define MAX_NAT_GWS      4096
+#define MAX_NAT_SRC      16384
+#define MAX_PORT_MAPS    65536
+/* NAT table: one entry per direction, so MAX_NAT / 2 flows. LRU maps are
+ * preallocated: 262144 entries cost about 30 MiB. */
+#define MAX_NAT          262144
+#define NAT_MAX_ADDRS    8
+/* Candidate source ports tried for a new NAT flow before giving up. */
+#define NAT_PROBES       32
 
 /* ACL rules per ACL and direction; bitmaps are ACL_WORDS 64-bit words. */
 #define ACL_MAX_RULES 256
@@ -49,11 +61,21 @@ enum drop_reason {
 	DROP_ACL_INGRESS    = 13,
 	DROP_NOT_LOCAL      = 14, /* overlay packet for a port not on this node */
 	DROP_UNKNOWN_SUBNET = 15, /* port refers to a subnet not installed */
+	/* outside world (issue [4]) */
+	DROP_NO_GATEWAY     = 16, /* port has an elastic IP, no gateway is live */
+	DROP_NAT_EXHAUSTED  = 17, /* NAT gateway: no free source port/id */
+	DROP_NAT_NO_FLOW    = 18, /* to a NAT address: no flow, no port mapping */
+	DROP_NAT_PROTO      = 19, /* protocol a NAT gateway cannot translate */
+	DROP_EIP_UNBOUND    = 20, /* elastic IP whose port is on no node */
+	DROP_NO_NAT         = 21, /* gateway: NAT gateway of the source not installed */
+	DROP_FIB            = 22, /* gateway: no route toward the fabric */
 };
 
 enum route_kind {
 	ROUTE_LOCAL  = 1, /* destination port on this node */
 	ROUTE_REMOTE = 2, /* destination behind a VXLAN tunnel to node_ip */
+	ROUTE_DROP   = 3, /* VPC CIDR: inside the VPC but no port there; never
+			   * sent to a gateway, never answered by proxy ARP */
 };
 
 enum ct_state {
@@ -251,4 +273,122 @@ struct drop_event {
 	__u8  proto;
 	__u8  dir;
 	__u8  pad[2];
+};
+
+/* ---- Outside world (issue [4]); see dataplane/datapath/doc.go ---- */
+
+/* Workload node: where traffic leaving the VPC goes. LPM on {VPC, source}:
+ * a /32 per address with an elastic IP (EGRESS_EIP: any live gateway, by
+ * flow hash) and the CIDRs of subnets behind a NAT gateway (EGRESS_NAT: to
+ * the NAT gateway's owner). The /32 wins over the subnet, as on AWS. */
+enum egress_kind {
+	EGRESS_EIP = 1,
+	EGRESS_NAT = 2,
+};
+
+struct egress_key {
+	__u32 prefixlen; /* 32 (vpc) + prefix length */
+	__u32 vpc;
+	__u32 ip;
+};
+
+struct egress_entry {
+	__u32 kind;
+	__u32 node_ip;   /* EGRESS_NAT: underlay address of the owner */
+	__u32 natgw;
+	__u32 pad;
+};
+
+/* Live gateways of this node (key 0), replaced in one update. */
+struct gw_set {
+	__u32 count;
+	__u32 node_ip[MAX_GATEWAYS];
+};
+
+/* Gateway: elastic IP (public address, key) -> port. */
+struct eip_entry {
+	__u32 vpc;       /* VNI */
+	__u32 private_ip;
+	__u32 node_ip;   /* 0: port on no node, inbound dropped */
+	__u8  mac[6];
+	__u8  pad[2];
+};
+
+struct eip_rev_key {
+	__u32 vpc;
+	__u32 private_ip;
+};
+
+/* Gateway: a NAT gateway's addresses and port range. */
+struct natgw_info {
+	__u16 port_min;  /* host order, inclusive */
+	__u16 port_max;
+	__u32 n_addrs;
+	__u32 addrs[NAT_MAX_ADDRS];
+};
+
+struct portmap_key {
+	__u32 addr;      /* public */
+	__u16 port;      /* public, network order */
+	__u8  proto;
+	__u8  pad;
+};
+
+struct portmap_entry {
+	__u32 vpc;
+	__u32 private_ip;
+	__u16 private_port; /* network order */
+	__u16 pad;
+	__u32 node_ip;
+	__u32 natgw;
+	__u8  mac[6];
+	__u8  pad2[2];
+};
+
+struct portmap_rev_key {
+	__u32 vpc;
+	__u32 private_ip;
+	__u16 private_port;
+	__u8  proto;
+	__u8  pad;
+};
+
+/* NAT table (owner gateway of a NAT gateway). Each flow has two entries:
+ * the forward one, keyed by the inside tuple {VPC, private address and
+ * port, remote address and port}, holds the translation and the flow's
+ * state and deadline; the reverse one, keyed by the outside tuple {0,
+ * remote, public address and port}, says where replies go. The forward
+ * entry is the truth: a reverse entry whose forward entry is gone or
+ * expired is free. ICMP echo uses the identifier as the local port and 0
+ * as the remote one. */
+struct nat_key {
+	__u32 vpc;       /* forward: VNI; reverse: 0 */
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8  proto;
+	__u8  pad[3];
+};
+
+struct nat_entry {
+	__u64 expires;   /* forward only: bpf_ktime_get_ns deadline */
+	__u32 addr;      /* forward: public address; reverse: private */
+	__u16 port;      /* forward: public port; reverse: private port */
+	__u8  state;     /* forward only: enum ct_state */
+	__u8  fin;
+	__u32 vpc;       /* reverse: VNI */
+	__u32 node_ip;   /* reverse: underlay address of the port's node */
+	__u32 natgw;
+	__u8  mac[6];    /* reverse: the port's MAC */
+	__u8  pad[2];
+};
+
+/* NAT timeouts in ns (key 0); 0 fields take the built-in defaults. */
+struct nat_config {
+	__u64 tcp_established;
+	__u64 tcp_transitory; /* SYN sent, FIN seen */
+	__u64 tcp_closed;
+	__u64 udp;
+	__u64 icmp;
 };

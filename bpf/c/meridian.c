@@ -203,7 +203,8 @@ struct pkt {
 	__u8  proto;
 	__u8  tcp_flags;
 	__u8  ttl;
-	__u8  pad[3];
+	__u8  ihl;     /* IPv4 header length in 32-bit words */
+	__u8  pad[2];
 };
 
 struct arp_eth {
@@ -350,6 +351,7 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 	p->daddr = ip->daddr;
 	p->proto = ip->protocol;
 	p->ttl = ip->ttl;
+	p->ihl = ip->ihl;
 	l4 = (void *)ip + ihl;
 	tot -= ihl; /* L4 bytes the IP header claims */
 
@@ -794,8 +796,11 @@ static __always_inline int handle_arp(struct __sk_buff *skb, __u32 port_id, stru
 	if (tpa == spa || port_has_ip(port_id, tpa))
 		return drop(port_id, DROP_ARP, NULL, 0);
 	if (tpa != sub->gateway_ip) {
+		struct route_entry *rt;
+
 		rk.ip = tpa;
-		if (!bpf_map_lookup_elem(&routes, &rk))
+		rt = bpf_map_lookup_elem(&routes, &rk);
+		if (!rt || rt->kind == ROUTE_DROP)
 			return drop(port_id, DROP_ARP, NULL, 0);
 	}
 
@@ -810,8 +815,9 @@ static __always_inline int handle_arp(struct __sk_buff *skb, __u32 port_id, stru
 	return bpf_redirect(skb->ingress_ifindex, 0);
 }
 
-SEC("tc")
-int meridian_from_port(struct __sk_buff *skb)
+#include "gateway.h"
+
+static __always_inline int from_port(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ingress_ifindex;
 	struct port_info *port, *dst = NULL;
@@ -820,7 +826,7 @@ int meridian_from_port(struct __sk_buff *skb)
 	struct route_key rk = { .prefixlen = 64 };
 	struct ct_result ct;
 	struct pkt p = {};
-	__u32 *pid, port_id, reason, rule, dst_id = 0;
+	__u32 *pid, port_id, reason, rule, dst_id = 0, node_ip = 0;
 	struct ethhdr *eth;
 	void *data, *data_end;
 	int cross;
@@ -868,15 +874,21 @@ int meridian_from_port(struct __sk_buff *skb)
 	rk.vpc = p.vpc;
 	rk.ip = p.daddr;
 	rt = bpf_map_lookup_elem(&routes, &rk);
-	if (!rt)
-		return drop(port_id, DROP_NO_ROUTE, &p, 0);
-	if (rt->kind == ROUTE_LOCAL) {
+	if (!rt) {
+		/* Outside every VPC route: to a gateway, if the source has
+		 * an elastic IP or sits behind a NAT gateway. */
+		node_ip = gateway_of(&p, &reason);
+		if (!node_ip)
+			return drop(port_id, reason, &p, 0);
+		cross = 1;
+	} else if (rt->kind == ROUTE_LOCAL) {
 		dst_id = rt->port;
 		dst = bpf_map_lookup_elem(&ports, &dst_id);
 		if (!dst || dst->vpc != p.vpc)
 			return drop(port_id, DROP_NO_ROUTE, &p, 0);
 		cross = dst->subnet != port->subnet;
 	} else if (rt->kind == ROUTE_REMOTE) {
+		node_ip = rt->node_ip;
 		cross = rt->subnet != port->subnet;
 	} else {
 		return drop(port_id, DROP_NO_ROUTE, &p, 0);
@@ -914,7 +926,7 @@ int meridian_from_port(struct __sk_buff *skb)
 		ttl_decrement(ip);
 	}
 	tk.tunnel_id = p.vpc;
-	tk.remote_ipv4 = bpf_ntohl(rt->node_ip);
+	tk.remote_ipv4 = bpf_ntohl(node_ip);
 	tk.tunnel_ttl = 64;
 	if (bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), BPF_F_ZERO_CSUM_TX) < 0)
 		return drop(port_id, DROP_NO_ROUTE, &p, 0);
@@ -924,7 +936,7 @@ int meridian_from_port(struct __sk_buff *skb)
 /* from_overlay runs the receiving half of the pipeline for a decapsulated
  * frame of VPC vpc. Packets of VXLAN are trusted to come from Meridian
  * nodes: the sender ran anti-spoofing, egress policy and the TTL rule. */
-static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vpc)
+static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vpc, __u32 outer_src)
 {
 	struct route_key rk = { .prefixlen = 64, .vpc = vpc };
 	struct port_info *dst;
@@ -951,7 +963,9 @@ static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vpc)
 
 	rk.ip = p.daddr;
 	rt = bpf_map_lookup_elem(&routes, &rk);
-	if (!rt)
+	if (!rt) /* leaving the VPC: this node is a gateway, or it drops */
+		return gw_outbound(skb, &p, outer_src);
+	if (rt->kind == ROUTE_DROP)
 		return drop(0, DROP_NO_ROUTE, &p, 0);
 	if (rt->kind != ROUTE_LOCAL)
 		return drop(0, DROP_NOT_LOCAL, &p, 0);
@@ -981,14 +995,58 @@ int meridian_from_overlay(struct __sk_buff *skb)
 	 * leave it to whatever is chained after us. */
 	if (bpf_skb_get_tunnel_key(skb, &tk, sizeof(tk), 0) < 0)
 		return TCX_NEXT;
-	return from_overlay(skb, tk.tunnel_id);
+	return from_overlay(skb, tk.tunnel_id, bpf_htonl(tk.remote_ipv4));
 }
 
-/* meridian_from_overlay_mark is from_overlay with the VNI taken from
- * skb->mark. It exists for tests only: BPF_PROG_TEST_RUN cannot attach
- * tunnel metadata to a packet. The Go loader never attaches it. */
+SEC("tc")
+int meridian_from_port(struct __sk_buff *skb)
+{
+	return from_port(skb);
+}
+
+SEC("tc")
+int meridian_from_uplink(struct __sk_buff *skb)
+{
+	return gw_inbound(skb, 1);
+}
+
+/* ---- test entries: never attached by the Go loader ----
+ * BPF_PROG_TEST_RUN can neither attach tunnel metadata to a packet nor
+ * return the metadata a program set, but it does return skb->cb. So the
+ * test entries take the overlay's VNI from skb->mark and its outer source
+ * from cb[0], and report the tunnel key of a redirected packet in cb[0]
+ * (remote, network order) and cb[1] (VNI). */
+static __always_inline int export_tunnel(struct __sk_buff *skb, int verdict)
+{
+	struct bpf_tunnel_key tk = {};
+
+	skb->cb[0] = 0;
+	skb->cb[1] = 0;
+	/* Read back, transmit metadata reports the destination set by
+	 * bpf_skb_set_tunnel_key as local_ipv4 (the kernel maps key.u.ipv4
+	 * src/dst to remote/local as for received packets). */
+	if (verdict == TC_ACT_REDIRECT &&
+	    bpf_skb_get_tunnel_key(skb, &tk, sizeof(tk), 0) == 0) {
+		skb->cb[0] = bpf_htonl(tk.local_ipv4);
+		skb->cb[1] = tk.tunnel_id;
+	}
+	return verdict;
+}
+
 SEC("tc")
 int meridian_from_overlay_mark(struct __sk_buff *skb)
 {
-	return from_overlay(skb, skb->mark);
+	return export_tunnel(skb, from_overlay(skb, skb->mark, skb->cb[0]));
+}
+
+SEC("tc")
+int meridian_from_port_test(struct __sk_buff *skb)
+{
+	return export_tunnel(skb, from_port(skb));
+}
+
+SEC("tc")
+int meridian_from_uplink_test(struct __sk_buff *skb)
+{
+	return export_tunnel(skb, gw_inbound(skb, 1));
 }

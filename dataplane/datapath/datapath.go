@@ -93,7 +93,9 @@ func (d *Datapath) maps() []*ebpf.Map {
 	m := &d.objs.MeridianMaps
 	return []*ebpf.Map{m.AclMetas, m.AclIntervals, m.AclProto, m.AclRules, m.Conntrack, m.CtStats,
 		m.DropEvents, m.Drops, m.NodeCfg, m.PortByIfindex, m.PortIps, m.Ports, m.Routes,
-		m.IpcacheSlots, m.IpcacheVpcs, m.SgPolicy, m.SgPorts, m.Subnets}
+		m.IpcacheSlots, m.IpcacheVpcs, m.SgPolicy, m.SgPorts, m.Subnets,
+		m.Egress, m.Gateways, m.Eips, m.EipByPrivate, m.Natgws, m.NatSrc, m.NatAddrs, m.PortMaps,
+		m.PortMapsRev, m.Nat, m.NatExhausted, m.NatCfg}
 }
 
 // Hook is where a program is attached.
@@ -104,6 +106,8 @@ const (
 	HookPort Hook = "port"
 	// HookOverlay: tcx ingress of the VXLAN device (external mode).
 	HookOverlay Hook = "overlay"
+	// HookUplink: tcx ingress of a gateway's interface toward the fabric.
+	HookUplink Hook = "uplink"
 )
 
 func (d *Datapath) linkPin(h Hook, ifindex int) string {
@@ -122,6 +126,8 @@ func (d *Datapath) Attach(h Hook, ifindex int) error {
 		prog = d.objs.MeridianFromPort
 	case HookOverlay:
 		prog = d.objs.MeridianFromOverlay
+	case HookUplink:
+		prog = d.objs.MeridianFromUplink
 	default:
 		return fmt.Errorf("attach to ifindex %d: unknown hook %q", ifindex, h)
 	}

@@ -39,6 +39,18 @@ func TestLayoutsAgree(t *testing.T) {
 		"acl_rules":       {bpf.MeridianAclRuleKey{}, bpf.MeridianAclRule{}},
 		"node_cfg":        {u32, bpf.MeridianNodeConfig{}},
 		"drops":           {bpf.MeridianDropKey{}, u64},
+		"egress":          {bpf.MeridianEgressKey{}, bpf.MeridianEgressEntry{}},
+		"gateways":        {u32, bpf.MeridianGwSet{}},
+		"eips":            {u32, bpf.MeridianEipEntry{}},
+		"eip_by_private":  {bpf.MeridianEipRevKey{}, u32},
+		"natgws":          {u32, bpf.MeridianNatgwInfo{}},
+		"nat_src":         {bpf.MeridianEgressKey{}, u32},
+		"nat_addrs":       {u32, u32},
+		"port_maps":       {bpf.MeridianPortmapKey{}, bpf.MeridianPortmapEntry{}},
+		"port_maps_rev":   {bpf.MeridianPortmapRevKey{}, bpf.MeridianPortmapKey{}},
+		"nat":             {bpf.MeridianNatKey{}, bpf.MeridianNatEntry{}},
+		"nat_exhausted":   {u32, u64},
+		"nat_cfg":         {u32, bpf.MeridianNatConfig{}},
 	}
 	for name, m := range spec.Maps {
 		if name == "drop_events" { // ring buffer: checked below

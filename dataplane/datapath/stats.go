@@ -33,6 +33,14 @@ const (
 	DropACLIngress    DropReason = 13
 	DropNotLocal      DropReason = 14
 	DropUnknownSubnet DropReason = 15
+	// Outside world (issue [4]).
+	DropNoGateway    DropReason = 16 // the port has an elastic IP, no gateway is live
+	DropNATExhausted DropReason = 17 // NAT gateway: no free source port (also counted per NAT gateway)
+	DropNATNoFlow    DropReason = 18 // to a NAT gateway address: no flow, no port mapping
+	DropNATProtocol  DropReason = 19 // a protocol a NAT gateway cannot translate
+	DropEIPUnbound   DropReason = 20 // elastic IP or port mapping whose port is on no node
+	DropNoNATGateway DropReason = 21 // the source's NAT gateway is not installed on this gateway
+	DropFIB          DropReason = 22 // gateway: no route toward the fabric
 )
 
 var dropNames = map[DropReason]string{
@@ -41,6 +49,9 @@ var dropNames = map[DropReason]string{
 	DropTTLExceeded: "ttl-exceeded", DropNoRoute: "no-route", DropSGEgress: "sg-egress",
 	DropSGIngress: "sg-ingress", DropACLEgress: "acl-egress", DropACLIngress: "acl-ingress",
 	DropNotLocal: "not-local", DropUnknownSubnet: "unknown-subnet",
+	DropNoGateway: "no-gateway", DropNATExhausted: "nat-port-exhausted", DropNATNoFlow: "nat-no-flow",
+	DropNATProtocol: "nat-protocol", DropEIPUnbound: "eip-unbound", DropNoNATGateway: "no-nat-gateway",
+	DropFIB: "no-fabric-route",
 }
 
 func (r DropReason) String() string {

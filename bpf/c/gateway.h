@@ -1,0 +1,684 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The outside world (issue [4]): included by meridian.c after the VPC
+ * pipeline's helpers. Where NAT happens and why: dataplane/datapath/doc.go.
+ *
+ *   workload node: gateway_of picks the gateway of a packet that leaves
+ *     the VPC (elastic IP: any live gateway by flow hash; NAT gateway: its
+ *     owner); meridian_from_port tunnels it there like any remote packet.
+ *   gateway node, overlay -> uplink (gw_outbound): source rewritten to the
+ *     elastic IP, a port mapping's public side or a NAT gateway's address
+ *     and port, then out of the interface bpf_fib_lookup names, or, for a
+ *     public address this gateway serves itself, back in (hairpin).
+ *   gateway node, uplink -> overlay (gw_inbound): destination rewritten to
+ *     the port's private address (and port), VXLAN to the port's node.
+ */
+#pragma once
+
+#define AF_INET 2
+
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+#define IP_CSUM_OFF (ETH_HLEN + 10)
+#define IP_SRC_OFF  (ETH_HLEN + 12)
+#define IP_DST_OFF  (ETH_HLEN + 16)
+
+#define NAT_DEFAULT_TCP_ESTABLISHED SEC_NS(7200)
+#define NAT_DEFAULT_TCP_TRANSITORY  SEC_NS(60)
+#define NAT_DEFAULT_TCP_CLOSED      SEC_NS(10)
+#define NAT_DEFAULT_UDP             SEC_NS(60)
+#define NAT_DEFAULT_ICMP            SEC_NS(30)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_EGRESS);
+	__type(key, struct egress_key);
+	__type(value, struct egress_entry);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} egress SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gw_set);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} gateways SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_EIPS);
+	__type(key, __u32);
+	__type(value, struct eip_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_EIPS);
+	__type(key, struct eip_rev_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eip_by_private SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_NAT_GWS);
+	__type(key, __u32);
+	__type(value, struct natgw_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} natgws SEC(".maps");
+
+/* {VPC, source} -> NAT gateway id: only on the NAT gateway's owner. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_NAT_SRC);
+	__type(key, struct egress_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_src SEC(".maps");
+
+/* public address of a NAT gateway -> its id */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_NAT_GWS * NAT_MAX_ADDRS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PORT_MAPS);
+	__type(key, struct portmap_key);
+	__type(value, struct portmap_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} port_maps SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PORT_MAPS);
+	__type(key, struct portmap_rev_key);
+	__type(value, struct portmap_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} port_maps_rev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_NAT);
+	__type(key, struct nat_key);
+	__type(value, struct nat_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat SEC(".maps");
+
+/* New flows refused for want of a free port, per NAT gateway id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, MAX_NAT_GWS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_exhausted SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nat_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_cfg SEC(".maps");
+
+static __always_inline __u32 mix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x7feb352d;
+	h ^= h >> 15;
+	h *= 0x846ca68b;
+	h ^= h >> 16;
+	return h;
+}
+
+static __always_inline __u32 tuple_hash(__u32 a, __u32 b, __u16 pa, __u16 pb, __u8 proto)
+{
+	return mix32(a ^ mix32(b ^ mix32(((__u32)pa << 16 | pb) ^ ((__u32)proto << 24))));
+}
+
+/* ---- workload node ---- */
+
+/* gateway_of returns the underlay address of the gateway a packet leaving
+ * the VPC goes to, or 0 with the drop reason. Elastic IPs are stateless on
+ * every gateway, so any live one will do; the flow hash keeps a flow on one
+ * gateway (and its packets in order). NAT is stateful: its owner. */
+static __noinline __u32 gateway_of(struct pkt *p, __u32 *reason)
+{
+	struct egress_key k = { .prefixlen = 64, .vpc = p->vpc, .ip = p->saddr };
+	struct egress_entry *e;
+	struct gw_set *g;
+	__u32 zero = 0, n;
+
+	*reason = DROP_NO_ROUTE;
+	e = bpf_map_lookup_elem(&egress, &k);
+	if (!e)
+		return 0;
+	if (e->kind == EGRESS_NAT) {
+		if (!e->node_ip)
+			*reason = DROP_NO_GATEWAY;
+		return e->node_ip;
+	}
+	*reason = DROP_NO_GATEWAY;
+	g = bpf_map_lookup_elem(&gateways, &zero);
+	if (!g)
+		return 0;
+	n = g->count;
+	if (n == 0)
+		return 0;
+	if (n > MAX_GATEWAYS)
+		n = MAX_GATEWAYS;
+	n = tuple_hash(p->saddr, p->daddr, p->sport, p->dport, p->proto) % n;
+	asm volatile("%0 &= %1" : "+r"(n) : "i"(MAX_GATEWAYS - 1));
+	return g->node_ip[n];
+}
+
+/* ---- gateway node: translation ---- */
+
+static __always_inline __u32 l4_csum_off(__u8 proto)
+{
+	switch (proto) {
+	case IPPROTO_TCP:
+		return 16;
+	case IPPROTO_UDP:
+		return 6;
+	default:
+		return 2; /* ICMP */
+	}
+}
+
+/* nat_rewrite replaces the source (dst == 0) or destination address and
+ * port of the IPv4 packet at ETH_HLEN whose L4 header is at l4off, fixing
+ * the IPv4 and L4 checksums incrementally: the helpers handle packets with
+ * partial checksums (locally sent, offloaded) as well as complete ones.
+ * For ICMP echo the "port" is the identifier. Returns 0 or -1. */
+struct xlate {
+	__u32 l4off;
+	__u32 old_ip;
+	__u32 new_ip;
+	__u16 old_port;
+	__u16 new_port;
+	__u8  proto;
+	__u8  dst;
+	__u8  pad[2];
+};
+
+static __noinline int nat_rewrite(struct __sk_buff *skb, struct xlate *x)
+{
+	__u32 proto = x->proto, dst = x->dst, l4off = x->l4off;
+	__u32 old_ip = x->old_ip, new_ip = x->new_ip;
+	__u32 old_port = x->old_port, new_port = x->new_port;
+	__u32 csum_off = l4off + l4_csum_off(proto);
+	__u64 mangled = proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__u32 port_off;
+	__u16 np = new_port;
+
+	if (old_ip != new_ip) {
+		if ((proto == IPPROTO_TCP || proto == IPPROTO_UDP) &&
+		    bpf_l4_csum_replace(skb, csum_off, old_ip, new_ip, BPF_F_PSEUDO_HDR | mangled | 4) < 0)
+			return -1;
+		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_ip, new_ip, 4) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, dst ? IP_DST_OFF : IP_SRC_OFF, &new_ip, 4, 0) < 0)
+			return -1;
+	}
+	if (old_port != new_port) {
+		if (proto == IPPROTO_ICMP)
+			port_off = l4off + 4;
+		else
+			port_off = l4off + (dst ? 2 : 0);
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, mangled | 2) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, port_off, &np, 2, 0) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* nat_ports gives a packet's NAT tuple ports: the inside (local) one and the
+ * remote one. ICMP echo: the identifier and 0. Returns 0 if the protocol
+ * cannot be port-translated (ICMP other than echo, other protocols). */
+static __always_inline int nat_ports(struct pkt *p, int outbound, __u16 *local, __u16 *remote)
+{
+	switch (p->proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		*local = outbound ? p->sport : p->dport;
+		*remote = outbound ? p->dport : p->sport;
+		return 1;
+	case IPPROTO_ICMP:
+		/* parse_ipv4's echo keys: a request carries the id as sport,
+		 * a reply as dport */
+		if (outbound && p->pport[0] == ICMP_ECHO) {
+			*local = p->sport;
+			*remote = 0;
+			return 1;
+		}
+		if (!outbound && p->pport[0] == ICMP_ECHOREPLY) {
+			*local = p->dport;
+			*remote = 0;
+			return 1;
+		}
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+static __always_inline __u64 nat_timeout(__u8 state)
+{
+	__u32 zero = 0;
+	struct nat_config *c = bpf_map_lookup_elem(&nat_cfg, &zero);
+	__u64 t = 0;
+
+	switch (state) {
+	case CT_ESTABLISHED:
+		t = c ? c->tcp_established : 0;
+		return t ? t : NAT_DEFAULT_TCP_ESTABLISHED;
+	case CT_CLOSED:
+		t = c ? c->tcp_closed : 0;
+		return t ? t : NAT_DEFAULT_TCP_CLOSED;
+	case CT_UDP:
+		t = c ? c->udp : 0;
+		return t ? t : NAT_DEFAULT_UDP;
+	case CT_OTHER:
+		t = c ? c->icmp : 0;
+		return t ? t : NAT_DEFAULT_ICMP;
+	default:
+		t = c ? c->tcp_transitory : 0;
+		return t ? t : NAT_DEFAULT_TCP_TRANSITORY;
+	}
+}
+
+/* nat_track moves a forward NAT entry's state with a packet of its flow
+ * (reply: from the remote side) and pushes its deadline. */
+static __always_inline void nat_track(struct nat_entry *e, struct pkt *p, int reply, __u64 now)
+{
+	__u8 f = p->tcp_flags;
+
+	if (p->proto == IPPROTO_TCP) {
+		if (f & TCP_RST) {
+			e->state = CT_CLOSED;
+		} else if (f & TCP_FIN) {
+			e->fin |= reply ? 2 : 1;
+			e->state = e->fin == 3 ? CT_CLOSED : CT_FIN_WAIT;
+		} else if (e->state == CT_SYN_SENT && reply) {
+			e->state = CT_ESTABLISHED;
+		}
+	}
+	e->expires = now + nat_timeout(e->state);
+}
+
+static __always_inline void count_exhausted(__u32 natgw)
+{
+	__u64 one = 1, *c = bpf_map_lookup_elem(&nat_exhausted, &natgw);
+
+	if (c)
+		*c += 1; /* per-CPU value */
+	else
+		bpf_map_update_elem(&nat_exhausted, &natgw, &one, BPF_NOEXIST);
+}
+
+/* nat_outbound finds or creates the NAT flow of an outbound packet from a
+ * NAT gateway's subnets and returns its public address and port, or a drop
+ * reason. A new flow takes a source port by probing at most NAT_PROBES
+ * candidates from a hash of its tuple; a candidate is free if no reverse
+ * entry holds it or the one that does belongs to a flow that is gone. The
+ * reverse entry is claimed with BPF_NOEXIST, so two CPUs never share one.
+ * No candidate free: the flow is refused and counted, nothing else. */
+struct nat_req {
+	__u32 outer_src; /* in: underlay address of the port's node */
+	__u16 local;     /* in: inside port */
+	__u16 remote;    /* in: remote port */
+	__u32 new_ip;    /* out */
+	__u16 new_port;  /* out */
+	__u16 pad;
+};
+
+static __noinline __u32 nat_outbound(struct __sk_buff *skb, struct pkt *p, struct nat_req *q)
+{
+	__u32 outer_src = q->outer_src;
+	__u16 local = q->local, remote = q->remote;
+	struct nat_key fk = { .vpc = p->vpc, .saddr = p->saddr, .daddr = p->daddr,
+			      .sport = local, .dport = remote, .proto = p->proto };
+	struct nat_key rk = { .saddr = p->daddr, .sport = remote, .proto = p->proto };
+	struct nat_entry *f, n = {};
+	struct natgw_info *g;
+	struct egress_key sk = { .prefixlen = 64, .vpc = p->vpc, .ip = p->saddr };
+	__u64 now = bpf_ktime_get_ns();
+	__u32 *id, natgw, h, range, start, addr, na, idx;
+	struct ethhdr *eth;
+	void *data, *data_end;
+
+	f = bpf_map_lookup_elem(&nat, &fk);
+	if (f && f->expires >= now && !(f->state == CT_CLOSED && is_new_syn(p))) {
+		nat_track(f, p, 0, now);
+		q->new_ip = f->addr;
+		q->new_port = f->port;
+		/* The LRU may have evicted the reverse half alone: restore it,
+		 * or replies are lost and its port looks free to others. */
+		rk.daddr = f->addr;
+		rk.dport = f->port;
+		if (!bpf_map_lookup_elem(&nat, &rk)) {
+			data = skb_data(skb);
+			data_end = skb_data_end(skb);
+			eth = data;
+			if ((void *)(eth + 1) > data_end)
+				return DROP_MALFORMED;
+			n.addr = p->saddr;
+			n.port = local;
+			n.vpc = p->vpc;
+			n.node_ip = outer_src;
+			n.natgw = f->natgw;
+			mac_copy(n.mac, eth->h_source);
+			bpf_map_update_elem(&nat, &rk, &n, BPF_ANY);
+		}
+		return 0;
+	}
+
+	id = bpf_map_lookup_elem(&nat_src, &sk);
+	if (!id) /* not a gateway for this source: as on any node */
+		return DROP_NO_ROUTE;
+	natgw = *id;
+	g = bpf_map_lookup_elem(&natgws, &natgw);
+	if (!g || g->n_addrs == 0)
+		return DROP_NO_NAT;
+	data = skb_data(skb);
+	data_end = skb_data_end(skb);
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return DROP_MALFORMED;
+
+	h = tuple_hash(p->saddr ^ p->vpc, p->daddr, local, remote, p->proto);
+	na = g->n_addrs > NAT_MAX_ADDRS ? NAT_MAX_ADDRS : g->n_addrs;
+	idx = h % na;
+	/* mask in asm: clang would otherwise fold it into a signed offset */
+	asm volatile("%0 &= %1" : "+r"(idx) : "i"(NAT_MAX_ADDRS - 1));
+	addr = g->addrs[idx];
+	if (g->port_max < g->port_min)
+		goto exhausted;
+	range = (__u32)g->port_max - g->port_min + 1;
+	start = mix32(h) % range;
+	rk.daddr = addr;
+
+	for (__u32 i = 0; i < NAT_PROBES && i < range; i++) {
+		__u16 port = bpf_htons(g->port_min + (start + i) % range);
+		struct nat_entry *r, *o;
+
+		rk.dport = port;
+		r = bpf_map_lookup_elem(&nat, &rk);
+		if (r) {
+			struct nat_key ok = { .vpc = r->vpc, .saddr = r->addr, .daddr = p->daddr,
+					      .sport = r->port, .dport = remote, .proto = p->proto };
+
+			o = bpf_map_lookup_elem(&nat, &ok);
+			if (o && o->expires >= now && o->addr == addr && o->port == port &&
+			    o->state != CT_CLOSED)
+				continue; /* in use */
+			bpf_map_delete_elem(&nat, &rk); /* stale: free */
+		}
+		n.addr = p->saddr;
+		n.port = local;
+		n.vpc = p->vpc;
+		n.node_ip = outer_src;
+		n.natgw = natgw;
+		mac_copy(n.mac, eth->h_source);
+		if (bpf_map_update_elem(&nat, &rk, &n, BPF_NOEXIST))
+			continue; /* another CPU took it first */
+
+		__builtin_memset(&n, 0, sizeof(n));
+		n.addr = addr;
+		n.port = port;
+		n.natgw = natgw;
+		n.state = p->proto == IPPROTO_TCP ?
+				  ((p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN ? CT_SYN_SENT : CT_ESTABLISHED) :
+			  p->proto == IPPROTO_UDP ? CT_UDP : CT_OTHER;
+		nat_track(&n, p, 0, now);
+		if (bpf_map_update_elem(&nat, &fk, &n, BPF_ANY)) {
+			bpf_map_delete_elem(&nat, &rk);
+			goto exhausted;
+		}
+		q->new_ip = addr;
+		q->new_port = port;
+		return 0;
+	}
+exhausted:
+	count_exhausted(natgw);
+	return DROP_NAT_EXHAUSTED;
+}
+
+/* fib_out sends a translated packet toward the fabric: the gateway's own
+ * routing table (bpf_fib_lookup, as if forwarded from the device the packet
+ * came in on) names the interface and next hop; with the neighbour known
+ * the MACs are written here, else bpf_redirect_neigh resolves it. */
+static __noinline int fib_out(struct __sk_buff *skb)
+{
+	struct bpf_fib_lookup fl = {};
+	struct bpf_redir_neigh nh = {};
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	void *data = skb_data(skb), *data_end = skb_data_end(skb);
+	long rc;
+
+	eth = data;
+	ip = data + ETH_HLEN;
+	if ((void *)(ip + 1) > data_end)
+		return TC_ACT_SHOT;
+	fl.family = AF_INET;
+	fl.l4_protocol = ip->protocol;
+	fl.tos = ip->tos;
+	fl.ifindex = skb->ingress_ifindex;
+	fl.ipv4_src = ip->saddr;
+	fl.ipv4_dst = ip->daddr;
+	rc = bpf_fib_lookup(skb, &fl, sizeof(fl), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		data = skb_data(skb);
+		data_end = skb_data_end(skb);
+		eth = data;
+		if ((void *)(eth + 1) > data_end)
+			return TC_ACT_SHOT;
+		__builtin_memcpy(eth->h_source, fl.smac, 6);
+		__builtin_memcpy(eth->h_dest, fl.dmac, 6);
+		return bpf_redirect(fl.ifindex, 0);
+	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		nh.nh_family = AF_INET;
+		nh.ipv4_nh = fl.ipv4_dst; /* the lookup put the next hop there */
+		return bpf_redirect_neigh(fl.ifindex, &nh, sizeof(nh), 0);
+	}
+	return drop(0, DROP_FIB, NULL, 0);
+}
+
+/* to_port sends a packet whose destination was translated to a port's
+ * private address over the overlay to the port's node, routed: TTL
+ * decremented, inner MACs router -> port (the receiving node's
+ * meridian_from_overlay runs the port's ingress policy and delivers). */
+static __always_inline int to_port(struct __sk_buff *skb, __u32 vpc, __u32 node_ip, __u8 *mac)
+{
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&node_cfg, &zero);
+	struct bpf_tunnel_key tk = {};
+	void *data = skb_data(skb), *data_end = skb_data_end(skb);
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + ETH_HLEN;
+	__u8 router[8] __attribute__((aligned(8))) = { 0x0a, 0x4d, 0x52, 0x00, 0x00, 0x01 };
+
+	if (!cfg || !cfg->vxlan_ifindex)
+		return drop(0, DROP_NO_ROUTE, NULL, 0);
+	if ((void *)(ip + 1) > data_end)
+		return TC_ACT_SHOT;
+	ttl_decrement(ip);
+	mac_copy(eth->h_dest, mac);
+	mac_copy(eth->h_source, router);
+	tk.tunnel_id = vpc;
+	tk.remote_ipv4 = bpf_ntohl(node_ip);
+	tk.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), BPF_F_ZERO_CSUM_TX) < 0)
+		return drop(0, DROP_NO_ROUTE, NULL, 0);
+	return bpf_redirect(cfg->vxlan_ifindex, 0);
+}
+
+/* gw_inbound handles a packet arriving from the fabric (uplink) or turned
+ * around by gw_outbound (hairpin). Packets not addressed to a public address
+ * this gateway serves are not ours: TCX_NEXT, the host handles them (BGP,
+ * ARP, the underlay). */
+static __noinline int gw_inbound(struct __sk_buff *skb, __u32 from_uplink)
+{
+	struct pkt p = {};
+	struct eip_entry *e;
+	struct portmap_key pk = {};
+	struct portmap_entry *pm;
+	struct nat_entry *r, *f;
+	struct iphdr *ip;
+	struct ethhdr *eth;
+	void *data, *data_end;
+	__u32 daddr, *natgw = NULL, reason, l4off, vpc, node_ip, new_ip;
+	__u16 local = 0, remote = 0, new_port;
+	__u8 mac[8] __attribute__((aligned(8)));
+
+	pull_headers(skb);
+	data = skb_data(skb);
+	data_end = skb_data_end(skb);
+	eth = data;
+	ip = data + ETH_HLEN;
+	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return from_uplink ? TCX_NEXT : TC_ACT_SHOT;
+	daddr = ip->daddr;
+	e = bpf_map_lookup_elem(&eips, &daddr);
+	if (!e) {
+		natgw = bpf_map_lookup_elem(&nat_addrs, &daddr);
+		if (!natgw)
+			return from_uplink ? TCX_NEXT : drop(0, DROP_NO_ROUTE, NULL, 0);
+	}
+	reason = parse_ipv4(skb, &p);
+	if (reason)
+		return drop(0, reason, NULL, 0);
+	l4off = ETH_HLEN + p.ihl * 4;
+	new_port = 0;
+
+	if (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) {
+		pk.addr = daddr;
+		pk.port = p.dport;
+		pk.proto = p.proto;
+		pm = bpf_map_lookup_elem(&port_maps, &pk);
+		if (pm) {
+			if (!pm->node_ip)
+				return drop(0, DROP_EIP_UNBOUND, &p, 0);
+			vpc = pm->vpc;
+			node_ip = pm->node_ip;
+			new_ip = pm->private_ip;
+			local = p.dport;
+			new_port = pm->private_port;
+			mac_copy(mac, pm->mac);
+			goto translate;
+		}
+	}
+	if (e) {
+		if (!e->node_ip)
+			return drop(0, DROP_EIP_UNBOUND, &p, 0);
+		vpc = e->vpc;
+		node_ip = e->node_ip;
+		new_ip = e->private_ip;
+		mac_copy(mac, e->mac);
+		goto translate;
+	}
+	/* a NAT gateway address: replies of its flows only */
+	if (!nat_ports(&p, 0, &local, &remote))
+		return drop(0, p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP || p.proto == IPPROTO_ICMP ?
+				       DROP_NAT_NO_FLOW : DROP_NAT_PROTO, &p, 0);
+	{
+		struct nat_key rk = { .saddr = p.saddr, .daddr = daddr, .sport = remote,
+				      .dport = local, .proto = p.proto };
+		__u64 now = bpf_ktime_get_ns();
+
+		r = bpf_map_lookup_elem(&nat, &rk);
+		if (!r)
+			return drop(0, DROP_NAT_NO_FLOW, &p, 0);
+		struct nat_key fk = { .vpc = r->vpc, .saddr = r->addr, .daddr = p.saddr,
+				      .sport = r->port, .dport = remote, .proto = p.proto };
+		f = bpf_map_lookup_elem(&nat, &fk);
+		if (!f || f->expires < now || f->addr != daddr || f->port != local)
+			return drop(0, DROP_NAT_NO_FLOW, &p, 0);
+		nat_track(f, &p, 1, now);
+		vpc = r->vpc;
+		node_ip = r->node_ip;
+		new_ip = r->addr;
+		new_port = r->port;
+		mac_copy(mac, r->mac);
+	}
+translate:
+	if (p.ttl <= 1)
+		return drop(0, DROP_TTL_EXCEEDED, &p, 0);
+	{
+		struct xlate x = { .l4off = l4off, .old_ip = daddr, .new_ip = new_ip, .old_port = local,
+				   .new_port = new_port ? new_port : local, .proto = p.proto, .dst = 1 };
+
+		if (nat_rewrite(skb, &x))
+			return drop(0, DROP_MALFORMED, &p, 0);
+	}
+	return to_port(skb, vpc, node_ip, mac);
+}
+
+/* gw_outbound handles a packet from the overlay that no VPC route claims:
+ * on a gateway, its source is translated (a port mapping's reply, the
+ * port's elastic IP, or its NAT gateway's flow) and it leaves toward the
+ * fabric, or turns around if its destination is served here (hairpin).
+ * On other nodes nothing matches and it is dropped as before. */
+static __noinline int gw_outbound(struct __sk_buff *skb, struct pkt *p, __u32 outer_src)
+{
+	struct portmap_rev_key prk = { .vpc = p->vpc, .private_ip = p->saddr, .proto = p->proto };
+	struct eip_rev_key ek = { .vpc = p->vpc, .private_ip = p->saddr };
+	struct portmap_key *pm;
+	__u32 *eip, new_ip = 0, reason, daddr = p->daddr;
+	__u16 local = 0, remote = 0, new_port;
+	int ported = nat_ports(p, 1, &local, &remote);
+
+	new_port = local;
+	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
+		prk.private_port = local;
+		pm = bpf_map_lookup_elem(&port_maps_rev, &prk);
+		if (pm) {
+			new_ip = pm->addr;
+			new_port = pm->port;
+		}
+	}
+	if (!new_ip) {
+		eip = bpf_map_lookup_elem(&eip_by_private, &ek);
+		if (eip)
+			new_ip = *eip;
+	}
+	if (!new_ip) {
+		if (!ported) {
+			struct egress_key sk = { .prefixlen = 64, .vpc = p->vpc, .ip = p->saddr };
+
+			return drop(0, bpf_map_lookup_elem(&nat_src, &sk) ? DROP_NAT_PROTO : DROP_NO_ROUTE, p, 0);
+		}
+		struct nat_req q = { .outer_src = outer_src, .local = local, .remote = remote };
+
+		reason = nat_outbound(skb, p, &q);
+		if (reason)
+			return drop(0, reason, p, 0);
+		new_ip = q.new_ip;
+		new_port = q.new_port;
+	}
+	{
+		struct xlate x = { .l4off = ETH_HLEN + p->ihl * 4, .old_ip = p->saddr, .new_ip = new_ip,
+				   .old_port = local, .new_port = new_port, .proto = p->proto };
+
+		if (nat_rewrite(skb, &x))
+			return drop(0, DROP_MALFORMED, p, 0);
+	}
+	if (bpf_map_lookup_elem(&eips, &daddr) || bpf_map_lookup_elem(&nat_addrs, &daddr))
+		return gw_inbound(skb, 0); /* hairpin */
+	return fib_out(skb);
+}
