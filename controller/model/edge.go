@@ -15,6 +15,12 @@ package model
 // nodes that are registered and not marked down. Removing or losing a
 // gateway moves only the NAT gateways it owned; adding one moves about
 // 1/n of them to it.
+//
+// "Down" is a store key (GatewayDownKey) the distributor writes when a
+// gateway's agent has been gone for a while and deletes when it is back:
+// being in the store, it is ordered with every other change (so versions
+// stay store revisions), survives controller restarts, and a full rebuild
+// sees it like an incremental one.
 
 import (
 	"cmp"
@@ -27,6 +33,15 @@ import (
 	mv1 "github.com/meridian-sdn/meridian/api/meridian/v1"
 	"github.com/meridian-sdn/meridian/controller/resource"
 )
+
+// downPrefix is the store prefix of the gateway liveness markers. It is
+// under "res/" so the distributor's and the model's watch see it in order,
+// but it is not an API kind: the API server ignores it.
+const downPrefix = "res/GatewayDown/nodes/"
+
+// GatewayDownKey is the store key marking gateway node (ID) unavailable.
+// Its value is ignored.
+func GatewayDownKey(node string) string { return downPrefix + node }
 
 const (
 	// gatewayPrefix names the Gateway object of a node ("gateways/n1"),
@@ -202,24 +217,21 @@ func (m *Model) candidatesEdge(kind, ref string, out set) {
 	}
 }
 
-// SetGatewayDown marks a gateway node unavailable (its agent is gone) or
+// setGatewayDown marks a gateway node unavailable (its agent is gone) or
 // available again. Unavailable gateways own no NAT gateway; the NAT
 // gateways they owned move to the next gateway by rendezvous hash.
-func (m *Model) SetGatewayDown(node string, down bool) Changes {
+func (m *Model) setGatewayDown(node string, down bool, c *changeSet) {
 	if _, was := m.down[node]; was == down {
-		return Changes{}
+		return
 	}
 	if down {
 		m.down[node] = struct{}{}
 	} else {
 		delete(m.down, node)
 	}
-	var c changeSet
-	c.init()
 	if m.isGateway(node) {
-		m.recompileContentDeps(gatewaysRef, &c)
+		m.recompileContentDeps(gatewaysRef, c)
 	}
-	return m.finish(&c)
 }
 
 // owner picks the gateway owning the NAT gateway with the given ID.

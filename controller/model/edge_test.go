@@ -108,11 +108,18 @@ func TestNatGatewayOwnerFailover(t *testing.T) {
 	owner := func() string { return m.Object("ngw/3").GetNatGateway().GetOwnerNode() }
 	first := owner()
 	other := map[string]string{"g1": "g2", "g2": "g1"}[first]
-	if ch := m.SetGatewayDown(other, true); len(ch) != 0 || owner() != first {
+	down := func(n string, d bool) Changes {
+		if d {
+			return m.Apply(tx.putRaw(GatewayDownKey(n)))
+		}
+		ev, _ := tx.del(GatewayDownKey(n))
+		return m.Apply(ev)
+	}
+	if ch := down(other, true); len(ch) != 0 || owner() != first {
 		t.Fatalf("a non-owner going down changed %v, owner %s", ch, owner())
 	}
-	m.SetGatewayDown(other, false)
-	ch := m.SetGatewayDown(first, true)
+	down(other, false)
+	ch := down(first, true)
 	if owner() != other {
 		t.Fatalf("owner %s after %s went down", owner(), first)
 	}
@@ -121,7 +128,8 @@ func TestNatGatewayOwnerFailover(t *testing.T) {
 			t.Errorf("%s not told of the new owner: %v", n, ch)
 		}
 	}
-	m.SetGatewayDown(first, false)
+	assertSameAsFull(t, m, tx)
+	down(first, false)
 	if owner() != first {
 		t.Fatalf("owner %s after %s came back, want it back", owner(), first)
 	}

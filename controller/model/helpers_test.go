@@ -84,6 +84,13 @@ func (t *memTx) put(tb testing.TB, msg proto.Message) store.Event {
 	return store.Event{Type: store.EventPut, KV: store.KV{Key: key, Value: b, ModRevision: t.rev}}
 }
 
+// putRaw writes an empty value at key (a gateway liveness marker).
+func (t *memTx) putRaw(key string) store.Event {
+	t.rev++
+	t.data[key] = []byte{}
+	return store.Event{Type: store.EventPut, KV: store.KV{Key: key, Value: []byte{}, ModRevision: t.rev}}
+}
+
 func (t *memTx) del(key string) (store.Event, bool) {
 	old, ok := t.data[key]
 	if !ok {

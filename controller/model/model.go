@@ -150,9 +150,8 @@ type Model struct {
 	portEips  map[string]set // port -> elastic IPs associated with it
 	nodeEips  map[string]set // node ID -> elastic IPs of ports bound there
 	nodePeers map[string]set // node ID -> BGP peers of that node
-	// down holds gateway node IDs the owner reported unavailable (agent
-	// gone): they keep their objects but own no NAT gateway. It is not
-	// store content, so Load keeps it.
+	// down holds gateway node IDs marked unavailable (GatewayDownKey):
+	// they keep their objects but own no NAT gateway.
 	down set
 
 	// Materialised per-node desired state (as keys) and its reverse.
@@ -165,7 +164,7 @@ func New(log *slog.Logger) *Model {
 	if log == nil {
 		log = slog.Default()
 	}
-	m := &Model{log: log, down: set{}}
+	m := &Model{log: log}
 	m.reset()
 	return m
 }
@@ -184,6 +183,7 @@ func (m *Model) reset() {
 	m.ngws = map[string]*mv1.NatGateway{}
 	m.crdeps = map[string]set{}
 	m.gateways = set{}
+	m.down = set{}
 	m.vpcNgws = map[string]set{}
 	m.portEips = map[string]set{}
 	m.nodeEips = map[string]set{}
@@ -235,6 +235,13 @@ func (m *Model) Load(tx store.ReadTx) error {
 			m.set(k, name, msg)
 			m.index(k, name, &discard)
 		}
+	}
+	kvs, err := tx.List(downPrefix, "", 0)
+	if err != nil {
+		return fmt.Errorf("model: list %s at revision %d: %w", downPrefix, tx.Revision(), err)
+	}
+	for _, kv := range kvs {
+		m.down[strings.TrimPrefix(kv.Key, downPrefix)] = struct{}{}
 	}
 	// Compile only once every resource is known, so references resolve
 	// regardless of listing order.
@@ -315,6 +322,12 @@ func parseKey(key string) (*resource.Kind, string, bool) {
 // Apply applies one store event and returns what changed for which node.
 // Events for keys outside the model are ignored.
 func (m *Model) Apply(ev store.Event) Changes {
+	if id, ok := strings.CutPrefix(ev.KV.Key, downPrefix); ok {
+		var c changeSet
+		c.init()
+		m.setGatewayDown(id, ev.Type == store.EventPut, &c)
+		return m.finish(&c)
+	}
 	k, name, ok := parseKey(ev.KV.Key)
 	if !ok {
 		return nil

@@ -2,7 +2,6 @@ package model
 
 import (
 	"fmt"
-	"maps"
 	"math/rand/v2"
 	"slices"
 	"sort"
@@ -20,11 +19,7 @@ import (
 // full rebuild from tx: every object and every node's desired state.
 func assertSameAsFull(t *testing.T, m *Model, tx *memTx) {
 	t.Helper()
-	full := New(quiet())
-	full.down = maps.Clone(m.down) // not store content: the owner's input
-	if err := full.Load(tx); err != nil {
-		t.Fatalf("Load: %v", err)
-	}
+	full := loadModel(t, tx)
 	if m.Len() != full.Len() {
 		t.Fatalf("incremental has %d objects, full rebuild %d", m.Len(), full.Len())
 	}
@@ -211,9 +206,16 @@ func TestIncrementalEqualsFull(t *testing.T) {
 				var got Changes
 				what := ""
 				if u.r.IntN(20) == 0 {
-					// The owner marks a gateway down or up again.
+					// The distributor marks a gateway down or up again.
 					n, down := fmt.Sprintf("n%d", u.r.IntN(nNodes)), u.r.IntN(2) == 0
-					got, what = m.SetGatewayDown(n, down), fmt.Sprintf("down %s %v", n, down)
+					ev, ok := tx.putRaw(GatewayDownKey(n)), true
+					if !down {
+						ev, ok = tx.del(GatewayDownKey(n))
+					}
+					if !ok {
+						continue
+					}
+					got, what = m.Apply(ev), fmt.Sprintf("down %s %v", n, down)
 				} else {
 					msg, key := u.random()
 					var ev store.Event
