@@ -162,6 +162,50 @@ type gatewayPort struct {
 // IP associated with one of its ports, or a NAT gateway) and there are
 // gateway nodes to bind it to; without one, its NAT rows would have no
 // gateway to run on, so none are rendered (failing closed).
+//
+// Row mapping (only with an ExternalNetwork, see NewRendererFor):
+//
+//	(deployment)     Logical_Switch ExternalNetwork.Switch ("meridian-ext") with localnet port
+//	                 "<switch>-localnet" (network_name ExternalNetwork.PhysicalNetwork)
+//	VPC V            Logical_Router_Port "mer-gw-V" on its router, a distributed gateway port: MAC
+//	                 02:4e:..., the V-th address of ExternalNetwork.RouterRange; switch port
+//	                 "mer-ext-V" (type router, nat-addresses=router) on the external switch; route
+//	                 0.0.0.0/0 (or ::/0) via ExternalNetwork.NextHop
+//	gateway node N   Gateway_Chassis "mer-gw-V-N" (chassis_name N, the node ID the agent names its
+//	                 chassis after) on every gateway port; priority GatewayPriorityPreferred for the
+//	                 owner of the VPC's first NAT gateway (else gateways[V mod n]), Standby otherwise
+//	elastic IP E     NAT dnat_and_snat external_ip = address, logical_ip = private_ip, no
+//	                 logical_port/external_mac: centralized, stateful (see eipNAT).
+//	                 One associated with a NAT gateway has no row: it is one of its addresses
+//	NAT gateway G    NAT snat per snat_cidr: external_ip = its first address, external_port_range
+//	                 "port_min-port_max"; port mappings: Load_Balancer "mer-natgw-G-tcp"/"-udp" on
+//	                 the router, vips "address:public_port" -> "private_ip:private_port"
+//	pool, BGP peer   nothing: the BGP speaker in gateway nodes' agents uses them
+//
+// Differences from the eBPF realization:
+//   - An elastic IP is translated on the VPC's one active gateway chassis,
+//     the others standing by (ovn-controller moves the port by priority and
+//     BFD), where eBPF gateways translate it all at once behind ECMP; and
+//     statefully, so a failover loses the translations of open flows.
+//   - A VPC's NAT gateways share its gateway port and so its active
+//     chassis: only the first NAT gateway's owner_node counts.
+//   - A NAT gateway SNATs to its first address only (one snat row per
+//     source); its other addresses serve port mappings.
+//   - Port mappings and SNAT use the gateway's conntrack: exhaustion of the
+//     port range is not counted in NatStats (no Meridian datapath sees it).
+//   - Once a VPC has a gateway port, its ports covered by neither an
+//     elastic IP nor a NAT gateway are routed out untranslated (eBPF has no
+//     path for them); the fabric must not route private addresses back.
+//   - Hairpin: a port reaches an elastic IP of its own VPC, its own
+//     included, and the connection arrives from the caller's elastic IP or,
+//     without one, its NAT gateway's address; but a port with an elastic
+//     IP does not reach its own VPC's port mappings (pinned in
+//     TestOutsideDataPathOnRealOVN).
+//   - Elastic IPs must be reachable on the external network: on-link (the
+//     active chassis answers ARP for them and announces them with
+//     gratuitous ARPs) or routed by the fabric to the VPC router's address
+//     on it. Addresses of the other family than the network's are not
+//     rendered.
 func (d *Desired) renderOutside(x *agentv1.Index, o *outside, ext *ExternalNetwork) {
 	if ext == nil || len(o.gateways) == 0 {
 		return

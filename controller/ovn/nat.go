@@ -23,9 +23,13 @@ const (
 // translates on the active gateway chassis (centralized) rather than on
 // the port's own chassis: NAT happens on gateway nodes in the eBPF
 // realization too, and only gateway nodes are bridged to the external
-// network. It is stateless, as the eBPF elastic-IP translation is: a 1:1
-// rewrite of addresses with no conntrack entry, so a failover to another
-// gateway chassis breaks no flow.
+// network. It is stateful (OVN's default), unlike the eBPF translation:
+// with conntrack, OVN translates ICMP errors about the flows and lets a
+// port reach its own elastic IP (hairpin), neither of which it does for a
+// stateless row (verified with options:stateless=true: hairpin to the
+// port's own elastic IP timed out). The price is that a failover to
+// another gateway chassis loses the translations of open flows, which
+// eBPF's stateless translation keeps.
 func eipNAT(e *agentv1.ElasticIp, ext *ExternalNetwork) *nbdb.NAT {
 	if e.GetPortId() == 0 || e.GetNatGatewayId() != 0 {
 		return nil
@@ -37,7 +41,6 @@ func eipNAT(e *agentv1.ElasticIp, ext *ExternalNetwork) *nbdb.NAT {
 	}
 	return &nbdb.NAT{
 		Type: nbdb.NATTypeDNATAndSNAT, ExternalIP: pub.String(), LogicalIP: priv.String(),
-		Options: map[string]string{"stateless": "true"},
 	}
 }
 

@@ -33,9 +33,9 @@ func TestOutsideOnRealOVN(t *testing.T) {
 	t.Run("northd produces NAT and load-balancing flows on the gateway chassis", func(t *testing.T) {
 		flows := stack.SBCtl("lflow-list", "mer-vpc-1")
 		for _, want := range []struct{ stage, text string }{
-			// the elastic IP, both ways, stateless
-			{"lr_in_dnat", `ip4.dst == 172.16.0.50 && inport == "mer-gw-1" && is_chassis_resident("cr-mer-gw-1")), action=(ip4.dst=10.0.1.10; next;)`},
-			{"lr_out_snat", `ip4.src == 10.0.1.10 && outport == "mer-gw-1" && is_chassis_resident("cr-mer-gw-1")), action=(ip4.src=172.16.0.50; next;)`},
+			// the elastic IP, both ways
+			{"lr_in_dnat", `ip4.dst == 172.16.0.50 && inport == "mer-gw-1" && is_chassis_resident("cr-mer-gw-1")), action=(ct_dnat_in_czone(10.0.1.10);)`},
+			{"lr_out_snat", `ip4.src == 10.0.1.10 && outport == "mer-gw-1" && is_chassis_resident("cr-mer-gw-1")), action=(ct_snat_in_czone(172.16.0.50);)`},
 			// the NAT gateway's subnets, with its port range
 			{"lr_out_snat", `ip4.src == 10.0.1.0/24 && outport == "mer-gw-1" && is_chassis_resident("cr-mer-gw-1")), action=(ct_snat_in_czone(172.16.0.60,20000-30000);)`},
 			{"lr_out_snat", `ip4.src == 10.0.2.0/24 && outport == "mer-gw-1" && is_chassis_resident("cr-mer-gw-1")), action=(ct_snat_in_czone(172.16.0.60,20000-30000);)`},
@@ -66,16 +66,17 @@ func TestOutsideOnRealOVN(t *testing.T) {
 
 	t.Run("ovn-trace: the fabric reaches a port through its elastic IP", func(t *testing.T) {
 		// From the fabric (192.168.5.5, which group 21 lets in on TCP 22)
-		// to the elastic IP, addressed to the gateway port's MAC.
+		// to the elastic IP, addressed to the gateway port's MAC, as the
+		// first packet of a connection.
 		out := stack.Trace(DefaultExternalSwitch, `inport == "meridian-ext-localnet" && eth.src == 02:aa:00:00:00:01 && `+
 			`eth.dst == 02:4e:00:00:00:01 && ip4.src == 192.168.5.5 && ip4.dst == 172.16.0.50 && ip.ttl == 64 && tcp && tcp.dst == 22`,
-			"--minimal")
-		for _, want := range []string{"ip4.dst = 10.0.1.10", `output("mer-port-101")`} {
+			"--minimal", "--ct=new")
+		for _, want := range []string{"ct_dnatin_czone(ip4.dst=10.0.1.10)", `output("mer-port-101")`} {
 			if !strings.Contains(out, want) {
 				t.Errorf("trace lacks %q:\n%s", want, out)
 			}
 		}
-		if strings.Contains(out, "ip4.src = ") {
+		if strings.Contains(out, "ip4.src=") {
 			t.Errorf("the fabric's address was rewritten on the way in:\n%s", out)
 		}
 	})
@@ -87,7 +88,7 @@ func TestOutsideOnRealOVN(t *testing.T) {
 		dp := stack.SBCtl("--bare", "--columns=_uuid", "find", "Datapath_Binding", "external_ids:name="+RouterName(1))
 		stack.SBCtl("create", "MAC_Binding", "logical_port=mer-gw-1", "ip=172.16.0.1", `mac="02:aa:00:00:00:01"`, "datapath="+dp)
 		out := stack.Trace(RouterName(1), `inport == "mer-lrp-12" && eth.src == 02:00:00:00:02:01 && eth.dst == 02:4d:00:00:00:0c && `+
-			`ip4.src == 10.0.2.10 && ip4.dst == 203.0.113.9 && ip.ttl == 64 && udp && udp.dst == 53`, "--minimal")
+			`ip4.src == 10.0.2.10 && ip4.dst == 203.0.113.9 && ip.ttl == 64 && udp && udp.dst == 53`, "--minimal", "--ct=new")
 		for _, want := range []string{"ip4.src=172.16.0.60", "eth.dst = 02:aa:00:00:00:01", `output("meridian-ext-localnet")`} {
 			if !strings.Contains(out, want) {
 				t.Errorf("trace lacks %q:\n%s", want, out)
