@@ -26,8 +26,9 @@ const (
 // network. It is stateful (OVN's default), unlike the eBPF translation:
 // with conntrack, OVN translates ICMP errors about the flows and lets a
 // port reach its own elastic IP (hairpin), neither of which it does for a
-// stateless row (verified with options:stateless=true: hairpin to the
-// port's own elastic IP timed out). The price is that a failover to
+// stateless row (with options:stateless=true both checks of
+// TestOutsideDataPathOnRealOVN fail: the ICMP error never reaches the
+// sender's socket and the hairpin connection times out). The price is that a failover to
 // another gateway chassis loses the translations of open flows, which
 // eBPF's stateless translation keeps.
 func eipNAT(e *agentv1.ElasticIp, ext *ExternalNetwork) *nbdb.NAT {

@@ -3,10 +3,12 @@ package ovn
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"io"
 	"net"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -75,6 +77,22 @@ func TestOutsideDataPathOnRealOVN(t *testing.T) {
 	t.Run("the fabric reaches port 1 through its elastic IP, which sees the fabric's address", func(t *testing.T) {
 		expectPing(t, fabric, "172.16.0.50", true)
 		expectPeer(t, fabric, "172.16.0.50:80", "172.16.0.1")
+	})
+	t.Run("an ICMP error from port 1 reaches the fabric translated", func(t *testing.T) {
+		// Nothing listens on UDP 9999 behind the elastic IP: port 1's
+		// port unreachable comes back, and the fabric's socket only sees
+		// it if its inner header names the elastic IP again.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			err := udpProbe(fabric, "172.16.0.50:9999")
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("UDP to a closed port behind the elastic IP: %v, want connection refused", err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 	})
 	t.Run("port 1 leaves with its elastic IP, port 2 with the NAT gateway's address", func(t *testing.T) {
 		expectPeer(t, w1.Netns, "172.16.0.1:9000", "172.16.0.50")
@@ -211,4 +229,25 @@ func expectPing(t *testing.T, ns, dst string, ok bool) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// udpProbe sends a datagram from namespace ns to addr and waits up to a
+// second for an answer: a connected UDP socket reports an ICMP port
+// unreachable about it as ECONNREFUSED.
+func udpProbe(ns, addr string) error {
+	return plumbing.RunInNetns("/run/netns/"+ns, func() error {
+		c, err := net.DialTimeout("udp4", addr, time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if err := c.SetDeadline(time.Now().Add(time.Second)); err != nil {
+			return err
+		}
+		if _, err := c.Write([]byte("probe")); err != nil {
+			return err
+		}
+		_, err = c.Read(make([]byte, 16))
+		return err
+	})
 }
