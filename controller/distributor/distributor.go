@@ -14,7 +14,8 @@
 // themselves.
 //
 // The distributor must not validate or change intent: the only resource it
-// writes is the Node record of an agent that registers. It does not compile
+// writes is the Node record of an agent that registers, and the only other
+// key the liveness marker of a gateway whose agent is away (see edge.go). It does not compile
 // anything itself (package model does) and it does not render OVN.
 package distributor
 
@@ -65,6 +66,10 @@ type Config struct {
 	Authorize func(ctx context.Context) error
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// GatewayGrace is how long a gateway's agent may be away before the
+	// NAT gateways it owns move to another gateway (default
+	// DefaultGatewayGrace; negative: never).
+	GatewayGrace time.Duration
 }
 
 // Distributor serves AgentService and tracks every node's sync state.
@@ -113,6 +118,9 @@ type nodeState struct {
 	agentVersion string
 	behindSince  time.Time // when desired first exceeded applied; zero if in sync
 	subs         map[*subscriber]struct{}
+
+	report    *agentv1.NodeReport // latest, while connected
+	awayTimer *time.Timer         // gateway away: marks it down when it fires
 }
 
 // subscriber is one open Sync stream.
@@ -139,6 +147,9 @@ func New(cfg Config) (*Distributor, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.GatewayGrace == 0 {
+		cfg.GatewayGrace = DefaultGatewayGrace
 	}
 	if cfg.Authorize == nil {
 		cfg.Authorize = SystemAdminOnly
@@ -185,6 +196,7 @@ func (d *Distributor) Run(ctx context.Context) error {
 	}
 	d.mu.Unlock()
 	close(d.ready)
+	d.watchGateways()
 	for {
 		err := d.follow(ctx)
 		if ctx.Err() != nil {

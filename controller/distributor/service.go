@@ -205,6 +205,8 @@ func (s *service) Sync(stream agentv1.AgentService_SyncServer) error {
 	d.mu.Lock()
 	ns := d.node(node)
 	ns.subs[sub] = struct{}{}
+	d.streamStarted(ns)
+	gateway := d.model.IsGateway(node)
 	ns.lastSeen = d.cfg.Now()
 	resp := d.response(ns, hello.GetAppliedVersion())
 	if resp == nil {
@@ -216,8 +218,15 @@ func (s *service) Sync(stream agentv1.AgentService_SyncServer) error {
 	defer func() {
 		d.mu.Lock()
 		delete(ns.subs, sub)
+		d.streamEnded(node, ns)
 		d.mu.Unlock()
 	}()
+	if gateway {
+		// After registering the stream, so a concurrent markDown sees it.
+		if err := d.markUp(ctx, node); err != nil {
+			log.Error("gateway liveness", "err", err)
+		}
+	}
 	log.Info("agent connected", "applied_version", hello.GetAppliedVersion(), "version", resp.GetVersion(), "snapshot", resp.GetSnapshot())
 
 	// Acks are received concurrently with sending, so a slow agent does
@@ -233,8 +242,10 @@ func (s *service) Sync(stream agentv1.AgentService_SyncServer) error {
 			switch m := req.GetMsg().(type) {
 			case *agentv1.SyncRequest_Ack:
 				d.ack(node, m.Ack)
+			case *agentv1.SyncRequest_Report:
+				d.report(node, m.Report)
 			default:
-				recvErr <- status.Errorf(codes.InvalidArgument, "sync: after Hello only Acks are allowed, got %T", m)
+				recvErr <- status.Errorf(codes.InvalidArgument, "sync: after Hello only Acks and Reports are allowed, got %T", m)
 				return
 			}
 		}

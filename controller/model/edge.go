@@ -58,6 +58,19 @@ func contentKind(key string) bool {
 	return strings.HasPrefix(key, "eip/") || strings.HasPrefix(key, "ngw/")
 }
 
+// IsGateway reports whether node (ID) is registered with the GATEWAY role.
+func (m *Model) IsGateway(node string) bool { return m.isGateway(node) }
+
+// Gateways returns the gateway node IDs, sorted.
+func (m *Model) Gateways() []string {
+	out := make([]string, 0, len(m.gateways))
+	for g := range m.gateways {
+		out = append(out, g)
+	}
+	slices.Sort(out)
+	return out
+}
+
 func (m *Model) isGateway(id string) bool {
 	_, ok := m.gateways[id]
 	return ok

@@ -43,6 +43,8 @@ type Agent struct {
 	changed    chan struct{} // closed and replaced on every applied version
 	cancel     context.CancelFunc
 	done       chan struct{}
+	stream     agentv1.AgentService_SyncClient // open stream, nil while disconnected
+	sendMu     sync.Mutex                      // gRPC streams allow one sender at a time
 	err        error // why the last stream ended
 }
 
@@ -109,14 +111,14 @@ func (a *Agent) Connect(ctx context.Context) error {
 		cancel()
 		return fmt.Errorf("agenttest %s: send hello: %w", a.node, err)
 	}
-	a.cancel, a.done, a.err, a.applied = cancel, make(chan struct{}), nil, 0
+	a.cancel, a.done, a.err, a.applied, a.stream = cancel, make(chan struct{}), nil, 0, stream
 	done := a.done
 	a.mu.Unlock()
 	go func() {
 		err := a.run(stream)
 		a.mu.Lock()
 		a.err = err
-		a.done = nil
+		a.done, a.stream = nil, nil
 		a.mu.Unlock()
 		a.signal()
 		close(done)
@@ -135,6 +137,23 @@ func (a *Agent) Disconnect() {
 	}
 	cancel()
 	<-done
+}
+
+// Report sends a NodeReport (BGP peer states, NAT statistics) on the open
+// stream, as an agent does whenever what it observes changes.
+func (a *Agent) Report(r *agentv1.NodeReport) error {
+	a.mu.Lock()
+	stream := a.stream
+	a.mu.Unlock()
+	if stream == nil {
+		return fmt.Errorf("agenttest %s: report: not connected", a.node)
+	}
+	a.sendMu.Lock()
+	defer a.sendMu.Unlock()
+	if err := stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Report{Report: r}}); err != nil {
+		return fmt.Errorf("agenttest %s: send report: %w", a.node, err)
+	}
+	return nil
 }
 
 // Connected reports whether a stream is open.
@@ -171,7 +190,10 @@ func (a *Agent) run(stream agentv1.AgentService_SyncClient) error {
 		if err != nil {
 			return err
 		}
-		if err := stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Ack{Ack: ack}}); err != nil {
+		a.sendMu.Lock()
+		err = stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Ack{Ack: ack}})
+		a.sendMu.Unlock()
+		if err != nil {
 			if stream.Context().Err() != nil {
 				return nil
 			}
