@@ -45,7 +45,7 @@ type Agent struct {
 	done       chan struct{}
 	stream     agentv1.AgentService_SyncClient // open stream, nil while disconnected
 	sendMu     sync.Mutex                      // gRPC streams allow one sender at a time
-	err        error // why the last stream ended
+	err        error                           // why the last stream ended
 }
 
 // New returns an agent for node on the connection cc.
