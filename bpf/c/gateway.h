@@ -528,6 +528,213 @@ static __always_inline int to_port(struct __sk_buff *skb, __u32 vpc, __u32 node_
 	return bpf_redirect(cfg->vxlan_ifindex, 0);
 }
 
+/* ---- ICMP errors about translated flows ----
+ * An ICMP error (destination unreachable, fragmentation needed, time
+ * exceeded, parameter problem) quotes the IPv4 header and the first 8 bytes
+ * of the packet it is about. Crossing a gateway, both the outer header and
+ * the quoted one are translated: inbound (from the fabric, about a packet
+ * that left translated) the outer destination and the quoted source;
+ * outbound (from a port, about a packet that came in translated) the outer
+ * source and the quoted destination, with the quoted port or echo id for
+ * NAT flows and port mappings. The outer IPv4 checksum, the quoted IPv4
+ * checksum and the ICMP checksum are fixed; the quoted TCP/UDP checksum is
+ * not (it may lie beyond the 8 quoted bytes and receivers do not check
+ * it). Quoted headers with IP options are dropped as malformed. */
+
+static __always_inline int is_icmp_error(struct pkt *p)
+{
+	return p->proto == IPPROTO_ICMP &&
+	       (p->pport[0] == ICMP_DEST_UNREACH || p->pport[0] == ICMP_TIME_EXCEEDED ||
+		p->pport[0] == ICMP_PARAMETERPROB);
+}
+
+/* The quoted packet: its header, and its ports (TCP/UDP) or the echo id as
+ * the port on the side the error names (ICMP echo). */
+struct quoted {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u16 check;     /* quoted IPv4 checksum */
+	__u8  proto;
+	__u8  echo;      /* 1: quoted ICMP echo, ports are the id */
+};
+
+static __always_inline int load_quoted(struct __sk_buff *skb, __u32 l4off, struct quoted *q)
+{
+	struct iphdr ih;
+	__u8 l4[8];
+
+	if (bpf_skb_load_bytes(skb, l4off + 8, &ih, sizeof(ih)) ||
+	    bpf_skb_load_bytes(skb, l4off + 8 + sizeof(ih), l4, sizeof(l4)))
+		return -1;
+	if (ih.version != 4 || ih.ihl != 5)
+		return -1;
+	q->saddr = ih.saddr;
+	q->daddr = ih.daddr;
+	q->check = ih.check;
+	q->proto = ih.protocol;
+	q->echo = 0;
+	switch (ih.protocol) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		__builtin_memcpy(&q->sport, l4, 2);
+		__builtin_memcpy(&q->dport, l4 + 2, 2);
+		return 0;
+	case IPPROTO_ICMP:
+		if (l4[0] != ICMP_ECHO && l4[0] != ICMP_ECHOREPLY)
+			return -1;
+		__builtin_memcpy(&q->sport, l4 + 4, 2);
+		q->dport = q->sport;
+		q->echo = 1;
+		return 0;
+	default:
+		return -1;
+	}
+}
+
+struct icmp_xlate {
+	__u32 l4off;
+	__u32 old_ip;
+	__u32 new_ip;
+	__u16 old_port;
+	__u16 new_port;
+	__u16 old_check;  /* quoted IPv4 checksum before */
+	__u8  inbound;
+	__u8  echo;
+};
+
+/* icmp_error_rewrite rewrites the outer address (destination if inbound,
+ * else source) and the quoted address and port on the same side. */
+static __noinline int icmp_error_rewrite(struct __sk_buff *skb, struct icmp_xlate *x)
+{
+	__u32 l4off = x->l4off, old_ip = x->old_ip, new_ip = x->new_ip;
+	__u32 icmp_csum = l4off + 2, quoted = l4off + 8;
+	__u32 qaddr = quoted + (x->inbound ? 12 : 16);
+	__u32 qport = quoted + 20 + (x->echo ? 4 : (x->inbound ? 0 : 2));
+	__u16 new_check, np = x->new_port;
+
+	/* outer header */
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_ip, new_ip, 4) ||
+	    bpf_skb_store_bytes(skb, x->inbound ? IP_DST_OFF : IP_SRC_OFF, &new_ip, 4, 0))
+		return -1;
+	/* quoted header: address, its checksum, and the ICMP checksum over both */
+	if (bpf_l3_csum_replace(skb, quoted + 10, old_ip, new_ip, 4) ||
+	    bpf_skb_store_bytes(skb, qaddr, &new_ip, 4, 0) ||
+	    bpf_skb_load_bytes(skb, quoted + 10, &new_check, 2) ||
+	    bpf_l4_csum_replace(skb, icmp_csum, old_ip, new_ip, 4) ||
+	    bpf_l4_csum_replace(skb, icmp_csum, x->old_check, new_check, 2))
+		return -1;
+	if (x->old_port != x->new_port &&
+	    (bpf_l4_csum_replace(skb, icmp_csum, x->old_port, x->new_port, 2) ||
+	     bpf_skb_store_bytes(skb, qport, &np, 2, 0)))
+		return -1;
+	return 0;
+}
+
+/* icmp_error_in translates an error from the fabric about a packet that
+ * left translated: its quoted source is our public address. */
+static __noinline int icmp_error_in(struct __sk_buff *skb, struct pkt *p)
+{
+	struct quoted q = {};
+	struct icmp_xlate x = {};
+	struct portmap_key pk = {};
+	struct portmap_entry *pm;
+	struct eip_entry *e;
+	struct nat_entry *r;
+	__u32 vpc, node_ip;
+	__u8 mac[8] __attribute__((aligned(8)));
+
+	x.l4off = ETH_HLEN + p->ihl * 4;
+	if (load_quoted(skb, x.l4off, &q) || q.saddr != p->daddr)
+		return drop(0, DROP_MALFORMED, p, 0);
+	x.inbound = 1;
+	x.echo = q.echo;
+	x.old_ip = q.saddr;
+	x.old_port = q.sport;
+	x.new_port = q.sport;
+	x.old_check = q.check;
+	pk.addr = q.saddr;
+	pk.port = q.sport;
+	pk.proto = q.proto;
+	if (!q.echo && (pm = bpf_map_lookup_elem(&port_maps, &pk))) {
+		vpc = pm->vpc;
+		node_ip = pm->node_ip;
+		x.new_ip = pm->private_ip;
+		x.new_port = pm->private_port;
+		mac_copy(mac, pm->mac);
+	} else if ((e = bpf_map_lookup_elem(&eips, &q.saddr))) {
+		vpc = e->vpc;
+		node_ip = e->node_ip;
+		x.new_ip = e->private_ip;
+		mac_copy(mac, e->mac);
+	} else {
+		struct nat_key rk = { .saddr = q.daddr, .daddr = q.saddr, .sport = q.echo ? 0 : q.dport,
+				      .dport = q.sport, .proto = q.proto };
+
+		r = bpf_map_lookup_elem(&nat, &rk);
+		if (!r)
+			return drop(0, DROP_NAT_NO_FLOW, p, 0);
+		vpc = r->vpc;
+		node_ip = r->node_ip;
+		x.new_ip = r->addr;
+		x.new_port = r->port;
+		mac_copy(mac, r->mac);
+	}
+	if (!node_ip)
+		return drop(0, DROP_EIP_UNBOUND, p, 0);
+	if (p->ttl <= 1)
+		return drop(0, DROP_TTL_EXCEEDED, p, 0);
+	if (icmp_error_rewrite(skb, &x))
+		return drop(0, DROP_MALFORMED, p, 0);
+	return to_port(skb, vpc, node_ip, mac);
+}
+
+/* icmp_error_out translates an error from a port about a packet that came
+ * in translated: its quoted destination is the port's address. Returns 0
+ * or a drop reason. */
+static __noinline __u32 icmp_error_out(struct __sk_buff *skb, struct pkt *p)
+{
+	struct quoted q = {};
+	struct icmp_xlate x = {};
+	struct portmap_rev_key prk = { .vpc = p->vpc };
+	struct eip_rev_key ek = { .vpc = p->vpc };
+	struct portmap_key *pm;
+	struct nat_entry *f;
+	__u32 *eip;
+
+	x.l4off = ETH_HLEN + p->ihl * 4;
+	if (load_quoted(skb, x.l4off, &q) || q.daddr != p->saddr)
+		return DROP_MALFORMED;
+	x.echo = q.echo;
+	x.old_ip = q.daddr;
+	x.old_port = q.dport;
+	x.new_port = q.dport;
+	x.old_check = q.check;
+	prk.private_ip = q.daddr;
+	prk.private_port = q.dport;
+	prk.proto = q.proto;
+	ek.private_ip = q.daddr;
+	if (!q.echo && (pm = bpf_map_lookup_elem(&port_maps_rev, &prk))) {
+		x.new_ip = pm->addr;
+		x.new_port = pm->port;
+	} else if ((eip = bpf_map_lookup_elem(&eip_by_private, &ek))) {
+		x.new_ip = *eip;
+	} else {
+		struct nat_key fk = { .vpc = p->vpc, .saddr = q.daddr, .daddr = q.saddr, .sport = q.dport,
+				      .dport = q.echo ? 0 : q.sport, .proto = q.proto };
+
+		f = bpf_map_lookup_elem(&nat, &fk);
+		if (!f)
+			return DROP_NO_ROUTE;
+		x.new_ip = f->addr;
+		x.new_port = f->port;
+	}
+	if (icmp_error_rewrite(skb, &x))
+		return DROP_MALFORMED;
+	return 0;
+}
+
 /* gw_inbound handles a packet arriving from the fabric (uplink) or turned
  * around by gw_outbound (hairpin). Packets not addressed to a public address
  * this gateway serves are not ours: TCX_NEXT, the host handles them (BGP,
@@ -563,6 +770,8 @@ static __noinline int gw_inbound(struct __sk_buff *skb, __u32 from_uplink)
 	reason = parse_ipv4(skb, &p);
 	if (reason)
 		return drop(0, reason, NULL, 0);
+	if (is_icmp_error(&p))
+		return icmp_error_in(skb, &p);
 	l4off = ETH_HLEN + p.ihl * 4;
 	new_port = 0;
 
@@ -643,6 +852,12 @@ static __noinline int gw_outbound(struct __sk_buff *skb, struct pkt *p, __u32 ou
 	__u16 local = 0, remote = 0, new_port;
 	int ported = nat_ports(p, 1, &local, &remote);
 
+	if (is_icmp_error(p)) {
+		reason = icmp_error_out(skb, p);
+		if (reason)
+			return drop(0, reason, p, 0);
+		goto out;
+	}
 	new_port = local;
 	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
 		prk.private_port = local;
@@ -678,6 +893,7 @@ static __noinline int gw_outbound(struct __sk_buff *skb, struct pkt *p, __u32 ou
 		if (nat_rewrite(skb, &x))
 			return drop(0, DROP_MALFORMED, p, 0);
 	}
+out:
 	if (bpf_map_lookup_elem(&eips, &daddr) || bpf_map_lookup_elem(&nat_addrs, &daddr))
 		return gw_inbound(skb, 0); /* hairpin */
 	return fib_out(skb);

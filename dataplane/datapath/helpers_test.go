@@ -192,6 +192,7 @@ type frame struct {
 	ipOptions      bool
 	moreFragments  bool
 	fragOffset     uint16
+	quotedBytes    []byte // ICMP: payload (an error's quoted packet)
 }
 
 func (f frame) bytes(t testing.TB) []byte {
@@ -240,8 +241,11 @@ func (f frame) bytes(t testing.TB) []byte {
 		}
 		ls = append(ls, udp, gopacket.Payload("hello"))
 	case fw.ProtoICMP:
-		ls = append(ls, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(f.icmpType, f.icmpCode), Id: f.icmpID, Seq: 1},
-			gopacket.Payload("ping"))
+		payload := gopacket.Payload("ping")
+		if f.quotedBytes != nil {
+			payload = f.quotedBytes
+		}
+		ls = append(ls, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(f.icmpType, f.icmpCode), Id: f.icmpID, Seq: 1}, payload)
 	default:
 		ls = append(ls, gopacket.Payload("opaque payload"))
 	}

@@ -733,3 +733,103 @@ func TestNATPortExhaustion(t *testing.T) {
 		}
 	})
 }
+
+// icmpError builds an ICMP error (type, code) from src to dst quoting the
+// IPv4 header and first 8 bytes of the packet quoted.
+func icmpError(t testing.TB, srcMAC net.HardwareAddr, src, dst netip.Addr, typ, code uint8, quoted frame) frame {
+	t.Helper()
+	quoted.srcMAC = mac("02:00:00:00:00:01")
+	q := quoted.bytes(t)[14:]
+	q = q[:20+8]
+	return frame{srcMAC: srcMAC, src: src, dst: dst, proto: fw.ProtoICMP, icmpType: typ, icmpCode: code, quotedBytes: q}
+}
+
+// checkQuoted verifies the quoted header's checksum and returns the quoted
+// addresses and first two 16-bit words of its L4 header (ports), and the
+// echo id at bytes 4-5.
+func checkQuoted(t *testing.T, d decoded) (src, dst netip.Addr, sport, dport, id uint16) {
+	t.Helper()
+	q := d.icmp.Payload
+	if len(q) < 28 {
+		t.Fatalf("quoted packet is %d bytes", len(q))
+	}
+	if s := onesSum(0, q[:20]); s != 0xffff {
+		t.Fatalf("quoted IPv4 checksum wrong (sum %#x)", s)
+	}
+	src, _ = netip.AddrFromSlice(q[12:16])
+	dst, _ = netip.AddrFromSlice(q[16:20])
+	return src, dst, binary.BigEndian.Uint16(q[20:]), binary.BigEndian.Uint16(q[22:]), binary.BigEndian.Uint16(q[24:])
+}
+
+// TestICMPErrorsTranslated: errors about translated flows have their outer
+// and quoted headers translated both ways, checksums fixed.
+func TestICMPErrorsTranslated(t *testing.T) {
+	newGateway(t, func(g *gateway) {
+		router := ip("203.0.113.2") // on the uplink's link, like the outside host
+		g.run(t, "inbound about an elastic IP's packet: fragmentation needed", func(t *testing.T) {
+			left := frame{src: eipA, dst: ip("203.0.113.9"), proto: fw.ProtoTCP, sport: 80, dport: 5555, flags: "A"}
+			e := icmpError(t, outsideMAC, router, eipA, 3, 4, left)
+			d := expectToPort(t, g.inbound(t, e), nodeA, portA)
+			qs, qd, sp, dp, _ := checkQuoted(t, d)
+			if d.dst() != portA.IPs[0] || d.src() != router || qs != portA.IPs[0] || qd != ip("203.0.113.9") || sp != 80 || dp != 5555 {
+				t.Fatalf("translated to %v -> %v quoting %v:%d -> %v:%d", d.src(), d.dst(), qs, sp, qd, dp)
+			}
+			if d.icmp.TypeCode != layers.CreateICMPv4TypeCode(3, 4) {
+				t.Fatalf("type/code %v", d.icmp.TypeCode)
+			}
+		})
+		g.run(t, "outbound from an elastic IP's port: port unreachable", func(t *testing.T) {
+			came := frame{src: outsideHost, dst: portA.IPs[0], proto: fw.ProtoUDP, sport: 5353, dport: 53}
+			e := icmpError(t, portA.MAC, portA.IPs[0], outsideHost, 3, 3, came)
+			d := expectToFabric(t, g, g.outbound(t, nodeA, e))
+			qs, qd, sp, dp, _ := checkQuoted(t, d)
+			if d.src() != eipA || d.dst() != outsideHost || qs != outsideHost || qd != eipA || sp != 5353 || dp != 53 {
+				t.Fatalf("translated to %v -> %v quoting %v:%d -> %v:%d", d.src(), d.dst(), qs, sp, qd, dp)
+			}
+		})
+		if err := g.d.DeleteElasticIP(eipC); err != nil {
+			t.Fatal(err)
+		}
+		var public uint16
+		g.run(t, "inbound about a NAT flow", func(t *testing.T) {
+			syn := frame{srcMAC: portC.MAC, src: portC.IPs[0], dst: ip("203.0.113.9"), proto: fw.ProtoUDP, sport: 40000, dport: 53, ttl: 63}
+			if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: g.uplink, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+				IP: syn.dst.AsSlice(), HardwareAddr: outsideMAC}); err != nil {
+				t.Fatal(err)
+			}
+			public = natFlow(t, g, syn)
+			left := frame{src: natAddr, dst: syn.dst, proto: fw.ProtoUDP, sport: public, dport: 53}
+			d := expectToPort(t, g.inbound(t, icmpError(t, outsideMAC, router, natAddr, 3, 3, left)), nodeC, portC)
+			qs, qd, sp, dp, _ := checkQuoted(t, d)
+			if d.dst() != portC.IPs[0] || qs != portC.IPs[0] || qd != syn.dst || sp != 40000 || dp != 53 {
+				t.Fatalf("translated to %v quoting %v:%d -> %v:%d", d.dst(), qs, sp, qd, dp)
+			}
+			// about an echo request: the quoted id is translated back
+			echo := frame{srcMAC: portC.MAC, src: portC.IPs[0], dst: syn.dst, proto: fw.ProtoICMP, icmpType: 8, icmpID: 77, ttl: 63}
+			id := natFlow(t, g, echo)
+			req := frame{src: natAddr, dst: syn.dst, proto: fw.ProtoICMP, icmpType: 8, icmpID: id}
+			d = expectToPort(t, g.inbound(t, icmpError(t, outsideMAC, router, natAddr, 11, 0, req)), nodeC, portC)
+			if _, _, _, _, qid := checkQuoted(t, d); qid != 77 {
+				t.Fatalf("quoted echo id %d, want 77", qid)
+			}
+		})
+		g.run(t, "outbound about a port mapping's connection", func(t *testing.T) {
+			came := frame{src: outsideHost, dst: portC.IPs[0], proto: fw.ProtoTCP, sport: 6000, dport: 80, flags: "S"}
+			d := expectToFabric(t, g, g.outbound(t, nodeC, icmpError(t, portC.MAC, portC.IPs[0], outsideHost, 3, 3, came)))
+			qs, qd, sp, dp, _ := checkQuoted(t, d)
+			if d.src() != natAddr || qs != outsideHost || qd != natAddr || sp != 6000 || dp != 8080 {
+				t.Fatalf("translated from %v quoting %v:%d -> %v:%d", d.src(), qs, sp, qd, dp)
+			}
+		})
+		g.run(t, "about nothing translated: dropped", func(t *testing.T) {
+			left := frame{src: natAddr, dst: ip("203.0.113.9"), proto: fw.ProtoUDP, sport: public + 1, dport: 53}
+			g.expectGatewayDrop(t, DropNATNoFlow, func() tunnelOut {
+				return g.inbound(t, icmpError(t, outsideMAC, router, natAddr, 3, 3, left))
+			})
+			spoof := frame{src: eipC, dst: ip("203.0.113.9"), proto: fw.ProtoUDP, sport: 1, dport: 53}
+			g.expectGatewayDrop(t, DropMalformed, func() tunnelOut {
+				return g.inbound(t, icmpError(t, outsideMAC, router, natAddr, 3, 3, spoof))
+			})
+		})
+	})
+}
