@@ -177,7 +177,8 @@ type gatewayPort struct {
 //	elastic IP E     NAT dnat_and_snat external_ip = address, logical_ip = private_ip, no
 //	                 logical_port/external_mac: centralized, stateful (see eipNAT).
 //	                 One associated with a NAT gateway has no row: it is one of its addresses
-//	NAT gateway G    NAT snat per snat_cidr: external_ip = its first address, external_port_range
+//	NAT gateway G    NAT snat per snat_cidr of the network's family: external_ip = its first
+//	                 address of that family, external_port_range
 //	                 "port_min-port_max"; port mappings: Load_Balancer "mer-natgw-G-tcp"/"-udp" on
 //	                 the router, vips "address:public_port" -> "private_ip:private_port"
 //	pool, BGP peer   nothing: the BGP speaker in gateway nodes' agents uses them

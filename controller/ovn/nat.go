@@ -46,17 +46,15 @@ func eipNAT(e *agentv1.ElasticIp, ext *ExternalNetwork) *nbdb.NAT {
 }
 
 // natAddress is the address a NAT gateway translates its subnets to: its
-// first address (the list is sorted). false when it has none of the
-// external network's family.
+// first address (the list is sorted) of the external network's family.
+// false when it has none.
 func natAddress(g *agentv1.NatGateway, ext *ExternalNetwork) (netip.Addr, bool) {
-	if len(g.GetAddresses()) == 0 {
-		return netip.Addr{}, false
+	for _, s := range g.GetAddresses() {
+		if a, err := netip.ParseAddr(s); err == nil && a.Is4() == ext.CIDR.Addr().Is4() {
+			return a, true
+		}
 	}
-	a, err := netip.ParseAddr(g.GetAddresses()[0])
-	if err != nil || a.Is4() != ext.CIDR.Addr().Is4() {
-		return netip.Addr{}, false
-	}
-	return a, true
+	return netip.Addr{}, false
 }
 
 func (d *Desired) renderElasticIP(gw *gatewayPort, e *agentv1.ElasticIp, ext *ExternalNetwork) {
@@ -70,7 +68,7 @@ func (d *Desired) renderElasticIP(gw *gatewayPort, e *agentv1.ElasticIp, ext *Ex
 // its port mappings as load balancers on the router (one per protocol: an
 // OVN load balancer has one), whose VIPs translate address and port.
 func (d *Desired) renderNatGateway(gw *gatewayPort, g *agentv1.NatGateway, ext *ExternalNetwork) {
-	own := owner("natgw", g.GetId())
+	own := owner("ngw", g.GetId())
 	addr, _ := natAddress(g, ext)
 	pmin, pmax := g.GetPortMin(), g.GetPortMax()
 	if pmin == 0 {

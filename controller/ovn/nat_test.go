@@ -38,7 +38,7 @@ func renderExt(t testing.TB, objs map[string]*agentv1.Object) *Desired {
 }
 
 // withOutside adds outside-world objects to a snapshot, keyed like the
-// model keys them ("gateway/<node>", "eip/<id>", "natgw/<id>").
+// model keys them ("gateway/<node>", "eip/<id>", "ngw/<id>").
 func withOutside(objs map[string]*agentv1.Object, bodies ...proto.Message) map[string]*agentv1.Object {
 	for _, b := range bodies {
 		var o *agentv1.Object
@@ -48,7 +48,7 @@ func withOutside(objs map[string]*agentv1.Object, bodies ...proto.Message) map[s
 		case *agentv1.ElasticIp:
 			o = &agentv1.Object{Key: owner("eip", v.Id), Body: &agentv1.Object_ElasticIp{ElasticIp: v}}
 		case *agentv1.NatGateway:
-			o = &agentv1.Object{Key: owner("natgw", v.Id), Body: &agentv1.Object_NatGateway{NatGateway: v}}
+			o = &agentv1.Object{Key: owner("ngw", v.Id), Body: &agentv1.Object_NatGateway{NatGateway: v}}
 		default:
 			objs = mergeObjects(objs, objects(b))
 			continue
@@ -87,7 +87,7 @@ func outsideFixture() map[string]*agentv1.Object {
 }
 
 func natgw(objs map[string]*agentv1.Object, id uint32) *agentv1.NatGateway {
-	return objs[owner("natgw", id)].GetNatGateway()
+	return objs[owner("ngw", id)].GetNatGateway()
 }
 
 func TestRenderOutsideGivesExactRows(t *testing.T) {
@@ -104,8 +104,8 @@ func TestRenderOutsideGivesExactRows(t *testing.T) {
 			map[string][]string{
 				"ports":         {"subnet/11/router-port", "subnet/12/router-port", "vpc/1/gateway-port"},
 				"static_routes": {"rt/41/route/0.0.0.0/0>10.0.2.10", "rt/41/route/192.168.0.0/16>discard", "vpc/1/gateway-route/0.0.0.0/0"},
-				"nat":           {"eip/1", "natgw/3/snat/10.0.1.0/24", "natgw/3/snat/10.0.2.0/24"},
-				"load_balancer": {"natgw/3/port-mappings/tcp", "natgw/3/port-mappings/udp"},
+				"nat":           {"eip/1", "ngw/3/snat/10.0.1.0/24", "ngw/3/snat/10.0.2.0/24"},
+				"load_balancer": {"ngw/3/port-mappings/tcp", "ngw/3/port-mappings/udp"},
 			}},
 		{"the gateway port has the VPC's address in the router range", nbdb.LogicalRouterPortTable,
 			&nbdb.LogicalRouterPort{Name: "mer-gw-1", MAC: "02:4e:00:00:00:01", Networks: []string{"172.16.0.129/24"},
@@ -141,15 +141,15 @@ func TestRenderOutsideGivesExactRows(t *testing.T) {
 			nil},
 		{"a NAT gateway translates each subnet to its first address, ports from its range", nbdb.NATTable,
 			&nbdb.NAT{Type: "snat", ExternalIP: "172.16.0.60", LogicalIP: "10.0.2.0/24", ExternalPortRange: "20000-30000",
-				ExternalIDs: ext("natgw/3/snat/10.0.2.0/24", "natgw/3", "snat")},
+				ExternalIDs: ext("ngw/3/snat/10.0.2.0/24", "ngw/3", "snat")},
 			nil},
 		{"TCP port mappings are a TCP load balancer's VIPs", nbdb.LoadBalancerTable,
 			&nbdb.LoadBalancer{Name: "mer-natgw-3-tcp", Protocol: &tcp, Vips: map[string]string{"172.16.0.60:8080": "10.0.1.11:80"},
-				ExternalIDs: ext("natgw/3/port-mappings/tcp", "natgw/3", "port-mappings")},
+				ExternalIDs: ext("ngw/3/port-mappings/tcp", "ngw/3", "port-mappings")},
 			nil},
 		{"UDP port mappings are a UDP load balancer's VIPs", nbdb.LoadBalancerTable,
 			&nbdb.LoadBalancer{Name: "mer-natgw-3-udp", Protocol: &udp, Vips: map[string]string{"172.16.0.60:5353": "10.0.2.10:53"},
-				ExternalIDs: ext("natgw/3/port-mappings/udp", "natgw/3", "port-mappings")},
+				ExternalIDs: ext("ngw/3/port-mappings/udp", "ngw/3", "port-mappings")},
 			nil},
 	}
 	for _, tc := range cases {
@@ -214,12 +214,12 @@ func TestRenderOutsideFailsClosed(t *testing.T) {
 		{"a VPC with nothing to translate gets no gateway port", func() *Desired {
 			o := outsideFixture()
 			delete(o, "eip/1")
-			delete(o, "natgw/3")
+			delete(o, "ngw/3")
 			return renderExt(t, o)
 		}, nil},
 		{"an elastic IP of another family than the external network's is not rendered", func() *Desired {
 			o := outsideFixture()
-			delete(o, "natgw/3")
+			delete(o, "ngw/3")
 			e := o["eip/1"].GetElasticIp()
 			e.Address, e.PrivateIp = "2001:db8::50", "fd00::10"
 			return renderExt(t, o)
@@ -233,7 +233,7 @@ func TestRenderOutsideFailsClosed(t *testing.T) {
 		{"a VPC beyond the router range gets no gateway port", func() *Desired {
 			o := outsideFixture()
 			delete(o, "eip/1")
-			delete(o, "natgw/3")
+			delete(o, "ngw/3")
 			o = withOutside(o, &agentv1.Vpc{Id: 126}, &agentv1.Vpc{Id: 127}, &agentv1.Vpc{Id: 128},
 				&agentv1.ElasticIp{Id: 5, Address: "172.16.0.51", VpcId: 126, PortId: 9, PrivateIp: "10.1.0.9"},
 				&agentv1.ElasticIp{Id: 6, Address: "172.16.0.52", VpcId: 127, PortId: 8, PrivateIp: "10.2.0.8"},
@@ -260,7 +260,7 @@ func TestRenderOutsideFailsClosed(t *testing.T) {
 			}
 			return renderExt(t, o)
 		}, []string{
-			"NAT natgw/3/snat/10.0.1.0/24", "Gateway_Chassis vpc/1/gateway-chassis/gw1", "Gateway_Chassis vpc/1/gateway-chassis/gw2",
+			"NAT ngw/3/snat/10.0.1.0/24", "Gateway_Chassis vpc/1/gateway-chassis/gw1", "Gateway_Chassis vpc/1/gateway-chassis/gw2",
 			"Logical_Router_Port vpc/1/gateway-port", "Logical_Switch global/external", "Logical_Switch_Port global/external/localnet",
 			"Logical_Switch_Port vpc/1/external-switch-port", "Logical_Router_Static_Route vpc/1/gateway-route/0.0.0.0/0",
 		}},
@@ -277,7 +277,7 @@ func TestRenderOutsideFailsClosed(t *testing.T) {
 
 func TestRenderOutsideGatewayChoice(t *testing.T) {
 	o := outsideFixture()
-	delete(o, "natgw/3")
+	delete(o, "ngw/3")
 	o = withOutside(o, &agentv1.Gateway{Node: "gw3"})
 	prio := func(d *Desired) map[string]int {
 		out := map[string]int{}
@@ -297,6 +297,22 @@ func TestRenderOutsideGatewayChoice(t *testing.T) {
 	want = map[string]int{"gw1": GatewayPriorityStandby, "gw2": GatewayPriorityStandby, "gw3": GatewayPriorityPreferred}
 	if got := prio(renderExt(t, o)); !mapsEqual(got, want) {
 		t.Errorf("NAT gateway owned by gw3: priorities %v, want %v", got, want)
+	}
+}
+
+func TestNatGatewayTranslatesToItsFirstAddressOfTheNetworkFamily(t *testing.T) {
+	o := outsideFixture()
+	natgw(o, 3).Addresses = []string{"2001:db8::60", "203.0.113.60", "203.0.113.61"}
+	natgw(o, 3).SnatCidrs = []string{"10.0.1.0/24", "fd00:1::/64"}
+	d := renderExt(t, o)
+	var got []string
+	for _, r := range d.Rows(nbdb.NATTable) {
+		if n := r.Model.(*nbdb.NAT); n.Type == nbdb.NATTypeSNAT {
+			got = append(got, n.LogicalIP+">"+n.ExternalIP)
+		}
+	}
+	if want := []string{"10.0.1.0/24>203.0.113.60"}; !slices.Equal(got, want) {
+		t.Errorf("snat rows %v, want %v", got, want)
 	}
 }
 
