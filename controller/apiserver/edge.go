@@ -551,6 +551,36 @@ func releaseElasticIp(c *txc, old proto.Message) error {
 	return nil
 }
 
+// checkPrivateIPUnused refuses to take address a away from port while an
+// elastic IP or a NAT gateway port mapping translates to it.
+func checkPrivateIPUnused(c *txc, port, a string) error {
+	for _, k := range []*resource.Kind{resource.KindElasticIp, resource.KindNatGateway} {
+		users, err := referrers(c.tx, port, k)
+		if err != nil {
+			return err
+		}
+		for _, u := range users {
+			m, _, ok, err := load(c.tx, k, u)
+			if err != nil || !ok {
+				return err
+			}
+			used := false
+			switch r := m.(type) {
+			case *v1.ElasticIp:
+				used = r.PrivateIp == a
+			case *v1.NatGateway:
+				for _, pm := range r.PortMappings {
+					used = used || pm.Port == port && pm.PrivateIp == a
+				}
+			}
+			if used {
+				c.vs.add("port.secondary_ips", "%s is the private address of %s: change that first", a, u)
+			}
+		}
+	}
+	return nil
+}
+
 // ---- NAT gateways ----
 
 const (

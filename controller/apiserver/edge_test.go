@@ -437,3 +437,57 @@ func TestEdgeRejectedRequestsChangeNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestTranslatedAddressesStayPut: a port keeps an address an elastic IP
+// maps to, and a gateway node keeps its role while BGP peers use it.
+func TestTranslatedAddressesStayPut(t *testing.T) {
+	e := edgeEnv(t)
+	ctx := apitest.Ctx(t)
+	e.Ok(e.User.Net.UpdatePort(ctx, &v1.UpdatePortRequest{Port: &v1.Port{Name: apitest.Port(a1), SecondaryIps: []string{"10.0.1.50"}}, UpdateMask: mask("secondary_ips")}))
+	e.Ok(createEIP(ctx, e.User, "e1", &v1.ElasticIp{Port: apitest.Port(a1), PrivateIp: "10.0.1.50"}))
+	e.Ok(e.Admin.Edge.CreateBgpPeer(ctx, &v1.CreateBgpPeerRequest{BgpPeerId: "tor", BgpPeer: okPeer(func(*v1.BgpPeer) {})}))
+	before := e.State()
+	_, err := e.User.Net.UpdatePort(ctx, &v1.UpdatePortRequest{Port: &v1.Port{Name: apitest.Port(a1)}, UpdateMask: mask("secondary_ips")})
+	apitest.WantCode(t, err, codes.InvalidArgument, "port.secondary_ips")
+	_, err = e.Admin.Node.UpdateNode(ctx, &v1.UpdateNodeRequest{Node: &v1.Node{Name: gwNode, Roles: []v1.NodeRole{v1.NodeRole_COMPUTE}}, UpdateMask: mask("roles")})
+	apitest.WantCode(t, err, codes.InvalidArgument, "node.roles")
+	if after := e.State(); after != before {
+		t.Fatalf("refused updates changed state")
+	}
+}
+
+// TestWatchShowsPoolsToEveryoneAndPeersToAdmins: top-level kinds are
+// judged per kind in watch streams.
+func TestWatchShowsPoolsToEveryoneAndPeersToAdmins(t *testing.T) {
+	e := edgeEnv(t)
+	ctx := apitest.Ctx(t)
+	e.Ok(e.Admin.Edge.CreateBgpPeer(ctx, &v1.CreateBgpPeerRequest{BgpPeerId: "tor", BgpPeer: okPeer(func(*v1.BgpPeer) {})}))
+	w, err := e.User.Watch.Watch(ctx, &v1.WatchRequest{FromRevision: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The last pool is created after the peer: once it arrives, the
+	// peer's event would have come before it.
+	e.Ok(e.Admin.Edge.CreatePublicAddressPool(ctx, &v1.CreatePublicAddressPoolRequest{PublicAddressPoolId: "last",
+		PublicAddressPool: &v1.PublicAddressPool{Cidrs: []string{"198.51.100.0/24"}}}))
+	pools := 0
+	for {
+		ev, err := w.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := ev.GetResource()
+		if r.GetBgpPeer() != nil || r.GetNode() != nil {
+			t.Fatalf("user sees %v", r)
+		}
+		if p := r.GetPublicAddressPool(); p != nil {
+			pools++
+			if p.Name == "publicAddressPools/last" {
+				break
+			}
+		}
+	}
+	if pools != 3 {
+		t.Fatalf("user saw %d pool events, want 3", pools)
+	}
+}

@@ -160,8 +160,17 @@ func decorateProject(s *Server, tx store.ReadTx, m proto.Message) error {
 	return nil
 }
 
-func prepareNode(c *txc, _, obj proto.Message) error {
+func prepareNode(c *txc, old, obj proto.Message) error {
 	n := obj.(*v1.Node)
+	if old != nil && !slices.Contains(n.Roles, v1.NodeRole_GATEWAY) && slices.Contains(old.(*v1.Node).Roles, v1.NodeRole_GATEWAY) {
+		peers, err := referrers(c.tx, n.Name, resource.KindBgpPeer)
+		if err != nil {
+			return err
+		}
+		if len(peers) > 0 {
+			c.vs.add("node.roles", "cannot drop the GATEWAY role while BGP peers use the node: %s", strings.Join(peers, ", "))
+		}
+	}
 	if n.UnderlayIp == "" {
 		c.vs.add("node.underlay_ip", "is required: the address other nodes tunnel to")
 	} else {
@@ -582,6 +591,9 @@ func preparePort(c *txc, old, obj proto.Message) error {
 	}
 	for _, s := range oldSec {
 		if !slices.Contains(p.SecondaryIps, s) {
+			if err := checkPrivateIPUnused(c, p.Name, s); err != nil {
+				return err
+			}
 			if err := releaseIP(c, sn, s); err != nil {
 				return err
 			}
