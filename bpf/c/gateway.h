@@ -704,8 +704,9 @@ static __noinline __u32 icmp_error_out(struct __sk_buff *skb, struct pkt *p)
 	__u32 *eip;
 
 	x.l4off = ETH_HLEN + p->ihl * 4;
+	/* nothing this gateway translated: as on any node */
 	if (load_quoted(skb, x.l4off, &q) || q.daddr != p->saddr)
-		return DROP_MALFORMED;
+		return DROP_NO_ROUTE;
 	x.echo = q.echo;
 	x.old_ip = q.daddr;
 	x.old_port = q.dport;

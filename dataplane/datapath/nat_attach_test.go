@@ -325,11 +325,12 @@ func TestGatewayRealTraffic(t *testing.T) {
 			}
 			defer hc.Close()
 			echoOver(t, hc, nil, 1<<10)
+			// both connections are open: two active flows
+			st, err := dg.NATStats()
+			if err != nil || len(st) != 1 || st[0].ActiveFlows != 2 {
+				t.Fatalf("NAT stats %+v, %v: want 2 active flows", st, err)
+			}
 		})
-		st, err := dg.NATStats()
-		if err != nil || len(st) != 1 || st[0].ActiveFlows != 2 {
-			t.Fatalf("NAT stats %+v, %v: want 2 active flows", st, err)
-		}
 		select {
 		case a := <-remoteOf:
 			if h := a.(*net.TCPAddr); h.IP.String() != natIP.String() || h.Port < 20000 || h.Port > 20999 {
