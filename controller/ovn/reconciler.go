@@ -286,9 +286,11 @@ func (r *Reconciler) sync(ctx context.Context, objs map[string]*agentv1.Object, 
 	if c == nil {
 		return SyncResult{}, errors.New("ovn: sync before Connect")
 	}
+	start := time.Now()
 	if d == nil {
 		d = r.renderer.Render(objs)
 	}
+	rendered := time.Since(start)
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
 	if r.verifiedOn != c {
@@ -308,7 +310,14 @@ func (r *Reconciler) sync(ctx context.Context, objs map[string]*agentv1.Object, 
 				scope[table][id] = true
 			}
 		}
+		// Looking rows up one by one costs more than one scan when
+		// most of them are in scope, as after a large write.
+		if n := scopeSize(scope); n > d.Len()/4 {
+			r.log.Debug("incremental NB pass too large, running a full one", "scope", n)
+			scope = nil
+		}
 	}
+	r.log.Debug("NB pass prepared", "render", rendered, "diff", time.Since(start)-rendered, "scope", scopeSize(scope), "full", scope == nil)
 	p := r.newPass(c, d, scope)
 	err := p.run(ctx)
 	if errors.Is(err, errNeedFull) {
