@@ -21,7 +21,7 @@ import (
 
 // Defaults for Config.
 const (
-	DefaultDebounce       = 50 * time.Millisecond
+	DefaultDebounce       = 10 * time.Millisecond
 	DefaultResyncInterval = 5 * time.Minute
 	DefaultMaxOps         = 10000
 	DefaultTimeout        = 30 * time.Second
