@@ -18,8 +18,9 @@ package apiserver
 //     and ends the association; deleting the port is refused while an
 //     elastic IP is associated with it (the elastic IP references the port).
 //   - A BGP peer's password is write-only: it is stored (the agent needs
-//     it) but cleared from every answer, watch event and audit record, and
-//     an update changes it only when the mask names it.
+//     it) but cleared from every answer, watch event and audit record. An
+//     update changes it only when the mask names it, and not when the
+//     request echoes a read (password "" with password_set true).
 
 import (
 	"errors"
@@ -82,9 +83,17 @@ func (s *Server) edgeHooks(hs map[*resource.Kind]*hooks) {
 		mutable: []string{"labels", "description", "node", "local_asn", "router_id", "peer_asn", "peer_address",
 			"hold_time", "graceful_restart", "restart_time", "announce_vpc_prefixes", "password"},
 		explicitOnly: []string{"password"},
-		prepare:      prepareBgpPeer,
-		refs:         func(m proto.Message) []string { return []string{m.(*v1.BgpPeer).Node} },
-		decorate:     decorateBgpPeer,
+		echo: func(in, old, obj proto.Message) {
+			// A read returns password "" with password_set true: sending
+			// that back keeps the password. Clearing it takes password_set
+			// false (or unset) too.
+			if r := in.(*v1.BgpPeer); r.Password == "" && r.PasswordSet {
+				obj.(*v1.BgpPeer).Password = old.(*v1.BgpPeer).Password
+			}
+		},
+		prepare:  prepareBgpPeer,
+		refs:     func(m proto.Message) []string { return []string{m.(*v1.BgpPeer).Node} },
+		decorate: decorateBgpPeer,
 	}
 }
 

@@ -305,6 +305,12 @@ func TestBgpPeerPasswordIsWriteOnly(t *testing.T) {
 	if len(l.BgpPeers) != 1 || l.BgpPeers[0].Password != "" {
 		t.Fatalf("list: %v", l)
 	}
+	// Sending back what a read returned, even with a mask naming the
+	// password, keeps it.
+	p = apitest.Must[*v1.BgpPeer](t)(e.Admin.Edge.UpdateBgpPeer(ctx, &v1.UpdateBgpPeerRequest{BgpPeer: p, UpdateMask: mask("password", "description")}))
+	if !p.PasswordSet {
+		t.Fatalf("echoed read cleared the password")
+	}
 	// Clearing it takes a mask that names it.
 	p = apitest.Must[*v1.BgpPeer](t)(e.Admin.Edge.UpdateBgpPeer(ctx, &v1.UpdateBgpPeerRequest{BgpPeer: &v1.BgpPeer{Name: p.Name}, UpdateMask: mask("password")}))
 	if p.PasswordSet {

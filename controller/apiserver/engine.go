@@ -364,6 +364,9 @@ func (s *Server) update(ctx context.Context, k *resource.Kind, in proto.Message,
 		resource.ClearOutputOnly(src)
 		obj := proto.Clone(old)
 		resource.CopyFields(obj, src, mask)
+		if h.echo != nil {
+			h.echo(in, old, obj)
+		}
 		if proto.Equal(obj, old) {
 			out = old // nothing changes: no write, no revision, no audit record
 			return nil

@@ -33,6 +33,9 @@ type hooks struct {
 	// explicitOnly lists mutable fields an update changes only when its
 	// mask names them (write-only secrets).
 	explicitOnly []string
+	// echo undoes what an update would change only because the request
+	// echoes a read (a REST PATCH of a whole GET body names every field).
+	echo func(in, old, obj proto.Message)
 }
 
 func (h *hooks) references(obj proto.Message, parent string) []string {
