@@ -53,6 +53,7 @@ struct {
 	__uint(max_entries, MAX_EIPS);
 	__type(key, __u32);
 	__type(value, struct eip_entry);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* written by the agent: no need to preallocate */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } eips SEC(".maps");
 
@@ -61,6 +62,7 @@ struct {
 	__uint(max_entries, MAX_EIPS);
 	__type(key, struct eip_rev_key);
 	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* written by the agent: no need to preallocate */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } eip_by_private SEC(".maps");
 
@@ -69,6 +71,7 @@ struct {
 	__uint(max_entries, MAX_NAT_GWS);
 	__type(key, __u32);
 	__type(value, struct natgw_info);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* written by the agent: no need to preallocate */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } natgws SEC(".maps");
 
@@ -88,6 +91,7 @@ struct {
 	__uint(max_entries, MAX_NAT_GWS * NAT_MAX_ADDRS);
 	__type(key, __u32);
 	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* written by the agent: no need to preallocate */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nat_addrs SEC(".maps");
 
@@ -96,6 +100,7 @@ struct {
 	__uint(max_entries, MAX_PORT_MAPS);
 	__type(key, struct portmap_key);
 	__type(value, struct portmap_entry);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* written by the agent: no need to preallocate */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } port_maps SEC(".maps");
 
@@ -104,6 +109,7 @@ struct {
 	__uint(max_entries, MAX_PORT_MAPS);
 	__type(key, struct portmap_rev_key);
 	__type(value, struct portmap_key);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* written by the agent: no need to preallocate */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } port_maps_rev SEC(".maps");
 
@@ -121,6 +127,7 @@ struct {
 	__uint(max_entries, MAX_NAT_GWS);
 	__type(key, __u32);
 	__type(value, __u64);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* written by the agent: no need to preallocate */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nat_exhausted SEC(".maps");
 
