@@ -30,7 +30,7 @@ type gateway struct {
 	tor   netip.Addr // the router's address on that link
 }
 
-func newFabric(t *testing.T, n int) *fabric {
+func newFabric(t testing.TB, n int) *fabric {
 	t.Helper()
 	f := &fabric{tor: frrtest.Start(t, frrtest.Options{ASN: torASN})}
 	for i := 1; i <= n; i++ {
@@ -51,7 +51,7 @@ func newFabric(t *testing.T, n int) *fabric {
 // speaker starts gateway i's speaker process and peers it with the router.
 // The router side is configured first so the session comes up at the
 // speaker's first connect attempt.
-func (f *fabric) speaker(t *testing.T, ctx context.Context, i int, gr bool, routes ...Route) *child {
+func (f *fabric) speaker(t testing.TB, ctx context.Context, i int, gr bool, routes ...Route) *child {
 	t.Helper()
 	g := f.gateways[i]
 	c := startChild(t, fmt.Sprintf("gw%d", i+1), g.netns, Config{ASN: gatewayASN, RouterID: g.addr, ListenPort: -1})
@@ -72,7 +72,7 @@ func (f *fabric) peer(i int, gr bool) Peer {
 	return Peer{Address: f.gateways[i].tor, ASN: torASN, HoldTime: 9 * time.Second, GracefulRestart: gr, RestartTime: 30 * time.Second}
 }
 
-func (f *fabric) addNeighbors(t *testing.T, ctx context.Context) {
+func (f *fabric) addNeighbors(t testing.TB, ctx context.Context) {
 	t.Helper()
 	for _, g := range f.gateways {
 		if err := f.tor.AddNeighbor(ctx, frrtest.Neighbor{Address: g.addr, ASN: gatewayASN}); err != nil {
