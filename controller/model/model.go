@@ -646,7 +646,10 @@ func (m *Model) key(ref string) string { return m.resKey[ref] }
 func (m *Model) computeNodeKeys(n string) set {
 	// Presize: ports dominate, and growing large maps is most of the cost
 	// of a full build.
-	size := len(m.nodeSGs[n]) * 2
+	size := len(m.nodeSGs[n])*2 + len(m.gateways) + len(m.nodeEips[n])
+	if m.isGateway(n) {
+		size += len(m.eips) + len(m.ngws) + len(m.pools)
+	}
 	for vpc := range m.nodeVpcs[n] {
 		size += len(m.vpcPorts[vpc]) + 3*len(m.vpcSubnets[vpc]) + len(m.vpcNodes[vpc]) + 1
 	}
