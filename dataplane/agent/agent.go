@@ -89,6 +89,7 @@ type Agent struct {
 	synced bool
 	stream agentv1.AgentService_SyncClient
 	sendMu sync.Mutex // one Send at a time on stream
+	bgp    bgpAgent   // gateway nodes' BGP speaker (bgp.go)
 }
 
 // New prepares an agent: opens (or reuses) the pinned data path and loads
@@ -188,6 +189,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); g.Serve(lis) }()
 	go func() { defer wg.Done(); a.syncLoop(ctx) }()
 	go func() { defer wg.Done(); a.reconcileLoop(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); a.reportLoop(ctx) }()
 	if a.dp != nil { // OVN reports its drops itself
 		wg.Add(1)
 		go func() { defer wg.Done(); a.watchDrops(ctx) }()
@@ -269,6 +272,10 @@ func (a *Agent) reconcileOnce() {
 	} else {
 		next, errs = a.reconcile(desired, attach, prev)
 	}
+	if errs == nil {
+		errs = map[string]string{}
+	}
+	a.reconcileBGP(desired, errs) // after the data path: announce only what it serves
 
 	a.mu.Lock()
 	a.applied = next
