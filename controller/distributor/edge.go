@@ -103,16 +103,16 @@ func (d *Distributor) streamEnded(node string, ns *nodeState) {
 		return
 	}
 	ns.report = nil // stale once nobody reports
-	d.watchGateway(node, ns)
+	d.watchGateway(node, ns, d.cfg.GatewayGrace)
 }
 
 // watchGateway arms the timer that marks node down if it is a gateway and
 // stays away. Called with d.mu held.
-func (d *Distributor) watchGateway(node string, ns *nodeState) {
+func (d *Distributor) watchGateway(node string, ns *nodeState, grace time.Duration) {
 	if d.cfg.GatewayGrace < 0 || !d.model.IsGateway(node) || ns.awayTimer != nil {
 		return
 	}
-	ns.awayTimer = time.AfterFunc(d.cfg.GatewayGrace, func() { d.markDown(node) })
+	ns.awayTimer = time.AfterFunc(grace, func() { d.markDown(node) })
 }
 
 // streamStarted is called with d.mu held when a Sync stream of node begins.
@@ -187,13 +187,15 @@ func (d *Distributor) markUp(ctx context.Context, node string) error {
 }
 
 // watchGateways arms the away timers of gateways without an agent, once
-// at start: one that died while no controller ran is noticed too.
+// at start: one that died while no controller ran is noticed too. Agents
+// reconnecting to a restarted controller get three grace periods, so a
+// controller restart alone moves nothing.
 func (d *Distributor) watchGateways() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, g := range d.model.Gateways() {
 		if ns := d.node(g); len(ns.subs) == 0 {
-			d.watchGateway(g, ns)
+			d.watchGateway(g, ns, 3*d.cfg.GatewayGrace)
 		}
 	}
 }

@@ -170,3 +170,22 @@ func downMarked(t *testing.T, st store.Store, node string) bool {
 	}
 	return ok
 }
+
+// TestGatewayAbsentAtStartIsMarkedDown: a gateway whose agent never comes
+// back to a (re)started controller is marked down after three grace
+// periods, so its NAT gateways do not stay with a dead node.
+func TestGatewayAbsentAtStartIsMarkedDown(t *testing.T) {
+	st, _ := openStore(t)
+	g := node("g1", "192.0.2.101")
+	g.Roles = []mv1.NodeRole{mv1.NodeRole_GATEWAY}
+	write(t, st, g, node("n1", "192.0.2.1"))
+	start := time.Now()
+	startEnv(t, st, func(c *Config) { c.GatewayGrace = 50 * time.Millisecond })
+	waitFor(t, func() bool { return downMarked(t, st, "g1") })
+	if took := time.Since(start); took < 150*time.Millisecond {
+		t.Fatalf("marked down after %v, before three grace periods", took)
+	}
+	if downMarked(t, st, "n1") {
+		t.Fatal("a compute node was marked down")
+	}
+}
