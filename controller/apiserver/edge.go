@@ -393,6 +393,9 @@ func prepareElasticIp(c *txc, old, obj proto.Message) error {
 	if e.Port != "" && e.NatGateway != "" {
 		c.vs.add("elastic_ip", "associate with a port or a NAT gateway, not both (port %s, nat_gateway %s)", e.Port, e.NatGateway)
 	}
+	if e.Port != o.Port && e.PrivateIp == o.PrivateIp {
+		e.PrivateIp = "" // moved to another port: its default address, unless given
+	}
 	var port *v1.Port
 	if e.Port != "" {
 		m, ok, err := loadRef(c, resource.KindPort, "elastic_ip.port", e.Port, project)

@@ -193,6 +193,13 @@ func TestElasticIpAssociationWithAPort(t *testing.T) {
 		t.Fatalf("disassociated: %v", eip)
 	}
 	e.Ok(createEIP(ctx, e.User, "e2", &v1.ElasticIp{Port: apitest.Port(a1), PrivateIp: apitest.PortIP}))
+	// Moving an association to another port picks that port's address.
+	eip = apitest.Must[*v1.ElasticIp](t)(e.User.Edge.UpdateElasticIp(ctx, &v1.UpdateElasticIpRequest{
+		ElasticIp: &v1.ElasticIp{Name: eip.Name, Port: apitest.Port2}, UpdateMask: mask("port")}))
+	p2 := apitest.Must[*v1.Port](t)(e.User.Net.GetPort(ctx, &v1.GetPortRequest{Name: apitest.Port2}))
+	if eip.Port != apitest.Port2 || eip.PrivateIp != p2.FixedIps[0] {
+		t.Fatalf("moved association: %v (port p2 has %v)", eip, p2.FixedIps)
+	}
 	// Releasing an associated elastic IP ends the association: the port may go.
 	e.Ok(e.User.Edge.DeleteElasticIp(ctx, &v1.DeleteElasticIpRequest{Name: a1 + "/elasticIps/e2"}))
 	e.Ok(e.User.Net.DeletePort(ctx, &v1.DeletePortRequest{Name: apitest.Port(a1)}))
