@@ -38,6 +38,7 @@ func run(args []string) error {
 	stateDir := fs.String("state-dir", "", "directory for state that survives restarts (default /run/meridian/<node>)")
 	metrics := fs.String("metrics", "", "address for /metrics and /healthz (empty: off)")
 	roles := fs.String("roles", "compute", "comma-separated roles: compute, gateway, load-balancer")
+	uplink := fs.String("uplink", "", "gateway nodes: interface toward the fabric where elastic IPs and NAT gateways are served (unless the Gateway object names one)")
 	realization := fs.String("realization", "ebpf", "what forwards this node's traffic: ebpf (Meridian's data path) or ovn (OVS/OVN, programmed by ovn-controller)")
 	ovsDB := fs.String("ovs-db", "", "with --realization ovn: the node's Open_vSwitch database, e.g. unix:/run/openvswitch/db.sock (default: ovs-vsctl's)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -87,7 +88,7 @@ func run(args []string) error {
 	a, err := agent.New(agent.Config{
 		Node: *node, Controller: *ctl, Token: tok, UnderlayIP: ip, Socket: *socket, BPFFS: *bpffs,
 		StateDir: *stateDir, Metrics: *metrics, Roles: rl, Version: "dev", Log: log,
-		Realization: re, OVSDB: *ovsDB,
+		Realization: re, OVSDB: *ovsDB, Uplink: *uplink,
 	})
 	if err != nil {
 		return err

@@ -48,7 +48,7 @@ type Config struct {
 	Socket     string     // unix socket of the local API
 	BPFFS      string     // bpffs directory of this node's pinned maps and links
 	StateDir   string     // small state that must survive restarts (attachments)
-	Uplink     string     // interface carrying the underlay (for the VXLAN device); "" = by route
+	Uplink     string     // gateway nodes: interface toward the fabric, unless the Gateway object names one
 	VXLANName  string     // default "mvx0"
 	Metrics    string     // address of /metrics and /healthz; "" = none
 	Roles      []string

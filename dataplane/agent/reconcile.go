@@ -25,6 +25,7 @@ type applied struct {
 	Routes   map[routeKey]bool `json:"-"`
 	RouteL   []routeKey        `json:"routes"`
 	Attached map[uint32]int    `json:"attached"` // port ID → ifindex with the program attached
+	NAT      natApplied        `json:"nat"`      // elastic IPs, NAT gateways, egress (nat.go)
 }
 
 type routeKey struct {
@@ -239,6 +240,11 @@ func (a *Agent) reconcile(desired map[string]*agentv1.Object, attach map[string]
 			next.Routes[routeKey{VPC: r.VPC, Prefix: r.Prefix}] = true
 		}
 	}
+
+	// The outside world: egress to gateways, and on a gateway the NAT
+	// tables and the uplink program (nat.go). Before the route removals:
+	// it adds the VPC CIDRs to next.Routes.
+	a.reconcileOutside(desired, v, vni, prev.NAT, &next, fail)
 
 	// Removals: what prev had and next does not.
 	for rk := range prev.Routes {

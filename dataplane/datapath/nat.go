@@ -495,3 +495,82 @@ func (d *Datapath) NATStats() ([]NATStats, error) {
 // natStateClosed is enum ct_state's CT_CLOSED: a closed flow holds its
 // port only until its short timeout, and is not counted as active.
 const natStateClosed = 4
+
+// ---- read back (diagnostics, tests) ----
+
+// Gateways returns the live gateways set by SetGateways.
+func (d *Datapath) Gateways() ([]netip.Addr, error) {
+	var g bpf.MeridianGwSet
+	if err := d.objs.Gateways.Lookup(uint32(0), &g); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("read gateways: %w", err)
+	}
+	out := make([]netip.Addr, 0, g.Count)
+	for i := 0; i < int(g.Count) && i < maxGateways; i++ {
+		out = append(out, addrOf(g.NodeIp[i]))
+	}
+	return out, nil
+}
+
+// Egresses returns the installed egress entries, sorted by VPC and prefix.
+func (d *Datapath) Egresses() ([]Egress, error) {
+	var out []Egress
+	var k bpf.MeridianEgressKey
+	var v bpf.MeridianEgressEntry
+	it := d.objs.Egress.Iterate()
+	for it.Next(&k, &v) {
+		e := Egress{VPC: k.Vpc, Prefix: netip.PrefixFrom(addrOf(k.Ip), int(k.Prefixlen)-32)}
+		if v.Kind == egressNAT {
+			e.NATOwner, e.NATGateway = addrOf(v.NodeIp), v.Natgw
+		}
+		out = append(out, e)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read egress: %w", err)
+	}
+	slices.SortFunc(out, func(a, b Egress) int {
+		if a.VPC != b.VPC {
+			return int(a.VPC) - int(b.VPC)
+		}
+		return a.Prefix.Addr().Compare(b.Prefix.Addr())*64 + a.Prefix.Bits() - b.Prefix.Bits()
+	})
+	return out, nil
+}
+
+// ElasticIPs returns the elastic IPs this gateway serves, sorted by address.
+func (d *Datapath) ElasticIPs() ([]ElasticIP, error) {
+	var out []ElasticIP
+	var k uint32
+	var v bpf.MeridianEipEntry
+	it := d.objs.Eips.Iterate()
+	for it.Next(&k, &v) {
+		e := ElasticIP{Address: addrOf(k), VPC: v.Vpc, PrivateIP: addrOf(v.PrivateIp), PortMAC: append(net.HardwareAddr(nil), v.Mac[:]...)}
+		if v.NodeIp != 0 {
+			e.Node = addrOf(v.NodeIp)
+		}
+		out = append(out, e)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read elastic IPs: %w", err)
+	}
+	slices.SortFunc(out, func(a, b ElasticIP) int { return a.Address.Compare(b.Address) })
+	return out, nil
+}
+
+// NATSourcePrefixes returns, by NAT gateway ID, the SNAT prefixes this
+// gateway translates new flows of (the NAT gateways it owns).
+func (d *Datapath) NATSourcePrefixes() (map[uint32][]netip.Prefix, error) {
+	out := map[uint32][]netip.Prefix{}
+	var k bpf.MeridianEgressKey
+	var id uint32
+	it := d.objs.NatSrc.Iterate()
+	for it.Next(&k, &id) {
+		out[id] = append(out[id], netip.PrefixFrom(addrOf(k.Ip), int(k.Prefixlen)-32))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read SNAT prefixes: %w", err)
+	}
+	return out, nil
+}

@@ -53,6 +53,18 @@ func EnsureNodeSysctls() (changes []string, err error) {
 	return ensureSysctls([]sysctl{{path: []string{"net", "ipv4", "conf", "all", "rp_filter"}, value: "0"}})
 }
 
+// EnsureForwarding lets ifName forward IPv4 in the calling thread's
+// namespace. A gateway needs it on its overlay device: the data path sends
+// translated packets out by bpf_fib_lookup as if forwarded from there, and
+// the kernel refuses lookups for devices that do not forward. Nothing else
+// changes: the node does not become a router for other devices.
+func EnsureForwarding(ifName string) ([]string, error) {
+	if err := validIfName(ifName); err != nil {
+		return nil, fmt.Errorf("forwarding: %w", err)
+	}
+	return ensureSysctls([]sysctl{{path: []string{"net", "ipv4", "conf", ifName, "forwarding"}, value: "1"}})
+}
+
 // ensureSysctls writes the keys whose value differs and reports them. It
 // acts in the calling thread's namespace: /proc/sys/net follows the thread.
 func ensureSysctls(keys []sysctl) ([]string, error) {
