@@ -129,7 +129,7 @@ func (c *wireCapture) read() {
 	for !c.stop.Load() {
 		n, oobn, _, from, err := unix.Recvmsg(c.fd, buf, oob, 0)
 		if err != nil {
-				continue // timeout (EAGAIN) or EINTR
+			continue // timeout (EAGAIN) or EINTR
 		}
 		if ll, ok := from.(*unix.SockaddrLinklayer); !ok || ll.Pkttype != unix.PACKET_OUTGOING {
 			continue

@@ -24,6 +24,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -31,6 +33,8 @@ import (
 
 	api "github.com/osrg/gobgp/v3/api"
 	"github.com/osrg/gobgp/v3/pkg/server"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 // Config is what a speaker needs to start.
@@ -94,6 +98,13 @@ type Speaker struct {
 	peers     map[netip.Addr]Peer
 	announced map[netip.Prefix]announcement
 	cancel    context.CancelFunc // ends the event watcher
+	// batch reaches GoBGP's AddPathStream over a private unix socket: the
+	// library API adds one path per call, and each call becomes its own
+	// UPDATE, while a stream message is applied at once and its paths are
+	// packed into UPDATEs by attributes.
+	batch   api.GobgpApiClient
+	conn    *grpc.ClientConn
+	sockDir string
 
 	smu    sync.Mutex // guards status, written by GoBGP's goroutines
 	status map[netip.Addr]*peerStatus
@@ -137,8 +148,21 @@ func (s *Speaker) Start(ctx context.Context) error {
 	if s.started {
 		return errors.New("bgp: speaker already started")
 	}
-	s.srv = server.NewBgpServer(server.LoggerOption(&gobgpLogger{log: s.log, onPeerDown: s.peerDown}))
+	dir, err := os.MkdirTemp("", "meridian-bgp-") // 0700: only root reaches GoBGP's API
+	if err != nil {
+		return fmt.Errorf("bgp: directory for GoBGP's API socket: %w", err)
+	}
+	sock := filepath.Join(dir, "gobgp.sock")
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		os.RemoveAll(dir)
+		return fmt.Errorf("bgp: GoBGP API client: %w", err)
+	}
+	s.srv = server.NewBgpServer(
+		server.LoggerOption(&gobgpLogger{log: s.log, onPeerDown: s.peerDown}),
+		server.GrpcListenAddress("unix://"+sock))
 	go s.srv.Serve()
+	s.conn, s.batch, s.sockDir = conn, api.NewGobgpApiClient(conn), dir
 	port := s.cfg.ListenPort
 	if port == 0 {
 		port = -1
@@ -154,8 +178,7 @@ func (s *Speaker) Start(ctx context.Context) error {
 	wctx, cancel := context.WithCancel(context.Background())
 	if err := s.srv.WatchEvent(wctx, &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}, s.peerEvent); err != nil {
 		cancel()
-		_ = s.srv.StopBgp(ctx, &api.StopBgpRequest{})
-		s.srv.Stop()
+		s.closeAPI()
 		return fmt.Errorf("bgp: watching peer events: %w", err)
 	}
 	s.cancel = cancel
@@ -174,11 +197,20 @@ func (s *Speaker) Stop(ctx context.Context) error {
 	s.stopped = true
 	s.cancel()
 	err := s.srv.StopBgp(ctx, &api.StopBgpRequest{})
-	s.srv.Stop()
+	s.closeAPI()
 	if err != nil {
 		return fmt.Errorf("bgp: stopping GoBGP: %w", err)
 	}
 	return nil
+}
+
+// closeAPI ends GoBGP (its Stop also sends the Cease) and the API socket.
+func (s *Speaker) closeAPI() {
+	s.conn.Close()
+	s.srv.Stop()
+	if err := os.RemoveAll(s.sockDir); err != nil {
+		s.log.Warn("removing GoBGP's API socket directory", "dir", s.sockDir, "err", err)
+	}
 }
 
 func (s *Speaker) ready() error {
@@ -324,20 +356,25 @@ func (s *Speaker) SetRoutes(ctx context.Context, routes []Route) error {
 	if err != nil {
 		return fmt.Errorf("bgp: %w", err)
 	}
-	// Withdraw first: a prefix moving between families is impossible, so
-	// the two lists never share a prefix, and shrinking first keeps the
-	// peers' tables small when a large set is replaced.
-	for _, a := range p.withdraw {
-		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: a.path.Family, Path: a.path}); err != nil {
-			return fmt.Errorf("bgp: withdrawing %v: %w", a.route.Prefix, err)
+	// One change (an elastic IP associated or released) goes through the
+	// library call, the shortest way to the wire; more go as one batch.
+	if len(p.withdraw)+len(p.announce) > 1 {
+		if err := s.sendBatch(ctx, p); err != nil {
+			return err
 		}
-		delete(s.announced, a.route.Prefix)
-	}
-	for _, a := range p.announce {
-		if _, err := s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: a.path}); err != nil {
-			return fmt.Errorf("bgp: announcing %v: %w", a.route.Prefix, err)
+	} else {
+		for _, a := range p.withdraw {
+			if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: a.path.Family, Path: a.path}); err != nil {
+				return fmt.Errorf("bgp: withdrawing %v: %w", a.route.Prefix, err)
+			}
+			delete(s.announced, a.route.Prefix)
 		}
-		s.announced[a.route.Prefix] = a
+		for _, a := range p.announce {
+			if _, err := s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: a.path}); err != nil {
+				return fmt.Errorf("bgp: announcing %v: %w", a.route.Prefix, err)
+			}
+			s.announced[a.route.Prefix] = a
+		}
 	}
 	// Unchanged routes may come with a new spelling of their communities;
 	// remember the latest so the next call compares against it cheaply.
