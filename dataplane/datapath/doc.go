@@ -41,8 +41,10 @@
 //     remote = node underlay IP}, redirect to the VXLAN device.
 //
 // meridian_from_overlay_mark is meridian_from_overlay with the VNI taken
-// from skb->mark: test runs (BPF_PROG_TEST_RUN) cannot carry tunnel
-// metadata. It is never attached.
+// from skb->mark and the outer source from cb[0]: test runs
+// (BPF_PROG_TEST_RUN) cannot carry tunnel metadata. It and the other test
+// entries (meridian_from_port_test, meridian_from_uplink_test) report the
+// tunnel key they set in cb[0] and cb[1]. They are never attached.
 //
 // meridian_from_overlay runs on tcx ingress of the VXLAN device (external /
 // collect-metadata mode): VNI -> VPC, route to a local port (anything else
@@ -91,19 +93,113 @@
 //   - network ACLs: acl_metas (interval starts per ACL direction),
 //     acl_intervals and acl_proto (bitmaps), acl_rules (bit -> rule, action);
 //   - node_cfg (VXLAN ifindex), drops (per-CPU {port, reason} counters),
-//     drop_events (ring buffer of policy drops).
+//     drop_events (ring buffer of policy drops);
+//   - the outside world: egress (LPM {VPC, source} -> elastic IP | NAT
+//     gateway owner), gateways (the live gateway set); on gateways eips and
+//     eip_by_private, natgws, nat_src (LPM, owner only), nat_addrs,
+//     port_maps and port_maps_rev, nat (LRU), nat_exhausted, nat_cfg.
 //
 // Writes are ordered so that a packet never sees a half-applied change for
 // a key present before and after: new entries first, then the tables that
 // point to them, then stale entries are deleted. One writer (the agent) is
 // assumed.
 //
+// # The outside world: elastic IPs and NAT gateways (issue [4])
+//
+// Where NAT happens, and why: on gateway nodes, never on a workload's node.
+// Only gateways have an interface toward the fabric (the uplink) and BGP
+// sessions, so public addresses live there; a workload node would need a
+// public address, a route in the fabric and a BGP speaker of its own for
+// every elastic IP it hosts, and moving a port would move all of it. The
+// workload's node keeps everything stateful about the port (security
+// groups, network ACLs, conntrack) and sees the outside host's real
+// address, because translation happens on the far side of the overlay.
+//
+// Workload node (meridian_from_port): a packet no VPC route claims leaves
+// through the overlay, after egress policy, to a gateway: for a source with
+// an elastic IP (egress LPM {VPC, /32}) any live gateway (gateways, set by
+// SetGateways) chosen by a hash of the flow's 5-tuple, so a flow stays on
+// one gateway; for a source in a subnet behind a NAT gateway ({VPC,
+// subnet}) the NAT gateway's owner. The /32 beats the subnet. Neither, or
+// a destination inside a VPC CIDR (UpsertVPCPrefix: a drop route) with no
+// port: DropNoRoute, as before; an elastic IP with no live gateway:
+// DropNoGateway. The TTL is decremented (a router hop). Replies come back
+// over the overlay with the outside host's address and go through
+// meridian_from_overlay's ingress path like any remote packet.
+//
+// Gateway node, fabric -> VPC (meridian_from_uplink, tcx ingress of the
+// uplink): a packet to an elastic IP gets its destination rewritten to the
+// port's private address, one to a NAT gateway address:port of a port
+// mapping to the mapping's private address and port, one to a NAT gateway
+// address otherwise is a reply of a NAT flow (reverse NAT entry) or is
+// dropped (DropNATNoFlow); then TTL - 1, inner MACs router MAC -> port MAC,
+// VXLAN (VNI = VPC) to the port's node. Anything not addressed to a public
+// address this gateway serves (BGP, ARP, the underlay) returns TCX_NEXT to
+// the host. Elastic IPs and port mappings are stateless: any gateway can
+// serve them and the fabric may spread flows over several with ECMP.
+//
+// Gateway node, VPC -> fabric (meridian_from_overlay, when no VPC route
+// claims the destination): the source is rewritten, first match wins, by a
+// port mapping (the private address:port is a mapping's target: its
+// replies leave from the mapping's public side), the port's elastic IP, or
+// the NAT gateway owning the source's subnet (on its owner only). The
+// packet leaves by the gateway's own routing table: bpf_fib_lookup as if
+// forwarded from the overlay device (which must have forwarding=1; the
+// agent sets it on gateways) gives the interface and, with the neighbour
+// resolved, both MACs (then bpf_redirect); an unresolved next hop goes
+// through bpf_redirect_neigh. No next hop is configured anywhere: the
+// gateway's routes (static or learnt) are the truth. If the destination
+// is itself a public address this gateway serves (a workload reaching an
+// elastic IP of its own VPC), the packet turns around inside the gateway
+// (hairpin): source translated as above, then the fabric -> VPC path. So
+// A -> B's elastic IP reaches B from A's public address (its elastic IP or
+// its NAT gateway's address and port), and B's reply to that address takes
+// the same way back.
+//
+// Checksums are fixed incrementally (bpf_l3_csum_replace, and
+// bpf_l4_csum_replace with BPF_F_PSEUDO_HDR for addresses), which is
+// correct for packets with partial checksums from local senders too.
+//
+// NAT gateway SNAT (stateful, one owner gateway per NAT gateway): an LRU
+// table (nat, 262,144 entries) holds two entries per flow. The forward one,
+// keyed by the inside tuple {VPC, private address and port, remote address
+// and port, protocol}, holds the public address and port, the TCP state
+// and the deadline; the reverse one, keyed by the outside tuple, holds the
+// private address and port, the VPC and where the port lives: the
+// underlay address of the workload's node, taken from the outer source of
+// the flow's first packet (tunnel metadata), and the port's MAC, from its
+// inner source — so a gateway needs no table of every port of every VPC.
+// The forward entry is the truth: a reverse entry whose forward entry is
+// gone, expired or closed is free. A new flow's public address is one of
+// the NAT gateway's addresses and its port is probed from a hash of the
+// tuple: at most 32 candidates in [port_min, port_max], each claimed with
+// BPF_NOEXIST so that two CPUs never share one. None free: the packet is
+// dropped (DropNATExhausted) and counted per NAT gateway (nat_exhausted,
+// per-CPU); nothing else happens, the host is not involved. Ports are
+// per remote address and port (endpoint-dependent mapping, like Linux
+// masquerade), so a NAT address serves up to (port range) flows per remote
+// endpoint. ICMP echo uses the identifier as the port. Timeouts (SetNATTimeouts): TCP
+// established 2 h, SYN sent and FIN seen 60 s, closed 10 s, UDP 60 s, ICMP
+// 30 s. If the LRU evicts a flow's reverse half alone, the next outbound
+// packet restores it. NATStats counts active flows (walking the table) and
+// port exhaustion per NAT gateway; the agent reports them in its
+// NodeReport. Other protocols cannot pass a NAT gateway (DropNATProtocol);
+// they can an elastic IP.
+//
+// ICMP errors about translated flows (destination unreachable including
+// fragmentation needed, time exceeded, parameter problem) are translated
+// both ways: outer address and the quoted header's address and port (or
+// echo id), with the outer IPv4, quoted IPv4 and ICMP checksums fixed. The
+// quoted TCP/UDP checksum is left alone (it may not be quoted at all, and
+// receivers do not check it). On the workload's node such errors meet the
+// port's policy as ICMP, as before (no "related" state yet).
+//
 // # Not done yet
 //
-// IPv6 and ND; ICMP errors (time exceeded, fragmentation needed) generated
-// by the router; fragments (dropped, see above); NAT, elastic IPs, load
-// balancing, peering; routes to anything but ports (the agent installs a
-// /32 per port); per-port forwarding counters.
+// IPv6 and ND (elastic IPs and NAT gateways included); ICMP errors
+// (time exceeded, fragmentation needed) generated by the router; fragments
+// (dropped, see above); load balancing, peering; routes to anything but
+// ports (the agent installs a /32 per port); per-port forwarding counters.
 //
 // # Pinning
 //
