@@ -146,7 +146,9 @@ func startChild(t testing.TB, name, netns string, cfg Config) *child {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("nsenter", "--net=/run/netns/"+netns, "--", exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+string(cfgJSON))
+	// The speaker's API socket directory goes in the test's temporary
+	// directory, so a kill -9 leaves nothing behind in /tmp.
+	cmd.Env = append(os.Environ(), childEnv+"="+string(cfgJSON), "TMPDIR="+t.TempDir())
 	c := &child{t: t, name: name, cmd: cmd, replies: make(chan childReply, 16), exited: make(chan struct{}), stderr: &lockedBuffer{}}
 	cmd.Stderr = c.stderr
 	c.stdin, err = cmd.StdinPipe()
