@@ -5,7 +5,8 @@ package model
 //
 // Who gets what: a gateway node gets every Gateway, ElasticIp, NatGateway
 // and PublicPool object and the BgpPeers of its own node (it does the NAT
-// and announces the addresses). Every other registered node gets every
+// and announces the addresses), and every Vpc object when one of its peers
+// has announce_vpc_prefixes. Every other registered node gets every
 // Gateway object (where to send traffic for the outside world), the
 // ElasticIps of ports bound on it and the NatGateways of the VPCs it
 // serves.
@@ -134,7 +135,12 @@ func (m *Model) indexEdge(k *resource.Kind, name string, d int, setOp func(map[s
 		}
 	case resource.KindBgpPeer:
 		if p := m.peers[name]; p != nil {
-			setOp(m.nodePeers, nodeID(p.GetNode()), name)
+			n := nodeID(p.GetNode())
+			setOp(m.nodePeers, n, name)
+			if p.GetAnnounceVpcPrefixes() {
+				setOp(m.vpcAnnouncers, n, name)
+				c.full[n] = struct{}{}
+			}
 		}
 	case resource.KindElasticIp:
 		e := m.eips[name]
@@ -169,6 +175,11 @@ func (m *Model) edgeNodeKeys(n string, put func(string)) {
 		for name := range m.nodePeers[n] {
 			put(name)
 		}
+		if m.announcesVpcs(n) {
+			for name := range m.vpcs {
+				put(name)
+			}
+		}
 		return
 	}
 	for name := range m.nodeEips[n] {
@@ -179,6 +190,12 @@ func (m *Model) edgeNodeKeys(n string, put func(string)) {
 			put(name)
 		}
 	}
+}
+
+// announcesVpcs: gateway n has a BGP peer asking for VPC prefixes, so it
+// holds every VPC object.
+func (m *Model) announcesVpcs(n string) bool {
+	return m.isGateway(n) && len(m.vpcAnnouncers[n]) > 0
 }
 
 func (m *Model) holdsEdge(n, kind, ref string) bool {

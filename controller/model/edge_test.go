@@ -99,6 +99,27 @@ func TestEdgePlacement(t *testing.T) {
 	}
 }
 
+// TestAnnounceVpcPrefixesBringsVpcs: a gateway whose BGP peer announces
+// VPC prefixes holds every VPC object, and loses them with the flag.
+func TestAnnounceVpcPrefixesBringsVpcs(t *testing.T) {
+	tx := edgeFixture(t)
+	m := loadModel(t, tx)
+	if m.NodeObject("g1", "vpc/1") != nil {
+		t.Fatal("g1 holds VPC A without announcing VPC prefixes")
+	}
+	peer := &mv1.BgpPeer{Name: peerG1, Id: 4, Node: "nodes/g1", LocalAsn: 65001, PeerAsn: 65000, PeerAddress: "192.0.2.254", AnnounceVpcPrefixes: true}
+	ch := m.Apply(tx.put(t, peer))
+	if m.NodeObject("g1", "vpc/1") == nil || m.NodeObject("g1", "vpc/2") == nil || m.NodeObject("g2", "vpc/1") != nil {
+		t.Fatalf("VPCs not on g1 alone after announce_vpc_prefixes: changes %v", ch)
+	}
+	peer.AnnounceVpcPrefixes = false
+	m.Apply(tx.put(t, peer))
+	if m.NodeObject("g1", "vpc/1") != nil {
+		t.Fatal("g1 kept VPC A after the flag went")
+	}
+	assertSameAsFull(t, m, tx)
+}
+
 // TestNatGatewayOwnerFailover: marking the owner down or deleting it moves
 // the NAT gateway to the other gateway and tells every holder; marking the
 // other gateway down moves nothing.

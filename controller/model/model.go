@@ -150,6 +150,9 @@ type Model struct {
 	portEips  map[string]set // port -> elastic IPs associated with it
 	nodeEips  map[string]set // node ID -> elastic IPs of ports bound there
 	nodePeers map[string]set // node ID -> BGP peers of that node
+	// vpcAnnouncers: node ID -> its BGP peers with announce_vpc_prefixes;
+	// such a gateway holds every VPC object (for the CIDRs).
+	vpcAnnouncers map[string]set
 	// down holds gateway node IDs marked unavailable (GatewayDownKey):
 	// they keep their objects but own no NAT gateway.
 	down set
@@ -188,6 +191,7 @@ func (m *Model) reset() {
 	m.portEips = map[string]set{}
 	m.nodeEips = map[string]set{}
 	m.nodePeers = map[string]set{}
+	m.vpcAnnouncers = map[string]set{}
 	m.objs = map[string]*agentv1.Object{}
 	m.objRes = map[string]string{}
 	m.resKey = map[string]string{}
@@ -700,7 +704,7 @@ func (m *Model) holds(n, key string) bool {
 	kind, _, _ := strings.Cut(key, "/")
 	switch kind {
 	case "vpc":
-		return inVpc(ref)
+		return inVpc(ref) || m.announcesVpcs(n)
 	case "subnet":
 		return inVpc(vpcOfSubnet(ref))
 	case "port":
@@ -756,6 +760,9 @@ func (m *Model) candidates(key string, out set) {
 	switch kind {
 	case "vpc":
 		vpcNodes(ref)
+		for g := range m.vpcAnnouncers {
+			out[g] = struct{}{}
+		}
 	case "subnet":
 		vpcNodes(vpcOfSubnet(ref))
 	case "port":

@@ -78,7 +78,8 @@ func (u *universe) randomEdge(v int) proto.Message {
 	case 1:
 		i := u.r.IntN(nPeers)
 		return &mv1.BgpPeer{Name: fmt.Sprintf("bgpPeers/b%d", i), Id: uint32(i + 1), Node: u.nodeName(u.r.IntN(nNodes)),
-			LocalAsn: 65001, PeerAsn: uint32(65000 + u.r.IntN(2)), PeerAddress: "192.0.2.254", Password: u.maybe(0.5, "pw")}
+			LocalAsn: 65001, PeerAsn: uint32(65000 + u.r.IntN(2)), PeerAddress: "192.0.2.254", Password: u.maybe(0.5, "pw"),
+			AnnounceVpcPrefixes: u.r.IntN(3) == 0}
 	case 2:
 		i := u.r.IntN(nEIPs)
 		e := &mv1.ElasticIp{Name: u.eipName(i), Id: uint32(i + 1), Pool: u.poolName(u.r.IntN(nPools)),
