@@ -104,7 +104,7 @@ type Renderer struct {
 	// group's port group and address sets with what they were made of.
 	sgACLTable map[string]*Row
 	sgRows     map[*agentv1.SecurityGroup]sgRows
-	ext    *ExternalNetwork // nil: no external network, so no gateway ports or NAT
+	ext        *ExternalNetwork // nil: no external network, so no gateway ports or NAT
 }
 
 // portRow is a port's rendered switch port and the DHCP options row it
