@@ -78,8 +78,14 @@ var specs = []*tableSpec{
 		columns: []string{"name", "vips", "protocol", "options", "external_ids"}},
 	{name: nbdb.LogicalRouterPortTable, typ: reflect.TypeFor[nbdb.LogicalRouterPort](),
 		columns: []string{"name", "mac", "networks", "options", "external_ids"},
-		// Children of children: a gateway port's chassis are created in
-		// the transaction that creates the port (after it, in spec order).
+		// Children of children: a new gateway port's chassis are linked by
+		// the port's named UUID, so they must land in the transaction that
+		// creates the port (they follow it in spec order). When the
+		// children phase spans several transactions (more than MaxOps
+		// operations) they may not: ovsdb-server then matches no port,
+		// collects the unlinked chassis rows, the pass times out waiting
+		// for them and the next pass creates them. Committing children of
+		// children after their parents' transactions would fix it.
 		refs: []refSpec{{"gateway_chassis", nbdb.GatewayChassisTable, refChildren}}},
 	{name: nbdb.LogicalRouterStaticRouteTable, typ: reflect.TypeFor[nbdb.LogicalRouterStaticRoute](),
 		columns: []string{"ip_prefix", "nexthop", "route_table", "policy", "options", "external_ids"}},
