@@ -44,9 +44,10 @@ type childReply struct {
 	Err string `json:"err,omitempty"`
 	// CallUnixNano is taken just before SetRoutes is called: the start
 	// of Meridian's share of the latency.
-	CallUnixNano int64          `json:"call_unix_nano,omitempty"`
-	States       []PeerState    `json:"states,omitempty"`
-	Announced    []netip.Prefix `json:"announced,omitempty"`
+	CallUnixNano   int64          `json:"call_unix_nano,omitempty"`
+	ReturnUnixNano int64          `json:"return_unix_nano,omitempty"`
+	States         []PeerState    `json:"states,omitempty"`
+	Announced      []netip.Prefix `json:"announced,omitempty"`
 }
 
 func childMain(cfgJSON string) int {
@@ -81,6 +82,7 @@ func childMain(cfgJSON string) int {
 			case "routes":
 				rep.CallUnixNano = time.Now().UnixNano()
 				err = s.SetRoutes(ctx, req.Routes)
+				rep.ReturnUnixNano = time.Now().UnixNano()
 			case "states":
 				rep.States, err = s.PeerStates(ctx)
 			case "stop":
@@ -213,8 +215,12 @@ func (c *child) SetPeers(ctx context.Context, peers ...Peer) error {
 
 // SetRoutes returns when the child called Speaker.SetRoutes, by its clock.
 func (c *child) SetRoutes(ctx context.Context, routes ...Route) (time.Time, []netip.Prefix, error) {
-	rep, err := c.call(ctx, childRequest{Op: "routes", Routes: routes})
+	rep, err := c.setRoutes(ctx, routes...)
 	return time.Unix(0, rep.CallUnixNano), rep.Announced, err
+}
+
+func (c *child) setRoutes(ctx context.Context, routes ...Route) (childReply, error) {
+	return c.call(ctx, childRequest{Op: "routes", Routes: routes})
 }
 
 func (c *child) PeerStates(ctx context.Context) ([]PeerState, error) {

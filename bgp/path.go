@@ -212,7 +212,9 @@ type announcement struct {
 type plan struct {
 	announce []announcement // new prefixes and prefixes whose attributes changed
 	withdraw []announcement // prefixes no longer wanted (as announced before)
-	next     map[netip.Prefix]announcement
+	// respelled are unchanged on the wire but written differently
+	// (communities reordered): remembered so the next call compares cheaply.
+	respelled []announcement
 }
 
 func sameRoute(a, b Route) bool {
@@ -221,18 +223,18 @@ func sameRoute(a, b Route) bool {
 
 // diffRoutes builds every new or changed path first, so one bad route fails
 // the whole call before anything is sent. A route identical to the one
-// announced is not rebuilt: a reconcile loop passes thousands of unchanged
-// routes on every call.
+// announced costs a map lookup: a reconcile loop passes thousands of
+// unchanged routes on every call, and an association must not wait for them.
 func diffRoutes(announced map[netip.Prefix]announcement, desired []Route) (plan, error) {
-	next := make(map[netip.Prefix]announcement, len(desired))
+	wanted := make(map[netip.Prefix]struct{}, len(desired))
 	var p plan
-	var changed []netip.Prefix
 	for _, r := range desired {
-		if _, dup := next[r.Prefix]; dup {
+		if _, dup := wanted[r.Prefix]; dup {
 			return plan{}, fmt.Errorf("route %v: prefix listed twice", r.Prefix)
 		}
-		if old, ok := announced[r.Prefix]; ok && sameRoute(old.route, r) {
-			next[r.Prefix] = old
+		wanted[r.Prefix] = struct{}{}
+		old, had := announced[r.Prefix]
+		if had && sameRoute(old.route, r) {
 			continue
 		}
 		path, err := BuildPath(r)
@@ -240,24 +242,23 @@ func diffRoutes(announced map[netip.Prefix]announcement, desired []Route) (plan,
 			return plan{}, err
 		}
 		r.Communities = slices.Clone(r.Communities) // the caller may reuse its slice
-		next[r.Prefix] = announcement{route: r, path: path}
-		// Another spelling of the same attributes (communities reordered)
-		// needs no UPDATE.
-		if old, ok := announced[r.Prefix]; ok && proto.Equal(old.path, path) {
+		a := announcement{route: r, path: path}
+		if had && proto.Equal(old.path, path) {
+			p.respelled = append(p.respelled, a)
 			continue
 		}
-		changed = append(changed, r.Prefix)
+		p.announce = append(p.announce, a)
 	}
-	sortPrefixes(changed)
-	for _, pfx := range changed {
-		p.announce = append(p.announce, next[pfx])
-	}
-	for _, pfx := range sortedPrefixes(announced) {
-		if _, ok := next[pfx]; !ok {
-			p.withdraw = append(p.withdraw, announced[pfx])
+	if len(wanted) < len(announced) || len(p.announce) > 0 {
+		for pfx, a := range announced {
+			if _, ok := wanted[pfx]; !ok {
+				p.withdraw = append(p.withdraw, a)
+			}
 		}
 	}
-	p.next = next
+	byPrefix := func(a, b announcement) int { return comparePrefixes(a.route.Prefix, b.route.Prefix) }
+	slices.SortFunc(p.announce, byPrefix)
+	slices.SortFunc(p.withdraw, byPrefix)
 	return p, nil
 }
 
@@ -270,11 +271,11 @@ func sortedPrefixes[V any](m map[netip.Prefix]V) []netip.Prefix {
 	return out
 }
 
-func sortPrefixes(ps []netip.Prefix) {
-	slices.SortFunc(ps, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
-		}
-		return a.Bits() - b.Bits()
-	})
+func sortPrefixes(ps []netip.Prefix) { slices.SortFunc(ps, comparePrefixes) }
+
+func comparePrefixes(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
 }

@@ -378,10 +378,8 @@ func (s *Speaker) SetRoutes(ctx context.Context, routes []Route) error {
 	}
 	// Unchanged routes may come with a new spelling of their communities;
 	// remember the latest so the next call compares against it cheaply.
-	for pfx, a := range p.next {
-		if _, ok := s.announced[pfx]; ok {
-			s.announced[pfx] = a
-		}
+	for _, a := range p.respelled {
+		s.announced[a.route.Prefix] = a
 	}
 	if len(p.withdraw)+len(p.announce) > 0 {
 		s.log.Debug("routes updated", "announced", len(p.announce), "withdrawn", len(p.withdraw), "total", len(s.announced))
