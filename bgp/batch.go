@@ -6,9 +6,11 @@ import (
 	"fmt"
 
 	api "github.com/osrg/gobgp/v3/api"
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 )
+
+// errNoStream: the stream could not be opened, so nothing was applied.
+var errNoStream = errors.New("GoBGP's path stream could not be opened")
 
 // batchSize keeps each stream message far below gRPC's 4 MiB limit.
 const batchSize = 1000
@@ -18,9 +20,9 @@ const batchSize = 1000
 // GoBGP applies each message as a whole and packs its paths into UPDATEs by
 // attributes, where AddPath sends one UPDATE per call.
 func (s *Speaker) sendBatch(ctx context.Context, p plan) error {
-	stream, err := s.batch.AddPathStream(ctx, grpc.WaitForReady(true))
+	stream, err := s.batch.AddPathStream(ctx)
 	if err != nil {
-		return fmt.Errorf("bgp: opening GoBGP's path stream: %w", err)
+		return fmt.Errorf("bgp: %w: %w", errNoStream, err)
 	}
 	all := make([]announcement, 0, len(p.withdraw)+len(p.announce))
 	all = append(all, p.withdraw...)

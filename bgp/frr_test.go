@@ -28,6 +28,8 @@ type gateway struct {
 	netns string
 	addr  netip.Addr // the speaker's session address and so its next hop
 	tor   netip.Addr // the router's address on that link
+	// The same link's IPv6 addresses: fd77:i::2 and fd77:i::1.
+	addr6, tor6 netip.Addr
 }
 
 func newFabric(t testing.TB, n int) *fabric {
@@ -39,10 +41,12 @@ func newFabric(t testing.TB, n int) *fabric {
 			netns: ns,
 			addr:  netip.MustParseAddr(fmt.Sprintf("10.77.%d.2", i)),
 			tor:   netip.MustParseAddr(fmt.Sprintf("10.77.%d.1", i)),
+			addr6: netip.MustParseAddr(fmt.Sprintf("fd77:%d::2", i)),
+			tor6:  netip.MustParseAddr(fmt.Sprintf("fd77:%d::1", i)),
 		}
 		frrtest.Veth(t,
-			frrtest.End{Netns: f.tor.Netns(), Name: fmt.Sprintf("gw%d", i), Addrs: []string{g.tor.String() + "/24"}},
-			frrtest.End{Netns: ns, Name: "uplink", Addrs: []string{g.addr.String() + "/24"}})
+			frrtest.End{Netns: f.tor.Netns(), Name: fmt.Sprintf("gw%d", i), Addrs: []string{g.tor.String() + "/24", g.tor6.String() + "/64"}},
+			frrtest.End{Netns: ns, Name: "uplink", Addrs: []string{g.addr.String() + "/24", g.addr6.String() + "/64"}})
 		f.gateways = append(f.gateways, g)
 	}
 	return f
@@ -326,6 +330,40 @@ func TestSetRoutesWithABadRouteChangesNothing(t *testing.T) {
 	}
 	if len(routes) != 1 || routes[good.Prefix] == nil {
 		t.Errorf("FRR's BGP table = %v, want only %v", routes, good.Prefix)
+	}
+}
+
+// TestIPv6SessionWithPassword: an elastic IPv6 address (/128) over an IPv6
+// session protected by TCP MD5 reaches FRR's kernel FIB through the
+// gateway's IPv6 address.
+func TestIPv6SessionWithPassword(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	f := newFabric(t, 1)
+	g := f.gateways[0]
+	const password = "m3ridian-bgp"
+	if err := f.tor.AddNeighbor(ctx, frrtest.Neighbor{Address: g.addr6, ASN: gatewayASN, Password: password}); err != nil {
+		t.Fatal(err)
+	}
+	gw := startChild(t, "gw1", g.netns, Config{ASN: gatewayASN, RouterID: g.addr, ListenPort: -1})
+	eip := Route{Prefix: pfx("2001:db8:77::10/128"), MED: 5, Communities: []string{"65000:600"}}
+	if _, _, err := gw.SetRoutes(ctx, eip); err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.SetPeers(ctx, Peer{Address: g.tor6, ASN: torASN, Password: password, HoldTime: 9 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.tor.WaitEstablished(ctx, g.addr6); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.tor.WaitNextHops(ctx, eip.Prefix, func(nhs []netip.Addr, ok bool) bool {
+		return ok && slices.Equal(nhs, []netip.Addr{g.addr6})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	paths, err := f.tor.Route(ctx, eip.Prefix)
+	if err != nil || len(paths) != 1 || paths[0].MED != 5 || !slices.Equal(paths[0].Communities, []string{"65000:600"}) {
+		t.Errorf("FRR's paths for %v: %+v, %v", eip.Prefix, paths, err)
 	}
 }
 

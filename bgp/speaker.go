@@ -34,6 +34,7 @@ import (
 	api "github.com/osrg/gobgp/v3/api"
 	"github.com/osrg/gobgp/v3/pkg/server"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
@@ -153,7 +154,10 @@ func (s *Speaker) Start(ctx context.Context) error {
 		return fmt.Errorf("bgp: directory for GoBGP's API socket: %w", err)
 	}
 	sock := filepath.Join(dir, "gobgp.sock")
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// Never go idle: an idle channel drops its connection and could
+		// not reconnect to the unlinked socket.
+		grpc.WithIdleTimeout(0))
 	if err != nil {
 		os.RemoveAll(dir)
 		return fmt.Errorf("bgp: GoBGP API client: %w", err)
@@ -172,8 +176,18 @@ func (s *Speaker) Start(ctx context.Context) error {
 		RouterId:   s.cfg.RouterID.String(),
 		ListenPort: port,
 	}}); err != nil {
-		s.srv.Stop()
+		s.closeAPI()
 		return fmt.Errorf("bgp: starting GoBGP (ASN %d, router ID %v): %w", s.cfg.ASN, s.cfg.RouterID, err)
+	}
+	// Connect now, then unlink the socket: the one connection is all the
+	// speaker needs, no other process can reach GoBGP's API, and nothing
+	// is left on disk even after a crash.
+	if err := connectNow(ctx, conn); err != nil {
+		s.closeAPI()
+		return fmt.Errorf("bgp: connecting to GoBGP's API socket: %w", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		s.log.Warn("removing GoBGP's API socket directory", "dir", dir, "err", err)
 	}
 	wctx, cancel := context.WithCancel(context.Background())
 	if err := s.srv.WatchEvent(wctx, &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}, s.peerEvent); err != nil {
@@ -202,6 +216,20 @@ func (s *Speaker) Stop(ctx context.Context) error {
 		return fmt.Errorf("bgp: stopping GoBGP: %w", err)
 	}
 	return nil
+}
+
+// connectNow waits until conn is connected.
+func connectNow(ctx context.Context, conn *grpc.ClientConn) error {
+	conn.Connect()
+	for {
+		st := conn.GetState()
+		if st == connectivity.Ready {
+			return nil
+		}
+		if !conn.WaitForStateChange(ctx, st) {
+			return fmt.Errorf("still %v: %w", st, ctx.Err())
+		}
+	}
 }
 
 // closeAPI ends GoBGP (its Stop also sends the Cease) and the API socket.
@@ -358,11 +386,20 @@ func (s *Speaker) SetRoutes(ctx context.Context, routes []Route) error {
 	}
 	// One change (an elastic IP associated or released) goes through the
 	// library call, the shortest way to the wire; more go as one batch.
+	batched := false
 	if len(p.withdraw)+len(p.announce) > 1 {
-		if err := s.sendBatch(ctx, p); err != nil {
+		err := s.sendBatch(ctx, p)
+		switch {
+		case err == nil:
+			batched = true
+		case errors.Is(err, errNoStream):
+			// Nothing was applied: fall back to one call per change.
+			s.log.Warn("GoBGP's path stream unavailable, sending paths one by one", "err", err)
+		default:
 			return err
 		}
-	} else {
+	}
+	if !batched {
 		for _, a := range p.withdraw {
 			if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: a.path.Family, Path: a.path}); err != nil {
 				return fmt.Errorf("bgp: withdrawing %v: %w", a.route.Prefix, err)
