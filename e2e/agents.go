@@ -49,6 +49,7 @@ func (r *Run) startAgents(ctx context.Context, topo Topology) error {
 			"--state-dir", filepath.Join(st.RunDir, n.Name+"-state"),
 			"--roles", strings.Join(node.nodeRoles(), ","), "--log-level", "debug"}
 		argv = append(argv, r.ovnAgentArgs(n.Name)...)
+		argv = append(argv, node.AgentArgs...)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -393,6 +393,9 @@ func (r *Run) Netns(name string) (string, error) {
 	if w, ok := st.workload(name); ok {
 		return w.Netns, nil
 	}
+	if ns, ok := st.Hosts[name]; ok {
+		return ns, nil
+	}
 	return "", fmt.Errorf("no node or workload %q in run %s", name, st.RunID)
 }
 

@@ -27,8 +27,11 @@ type State struct {
 	BPFFS     string          `json:"bpffs,omitempty"` // the run's own bpffs mount; agents pin below it
 	Nodes     []NodeState     `json:"nodes,omitempty"`
 	Workloads []WorkloadState `json:"workloads,omitempty"`
-	Intent    string          `json:"intent,omitempty"` // path of the applied documents
-	Applied   bool            `json:"applied,omitempty"`
+	// Hosts are namespaces a test added beside the topology (AddHost),
+	// e.g. a router and an "internet" host: name -> netns.
+	Hosts   map[string]string `json:"hosts,omitempty"`
+	Intent  string            `json:"intent,omitempty"` // path of the applied documents
+	Applied bool              `json:"applied,omitempty"`
 }
 
 // NodeState is one node of a run.

@@ -61,6 +61,9 @@ type Node struct {
 	// Roles are the node's roles: compute, gateway, load-balancer; empty
 	// means compute.
 	Roles []string `json:"roles,omitempty"`
+	// AgentArgs are extra flags of the node's agent, e.g. a gateway's
+	// --uplink.
+	AgentArgs []string `json:"agentArgs,omitempty"`
 }
 
 // Workload is one namespace plugged into a port on a node.
