@@ -261,6 +261,9 @@ func (m *Model) setGatewayDown(node string, down bool, c *changeSet) {
 	}
 	if m.isGateway(node) {
 		m.recompileContentDeps(gatewaysRef, c)
+		// A down gateway's Gateway object goes, so workload nodes stop
+		// hashing elastic-IP flows to it; it comes back with the gateway.
+		m.recompile(gatewayRef(node), c)
 	}
 }
 
@@ -287,6 +290,9 @@ func (m *Model) owner(id uint32) string {
 func (m *Model) compileGateway(id string) (*agentv1.Object, []string) {
 	n := m.nodes[id]
 	if n == nil || !hasGatewayRole(n) {
+		return nil, nil
+	}
+	if _, down := m.down[id]; down {
 		return nil, nil
 	}
 	return &agentv1.Object{Key: "gateway/" + id, Body: &agentv1.Object_Gateway{Gateway: &agentv1.Gateway{

@@ -136,8 +136,16 @@ func TestNatGatewayOwnerFailover(t *testing.T) {
 		ev, _ := tx.del(GatewayDownKey(n))
 		return m.Apply(ev)
 	}
-	if ch := down(other, true); len(ch) != 0 || owner() != first {
-		t.Fatalf("a non-owner going down changed %v, owner %s", ch, owner())
+	// A non-owner going down moves no NAT gateway; only its Gateway
+	// object leaves every node (workloads stop sending to it).
+	ch0 := down(other, true)
+	for n, keys := range ch0 {
+		if _, ok := keys["gateway/"+other]; !ok || len(keys) != 1 {
+			t.Fatalf("a non-owner going down changed %v on %s, want only gateway/%s", keys, n, other)
+		}
+	}
+	if owner() != first || m.Object("gateway/"+other) != nil {
+		t.Fatalf("a non-owner going down: owner %s, gateway object %v", owner(), m.Object("gateway/"+other))
 	}
 	down(other, false)
 	ch := down(first, true)
