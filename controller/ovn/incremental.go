@@ -1,6 +1,11 @@
 package ovn
 
-import "slices"
+import (
+	"maps"
+	"slices"
+
+	"github.com/meridian-sdn/meridian/controller/ovn/nbdb"
+)
 
 // changedRows compares a new rendering with the previous one and returns,
 // by table, the meridian:ids of the rows that were added, removed or
@@ -22,6 +27,29 @@ func changedRows(prev, d *Desired) map[string]map[string]bool {
 	for table, rows := range d.rows {
 		s := specByName[table]
 		old := prev.rows[table]
+		if table == nbdb.ACLTable && d.gen != 0 && prev.gen == d.gen-1 && d.aclDelta != nil {
+			// Consecutive renderings of one Renderer share every group
+			// ACL row outside aclDelta: visit only the rows that may
+			// differ. Removed ones are among them too.
+			ids := maps.Clone(d.aclDelta)
+			for id := range prev.aclOther {
+				ids[id] = true
+			}
+			for id := range d.aclOther {
+				ids[id] = true
+			}
+			for id := range ids {
+				r, o := rows[id], old[id]
+				switch {
+				case o == r:
+				case o != nil && r != nil && sameRow(s, o, r):
+					rows[id] = o
+				default:
+					mark(table, id)
+				}
+			}
+			continue
+		}
 		for id, r := range rows {
 			o := old[id]
 			switch {
@@ -34,6 +62,9 @@ func changedRows(prev, d *Desired) map[string]map[string]bool {
 		}
 	}
 	for table, rows := range prev.rows {
+		if table == nbdb.ACLTable && d.gen != 0 && prev.gen == d.gen-1 && d.aclDelta != nil {
+			continue // done above
+		}
 		now := d.rows[table]
 		for id := range rows {
 			if _, ok := now[id]; !ok {

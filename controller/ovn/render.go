@@ -28,6 +28,16 @@ type Row struct {
 // Desired is the complete set of NB rows Meridian wants.
 type Desired struct {
 	rows map[string]map[string]*Row // table -> meridian:id -> row
+
+	// What the Renderer knows of its ACL table, so that comparing with
+	// the previous rendering need not visit 50,000 rows: gen numbers the
+	// renderings of one Renderer (0: not from one); aclOther holds the
+	// ACL rows not of security groups; aclDelta the group ACL ids that
+	// differ from rendering gen-1. Group ACL rows are otherwise the very
+	// rows of that rendering.
+	gen      uint64
+	aclOther map[string]*Row
+	aclDelta map[string]bool
 }
 
 func newDesired() *Desired { return &Desired{rows: map[string]map[string]*Row{}} }
@@ -100,6 +110,7 @@ type Renderer struct {
 	sgACLs map[*agentv1.SecurityGroup][]*Row
 	ports  map[*agentv1.Port]portRow
 	sizes  map[string]int // rows per table in the last rendering
+	gen    uint64         // renderings so far
 	// sgACLTable holds the ACL rows of every group in sgACLs; sgRows a
 	// group's port group and address sets with what they were made of.
 	sgACLTable map[string]*Row
@@ -191,11 +202,13 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 	if rr.sgACLTable != nil {
 		acl = maps.Clone(rr.sgACLTable)
 	}
+	delta := map[string]bool{}
 	for g, rows := range cached {
 		if !live[g] {
 			for _, r := range rows {
 				if acl[r.ID] == r {
 					delete(acl, r.ID)
+					delta[r.ID] = true
 				}
 			}
 		}
@@ -207,10 +220,16 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 			acls = sgACLs(g)
 			for _, a := range acls {
 				acl[a.ID] = a
+				delta[a.ID] = true
 			}
 		}
 		rr.sgACLs[g] = acls
 		rr.sgRows[g] = d.renderSG(x, g, acls, members[id], remote[id], cachedSG[g])
+	}
+	rr.gen++
+	d.gen, d.aclDelta, d.aclOther = rr.gen, delta, d.rows[nbdb.ACLTable]
+	if rr.sgACLTable == nil {
+		d.aclDelta = nil // no previous rendering to differ from
 	}
 	rr.sgACLTable = acl
 	all := maps.Clone(acl)
