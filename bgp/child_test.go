@@ -51,17 +51,19 @@ type childReply struct {
 }
 
 func childMain(cfgJSON string) int {
-	var cfg Config
-	if err := json.Unmarshal([]byte(cfgJSON), &cfg); err != nil {
+	var cc childConfig
+	if err := json.Unmarshal([]byte(cfgJSON), &cc); err != nil {
 		fmt.Fprintf(os.Stderr, "child: config: %v\n", err)
 		return 2
 	}
+	cfg := cc.Config
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	s, err := New(cfg)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "child: %v\n", err)
 		return 2
 	}
+	s.noBatch = cc.NoBatch
 	ctx := context.Background()
 	if err := s.Start(ctx); err != nil {
 		fmt.Fprintf(os.Stderr, "child: %v\n", err)
@@ -137,7 +139,18 @@ func (l *lockedBuffer) String() string {
 
 // startChild runs a speaker in netns. It is killed at the end of the test if
 // still running; its log is printed if the test failed.
+// childConfig is a speaker's Config plus test-only switches.
+type childConfig struct {
+	Config
+	NoBatch bool // the baseline of BenchmarkAnnounce10000: one AddPath per route
+}
+
 func startChild(t testing.TB, name, netns string, cfg Config) *child {
+	t.Helper()
+	return startChildWith(t, name, netns, childConfig{Config: cfg})
+}
+
+func startChildWith(t testing.TB, name, netns string, cfg childConfig) *child {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {

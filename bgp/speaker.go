@@ -104,6 +104,7 @@ type Speaker struct {
 	// UPDATE, while a stream message is applied at once and its paths are
 	// packed into UPDATEs by attributes.
 	batch   api.GobgpApiClient
+	noBatch bool // tests only: the baseline that sends one path per call
 	conn    *grpc.ClientConn
 	sockDir string
 
@@ -387,7 +388,7 @@ func (s *Speaker) SetRoutes(ctx context.Context, routes []Route) error {
 	// One change (an elastic IP associated or released) goes through the
 	// library call, the shortest way to the wire; more go as one batch.
 	batched := false
-	if len(p.withdraw)+len(p.announce) > 1 {
+	if len(p.withdraw)+len(p.announce) > 1 && !s.noBatch {
 		err := s.sendBatch(ctx, p)
 		switch {
 		case err == nil:
