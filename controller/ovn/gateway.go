@@ -18,8 +18,8 @@ const (
 )
 
 // Gateway_Chassis priorities of a VPC's gateway port: the preferred
-// gateway node above every other, which stand by in name order (OVN breaks
-// equal priorities by chassis name).
+// gateway node above every other; the others stand by at one priority,
+// leaving the order among them to OVN.
 const (
 	GatewayPriorityPreferred = 100
 	GatewayPriorityStandby   = 50
