@@ -83,8 +83,10 @@ type bgpPlan struct {
 
 // planBGP computes node's BGP configuration and routes from its desired
 // state. failed holds the data path's per-object errors: objects in it are
-// not announced. underlay is the default router ID.
-func planBGP(node string, underlay netip.Addr, desired map[string]*agentv1.Object, failed map[string]string) bgpPlan {
+// not announced. underlay is the default router ID. ipv6 says whether the
+// realization translates IPv6 elastic IPs (the eBPF data path does not
+// yet): an address it cannot translate is not announced either.
+func planBGP(node string, underlay netip.Addr, desired map[string]*agentv1.Object, failed map[string]string, ipv6 bool) bgpPlan {
 	p := bgpPlan{PeerIDs: map[netip.Addr]uint32{}, Errs: map[string]string{}}
 	var peers []*agentv1.BgpPeer
 	pools := map[uint32]*agentv1.PublicPool{}
@@ -187,6 +189,9 @@ func planBGP(node string, underlay netip.Addr, desired map[string]*agentv1.Objec
 			p.Errs[key] = fmt.Sprintf("address %q: %v", e.GetAddress(), err)
 			continue
 		}
+		if addr.Is6() && !ipv6 {
+			continue
+		}
 		med := pool.GetMed()
 		switch {
 		case e.GetPortId() != 0:
@@ -223,7 +228,8 @@ func planBGP(node string, underlay netip.Addr, desired map[string]*agentv1.Objec
 // adding its per-object errors to errs (which the agent acknowledges).
 // failed are the data path's errors of the same reconcile.
 func (a *Agent) reconcileBGP(desired map[string]*agentv1.Object, errs map[string]string) {
-	plan := planBGP(a.cfg.Node, a.cfg.UnderlayIP, desired, errs)
+	// The eBPF data path translates IPv4 only; OVN does both families.
+	plan := planBGP(a.cfg.Node, a.cfg.UnderlayIP, desired, errs, a.dp == nil)
 	for k, v := range plan.Errs {
 		errs[k] = v
 	}

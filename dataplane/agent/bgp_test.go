@@ -53,7 +53,7 @@ func routeMap(rs []bgp.Route) map[string]bgp.Route {
 
 func TestPlanBGP(t *testing.T) {
 	under := netip.MustParseAddr("10.0.0.1")
-	p := planBGP("gw1", under, edgeFixture(), nil)
+	p := planBGP("gw1", under, edgeFixture(), nil, true)
 	if len(p.Errs) != 0 {
 		t.Fatalf("errors: %v", p.Errs)
 	}
@@ -75,35 +75,40 @@ func TestPlanBGP(t *testing.T) {
 	// The owner announces its NAT gateway's address with the pool's MED.
 	d := edgeFixture()
 	d["ngw/3"].GetNatGateway().OwnerNode = "gw1"
-	if r := routeMap(planBGP("gw1", under, d, nil).Routes)["198.51.100.6/32"]; r.MED != 10 {
+	if r := routeMap(planBGP("gw1", under, d, nil, true).Routes)["198.51.100.6/32"]; r.MED != 10 {
 		t.Errorf("owner's NAT address MED %d, want 10", r.MED)
 	}
 
 	// What the data path failed on is not announced.
-	p = planBGP("gw1", under, edgeFixture(), map[string]string{"eip/1": "boom", "ngw/3": "boom"})
+	p = planBGP("gw1", under, edgeFixture(), map[string]string{"eip/1": "boom", "ngw/3": "boom"}, true)
 	if rs := routeMap(p.Routes); len(rs) != 1 || rs["2001:db8::5/128"].Prefix.Bits() != 128 {
 		t.Errorf("with failures: routes %v, want only the IPv6 one", p.Routes)
 	}
 
 	// A gateway whose uplink failed announces no address.
-	if p := planBGP("gw1", under, edgeFixture(), map[string]string{"gateway/gw1": "uplink ext0: not found"}); len(p.Routes) != 0 || len(p.Peers) != 1 {
+	if p := planBGP("gw1", under, edgeFixture(), map[string]string{"gateway/gw1": "uplink ext0: not found"}, true); len(p.Routes) != 0 || len(p.Peers) != 1 {
 		t.Errorf("uplink down: routes %v peers %v, want no route and the session kept", p.Routes, p.Peers)
+	}
+
+	// A realization without IPv6 translation does not announce /128s.
+	if _, ok := routeMap(planBGP("gw1", under, edgeFixture(), nil, false).Routes)["2001:db8::5/128"]; ok {
+		t.Error("IPv6 elastic IP announced by an IPv4-only data path")
 	}
 
 	// VPC prefixes when a peer asks.
 	d = edgeFixture()
 	d["bgp/1"].GetBgpPeer().AnnounceVpcPrefixes = true
-	if _, ok := routeMap(planBGP("gw1", under, d, nil).Routes)["10.1.0.0/16"]; !ok {
+	if _, ok := routeMap(planBGP("gw1", under, d, nil, true).Routes)["10.1.0.0/16"]; !ok {
 		t.Error("announce_vpc_prefixes: VPC CIDR not announced")
 	}
 
 	// Not a gateway (role removed), or no peer: nothing at all.
 	d = edgeFixture()
 	delete(d, "gateway/gw1")
-	if p := planBGP("gw1", under, d, nil); len(p.Peers)+len(p.Routes) != 0 {
+	if p := planBGP("gw1", under, d, nil, true); len(p.Peers)+len(p.Routes) != 0 {
 		t.Errorf("without the gateway role: %+v", p)
 	}
-	if p := planBGP("gw2", under, edgeFixture(), nil); len(p.Peers)+len(p.Routes) != 0 {
+	if p := planBGP("gw2", under, edgeFixture(), nil, true); len(p.Peers)+len(p.Routes) != 0 {
 		t.Errorf("another node's peer was used: %+v", p)
 	}
 
@@ -112,7 +117,7 @@ func TestPlanBGP(t *testing.T) {
 	d = edgeFixture()
 	d["bgp/2"] = &agentv1.Object{Key: "bgp/2", Body: &agentv1.Object_BgpPeer{BgpPeer: &agentv1.BgpPeer{
 		Id: 2, Node: "gw1", LocalAsn: 65002, PeerAsn: 65000, PeerAddress: "172.16.0.2"}}}
-	p = planBGP("gw1", under, d, nil)
+	p = planBGP("gw1", under, d, nil, true)
 	if p.Errs["bgp/2"] == "" || len(p.Peers) != 1 || len(p.Routes) != 3 {
 		t.Errorf("mismatched ASN: errs %v peers %v routes %d", p.Errs, p.Peers, len(p.Routes))
 	}
@@ -120,7 +125,7 @@ func TestPlanBGP(t *testing.T) {
 	// A pool with a malformed community fails its addresses, not the rest.
 	d = edgeFixture()
 	d["pool/1"].GetPublicPool().Communities = []string{"not-a-community"}
-	p = planBGP("gw1", under, d, nil)
+	p = planBGP("gw1", under, d, nil, true)
 	if p.Errs["eip/1"] == "" || len(p.Routes) != 0 {
 		t.Errorf("bad community: errs %v routes %v", p.Errs, p.Routes)
 	}
