@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/ovn-kubernetes/libovsdb/model"
+	"github.com/ovn-kubernetes/libovsdb/ovsdb"
 	"google.golang.org/protobuf/proto"
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
@@ -426,22 +427,38 @@ func TestSyncOutsideUpdatesTouchOnlyWhatChanged(t *testing.T) {
 			g.PortMappings = g.PortMappings[:1]
 		}, SyncResult{Unlinked: 1, Deleted: 1}},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			r := connect(t, ovntest.InMemoryNB(t), nil)
-			syncExt(t, r, outsideFixture())
-			objs := outsideFixture()
-			tc.change(objs)
-			got := syncExt(t, r, objs)
-			got.Transactions, got.Operations = 0, 0
-			if got != tc.want {
-				t.Errorf("wrote %+v, want %+v", got, tc.want)
-			}
-			assertNBMatches(t, r, renderExt(t, objs))
-			if res := syncExt(t, r, objs); res != (SyncResult{}) {
-				t.Errorf("resync after the change wrote %+v", res)
-			}
-		})
+	// Full passes over rendered rows, and the reconciler's own passes,
+	// which after the first are incremental (scoped to the rows whose
+	// rendering changed).
+	modes := []struct {
+		name string
+		sync func(t *testing.T, r *Reconciler, objs map[string]*agentv1.Object) SyncResult
+	}{
+		{"full", syncExt},
+		{"incremental", func(t *testing.T, r *Reconciler, objs map[string]*agentv1.Object) SyncResult {
+			t.Helper()
+			return mustSync(t, r, objs)
+		}},
+	}
+	for _, mode := range modes {
+		for _, tc := range cases {
+			t.Run(mode.name+"/"+tc.name, func(t *testing.T) {
+				r := connect(t, ovntest.InMemoryNB(t), nil)
+				r.renderer = extRenderer(t)
+				mode.sync(t, r, outsideFixture())
+				objs := outsideFixture()
+				tc.change(objs)
+				got := mode.sync(t, r, objs)
+				got.Transactions, got.Operations = 0, 0
+				if got != tc.want {
+					t.Errorf("wrote %+v, want %+v", got, tc.want)
+				}
+				assertNBMatches(t, r, renderExt(t, objs))
+				if res := mode.sync(t, r, objs); res != (SyncResult{}) {
+					t.Errorf("resync after the change wrote %+v", res)
+				}
+			})
+		}
 	}
 }
 
@@ -475,5 +492,53 @@ func TestSyncOutsideRemovalLeavesNoOrphans(t *testing.T) {
 		return idOfUUID(r, nbdb.LogicalRouterStaticRouteTable, u) == "vpc/1/gateway-route/0.0.0.0/0"
 	}) {
 		t.Errorf("router still references outside rows: %+v", lr)
+	}
+}
+
+// TestOutsideDriftIsRepaired: hand edits of the outside rows are undone by
+// the reconciler's next (incremental) pass, and only they.
+func TestOutsideDriftIsRepaired(t *testing.T) {
+	cases := []struct {
+		name  string
+		drift func(t *testing.T, r *Reconciler)
+		want  SyncResult
+	}{
+		{"an elastic IP's NAT row edited by hand is put back", func(t *testing.T, r *Reconciler) {
+			c := r.Client()
+			n := &nbdb.NAT{UUID: uuidOf(r, nbdb.NATTable, "eip/1"), LogicalIP: "10.0.1.99"}
+			transact(t, c, must(c.Where(n).Update(n, &n.LogicalIP)))
+		}, SyncResult{Updated: 1}},
+		{"a gateway chassis unlinked by hand is recreated", func(t *testing.T, r *Reconciler) {
+			c := r.Client()
+			lrp := &nbdb.LogicalRouterPort{UUID: uuidOf(r, nbdb.LogicalRouterPortTable, "vpc/1/gateway-port")}
+			transact(t, c, must(c.Where(lrp).Mutate(lrp, model.Mutation{Field: &lrp.GatewayChassis, Mutator: ovsdb.MutateOperationDelete,
+				Value: []string{uuidOf(r, nbdb.GatewayChassisTable, "vpc/1/gateway-chassis/gw2")}})))
+		}, SyncResult{Created: 1, Linked: 1}},
+		{"a port-mapping load balancer unlinked from the router by hand is linked again", func(t *testing.T, r *Reconciler) {
+			c := r.Client()
+			lr := &nbdb.LogicalRouter{UUID: uuidOf(r, nbdb.LogicalRouterTable, "vpc/1")}
+			transact(t, c, must(c.Where(lr).Mutate(lr, model.Mutation{Field: &lr.LoadBalancer, Mutator: ovsdb.MutateOperationDelete,
+				Value: []string{uuidOf(r, nbdb.LoadBalancerTable, "ngw/3/port-mappings/tcp")}})))
+		}, SyncResult{Linked: 1}},
+		{"a gateway port deleted by hand comes back with its chassis", func(t *testing.T, r *Reconciler) {
+			c := r.Client()
+			lr := &nbdb.LogicalRouter{UUID: uuidOf(r, nbdb.LogicalRouterTable, "vpc/1")}
+			transact(t, c, must(c.Where(lr).Mutate(lr, model.Mutation{Field: &lr.Ports, Mutator: ovsdb.MutateOperationDelete,
+				Value: []string{uuidOf(r, nbdb.LogicalRouterPortTable, "vpc/1/gateway-port")}})))
+		}, SyncResult{Created: 3, Linked: 3}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := connect(t, ovntest.InMemoryNB(t), nil)
+			r.renderer = extRenderer(t)
+			mustSync(t, r, outsideFixture())
+			tc.drift(t, r)
+			got := mustSync(t, r, outsideFixture())
+			got.Transactions, got.Operations = 0, 0
+			if got != tc.want {
+				t.Errorf("repair wrote %+v, want %+v", got, tc.want)
+			}
+			assertNBMatches(t, r, renderExt(t, outsideFixture()))
+		})
 	}
 }
