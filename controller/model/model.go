@@ -895,3 +895,14 @@ func (m *Model) KeyOf(name string) string { return m.resKey[name] }
 
 // Len returns the number of compiled objects.
 func (m *Model) Len() int { return len(m.objs) }
+
+// Objects returns every compiled object by key: the whole logical model,
+// not one node's share of it (controller/trace walks packets through it).
+// The map is new; the objects are shared and must not be modified.
+func (m *Model) Objects() map[string]*agentv1.Object {
+	out := make(map[string]*agentv1.Object, len(m.objs))
+	for k, o := range m.objs {
+		out[k] = o
+	}
+	return out
+}
