@@ -45,6 +45,10 @@
 //	route table T    Logical_Router_Static_Route rows with route_table "mer-rt-T" ("discard" for
 //	                 blackholes); the router ports of subnets using T carry options:route_table
 //	(global)         Port_Group "mer_ports" of every Meridian port: default deny, ARP and DHCP allowed
+//	elastic IP, NAT  with an ExternalNetwork (NewRendererFor): a gateway port per VPC onto an external
+//	gateway, gateway switch with a localnet port, Gateway_Chassis per gateway node, NAT dnat_and_snat and
+//	node             snat rows, port mappings as Load_Balancers; see renderOutside (gateway.go) for the
+//	                 mapping and the differences from the eBPF realization
 //
 // ACL priorities form the tiers OVN 23.03 lacks: infrastructure allows
 // (32000), network ACL drops (29999 down to 20000), security-group allows
