@@ -27,7 +27,11 @@
 
 #define NAT_DEFAULT_TCP_ESTABLISHED SEC_NS(7200)
 #define NAT_DEFAULT_TCP_TRANSITORY  SEC_NS(60)
-#define NAT_DEFAULT_TCP_CLOSED      SEC_NS(10)
+/* A closed TCP flow holds its public port as long as the remote may hold
+ * the connection in TIME_WAIT (Linux: 60 s; conntrack keeps 120 s): a new
+ * connection from another inside tuple on the same public port would meet
+ * that TIME_WAIT with unrelated TCP timestamps and be refused (PAWS). */
+#define NAT_DEFAULT_TCP_CLOSED      SEC_NS(120)
 #define NAT_DEFAULT_UDP             SEC_NS(60)
 #define NAT_DEFAULT_ICMP            SEC_NS(30)
 
@@ -393,6 +397,39 @@ static __noinline __u32 nat_outbound(struct __sk_buff *skb, struct pkt *p, struc
 		return 0;
 	}
 
+	if (f && is_new_syn(p)) {
+		/* The same inside tuple opens a connection again (its source
+		 * port came round): it keeps its public side, as conntrack
+		 * reopens a TIME_WAIT entry, so the remote sees the same
+		 * tuple with timestamps that follow the last connection's. */
+		struct nat_entry *r;
+
+		rk.daddr = f->addr;
+		rk.dport = f->port;
+		r = bpf_map_lookup_elem(&nat, &rk);
+		if (!r || (r->vpc == p->vpc && r->addr == p->saddr && r->port == local)) {
+			data = skb_data(skb);
+			data_end = skb_data_end(skb);
+			eth = data;
+			if ((void *)(eth + 1) > data_end)
+				return DROP_MALFORMED;
+			n.addr = p->saddr;
+			n.port = local;
+			n.vpc = p->vpc;
+			n.node_ip = outer_src;
+			n.natgw = f->natgw;
+			mac_copy(n.mac, eth->h_source);
+			if (bpf_map_update_elem(&nat, &rk, &n, BPF_ANY) == 0) {
+				f->state = CT_SYN_SENT;
+				f->fin = 0;
+				nat_track(f, p, 0, now);
+				q->new_ip = f->addr;
+				q->new_port = f->port;
+				return 0;
+			}
+		}
+	}
+
 	id = bpf_map_lookup_elem(&nat_src, &sk);
 	if (!id) /* not a gateway for this source: as on any node */
 		return DROP_NO_ROUTE;
@@ -429,8 +466,10 @@ static __noinline __u32 nat_outbound(struct __sk_buff *skb, struct pkt *p, struc
 					      .sport = r->port, .dport = remote, .proto = p->proto };
 
 			o = bpf_map_lookup_elem(&nat, &ok);
-			if (o && o->expires >= now && o->addr == addr && o->port == port &&
-			    o->state != CT_CLOSED)
+			/* A closed flow keeps its port until its (short) timeout,
+			 * like TIME_WAIT: its last packets are still on the way,
+			 * and the remote may still hold the old connection. */
+			if (o && o->expires >= now && o->addr == addr && o->port == port)
 				continue; /* in use */
 			bpf_map_delete_elem(&nat, &rk); /* stale: free */
 		}

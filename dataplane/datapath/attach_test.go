@@ -22,7 +22,7 @@ import (
 	"github.com/meridian-sdn/meridian/fw"
 )
 
-func compileAndApply(t *testing.T, d *Datapath, vpc uint32, policies ...fw.SecurityGroupPolicy) {
+func compileAndApply(t testing.TB, d *Datapath, vpc uint32, policies ...fw.SecurityGroupPolicy) {
 	t.Helper()
 	c, err := fw.CompileSecurityGroups(vpc, policies, nil)
 	if err != nil {
@@ -36,7 +36,7 @@ func compileAndApply(t *testing.T, d *Datapath, vpc uint32, policies ...fw.Secur
 // inNewNetns runs fn on a locked OS thread inside a fresh, unnamed network
 // namespace (gone once the last handle and thread leave it). If the thread
 // cannot be put back it stays locked, so Go retires it with the goroutine.
-func inNewNetns(t *testing.T, fn func(node netns.NsHandle)) {
+func inNewNetns(t testing.TB, fn func(node netns.NsHandle)) {
 	t.Helper()
 	runtime.LockOSThread()
 	orig, err := netns.Get()
@@ -71,7 +71,7 @@ type workload struct {
 	address netip.Addr
 }
 
-func newWorkload(t *testing.T, node netns.NsHandle, name string, addr netip.Addr, gw netip.Addr) *workload {
+func newWorkload(t testing.TB, node netns.NsHandle, name string, addr netip.Addr, gw netip.Addr) *workload {
 	t.Helper()
 	must := func(what string, err error) {
 		t.Helper()

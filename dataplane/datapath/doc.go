@@ -179,8 +179,11 @@
 // per remote address and port (endpoint-dependent mapping, like Linux
 // masquerade), so a NAT address serves up to (port range) flows per remote
 // endpoint. ICMP echo uses the identifier as the port. Timeouts (SetNATTimeouts): TCP
-// established 2 h, SYN sent and FIN seen 60 s, closed 10 s, UDP 60 s, ICMP
-// 30 s. If the LRU evicts a flow's reverse half alone, the next outbound
+// established 2 h, SYN sent and FIN seen 60 s, closed 120 s (the remote
+// may hold the connection in TIME_WAIT: a new inside tuple on the same
+// public port would meet it with unrelated TCP timestamps and be refused
+// by PAWS; the same inside tuple opening again keeps its public port, as
+// conntrack reopens TIME_WAIT), UDP 60 s, ICMP 30 s. If the LRU evicts a flow's reverse half alone, the next outbound
 // packet restores it. NATStats counts active flows (walking the table) and
 // port exhaustion per NAT gateway; the agent reports them in its
 // NodeReport. Other protocols cannot pass a NAT gateway (DropNATProtocol);

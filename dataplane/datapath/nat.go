@@ -406,8 +406,9 @@ func deleteWhereValue[K comparable, V any](m *ebpf.Map, stale func(K, V) bool) e
 }
 
 // NATTimeouts are the idle timeouts of NAT flows; zero fields keep the
-// built-in defaults (TCP established 2 h, SYN/FIN 60 s, closed 10 s, UDP
-// 60 s, ICMP 30 s).
+// built-in defaults (TCP established 2 h, SYN/FIN 60 s, closed 120 s, UDP
+// 60 s, ICMP 30 s). A closed TCP flow holds its public port as long as the
+// remote may hold the connection in TIME_WAIT.
 type NATTimeouts struct {
 	TCPEstablished, TCPTransitory, TCPClosed, UDP, ICMP time.Duration
 }

@@ -20,7 +20,7 @@ import (
 
 // newNetns creates a network namespace and returns with the thread back in
 // from. It is unnamed: it goes away with its last handle and interface.
-func newNetns(t *testing.T, from netns.NsHandle) netns.NsHandle {
+func newNetns(t testing.TB, from netns.NsHandle) netns.NsHandle {
 	t.Helper()
 	ns, err := netns.New()
 	if err != nil {
@@ -34,7 +34,7 @@ func newNetns(t *testing.T, from netns.NsHandle) netns.NsHandle {
 }
 
 // inNs runs fn with the (locked) thread in ns, then returns it to back.
-func inNs(t *testing.T, ns, back netns.NsHandle, fn func()) {
+func inNs(t testing.TB, ns, back netns.NsHandle, fn func()) {
 	t.Helper()
 	if err := netns.Set(ns); err != nil {
 		t.Fatalf("enter netns: %v", err)
@@ -49,7 +49,7 @@ func inNs(t *testing.T, ns, back netns.NsHandle, fn func()) {
 
 // vethBetween creates a veth pair in the current namespace and moves the
 // second end to peerNs; each end gets an address (/24) and comes up.
-func vethBetween(t *testing.T, here netns.NsHandle, name string, addr netip.Addr, peerNs netns.NsHandle, peerName string, peerAddr netip.Addr) (netlink.Link, netlink.Link) {
+func vethBetween(t testing.TB, here netns.NsHandle, name string, addr netip.Addr, peerNs netns.NsHandle, peerName string, peerAddr netip.Addr) (netlink.Link, netlink.Link) {
 	t.Helper()
 	must := func(what string, err error) {
 		t.Helper()
@@ -75,7 +75,7 @@ func vethBetween(t *testing.T, here netns.NsHandle, name string, addr netip.Addr
 }
 
 // addVXLAN creates an external-mode VXLAN device in the current namespace.
-func addVXLAN(t *testing.T, name string, local netip.Addr) netlink.Link {
+func addVXLAN(t testing.TB, name string, local netip.Addr) netlink.Link {
 	t.Helper()
 	if err := netlink.LinkAdd(&netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: 1500}, FlowBased: true, Port: 4789,
 		SrcAddr: local.AsSlice()}); err != nil {
@@ -93,7 +93,7 @@ func addVXLAN(t *testing.T, name string, local netip.Addr) netlink.Link {
 
 // ping sends one ICMP echo from the current namespace and returns the
 // address the reply came from.
-func ping(t *testing.T, dst netip.Addr, id uint16) (netip.Addr, error) {
+func ping(t testing.TB, dst netip.Addr, id uint16) (netip.Addr, error) {
 	t.Helper()
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
 	if err != nil {
@@ -127,107 +127,129 @@ func ping(t *testing.T, dst netip.Addr, id uint16) (netip.Addr, error) {
 	return netip.Addr{}, fmt.Errorf("no echo reply from %v", dst)
 }
 
+// gwTopology is a workload node (two workloads, VXLAN), a gateway node
+// (VXLAN, uplink) and an outside host on the uplink's link, each in a
+// namespace of its own, with the data paths attached: w1 has an elastic
+// IP, w2 is behind a NAT gateway (ports 20000-20999) on the gateway.
+type gwTopology struct {
+	node, gwNs, outNs    netns.NsHandle
+	w1, w2               *workload
+	dn, dg               *Datapath
+	vx2, uplink          netlink.Link
+	nodeIP, gwIP, outIP  netip.Addr
+	uplinkIP, eip, natIP netip.Addr
+}
+
+// newGatewayTopology builds it; the calling thread must be locked in node.
+func newGatewayTopology(t testing.TB, node netns.NsHandle, bpffs string) *gwTopology {
+	g := &gwTopology{node: node, gwNs: newNetns(t, node), outNs: newNetns(t, node),
+		nodeIP: ip("192.0.2.1"), gwIP: ip("192.0.2.2"), uplinkIP: ip("203.0.113.1"), outIP: ip("203.0.113.2"),
+		eip: ip("198.51.100.10"), natIP: ip("198.51.100.20")}
+	subnetGW := ip("10.0.1.1")
+	g.w1 = newWorkload(t, node, "ng1", ip("10.0.1.10"), subnetGW) // elastic IP
+	g.w2 = newWorkload(t, node, "ng2", ip("10.0.1.20"), subnetGW) // behind the NAT gateway
+
+	// underlay between the nodes, uplink from the gateway to outside
+	vethBetween(t, node, "ngu1", g.nodeIP, g.gwNs, "ngu2", g.gwIP)
+	inNs(t, g.gwNs, node, func() {
+		g.uplink, _ = vethBetween(t, g.gwNs, "ngup0", g.uplinkIP, g.outNs, "ngup1", g.outIP)
+	})
+	inNs(t, g.outNs, node, func() {
+		// the fabric: public addresses are routed to the gateway
+		if err := netlink.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: net.IPv4(198, 51, 100, 0), Mask: net.CIDRMask(24, 32)},
+			Gw: g.uplinkIP.AsSlice()}); err != nil {
+			t.Fatalf("outside route to the public addresses: %v", err)
+		}
+	})
+
+	// workload node
+	vx1 := addVXLAN(t, "ngvx1", g.nodeIP)
+	dn, err := Open(filepath.Join(bpffs, "node"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.dn = dn
+	t.Cleanup(func() { dn.Unpin(); dn.Close() })
+	for i, w := range []*workload{g.w1, g.w2} {
+		p := Port{ID: uint32(i + 1), Ifindex: w.host.Attrs().Index, MAC: w.mac, IPs: []netip.Addr{w.address}, VPC: 100, Subnet: 1, SGPolicy: 1}
+		if err := dn.UpsertPort(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := dn.UpsertRoute(Route{VPC: 100, Prefix: netip.PrefixFrom(w.address, 32), LocalPort: p.ID}); err != nil {
+			t.Fatal(err)
+		}
+		if err := dn.Attach(HookPort, p.Ifindex); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := dn.UpsertSubnet(Subnet{ID: 1, Gateway: subnetGW, RouterMAC: gwRouterMAC}); err != nil {
+		t.Fatal(err)
+	}
+	compileAndApply(t, dn, 100, allowAll(1))
+	if err := dn.Attach(HookOverlay, vx1.Attrs().Index); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []Egress{
+		{VPC: 100, Prefix: netip.PrefixFrom(g.w1.address, 32)},
+		{VPC: 100, Prefix: netip.MustParsePrefix("10.0.1.0/24"), NATOwner: g.gwIP, NATGateway: 7},
+	} {
+		if err := dn.UpsertEgress(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := dn.SetGateways([]netip.Addr{g.gwIP}); err != nil {
+		t.Fatal(err)
+	}
+
+	// gateway node
+	dg, err := Open(filepath.Join(bpffs, "gateway"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.dg = dg
+	t.Cleanup(func() { dg.Unpin(); dg.Close() })
+	inNs(t, g.gwNs, node, func() {
+		g.vx2 = addVXLAN(t, "ngvx2", g.gwIP)
+		if err := os.WriteFile("/proc/sys/net/ipv4/conf/ngvx2/forwarding", []byte("1"), 0); err != nil {
+			t.Fatalf("forwarding on the gateway's VXLAN device: %v", err)
+		}
+	})
+	g.attachGateway(t)
+	if err := dg.UpsertElasticIP(ElasticIP{Address: g.eip, VPC: 100, PrivateIP: g.w1.address, PortMAC: g.w1.mac, Node: g.nodeIP}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dg.UpsertNATGateway(NATGateway{ID: 7, VPC: 100, Addresses: []netip.Addr{g.natIP},
+		SNAT: []netip.Prefix{netip.MustParsePrefix("10.0.1.0/24")}, PortMin: 20000, PortMax: 20999}); err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// attachGateway attaches the gateway's programs (overlay and uplink).
+func (g *gwTopology) attachGateway(t testing.TB) {
+	inNs(t, g.gwNs, g.node, func() {
+		if err := g.dg.Attach(HookOverlay, g.vx2.Attrs().Index); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.dg.Attach(HookUplink, g.uplink.Attrs().Index); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
 // TestGatewayRealTraffic runs elastic IPs and a NAT gateway on real
-// namespaces: a workload node (two workloads, VXLAN), a gateway node
-// (VXLAN, uplink) and an outside host on the uplink's link. The outside
-// host pings and opens TCP to a workload through its elastic IP and the
-// workload sees its real address; the other workload's connection to the
-// outside host arrives from the NAT gateway's address; and a workload
-// reaching the other's elastic IP goes through the gateway and back
-// (hairpin).
+// namespaces (gwTopology). The outside host pings and opens TCP to a
+// workload through its elastic IP and the workload sees its real address;
+// the other workload's connection to the outside host arrives from the NAT
+// gateway's address; and a workload reaching the other's elastic IP goes
+// through the gateway and back (hairpin).
 func TestGatewayRealTraffic(t *testing.T) {
 	bpffs := privateBPFFS(t)
 	inNewNetns(t, func(node netns.NsHandle) {
-		gwNs := newNetns(t, node)
-		outNs := newNetns(t, node)
-		var (
-			nodeIP, gwIP = ip("192.0.2.1"), ip("192.0.2.2")
-			uplinkIP     = ip("203.0.113.1")
-			outIP        = ip("203.0.113.2")
-			eip          = ip("198.51.100.10")
-			natIP        = ip("198.51.100.20")
-			subnetGW     = ip("10.0.1.1")
-		)
-		w1 := newWorkload(t, node, "ng1", ip("10.0.1.10"), subnetGW) // elastic IP
-		w2 := newWorkload(t, node, "ng2", ip("10.0.1.20"), subnetGW) // behind the NAT gateway
-
-		// underlay between the nodes, uplink from the gateway to outside
-		vethBetween(t, node, "ngu1", nodeIP, gwNs, "ngu2", gwIP)
-		var uplink netlink.Link
-		inNs(t, gwNs, node, func() {
-			uplink, _ = vethBetween(t, gwNs, "ngup0", uplinkIP, outNs, "ngup1", outIP)
-		})
-		inNs(t, outNs, node, func() {
-			// the fabric: public addresses are routed to the gateway
-			if err := netlink.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: net.IPv4(198, 51, 100, 0), Mask: net.CIDRMask(24, 32)},
-				Gw: uplinkIP.AsSlice()}); err != nil {
-				t.Fatalf("outside route to the public addresses: %v", err)
-			}
-		})
-
-		// workload node
-		vx1 := addVXLAN(t, "ngvx1", nodeIP)
-		dn, err := Open(filepath.Join(bpffs, "node"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { dn.Unpin(); dn.Close() })
-		for i, w := range []*workload{w1, w2} {
-			p := Port{ID: uint32(i + 1), Ifindex: w.host.Attrs().Index, MAC: w.mac, IPs: []netip.Addr{w.address}, VPC: 100, Subnet: 1, SGPolicy: 1}
-			if err := dn.UpsertPort(p); err != nil {
-				t.Fatal(err)
-			}
-			if err := dn.UpsertRoute(Route{VPC: 100, Prefix: netip.PrefixFrom(w.address, 32), LocalPort: p.ID}); err != nil {
-				t.Fatal(err)
-			}
-			if err := dn.Attach(HookPort, p.Ifindex); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := dn.UpsertSubnet(Subnet{ID: 1, Gateway: subnetGW, RouterMAC: gwRouterMAC}); err != nil {
-			t.Fatal(err)
-		}
-		compileAndApply(t, dn, 100, allowAll(1))
-		if err := dn.Attach(HookOverlay, vx1.Attrs().Index); err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range []Egress{
-			{VPC: 100, Prefix: netip.PrefixFrom(w1.address, 32)},
-			{VPC: 100, Prefix: netip.MustParsePrefix("10.0.1.0/24"), NATOwner: gwIP, NATGateway: 7},
-		} {
-			if err := dn.UpsertEgress(e); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := dn.SetGateways([]netip.Addr{gwIP}); err != nil {
-			t.Fatal(err)
-		}
-
-		// gateway node
-		dg, err := Open(filepath.Join(bpffs, "gateway"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { dg.Unpin(); dg.Close() })
-		inNs(t, gwNs, node, func() {
-			vx2 := addVXLAN(t, "ngvx2", gwIP)
-			if err := os.WriteFile("/proc/sys/net/ipv4/conf/ngvx2/forwarding", []byte("1"), 0); err != nil {
-				t.Fatalf("forwarding on the gateway's VXLAN device: %v", err)
-			}
-			if err := dg.Attach(HookOverlay, vx2.Attrs().Index); err != nil {
-				t.Fatal(err)
-			}
-			if err := dg.Attach(HookUplink, uplink.Attrs().Index); err != nil {
-				t.Fatal(err)
-			}
-		})
-		if err := dg.UpsertElasticIP(ElasticIP{Address: eip, VPC: 100, PrivateIP: w1.address, PortMAC: w1.mac, Node: nodeIP}); err != nil {
-			t.Fatal(err)
-		}
-		if err := dg.UpsertNATGateway(NATGateway{ID: 7, VPC: 100, Addresses: []netip.Addr{natIP},
-			SNAT: []netip.Prefix{netip.MustParsePrefix("10.0.1.0/24")}, PortMin: 20000, PortMax: 20999}); err != nil {
-			t.Fatal(err)
-		}
+		g := newGatewayTopology(t, node, bpffs)
+		w1, w2, dn, dg := g.w1, g.w2, g.dn, g.dg
+		outNs, eip, natIP, outIP := g.outNs, g.eip, g.natIP, g.outIP
+		var err error
 		drops := func() string {
 			a, _ := dn.Drops()
 			b, _ := dg.Drops()
@@ -352,7 +374,7 @@ func TestGatewayRealTraffic(t *testing.T) {
 
 // echoOver writes n bytes on c and reads them back; if peer is set, it is
 // the accepted end and echoes them.
-func echoOver(t *testing.T, c, peer net.Conn, n int) {
+func echoOver(t testing.TB, c, peer net.Conn, n int) {
 	t.Helper()
 	if peer != nil {
 		go io.Copy(peer, peer)
