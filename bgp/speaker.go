@@ -203,6 +203,9 @@ func (s *Speaker) Start(ctx context.Context) error {
 
 // Stop closes every session with a Cease NOTIFICATION, so the peers
 // withdraw our routes at once (no graceful restart), and ends the server.
+// GoBGP's event loop goroutine cannot be ended (its Serve never returns):
+// each stopped Speaker leaves that one idle goroutine behind, so an agent
+// should keep its speaker and reconfigure it rather than replace it often.
 func (s *Speaker) Stop(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

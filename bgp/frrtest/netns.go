@@ -5,6 +5,12 @@
 // the few namespace helpers such tests need: unique namespaces, veth pairs
 // between them, and running a command inside one.
 //
+// Typical use by an end-to-end test: create the top-of-rack namespace (Netns),
+// wire it to the gateways and to an "internet" host (Veth, AddAddress), start
+// FRR in it (Start with Options.Netns), declare each gateway a neighbour
+// (AddNeighbor), then assert on what the router installed (FIB, WaitFIB,
+// WaitNextHops) and on what did not change (WatchFIB).
+//
 // It needs root and the frr package (zebra, bgpd, vtysh in /usr/lib/frr and
 // /usr/bin); a missing prerequisite fails the test with a clear message.
 package frrtest
@@ -109,5 +115,20 @@ func Veth(t testing.TB, a, b End) {
 		if out, err := Exec(ctx, e.Netns, "ip", "link", "set", e.Name, "up"); err != nil {
 			t.Fatalf("frrtest: %v: %s", err, out)
 		}
+	}
+}
+
+// AddAddress adds an address (CIDR) to an interface in a namespace, e.g. a
+// second address on a router's link, or an "internet" host's address.
+func AddAddress(t testing.TB, netns, ifname, cidr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	args := []string{"ip", "addr", "add", cidr, "dev", ifname}
+	if strings.Contains(cidr, ":") {
+		args = append(args, "nodad")
+	}
+	if out, err := Exec(ctx, netns, args...); err != nil {
+		t.Fatalf("frrtest: %v: %s", err, out)
 	}
 }
