@@ -833,3 +833,35 @@ func TestICMPErrorsTranslated(t *testing.T) {
 		})
 	})
 }
+
+// TestNATClosedTCPHoldsPort: a closed TCP flow keeps its public port (the
+// remote may hold it in TIME_WAIT) from other inside tuples, and gets it
+// back when the same inside tuple opens a connection again.
+func TestNATClosedTCPHoldsPort(t *testing.T) {
+	newGateway(t, func(g *gateway) {
+		if err := g.d.DeleteElasticIP(eipC); err != nil {
+			t.Fatal(err)
+		}
+		ng := natGateway7()
+		ng.PortMin, ng.PortMax, ng.Mappings = 3000, 3001, nil
+		if err := g.d.UpsertNATGateway(ng); err != nil {
+			t.Fatal(err)
+		}
+		tcp := func(sport uint16, flags string) frame {
+			return frame{srcMAC: portC.MAC, src: portC.IPs[0], dst: outsideHost, proto: fw.ProtoTCP, sport: sport, dport: 80, flags: flags, ttl: 63}
+		}
+		a := natFlow(t, g, tcp(1, "S"))
+		natFlow(t, g, tcp(1, "R")) // closed
+		b := natFlow(t, g, tcp(2, "S"))
+		if a == b {
+			t.Fatalf("a new inside tuple got the closed flow's port %d", a)
+		}
+		g.expectGatewayDrop(t, DropNATExhausted, func() tunnelOut { return g.outbound(t, nodeC, tcp(3, "S")) })
+		if again := natFlow(t, g, tcp(1, "S")); again != a {
+			t.Fatalf("reopened inside tuple got port %d, want its own %d back", again, a)
+		}
+		if st, err := g.d.NATStats(); err != nil || len(st) != 1 || st[0].ActiveFlows != 2 || st[0].PortExhausted != 1 {
+			t.Fatalf("stats %+v, %v: want 2 active, 1 exhausted", st, err)
+		}
+	})
+}
