@@ -30,6 +30,7 @@ import (
 	"github.com/meridian-sdn/meridian/controller/ovn"
 	"github.com/meridian-sdn/meridian/controller/resource"
 	"github.com/meridian-sdn/meridian/controller/store"
+	"github.com/meridian-sdn/meridian/controller/trace"
 )
 
 // Controller is a running controller.
@@ -120,6 +121,7 @@ func New(cfg Config, log *slog.Logger, agents AgentsFactory) (*Controller, error
 	}
 	c.grpc = grpc.NewServer(opts...)
 	c.api.Register(c.grpc)
+	trace.NewService(st, log.With("component", "trace")).Register(c.grpc)
 	if c.agents != nil {
 		// Agents authenticate like everyone else; the agent service checks
 		// for the system-admin role (node credentials) itself.
@@ -268,6 +270,7 @@ func (c *Controller) gateway(ctx context.Context, sock string) (http.Handler, er
 		v1.RegisterSecurityServiceHandlerFromEndpoint, v1.RegisterNodeServiceHandlerFromEndpoint,
 		v1.RegisterAuditServiceHandlerFromEndpoint, v1.RegisterWatchServiceHandlerFromEndpoint,
 		v1.RegisterIdentityServiceHandlerFromEndpoint, v1.RegisterEdgeServiceHandlerFromEndpoint,
+		v1.RegisterTraceServiceHandlerFromEndpoint,
 	} {
 		if err := reg(ctx, mux, ep, opts); err != nil {
 			return nil, fmt.Errorf("HTTP gateway: %w", err)
