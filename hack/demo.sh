@@ -129,7 +129,7 @@ for d in zebra bgpd; do
 done
 vty() { vtysh --vty_socket "$frr" -d bgpd -c "$@"; }
 mkdir -p "$work/www"; echo "hello from web-1 (10.0.1.11)" >"$work/www/index.html"
-nsx "$web_ns" /usr/bin/python3 -m http.server 80 --bind 0.0.0.0 --directory "$work/www" >/dev/null 2>"$work/http.log" &
+nsenter --net="/run/netns/$web_ns" -- /usr/bin/python3 -m http.server 80 --bind 0.0.0.0 --directory "$work/www" >/dev/null 2>"$work/http.log" &
 pids3+=($!)
 ctl3() { "$bin/meridianctl" --config= --endpoint "unix:$e2e_run/controller.sock" \
   --token "$(sed -n 's/.*"token": "\([0-9a-f]*\)".*/\1/p' "$e2e_run/state.json")" "$@"; }
