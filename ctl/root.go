@@ -96,7 +96,7 @@ MERIDIAN_TOKEN, overridden by --endpoint and --token.`,
 	for _, k := range a.kinds {
 		root.AddCommand(a.kindCommand(k))
 	}
-	root.AddCommand(a.applyCommand(), a.deleteFileCommand(), a.whoamiCommand(), a.auditCommand(), a.watchCommand())
+	root.AddCommand(a.applyCommand(), a.deleteFileCommand(), a.whoamiCommand(), a.auditCommand(), a.watchCommand(), a.traceCommand())
 	return root
 }
 
