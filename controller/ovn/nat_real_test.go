@@ -19,6 +19,10 @@ func TestOutsideOnRealOVN(t *testing.T) {
 	syncExt(t, r, outsideFixture())
 	assertNBMatches(t, r, renderExt(t, outsideFixture()))
 	stack.WaitNorthd()
+	// Nothing NB or northd normalises differs from the rendering.
+	if res := syncExt(t, r, outsideFixture()); res != (SyncResult{}) {
+		t.Errorf("resync after northd wrote %+v", res)
+	}
 
 	t.Run("the gateway port is bound to the gateway chassis, owner first", func(t *testing.T) {
 		got := stack.NBCtl("lrp-get-gateway-chassis", "mer-gw-1")
