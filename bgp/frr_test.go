@@ -94,6 +94,7 @@ func addrs(s ...string) []netip.Addr {
 }
 
 func TestAnnounceReachesFRRKernelFIBAndWithdrawRemovesIt(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
 	f := newFabric(t, 1)
@@ -140,6 +141,7 @@ func TestAnnounceReachesFRRKernelFIBAndWithdrawRemovesIt(t *testing.T) {
 }
 
 func TestTwoGatewaysGiveECMPAndOneCrashLeavesOneNextHop(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
 	f := newFabric(t, 2)
@@ -164,6 +166,7 @@ func TestTwoGatewaysGiveECMPAndOneCrashLeavesOneNextHop(t *testing.T) {
 }
 
 func TestGracefulRestartLeavesRouterFIBUntouched(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
 	defer cancel()
 	f := newFabric(t, 1)
@@ -237,7 +240,55 @@ func TestGracefulRestartLeavesRouterFIBUntouched(t *testing.T) {
 	t.Logf("all route changes seen during the restart: %v", watch)
 }
 
+// TestGracefulRestartWithdrawsWhatWasReleasedMeanwhile: an elastic IP
+// released while the agent was down is not re-announced; the End-of-RIB that
+// follows the re-announcement lets the router drop its stale path at once,
+// long before the 30 s restart time, while the kept routes never leave the
+// FIB.
+func TestGracefulRestartWithdrawsWhatWasReleasedMeanwhile(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
+	defer cancel()
+	f := newFabric(t, 1)
+	f.addNeighbors(t, ctx)
+	kept := Route{Prefix: pfx("203.0.113.60/32")}
+	released := Route{Prefix: pfx("203.0.113.61/32")}
+	gw := f.speaker(t, ctx, 0, true, kept, released)
+	for _, r := range []Route{kept, released} {
+		if err := f.tor.WaitFIB(ctx, r.Prefix, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	watch := f.tor.WatchFIB(t)
+	gw.Kill()
+	if err := waitCond(ctx, func() bool {
+		paths, err := f.tor.Route(ctx, released.Prefix)
+		return err == nil && len(paths) == 1 && paths[0].Stale
+	}); err != nil {
+		t.Fatalf("router did not keep the routes as stale: %v", err)
+	}
+
+	f.speaker(t, ctx, 0, true, kept)
+	if err := f.tor.WaitEstablished(ctx, f.gateways[0].addr); err != nil {
+		t.Fatal(err)
+	}
+	established := time.Now()
+	eorCtx, eorCancel := context.WithTimeout(ctx, 10*time.Second)
+	defer eorCancel()
+	if err := f.tor.WaitFIB(eorCtx, released.Prefix, false); err != nil {
+		t.Fatalf("the released address stayed in the router's FIB: no End-of-RIB? %v", err)
+	}
+	t.Logf("stale route removed %v after the session came back", time.Since(established).Round(time.Millisecond))
+	if ch := watch.Changes(kept.Prefix.Addr().String()); len(ch) != 0 {
+		t.Errorf("the kept route changed in the router's FIB during the restart: %v", ch)
+	}
+	if err := f.tor.WaitFIB(ctx, kept.Prefix, true); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestPeerStateFollowsTheSession(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
 	defer cancel()
 	f := newFabric(t, 1)
@@ -296,6 +347,7 @@ func TestPeerStateFollowsTheSession(t *testing.T) {
 }
 
 func TestSetRoutesWithABadRouteChangesNothing(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
 	f := newFabric(t, 1)
@@ -337,6 +389,7 @@ func TestSetRoutesWithABadRouteChangesNothing(t *testing.T) {
 // session protected by TCP MD5 reaches FRR's kernel FIB through the
 // gateway's IPv6 address.
 func TestIPv6SessionWithPassword(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
 	f := newFabric(t, 1)
