@@ -1,0 +1,214 @@
+package trace_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	v1 "github.com/meridian-sdn/meridian/api/meridian/v1"
+	"github.com/meridian-sdn/meridian/controller"
+	"github.com/meridian-sdn/meridian/controller/apiserver/apitest"
+	"github.com/meridian-sdn/meridian/ctl"
+	"github.com/meridian-sdn/meridian/e2e"
+)
+
+// ctlEnv is a controller serving in-process on loopback and meridianctl
+// (in-process too) talking to it as the system administrator.
+type ctlEnv struct {
+	grpc string
+}
+
+func startController(t testing.TB) *ctlEnv {
+	t.Helper()
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "tokens.yaml")
+	if err := os.WriteFile(tokens, []byte(apitest.TokensYAML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := controller.Defaults()
+	cfg.DataDir, cfg.ListenGRPC, cfg.ListenHTTP, cfg.TokensFile = filepath.Join(dir, "data"), "127.0.0.1:0", "127.0.0.1:0", tokens
+	c, err := controller.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatalf("controller.New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if g, _ := c.Addrs(); g != "" {
+			return &ctlEnv{grpc: g}
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("controller stopped: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("controller did not start listening within 10 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// ctl runs meridianctl with args and returns its standard output.
+func (e *ctlEnv) ctl(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	full := append([]string{"--config=", "--endpoint", e.grpc, "--token", apitest.AdminToken}, args...)
+	err := ctl.Run(context.Background(), full, ctl.Streams{In: strings.NewReader(""), Out: &out, Err: &errOut}, func(string) string { return "" })
+	if err != nil {
+		return out.String(), fmt.Errorf("meridianctl %s: %w\n%s", strings.Join(args, " "), err, errOut.String())
+	}
+	return out.String(), nil
+}
+
+func (e *ctlEnv) apply(t testing.TB, docs string) {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "apply.yaml")
+	if err := os.WriteFile(f, []byte(docs), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := e.ctl(t, "apply", "-f", f); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+}
+
+// trace runs `meridianctl trace -o json` and decodes the answer.
+func (e *ctlEnv) trace(t testing.TB, args ...string) (*v1.TraceResponse, error) {
+	t.Helper()
+	out, err := e.ctl(t, append([]string{"-o", "json", "trace"}, args...)...)
+	if err != nil {
+		return nil, err
+	}
+	var r v1.TraceResponse
+	if err := protojson.Unmarshal([]byte(out), &r); err != nil {
+		return nil, fmt.Errorf("decode trace output: %w\n%s", err, out)
+	}
+	return &r, nil
+}
+
+// flowArgs turns a matrix flow into trace arguments: from the source
+// workload's port to the destination's address (the matrix probes by
+// address), as the probe's connection does, with its reply.
+func flowArgs(sc e2e.Scenario, f e2e.Flow) ([]string, error) {
+	workloads := map[string]e2e.Workload{}
+	for _, w := range sc.Workloads {
+		workloads[w.Name] = w
+	}
+	src, ok := workloads[f.From]
+	if !ok {
+		return nil, fmt.Errorf("source %q is not a workload (nodes as sources are not traced)", f.From)
+	}
+	to := f.To
+	if w, ok := workloads[f.To]; ok {
+		to = w.IP
+		if to == "" {
+			to = w.Port
+		}
+	} else if _, err := netip.ParseAddr(f.To); err != nil {
+		return nil, fmt.Errorf("destination %q is neither a workload nor an address", f.To)
+	}
+	args := []string{"--from", src.Port, "--to", to, "-p", string(f.Proto), "--reply"}
+	if f.Proto != e2e.ICMP {
+		args = append(args, "--dport", strconv.Itoa(int(f.Port)))
+	}
+	return args, nil
+}
+
+// TestTraceAgreesWithScenarioMatrices loads every e2e scenario of issue
+// [2] into a real controller through meridianctl apply, phase by phase,
+// and traces every flow of each phase's matrix with meridianctl trace: the
+// connection's verdict (the first packet, then its reply) must be the
+// matrix's, which the e2e tests check against real packets on the data
+// path. Any disagreement fails the test, with the flow and the stage.
+func TestTraceAgreesWithScenarioMatrices(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("..", "..", "e2e", "testdata", "scenarios", "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no scenario files found under e2e/testdata/scenarios (%v)", err)
+	}
+	total := 0
+	for _, file := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(file), ".yaml"), func(t *testing.T) {
+			sc, err := e2e.LoadScenario(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			env := startController(t)
+			underlay := map[string]netip.Addr{}
+			for i, n := range sc.Nodes {
+				underlay[n.Name] = netip.AddrFrom4([4]byte{192, 0, 2, byte(11 + i)})
+			}
+			docs, err := sc.Documents(underlay)
+			if err != nil {
+				t.Fatal(err)
+			}
+			env.apply(t, docs)
+			for _, ph := range sc.Phases {
+				if ph.Apply != "" {
+					env.apply(t, ph.Apply)
+				}
+				var disagree []string
+				exps := ph.Expectations()
+				for _, e := range exps {
+					args, err := flowArgs(sc, e.Flow)
+					if err != nil {
+						t.Fatalf("phase %s: %s: %v", ph.Name, e.Flow, err)
+					}
+					r, err := env.trace(t, args...)
+					if err != nil {
+						t.Fatalf("phase %s: %s: %v", ph.Name, e.Flow, err)
+					}
+					if r.GetAllowed() != e.Allow {
+						disagree = append(disagree, fmt.Sprintf("  %s: matrix says %s, trace says %s", e.Flow, word(e.Allow), explainVerdict(r)))
+					}
+				}
+				total += len(exps)
+				if len(disagree) > 0 {
+					t.Errorf("phase %s: the trace disagrees with the matrix on %d of %d flows:\n%s",
+						ph.Name, len(disagree), len(exps), strings.Join(disagree, "\n"))
+				}
+			}
+		})
+	}
+	t.Logf("%d flows traced in %d scenario files", total, len(files))
+}
+
+func word(allow bool) string {
+	if allow {
+		return "allow"
+	}
+	return "deny"
+}
+
+// explainVerdict says where a traced connection ended.
+func explainVerdict(r *v1.TraceResponse) string {
+	if r.GetAllowed() {
+		return "allow"
+	}
+	t, which := r.GetForward(), "first packet"
+	if t.GetAllowed() && r.GetReply() != nil {
+		t, which = r.GetReply(), "reply"
+	}
+	st := t.GetStages()
+	if len(st) == 0 {
+		return "deny (no stage)"
+	}
+	last := st[len(st)-1]
+	return fmt.Sprintf("deny: %s dropped at %s by %s %s (%s): %s", which, last.GetStage(), last.GetObject(), last.GetRule(), t.GetDropReason(), last.GetDetail())
+}
