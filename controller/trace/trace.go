@@ -266,7 +266,9 @@ func (w *walk) drop(s Stage, reason string) {
 	w.done = true
 }
 
-func (w *walk) note(format string, a ...any) { w.t.Notes = append(w.t.Notes, fmt.Sprintf(format, a...)) }
+func (w *walk) note(format string, a ...any) {
+	w.t.Notes = append(w.t.Notes, fmt.Sprintf(format, a...))
+}
 
 func (w *walk) finish() {
 	n := len(w.t.Stages)
