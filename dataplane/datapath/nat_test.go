@@ -330,7 +330,7 @@ func natGateway7() NATGateway {
 
 // newGateway builds the gateway fixture; fn runs inside the namespace
 // (bpf_fib_lookup reads the routes of the calling thread's namespace).
-func newGateway(t *testing.T, fn func(g *gateway)) {
+func newGateway(t testing.TB, fn func(g *gateway)) {
 	inNewNetns(t, func(node netns.NsHandle) {
 		must := func(what string, err error) {
 			t.Helper()
