@@ -87,8 +87,6 @@ func TestRoutesFor(t *testing.T) {
 	})
 }
 
-func slicesClone[T any](s []T) []T { return append([]T(nil), s...) }
-
 func TestPeerFromProto(t *testing.T) {
 	p, err := PeerFromProto(&agentv1.BgpPeer{Id: 1, PeerAsn: 65000, PeerAddress: "10.0.0.1", HoldTime: 9, GracefulRestart: true, RestartTime: 30, Password: "s3cret"})
 	if err != nil {
