@@ -2,7 +2,9 @@
 /*
  * Meridian VPC data path: tc (tcx) programs for
  *   - meridian_from_port:    ingress of the host end of a workload veth,
- *   - meridian_from_overlay: ingress of the VXLAN device (external mode).
+ *   - meridian_from_overlay: ingress of the VXLAN device (external mode),
+ *   - meridian_from_uplink:  ingress of a gateway's interface toward the
+ *     fabric (elastic IPs and NAT gateways: gateway.h).
  *
  * Pipeline (see fw/doc.go and dataplane/datapath/doc.go for the why):
  *   from a port: anti-spoofing -> ARP answers -> IPv4 validation ->
@@ -12,6 +14,8 @@
  *   deliver (bpf_redirect_peer) or encapsulate (tunnel key + redirect).
  *   from the overlay: VNI = VPC -> route to a local port -> ACL ingress ->
  *   SG ingress (new flows) -> conntrack commit -> deliver.
+ *   No VPC route: from a port, to a gateway (gateway_of); from the
+ *   overlay, on a gateway, source NAT and out to the fabric (gw_outbound).
  */
 #include "include/vmlinux.h"
 #include <bpf/bpf_helpers.h>
