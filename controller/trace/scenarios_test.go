@@ -69,8 +69,13 @@ func startController(t testing.TB) *ctlEnv {
 // ctl runs meridianctl with args and returns its standard output.
 func (e *ctlEnv) ctl(t testing.TB, args ...string) (string, error) {
 	t.Helper()
+	return e.ctlAs(t, apitest.AdminToken, args...)
+}
+
+func (e *ctlEnv) ctlAs(t testing.TB, token string, args ...string) (string, error) {
+	t.Helper()
 	var out, errOut bytes.Buffer
-	full := append([]string{"--config=", "--endpoint", e.grpc, "--token", apitest.AdminToken}, args...)
+	full := append([]string{"--config=", "--endpoint", e.grpc, "--token", token}, args...)
 	err := ctl.Run(context.Background(), full, ctl.Streams{In: strings.NewReader(""), Out: &out, Err: &errOut}, func(string) string { return "" })
 	if err != nil {
 		return out.String(), fmt.Errorf("meridianctl %s: %w\n%s", strings.Join(args, " "), err, errOut.String())
@@ -211,4 +216,58 @@ func explainVerdict(r *v1.TraceResponse) string {
 	}
 	last := st[len(st)-1]
 	return fmt.Sprintf("deny: %s dropped at %s by %s %s (%s): %s", which, last.GetStage(), last.GetObject(), last.GetRule(), t.GetDropReason(), last.GetDetail())
+}
+
+// TestTraceCommand checks what a person sees: the table names the stage,
+// the security group and the verdict; a user of another organisation may
+// not trace the project's ports; a bad request is refused with the field.
+func TestTraceCommand(t *testing.T) {
+	sc, err := e2e.LoadScenario(filepath.Join("..", "..", "e2e", "testdata", "scenarios", "02-sg-ssh-from-subnet.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := startController(t)
+	docs, err := sc.Documents(map[string]netip.Addr{"node-1": netip.MustParseAddr("192.0.2.11"), "node-2": netip.MustParseAddr("192.0.2.12")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.apply(t, docs)
+
+	out, err := env.ctl(t, "trace", "--from", "projects/ssh/ports/b-1", "--to", "projects/ssh/ports/srv", "-p", "tcp", "--dport", "22")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"forward: tcp 10.0.2.11:40000 -> 10.0.2.22:22 [SYN] (NEW)",
+		"STAGE", "sg-egress", "projects/ssh/securityGroups/client",
+		"sg-ingress", "projects/ssh/securityGroups/ssh",
+		"verdict: DROPPED at sg-ingress by projects/ssh/securityGroups/ssh rule none (SG_INGRESS)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	t.Log("\n" + out)
+	out, err = env.ctl(t, "trace", "--from", "projects/ssh/ports/a-1", "--to", "10.0.2.22", "-p", "tcp", "--dport", "22", "--reply")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"reply: tcp 10.0.2.22:22 -> 10.0.1.11:40000 [SYN,ACK] (ESTABLISHED)", "connection: ALLOWED"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+
+	if _, err := env.ctlAs(t, apitest.UserToken, "trace", "--from", "projects/ssh/ports/a-1", "--to", "10.0.2.22", "-p", "icmp"); err == nil ||
+		!strings.Contains(err.Error(), "another organisation") {
+		t.Errorf("user of another organisation: err = %v, want permission denied", err)
+	}
+	if _, err := env.ctl(t, "trace", "--from", "projects/ssh/ports/a-1", "--to", "10.0.2.22", "-p", "tcp"); err == nil ||
+		!strings.Contains(err.Error(), "destination_port") {
+		t.Errorf("tcp without a port: err = %v, want destination_port named", err)
+	}
+	if _, err := env.ctl(t, "trace", "--from", "projects/ssh/ports/nope", "--to", "10.0.2.22", "-p", "icmp"); err == nil ||
+		!strings.Contains(err.Error(), "no such port") {
+		t.Errorf("unknown port: err = %v, want no such port", err)
+	}
 }
