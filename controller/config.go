@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/meridian-sdn/meridian/controller/ovn"
 )
 
 // Config is the controller's configuration. The config file (YAML) uses the
@@ -29,9 +32,44 @@ type Config struct {
 	// OVNNorthbound, when set, also realizes the model in OVN: the NB
 	// endpoint ("unix:/run/ovn/ovnnb_db.sock", "tcp:127.0.0.1:6641").
 	OVNNorthbound string `json:"ovn_northbound"`
+	// OVNExternal, with OVNNorthbound, is the external network OVN's
+	// gateway router ports attach to; without it elastic IPs and NAT
+	// gateways are not realized in OVN.
+	OVNExternal *OVNExternal `json:"ovn_external,omitempty"`
 	// LogRetention is how many store revisions of history watchers and
 	// reconnecting agents can resume from.
 	LogRetention int `json:"log_retention"`
+}
+
+// OVNExternal describes the external network of the OVN realization (see
+// ovn.ExternalNetwork).
+type OVNExternal struct {
+	CIDR            string `json:"cidr"`         // the network's prefix ("203.0.113.0/24")
+	RouterRange     string `json:"router_range"` // VPC routers' own addresses, inside cidr
+	NextHop         string `json:"next_hop"`     // the fabric router ("" = no default route)
+	Switch          string `json:"switch"`       // external Logical_Switch name ("" = default)
+	PhysicalNetwork string `json:"physical_network"`
+}
+
+// Network parses the configuration into the OVN renderer's form.
+func (e OVNExternal) Network() (ovn.ExternalNetwork, error) {
+	n := ovn.ExternalNetwork{Switch: e.Switch, PhysicalNetwork: e.PhysicalNetwork}
+	var err error
+	if n.CIDR, err = netip.ParsePrefix(e.CIDR); err != nil {
+		return n, fmt.Errorf("ovn_external.cidr: %w", err)
+	}
+	if n.RouterRange, err = netip.ParsePrefix(e.RouterRange); err != nil {
+		return n, fmt.Errorf("ovn_external.router_range: %w", err)
+	}
+	if e.NextHop != "" {
+		if n.NextHop, err = netip.ParseAddr(e.NextHop); err != nil {
+			return n, fmt.Errorf("ovn_external.next_hop: %w", err)
+		}
+	}
+	if _, err := ovn.NewRendererFor(n); err != nil {
+		return n, fmt.Errorf("ovn_external: %w", err)
+	}
+	return n, nil
 }
 
 // Defaults returns the configuration used when nothing is set.
@@ -83,6 +121,14 @@ func (c Config) Validate() error {
 	}
 	if _, err := ParseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
+	}
+	if c.OVNExternal != nil {
+		if c.OVNNorthbound == "" {
+			errs = append(errs, errors.New("ovn_external needs ovn_northbound"))
+		}
+		if _, err := c.OVNExternal.Network(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.LogRetention < 1000 {
 		errs = append(errs, fmt.Errorf("log_retention %d: keep at least 1000 revisions", c.LogRetention))

@@ -94,7 +94,15 @@ func New(cfg Config, log *slog.Logger, agents AgentsFactory) (*Controller, error
 		c.api.SetStatusProvider(c.agents)
 	}
 	if cfg.OVNNorthbound != "" {
-		if c.ovn, err = ovn.NewReconciler(ovn.Config{NB: cfg.OVNNorthbound, Store: st, Logger: log.With("component", "ovn")}); err != nil {
+		oc := ovn.Config{NB: cfg.OVNNorthbound, Store: st, Logger: log.With("component", "ovn")}
+		if cfg.OVNExternal != nil {
+			ext, err := cfg.OVNExternal.Network()
+			if err != nil {
+				return nil, err
+			}
+			oc.External = &ext
+		}
+		if c.ovn, err = ovn.NewReconciler(oc); err != nil {
 			st.Close()
 			return nil, fmt.Errorf("OVN realization: %w", err)
 		}

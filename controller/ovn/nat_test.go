@@ -542,3 +542,18 @@ func TestOutsideDriftIsRepaired(t *testing.T) {
 		})
 	}
 }
+
+// TestSmallBatchesCarryGatewayChassis splits every phase into tiny
+// transactions: a gateway port's chassis rows, children of a row created
+// in an earlier transaction, must still be linked to it.
+func TestSmallBatchesCarryGatewayChassis(t *testing.T) {
+	r := connect(t, ovntest.InMemoryNB(t), func(c *Config) { c.MaxOps = 2 })
+	res := syncExt(t, r, outsideFixture())
+	assertNBMatches(t, r, renderExt(t, outsideFixture()))
+	if res.Transactions < 10 {
+		t.Errorf("%d transactions with 2 operations each at most, want more", res.Transactions)
+	}
+	if got := len(meridianRows(r, nbdb.GatewayChassisTable)); got == 0 {
+		t.Errorf("no Gateway_Chassis rows")
+	}
+}

@@ -53,6 +53,9 @@ type Config struct {
 	MaxOps int
 	// Timeout bounds connecting and each pass (default DefaultTimeout).
 	Timeout time.Duration
+	// External is the network gateway router ports attach to; without it
+	// elastic IPs and NAT gateways are not rendered (see ExternalNetwork).
+	External *ExternalNetwork
 }
 
 // Source supplies the logical model to Run.
@@ -129,7 +132,14 @@ func NewReconciler(cfg Config) (*Reconciler, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	return &Reconciler{cfg: cfg, log: cfg.Logger.With("component", "ovn"), wake: make(chan struct{}, 1), lostC: make(chan struct{}, 1), renderer: NewRenderer()}, nil
+	rr := NewRenderer()
+	if cfg.External != nil {
+		var err error
+		if rr, err = NewRendererFor(*cfg.External); err != nil {
+			return nil, fmt.Errorf("ovn: external network: %w", err)
+		}
+	}
+	return &Reconciler{cfg: cfg, log: cfg.Logger.With("component", "ovn"), wake: make(chan struct{}, 1), lostC: make(chan struct{}, 1), renderer: rr}, nil
 }
 
 // Connect connects to the NB database and fills the cache with the tables

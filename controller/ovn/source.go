@@ -20,6 +20,7 @@ import (
 var renderedKinds = []*resource.Kind{
 	resource.KindVpc, resource.KindSubnet, resource.KindPort,
 	resource.KindSecurityGroup, resource.KindNetworkAcl, resource.KindRouteTable,
+	resource.KindElasticIp, resource.KindNatGateway,
 }
 
 // StoreSource drives a logical model from the controller's store, the way
@@ -31,6 +32,7 @@ type StoreSource struct {
 	mu    sync.Mutex
 	m     *model.Model
 	names map[string]struct{} // names of resources of renderedKinds
+	nodes map[string]struct{} // node IDs (gateways among them compile to Gateway objects)
 	rev   int64
 }
 
@@ -76,7 +78,7 @@ func (s *StoreSource) Run(ctx context.Context, changed func()) error {
 
 func (s *StoreSource) load(ctx context.Context) error {
 	m := model.New(s.log)
-	names := map[string]struct{}{}
+	names, nodes := map[string]struct{}{}, map[string]struct{}{}
 	var rev int64
 	err := s.st.View(ctx, func(tx store.ReadTx) error {
 		rev = tx.Revision()
@@ -92,13 +94,20 @@ func (s *StoreSource) load(ctx context.Context) error {
 				names[strings.TrimPrefix(kv.Key, k.Prefix())] = struct{}{}
 			}
 		}
+		kvs, err := tx.List(resource.KindNode.Prefix(), "", 0)
+		if err != nil {
+			return fmt.Errorf("list %s: %w", resource.KindNode.Prefix(), err)
+		}
+		for _, kv := range kvs {
+			nodes[nodeID(kv.Key)] = struct{}{}
+		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("ovn: load the model from the store: %w", err)
 	}
 	s.mu.Lock()
-	s.m, s.names, s.rev = m, names, rev
+	s.m, s.names, s.nodes, s.rev = m, names, nodes, rev
 	s.mu.Unlock()
 	return nil
 }
@@ -134,6 +143,14 @@ func (s *StoreSource) follow(ctx context.Context, changed func()) error {
 
 // track keeps the set of resource names current. Called with s.mu held.
 func (s *StoreSource) track(ev store.Event) {
+	if strings.HasPrefix(ev.KV.Key, resource.KindNode.Prefix()) {
+		if ev.Type == store.EventDelete {
+			delete(s.nodes, nodeID(ev.KV.Key))
+		} else {
+			s.nodes[nodeID(ev.KV.Key)] = struct{}{}
+		}
+		return
+	}
 	for _, k := range renderedKinds {
 		if name, ok := strings.CutPrefix(ev.KV.Key, k.Prefix()); ok {
 			if ev.Type == store.EventDelete {
@@ -146,6 +163,12 @@ func (s *StoreSource) track(ev store.Event) {
 	}
 }
 
+// nodeID is the ID of the node whose store key is key
+// ("res/Node/nodes/n1" -> "n1").
+func nodeID(key string) string {
+	return strings.TrimPrefix(strings.TrimPrefix(key, resource.KindNode.Prefix()), resource.KindNode.Collection+"/")
+}
+
 // Objects implements Source.
 func (s *StoreSource) Objects() (map[string]*agentv1.Object, int64) {
 	s.mu.Lock()
@@ -156,6 +179,13 @@ func (s *StoreSource) Objects() (map[string]*agentv1.Object, int64) {
 	}
 	for name := range s.names {
 		if o := s.m.Object(s.m.KeyOf(name)); o != nil {
+			out[o.GetKey()] = o
+		}
+	}
+	// Nodes with the gateway role compile to Gateway objects too: the
+	// chassis of gateway router ports.
+	for id := range s.nodes {
+		if o := s.m.Object("gateway/" + id); o != nil {
 			out[o.GetKey()] = o
 		}
 	}

@@ -76,3 +76,54 @@ func TestRunFollowsTheStore(t *testing.T) {
 		t.Fatalf("switch port of a deleted port left: %+v", lsp)
 	}
 }
+
+// TestSourceGivesTheOutsideObjects checks that the store source hands the
+// renderer what issue [4] adds: elastic IPs, NAT gateways, and a Gateway
+// object per node with the gateway role (and none for other nodes).
+func TestSourceGivesTheOutsideObjects(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "meridian.db"), store.Options{Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	vpc := &mv1.Vpc{Name: "projects/p/vpcs/v", CidrBlocks: []string{"10.0.0.0/16"}, Id: 1, Vni: 1001}
+	subnet := &mv1.Subnet{Name: "projects/p/vpcs/v/subnets/s", CidrBlock: "10.0.1.0/24", Id: 11}
+	port := &mv1.Port{Name: "projects/p/ports/web", Subnet: subnet.Name, MacAddress: "02:00:00:00:01:05",
+		FixedIps: []string{"10.0.1.5"}, Id: 105, Node: "nodes/w1"}
+	pool := &mv1.PublicAddressPool{Name: "publicAddressPools/inet", Cidrs: []string{"203.0.113.0/24"}, Id: 3}
+	eip := &mv1.ElasticIp{Name: "projects/p/elasticIps/e", Pool: pool.Name, Address: "203.0.113.7", Port: port.Name, PrivateIp: "10.0.1.5", Id: 7}
+	gw := &mv1.Node{Name: "nodes/g1", UnderlayIp: "192.0.2.1", Roles: []mv1.NodeRole{mv1.NodeRole_GATEWAY}}
+	worker := &mv1.Node{Name: "nodes/w1", UnderlayIp: "192.0.2.2", Roles: []mv1.NodeRole{mv1.NodeRole_COMPUTE}}
+	put(t, st, vpc, subnet, port, pool, eip, gw, worker)
+
+	src := NewStoreSource(st, quiet())
+	ctx, cancel := context.WithCancel(testCtx(t))
+	changed := make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- src.Run(ctx, func() {
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	<-changed
+	objs, _ := src.Objects()
+	for _, key := range []string{"eip/7", "gateway/g1", "port/105"} {
+		if objs[key] == nil {
+			t.Errorf("source misses %s (has %d objects)", key, len(objs))
+		}
+	}
+	if objs["gateway/w1"] != nil {
+		t.Errorf("a compute node became a gateway object")
+	}
+	// A node that loses the gateway role stops being one.
+	gw.Roles = []mv1.NodeRole{mv1.NodeRole_COMPUTE}
+	rev := put(t, st, gw)
+	eventually(t, "gateway/g1 gone", func() bool {
+		objs, r := src.Objects()
+		return r >= rev && objs["gateway/g1"] == nil
+	})
+}

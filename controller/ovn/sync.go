@@ -319,10 +319,11 @@ func (p *pass) prefer(s *tableSpec, id, u string, m, kept model.Model) bool {
 	return u < ku
 }
 
-// run reconciles in four phases, each committed before the next so later
+// run reconciles in phases, each committed before the next so later
 // phases can name the UUIDs earlier ones created:
 //  1. root rows (routers, switches, DHCP options, address sets, port groups);
-//  2. children: unlink unwanted ones, then create, update and link;
+//  2. children: unlink unwanted ones, then create, update and link those
+//     of root rows, then those of the children (gateway chassis);
 //  3. memberships (port group ports), now that the ports exist;
 //  4. delete root rows nothing wants any more.
 //
@@ -338,6 +339,7 @@ func (p *pass) run(ctx context.Context) error {
 		fn   func() ([]unit, error)
 	}{
 		{"roots", p.roots}, {"unlink", p.unlinkChildren}, {"children", p.children},
+		{"grandchildren", p.grandchildren},
 		{"members", p.members}, {"delete", p.deleteRoots},
 	}
 	for _, ph := range phases {
@@ -517,9 +519,51 @@ func (p *pass) unlinkChildren() ([]unit, error) {
 
 // children creates missing children together with their links, and
 // updates children already in place.
-func (p *pass) children() ([]unit, error) {
+func (p *pass) children() ([]unit, error) { return p.childrenOf(true) }
+
+// grandchildren does the same for the children of non-root rows (a gateway
+// router port's Gateway_Chassis), once their parents, created in the
+// previous phase, have real UUIDs: a parent created this pass is named by
+// a named UUID, which only means something inside its own transaction,
+// and the previous phase may span several.
+func (p *pass) grandchildren() ([]unit, error) {
+	units, err := p.childrenOf(false)
+	if err != nil || p.scope == nil {
+		return units, err
+	}
+	// Children whose content changed under a parent that did not: updated
+	// in place. One that is missing needs its parent, which a full pass
+	// finds.
+	for _, s := range specs {
+		if s.root {
+			continue
+		}
+		for _, want := range p.rows(s.name) {
+			if p.handled[rowRef{s.name, want.ID}] {
+				continue
+			}
+			if p.actual[s.name].byID[want.ID] == nil {
+				return nil, errNeedFull
+			}
+			u, err := p.upsert(s, want)
+			if err != nil {
+				return nil, err
+			}
+			if u != nil {
+				units = append(units, *u)
+			}
+		}
+	}
+	return units, nil
+}
+
+// childrenOf reconciles the children of root parents, or of non-root ones.
+func (p *pass) childrenOf(roots bool) ([]unit, error) {
 	var units []unit
 	for _, s := range specs {
+		if s.root != roots {
+			continue
+		}
 		for _, want := range p.rows(s.name) {
 			pu, ok := p.uuid[s.name][want.ID]
 			if !ok {
@@ -575,32 +619,6 @@ func (p *pass) children() ([]unit, error) {
 				link.ops = append(link.ops, ops...)
 				link.counts.Linked += len(linked)
 				units = append(units, link)
-			}
-		}
-	}
-	if p.scope == nil {
-		return units, nil
-	}
-	// Children whose content changed under a parent that did not: updated
-	// in place. One that is missing needs its parent, which a full pass
-	// finds.
-	for _, s := range specs {
-		if s.root {
-			continue
-		}
-		for _, want := range p.rows(s.name) {
-			if p.handled[rowRef{s.name, want.ID}] {
-				continue
-			}
-			if p.actual[s.name].byID[want.ID] == nil {
-				return nil, errNeedFull
-			}
-			u, err := p.upsert(s, want)
-			if err != nil {
-				return nil, err
-			}
-			if u != nil {
-				units = append(units, *u)
 			}
 		}
 	}
