@@ -38,12 +38,9 @@ type Model struct {
 	// byAddr: {VPC, address} -> port holding it (bound or not).
 	byAddr map[vpcAddr]*agentv1.Port
 	// members: per VPC, remote group -> addresses of its ports.
+	// Rules are converted to fw's form when a trace meets them, not here:
+	// a trace meets a few groups, and the index is rebuilt on every change.
 	members map[uint32]fw.GroupMembers
-	sgRules map[uint32][]fw.SGRule // security group ID -> rules (IPv4)
-	acls    map[uint32]*fw.ACL     // network ACL ID -> ACL (IPv4)
-	// ruleGroup: security-group rule ID -> group ID, to name the group.
-	ruleGroup map[uint32]uint32
-	aclRules  map[uint32]*agentv1.Rule // ACL rule ID -> rule (for its number)
 
 	eipByAddr  map[netip.Addr]*agentv1.ElasticIp
 	eipByPriv  map[vpcAddr]*agentv1.ElasticIp // port-associated ones, by {VPC, private IP}
@@ -52,10 +49,6 @@ type Model struct {
 	gateways   []*agentv1.Gateway // sorted by node
 	vpcPrefix  map[uint32][]netip.Prefix
 	gatewaySet map[string]bool
-
-	// problems are objects the model could not read (bad CIDRs): shown as
-	// notes, because a trace through them may be wrong.
-	problems []string
 }
 
 type vpcAddr struct {
@@ -75,10 +68,6 @@ func NewModel(objs Objects) *Model {
 		portsByName: make(map[string]*agentv1.Port, len(x.Ports)),
 		byAddr:      make(map[vpcAddr]*agentv1.Port, len(x.Ports)),
 		members:     map[uint32]fw.GroupMembers{},
-		sgRules:     make(map[uint32][]fw.SGRule, len(x.SecurityGroups)),
-		acls:        make(map[uint32]*fw.ACL, len(x.NetworkACLs)),
-		ruleGroup:   map[uint32]uint32{},
-		aclRules:    map[uint32]*agentv1.Rule{},
 		eipByAddr:   map[netip.Addr]*agentv1.ElasticIp{},
 		eipByPriv:   map[vpcAddr]*agentv1.ElasticIp{},
 		ngwByAddr:   map[netip.Addr]*agentv1.NatGateway{},
@@ -97,26 +86,6 @@ func NewModel(objs Objects) *Model {
 			for _, g := range p.GetSecurityGroupIds() {
 				mem[g] = append(mem[g], a)
 			}
-		}
-	}
-	for id, sg := range x.SecurityGroups {
-		rules, err := sgRules(sg)
-		if err != nil {
-			m.problems = append(m.problems, err.Error())
-		}
-		m.sgRules[id] = rules
-		for _, r := range sg.GetRules() {
-			m.ruleGroup[r.GetId()] = id
-		}
-	}
-	for id, a := range x.NetworkACLs {
-		acl, err := aclOf(a)
-		if err != nil {
-			m.problems = append(m.problems, err.Error())
-		}
-		m.acls[id] = acl
-		for _, r := range a.GetRules() {
-			m.aclRules[r.GetId()] = r
 		}
 	}
 	for id, v := range x.VPCs {
@@ -153,7 +122,6 @@ func NewModel(objs Objects) *Model {
 	}
 	slices.SortFunc(m.gateways, func(a, b *agentv1.Gateway) int { return strings.Compare(a.GetNode(), b.GetNode()) })
 	slices.SortFunc(m.ngws, func(a, b *agentv1.NatGateway) int { return int(a.GetId()) - int(b.GetId()) })
-	slices.Sort(m.problems)
 	return m
 }
 

@@ -276,7 +276,6 @@ func (w *walk) finish() {
 	if w.t.State == StateNew {
 		w.note("traced as the first packet of a connection (conntrack NEW): security groups and network ACLs apply")
 	}
-	w.t.Notes = append(w.t.Notes, w.m.problems...)
 }
 
 // realization of a node: "ebpf" (the default) or "ovn".
@@ -404,11 +403,15 @@ func (w *walk) acl(node string, sub *agentv1.Subnet, d fw.Direction, pkt Packet)
 		w.add(Stage{Stage: name, Node: node, Object: sub.GetName(), Verdict: Pass, Detail: "the subnet has no network ACL: allowed"})
 		return true
 	}
-	acl, obj := w.m.acls[id], w.m.x.NetworkACLs[id]
-	if acl == nil || obj == nil {
+	obj := w.m.x.NetworkACLs[id]
+	if obj == nil {
 		w.drop(Stage{Stage: name, Node: node, Object: sub.GetName(),
 			Detail: fmt.Sprintf("the subnet's network ACL %d is not in the model: the data path denies", id)}, "ACL_"+strings.ToUpper(d.String()))
 		return false
+	}
+	acl, err := aclOf(obj)
+	if err != nil {
+		w.note("%v: those rules are left out, as the data path leaves them out", err)
 	}
 	allowed, rid := acl.Evaluate(d, pkt.fw())
 	s := Stage{Stage: name, Node: node, Object: obj.GetName()}
@@ -422,7 +425,7 @@ func (w *walk) acl(node string, sub *agentv1.Subnet, d fw.Direction, pkt Packet)
 		w.drop(s, "ACL_"+strings.ToUpper(d.String()))
 		return false
 	}
-	r := w.m.aclRules[rid]
+	r := ruleByID(obj.GetRules(), rid)
 	s.Rule = fmt.Sprintf("%d: %s", r.GetNumber(), describeRule(r))
 	if allowed {
 		s.Verdict, s.Detail = Pass, fmt.Sprintf("rule %d (the lowest number matching %s) allows", r.GetNumber(), remote)
@@ -458,7 +461,11 @@ func (w *walk) sg(node string, p *agentv1.Port, d fw.Direction, pkt Packet, est 
 			continue
 		}
 		names = append(names, obj.GetName())
-		pol := fw.SecurityGroupPolicy{ID: g, Rules: w.m.sgRules[g]}
+		rules, err := sgRules(obj)
+		if err != nil {
+			w.note("%v: those rules are left out, as the data path leaves them out", err)
+		}
+		pol := fw.SecurityGroupPolicy{ID: g, Rules: rules}
 		if ok, rid := pol.Evaluate(d, fp, members); ok {
 			w.add(Stage{Stage: name, Node: node, Object: obj.GetName(), Rule: ruleDesc(obj, rid), Verdict: Pass,
 				Detail: fmt.Sprintf("rule %d of %s allows", rid, obj.GetName())})
@@ -475,12 +482,17 @@ func (w *walk) sg(node string, p *agentv1.Port, d fw.Direction, pkt Packet, est 
 }
 
 func ruleDesc(sg *agentv1.SecurityGroup, id uint32) string {
-	for _, r := range sg.GetRules() {
+	return fmt.Sprintf("#%d: %s", id, describeRule(ruleByID(sg.GetRules(), id)))
+}
+
+// ruleByID finds a rule of one object: rule IDs are unique within it.
+func ruleByID(rules []*agentv1.Rule, id uint32) *agentv1.Rule {
+	for _, r := range rules {
 		if r.GetId() == id {
-			return fmt.Sprintf("#%d: %s", id, describeRule(r))
+			return r
 		}
 	}
-	return fmt.Sprintf("#%d", id)
+	return nil
 }
 
 // describeRule renders a compiled rule as a person reads it.
