@@ -10,6 +10,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -222,4 +223,34 @@ func TestOutsideTranslationRejectsBadObjects(t *testing.T) {
 	if err != nil || len(g.Addresses) != 1 || len(g.SNAT) != 0 {
 		t.Fatalf("%+v, %v: want the IPv4 address only, no SNAT on a non-owner", g, err)
 	}
+}
+
+// TestNATMetrics: the agent's /metrics exports each NAT gateway's active
+// flows and port exhaustion.
+func TestNATMetrics(t *testing.T) {
+	inPrivateNetns(t, func(dp *datapath.Datapath) {
+		err := dp.UpsertNATGateway(datapath.NATGateway{ID: 9, VPC: 100, Addresses: []netip.Addr{netip.MustParseAddr("198.51.100.9")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(newDropCollector(dp))
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]string{}
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "nat_gateway" {
+						got[mf.GetName()] = l.GetValue()
+					}
+				}
+			}
+		}
+		if got["meridian_agent_nat_active_flows"] != "9" || got["meridian_agent_nat_port_exhausted_total"] != "9" {
+			t.Fatalf("NAT metrics by family: %v, want both for NAT gateway 9", got)
+		}
+	})
 }

@@ -79,18 +79,32 @@ func (a *Agent) watchDrops(ctx context.Context) {
 // dropCollector exports the data path's drop counters per reason and port
 // at scrape time, so nothing is copied between scrapes.
 type dropCollector struct {
-	dp   *datapath.Datapath
-	desc *prometheus.Desc
-	ct   *prometheus.Desc
+	dp        *datapath.Datapath
+	desc      *prometheus.Desc
+	ct        *prometheus.Desc
+	natFlows  *prometheus.Desc
+	natExhaus *prometheus.Desc
 }
 
-func (c *dropCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc; ch <- c.ct }
+func (c *dropCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.desc
+	ch <- c.ct
+	ch <- c.natFlows
+	ch <- c.natExhaus
+}
 
 func (c *dropCollector) Collect(ch chan<- prometheus.Metric) {
 	drops, err := c.dp.Drops()
 	if err == nil {
 		for _, d := range drops {
 			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(d.Packets), d.Reason.String(), strconv.Itoa(int(d.Port)))
+		}
+	}
+	if nat, err := c.dp.NATStats(); err == nil { // gateway nodes: their NAT gateways
+		for _, n := range nat {
+			id := strconv.FormatUint(uint64(n.ID), 10)
+			ch <- prometheus.MustNewConstMetric(c.natFlows, prometheus.GaugeValue, float64(n.ActiveFlows), id)
+			ch <- prometheus.MustNewConstMetric(c.natExhaus, prometheus.CounterValue, float64(n.PortExhausted), id)
 		}
 	}
 	if st, err := c.dp.ConntrackStats(); err == nil {
@@ -101,15 +115,25 @@ func (c *dropCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// newDropCollector exports the data path's counters: drops, conntrack
+// events and, on gateway nodes, the NAT gateways' flows and exhaustion.
+func newDropCollector(dp *datapath.Datapath) *dropCollector {
+	return &dropCollector{
+		dp:   dp,
+		desc: prometheus.NewDesc("meridian_agent_drops_total", "Packets dropped by the data path, by reason and port ID.", []string{"reason", "port"}, nil),
+		ct:   prometheus.NewDesc("meridian_agent_conntrack_events_total", "Conntrack table events.", []string{"event"}, nil),
+		natFlows: prometheus.NewDesc("meridian_agent_nat_active_flows", "Active flows of a NAT gateway on this gateway node.",
+			[]string{"nat_gateway"}, nil),
+		natExhaus: prometheus.NewDesc("meridian_agent_nat_port_exhausted_total",
+			"New flows of a NAT gateway refused for want of a free source port.", []string{"nat_gateway"}, nil),
+	}
+}
+
 // serveMetrics serves /metrics and /healthz on addr until ctx is done.
 func (a *Agent) serveMetrics(ctx context.Context, addr string) error {
 	reg := prometheus.NewRegistry()
 	if a.dp != nil { // the OVN realization has no eBPF counters
-		reg.MustRegister(&dropCollector{
-			dp:   a.dp,
-			desc: prometheus.NewDesc("meridian_agent_drops_total", "Packets dropped by the data path, by reason and port ID.", []string{"reason", "port"}, nil),
-			ct:   prometheus.NewDesc("meridian_agent_conntrack_events_total", "Conntrack table events.", []string{"event"}, nil),
-		})
+		reg.MustRegister(newDropCollector(a.dp))
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meridian_agent_desired_version", Help: "Version of the desired state received."},
 		func() float64 { a.mu.Lock(); defer a.mu.Unlock(); return float64(a.version) }))
