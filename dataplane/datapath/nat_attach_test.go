@@ -399,3 +399,94 @@ func echoOver(t testing.TB, c, peer net.Conn, n int) {
 		}
 	}
 }
+
+// TestNATExhaustionRealTraffic: a NAT gateway with two ports serves two
+// connections; a third fails cleanly and is counted, the open connections
+// keep working, the gateway host answers as before; once a port is free
+// again (its flow closed and timed out) a new connection gets through.
+func TestNATExhaustionRealTraffic(t *testing.T) {
+	bpffs := privateBPFFS(t)
+	inNewNetns(t, func(node netns.NsHandle) {
+		g := newGatewayTopology(t, node, bpffs)
+		if err := g.dg.UpsertNATGateway(NATGateway{ID: 7, VPC: 100, Addresses: []netip.Addr{g.natIP},
+			SNAT: []netip.Prefix{netip.MustParsePrefix("10.0.1.0/24")}, PortMin: 30000, PortMax: 30001}); err != nil {
+			t.Fatal(err)
+		}
+		var lis net.Listener
+		var err error
+		inNs(t, g.outNs, node, func() { lis, err = net.Listen("tcp4", g.outIP.String()+":9090") })
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { lis.Close() })
+		go func() {
+			for {
+				c, err := lis.Accept()
+				if err != nil {
+					return
+				}
+				go func() { defer c.Close(); io.Copy(c, c) }()
+			}
+		}()
+		exhausted := func() uint64 {
+			st, err := g.dg.NATStats()
+			if err != nil || len(st) != 1 {
+				t.Fatalf("NAT stats %+v, %v", st, err)
+			}
+			return st[0].PortExhausted
+		}
+		inNs(t, g.w2.ns, node, func() {
+			d := net.Dialer{Timeout: 2 * time.Second}
+			var open []net.Conn
+			for i := range 2 {
+				c, err := d.Dial("tcp4", g.outIP.String()+":9090")
+				if err != nil {
+					t.Fatalf("connection %d: %v", i, err)
+				}
+				defer c.Close()
+				open = append(open, c)
+			}
+			short := net.Dialer{Timeout: 500 * time.Millisecond}
+			if c, err := short.Dial("tcp4", g.outIP.String()+":9090"); err == nil {
+				c.Close()
+				t.Fatal("a third connection got through two ports")
+			}
+			if n := exhausted(); n == 0 {
+				t.Fatal("port exhaustion not counted")
+			}
+			for _, c := range open {
+				echoOver(t, c, nil, 1<<10)
+			}
+			// a closed flow's port comes back after its timeout
+			if err := g.dg.SetNATTimeouts(NATTimeouts{TCPClosed: 50 * time.Millisecond}); err != nil {
+				t.Fatal(err)
+			}
+			open[0].Close()
+			time.Sleep(300 * time.Millisecond)
+			c, err := d.Dial("tcp4", g.outIP.String()+":9090")
+			if err != nil {
+				t.Fatalf("no connection once a port was free again: %v (exhausted %d)", err, exhausted())
+			}
+			defer c.Close()
+			echoOver(t, c, nil, 1<<10)
+		})
+		// the gateway host is unaffected: it answers on its uplink
+		inNs(t, g.outNs, node, func() {
+			if from, err := ping(t, g.uplinkIP, 77); err != nil || from != g.uplinkIP {
+				t.Fatalf("gateway host after exhaustion: reply from %v, %v", from, err)
+			}
+		})
+		if ds, _ := g.dg.Drops(); !hasDrop(ds, DropNATExhausted) {
+			t.Fatalf("gateway drops %v, want nat-port-exhausted", ds)
+		}
+	})
+}
+
+func hasDrop(ds []DropCount, r DropReason) bool {
+	for _, d := range ds {
+		if d.Reason == r && d.Packets > 0 {
+			return true
+		}
+	}
+	return false
+}
