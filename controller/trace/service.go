@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -29,18 +30,26 @@ import (
 const DefaultSourcePort = 40000
 
 // Service serves TraceService from the controller's store. It builds the
-// logical model the way the distributor does (controller/model) and keeps
-// it until the store's revision moves, so repeated traces cost only the
-// walk.
+// logical model the way the distributor does (controller/model), once;
+// when the store's revision has moved at the next trace, it applies the
+// changes since (the store's change log, as the distributor's watch does)
+// and rebuilds only the trace's index, so a trace after a change does not
+// pay a full build.
 type Service struct {
 	v1.UnimplementedTraceServiceServer
 	st  store.Store
 	log *slog.Logger
 
-	mu  sync.Mutex // guards rev and m: one rebuild at a time
-	rev int64
-	m   *Model
+	mu     sync.Mutex // guards the fields below: one update at a time
+	rev    int64      // revision of m
+	m      *Model
+	mod    *model.Model // the logical model, at modRev
+	modRev int64
 }
+
+// catchUpTimeout bounds reading the change log; past it (or on any error,
+// such as a compacted log) the model is rebuilt from a full listing.
+const catchUpTimeout = 5 * time.Second
 
 // NewService returns the service on st. A nil logger means slog.Default().
 func NewService(st store.Store, log *slog.Logger) *Service {
@@ -57,15 +66,63 @@ func (s *Service) Register(g *grpc.Server) { v1.RegisterTraceServiceServer(g, s)
 func (s *Service) Model(ctx context.Context) (*Model, int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.m != nil && s.rev == s.st.Revision() {
+	cur := s.st.Revision()
+	if s.m != nil && s.rev == cur {
 		return s.m, s.rev, nil
 	}
-	m, rev, err := Load(ctx, s.st, s.log)
-	if err != nil {
-		return nil, 0, err
+	if s.mod != nil {
+		err := s.catchUp(ctx, cur)
+		if err == nil {
+			s.m, s.rev = NewModel(s.mod.Objects()), s.modRev
+			return s.m, s.rev, nil
+		}
+		s.log.Warn("trace: model catch-up failed, rebuilding it", "from", s.modRev, "to", cur, "err", err)
 	}
-	s.m, s.rev = m, rev
-	return m, rev, nil
+	err := s.st.View(ctx, func(tx store.ReadTx) error {
+		mod := model.New(s.log)
+		if err := mod.Load(tx); err != nil {
+			return err
+		}
+		s.mod, s.modRev = mod, tx.Revision()
+		return nil
+	})
+	if err != nil {
+		s.mod = nil
+		return nil, 0, fmt.Errorf("trace: load the model: %w", err)
+	}
+	s.m, s.rev = NewModel(s.mod.Objects()), s.modRev
+	return s.m, s.rev, nil
+}
+
+// catchUp applies the store's changes after modRev up to revision upTo.
+// It watches every key: each revision then has a response, so reaching
+// upTo is seen even if the last revisions touched no resource.
+func (s *Service) catchUp(ctx context.Context, upTo int64) error {
+	ctx, cancel := context.WithTimeout(ctx, catchUpTimeout)
+	defer cancel()
+	ch, err := s.st.Watch(ctx, "", s.modRev)
+	if err != nil {
+		return fmt.Errorf("watch from revision %d: %w", s.modRev, err)
+	}
+	for s.modRev < upTo {
+		select {
+		case wr, ok := <-ch:
+			if !ok {
+				return fmt.Errorf("watch from revision %d: closed", s.modRev)
+			}
+			if wr.Err != nil {
+				return fmt.Errorf("watch from revision %d: %w", s.modRev, wr.Err)
+			}
+			for _, ev := range wr.Events {
+				s.mod.Apply(ev)
+			}
+			s.modRev = wr.Revision
+		case <-ctx.Done():
+			s.mod = nil // partly applied: rebuild
+			return fmt.Errorf("catch up to revision %d: %w", upTo, ctx.Err())
+		}
+	}
+	return nil
 }
 
 // Load builds a trace model from the store at its current revision.
