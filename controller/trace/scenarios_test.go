@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -26,7 +27,7 @@ import (
 // ctlEnv is a controller serving in-process on loopback and meridianctl
 // (in-process too) talking to it as the system administrator.
 type ctlEnv struct {
-	grpc string
+	grpc, http string
 }
 
 func startController(t testing.TB) *ctlEnv {
@@ -51,8 +52,8 @@ func startController(t testing.TB) *ctlEnv {
 	})
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if g, _ := c.Addrs(); g != "" {
-			return &ctlEnv{grpc: g}
+		if g, h := c.Addrs(); g != "" {
+			return &ctlEnv{grpc: g, http: h}
 		}
 		select {
 		case err := <-done:
@@ -256,6 +257,24 @@ func TestTraceCommand(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
+	}
+
+	// The same over HTTP/JSON.
+	body := `{"source": "projects/ssh/ports/a-1", "destination": "10.0.2.22", "protocol": "tcp", "destinationPort": 22}`
+	hreq, err := http.NewRequest(http.MethodPost, "http://"+env.http+"/v1/trace", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hreq.Header.Set("Authorization", "Bearer "+apitest.AdminToken)
+	resp, err := http.DefaultClient.Do(hreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got v1.TraceResponse
+	raw, _ := io.ReadAll(resp.Body)
+	if err := protojson.Unmarshal(raw, &got); err != nil || resp.StatusCode != http.StatusOK || !got.GetAllowed() {
+		t.Errorf("POST /v1/trace: %s %s (%v), want 200 and allowed", resp.Status, raw, err)
 	}
 
 	if _, err := env.ctlAs(t, apitest.UserToken, "trace", "--from", "projects/ssh/ports/a-1", "--to", "10.0.2.22", "-p", "icmp"); err == nil ||
