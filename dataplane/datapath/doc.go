@@ -46,6 +46,10 @@
 // entries (meridian_from_port_test, meridian_from_uplink_test) report the
 // tunnel key they set in cb[0] and cb[1]. They are never attached.
 //
+// meridian_from_uplink runs on tcx ingress of a gateway node's interface
+// toward the fabric: elastic IPs, port mappings and NAT-gateway replies
+// (see "The outside world" below); everything else returns TCX_NEXT.
+//
 // meridian_from_overlay runs on tcx ingress of the VXLAN device (external /
 // collect-metadata mode): VNI -> VPC, route to a local port (anything else
 // is dropped), ACL ingress, SG ingress (new flows), conntrack commit,
