@@ -426,7 +426,7 @@ func (w *walk) acl(node string, sub *agentv1.Subnet, d fw.Direction, pkt Packet)
 		return false
 	}
 	r := ruleByID(obj.GetRules(), rid)
-	s.Rule = fmt.Sprintf("%d: %s", r.GetNumber(), describeRule(r))
+	s.Rule = fmt.Sprintf("%d: %s", r.GetNumber(), describeRule(r, nil))
 	if allowed {
 		s.Verdict, s.Detail = Pass, fmt.Sprintf("rule %d (the lowest number matching %s) allows", r.GetNumber(), remote)
 		w.add(s)
@@ -467,7 +467,7 @@ func (w *walk) sg(node string, p *agentv1.Port, d fw.Direction, pkt Packet, est 
 		}
 		pol := fw.SecurityGroupPolicy{ID: g, Rules: rules}
 		if ok, rid := pol.Evaluate(d, fp, members); ok {
-			w.add(Stage{Stage: name, Node: node, Object: obj.GetName(), Rule: ruleDesc(obj, rid), Verdict: Pass,
+			w.add(Stage{Stage: name, Node: node, Object: obj.GetName(), Rule: ruleDesc(obj, rid, w.m.x.SecurityGroups), Verdict: Pass,
 				Detail: fmt.Sprintf("rule %d of %s allows", rid, obj.GetName())})
 			return true
 		}
@@ -477,12 +477,39 @@ func (w *walk) sg(node string, p *agentv1.Port, d fw.Direction, pkt Packet, est 
 		remote = "from " + pkt.Src.String()
 	}
 	w.drop(Stage{Stage: name, Node: node, Object: strings.Join(names, ", "), Rule: "none",
-		Detail: fmt.Sprintf("no %s rule of the port's security groups allows %s %s", d, protoName(pkt.Protocol), remote)}, reason)
+		Detail: fmt.Sprintf("no %s rule of the port's security groups allows %s %s%s", d, protoName(pkt.Protocol), remote,
+			considered(w.m, groups, d))}, reason)
 	return false
 }
 
-func ruleDesc(sg *agentv1.SecurityGroup, id uint32) string {
-	return fmt.Sprintf("#%d: %s", id, describeRule(ruleByID(sg.GetRules(), id)))
+// considered lists the rules of direction d that were looked at (the first
+// few), so a person sees what would have had to match.
+func considered(m *Model, groups []uint32, d fw.Direction) string {
+	const show = 5
+	var out []string
+	n := 0
+	for _, g := range groups {
+		for _, r := range m.x.SecurityGroups[g].GetRules() {
+			if r.GetIngress() != (d == fw.Ingress) {
+				continue
+			}
+			if n < show {
+				out = append(out, fmt.Sprintf("#%d %s", r.GetId(), describeRule(r, m.x.SecurityGroups)))
+			}
+			n++
+		}
+	}
+	switch {
+	case n == 0:
+		return fmt.Sprintf(" (the groups have no %s rule)", d)
+	case n > show:
+		out = append(out, fmt.Sprintf("and %d more", n-show))
+	}
+	return " (" + d.String() + " rules: " + strings.Join(out, "; ") + ")"
+}
+
+func ruleDesc(sg *agentv1.SecurityGroup, id uint32, groups map[uint32]*agentv1.SecurityGroup) string {
+	return fmt.Sprintf("#%d: %s", id, describeRule(ruleByID(sg.GetRules(), id), groups))
 }
 
 // ruleByID finds a rule of one object: rule IDs are unique within it.
@@ -496,7 +523,7 @@ func ruleByID(rules []*agentv1.Rule, id uint32) *agentv1.Rule {
 }
 
 // describeRule renders a compiled rule as a person reads it.
-func describeRule(r *agentv1.Rule) string {
+func describeRule(r *agentv1.Rule, groups map[uint32]*agentv1.SecurityGroup) string {
 	var b strings.Builder
 	if r.GetNumber() != 0 || !r.GetAllow() {
 		if r.GetAllow() {
@@ -528,6 +555,9 @@ func describeRule(r *agentv1.Rule) string {
 	switch {
 	case r.GetRemoteGroupId() != 0:
 		remote = "group " + strconv.FormatUint(uint64(r.GetRemoteGroupId()), 10)
+		if g := groups[r.GetRemoteGroupId()]; g != nil {
+			remote = "group " + g.GetName()
+		}
 	case remote == "":
 		remote = "anywhere"
 	}
