@@ -25,6 +25,7 @@ const (
 	portUB = pfx + "ports/unbound"
 	portE  = pfx + "ports/eip"
 	portO  = pfx + "ports/ovn-src"
+	portW2 = pfx + "ports/w2"
 )
 
 func obj(key string, body any) *agentv1.Object {
@@ -57,7 +58,8 @@ func obj(key string, body any) *agentv1.Object {
 //
 //	back ACL: ingress 100 deny tcp/80, 200 allow all;
 //	          egress 100 allow tcp 32768-65535 (replies to clients only)
-//	web SG:   ingress tcp/22 from 10.0.1.0/24; egress all
+//	web SG:   ingress tcp/22 from 10.0.1.0/24, tcp/443 from group client;
+//	          egress all
 //	client:   egress all
 //	route table back: 10.0.1.128/25 blackhole
 func fixture() Objects {
@@ -77,6 +79,7 @@ func fixture() Objects {
 		obj("sg/41", &agentv1.SecurityGroup{Id: 41, Name: sgWeb, VpcId: 1, Rules: []*agentv1.Rule{
 			{Id: 201, Allow: true, Ingress: true, Protocol: 6, PortMin: 22, PortMax: 22, Cidr: "10.0.1.0/24", IcmpType: -1, IcmpCode: -1},
 			all(202, false),
+			{Id: 204, Allow: true, Ingress: true, Protocol: 6, PortMin: 443, PortMax: 443, RemoteGroupId: 42, IcmpType: -1, IcmpCode: -1},
 		}}),
 		obj("sg/42", &agentv1.SecurityGroup{Id: 42, Name: sgCli, VpcId: 1, Rules: []*agentv1.Rule{all(203, false)}}),
 		obj("port/51", &agentv1.Port{Id: 51, Name: portA1, VpcId: 1, SubnetId: 11, Ips: []string{"10.0.1.11"}, Node: "n1", SecurityGroupIds: []uint32{42}, SourceDestCheck: true}),
@@ -85,6 +88,7 @@ func fixture() Objects {
 		obj("port/54", &agentv1.Port{Id: 54, Name: portUB, VpcId: 1, SubnetId: 11, Ips: []string{"10.0.1.13"}, SecurityGroupIds: []uint32{42}, SourceDestCheck: true}),
 		obj("port/55", &agentv1.Port{Id: 55, Name: portE, VpcId: 1, SubnetId: 11, Ips: []string{"10.0.1.14"}, Node: "n1", SecurityGroupIds: []uint32{42}, SourceDestCheck: true}),
 		obj("port/56", &agentv1.Port{Id: 56, Name: portO, VpcId: 1, SubnetId: 12, Ips: []string{"10.0.2.33"}, Node: "n3", SecurityGroupIds: []uint32{42}, SourceDestCheck: true}),
+		obj("port/57", &agentv1.Port{Id: 57, Name: portW2, VpcId: 1, SubnetId: 11, Ips: []string{"10.0.1.15"}, Node: "n1", SecurityGroupIds: []uint32{41}, SourceDestCheck: true}),
 		obj("node/n1", &agentv1.PeerNode{Node: "n1", UnderlayIp: "192.0.2.11", Realization: "ebpf"}),
 		obj("node/n2", &agentv1.PeerNode{Node: "n2", UnderlayIp: "192.0.2.12", Realization: "ebpf"}),
 		obj("node/n3", &agentv1.PeerNode{Node: "n3", UnderlayIp: "192.0.2.13", Realization: "ovn"}),
@@ -126,6 +130,8 @@ func TestStages(t *testing.T) {
 	}{
 		{"allow: SG rule and ACL rule 200, across nodes", tcp(portA1, "10.0.2.22", 22), true, "deliver", portS, "", ""},
 		{"deny by ACL rule 100", tcp(portA1, "10.0.2.22", 80), false, "acl-ingress", aclB, "100: deny ingress tcp/80", "ACL_INGRESS"},
+		{"allow: remote group member", tcp(portA1, "10.0.2.22", 443), true, "deliver", portS, "", ""},
+		{"deny: not a member of the remote group", tcp(portW2, "10.0.2.22", 443), false, "sg-ingress", sgWeb, "none", "SG_INGRESS"},
 		{"deny: no SG rule allows", tcp(portA1, "10.0.2.22", 8080), false, "sg-ingress", sgWeb, "none", "SG_INGRESS"},
 		{"deny: a port in no security group", tcp(portNo, "10.0.2.22", 22), false, "sg-egress", portNo, "none", "SG_EGRESS"},
 		{"deny: ACL egress default rule", Request{From: portS, To: "10.0.1.11", Protocol: fw.ProtoICMP, ICMPType: 8}, false, "acl-egress", aclB, "*", "ACL_EGRESS"},
