@@ -154,8 +154,10 @@ func (w *walk) outbound(node string, src *agentv1.Port, vpc *agentv1.Vpc, pkt Pa
 		s.Detail = fmt.Sprintf("%s is outside the VPC: to a gateway (elastic IP: any live gateway by flow hash: %s)", pkt.Dst, w.gatewayList())
 		w.add(s)
 		w.add(Stage{Stage: "tunnel", Node: node, Verdict: Pass, Detail: fmt.Sprintf("VXLAN VNI %d to the chosen gateway", vpc.GetVni())})
-		w.add(Stage{Stage: "nat", Object: e.GetName(), Rule: pkt.Src.String() + " -> " + e.GetAddress(), Verdict: Pass,
-			Detail: "the gateway rewrites the source to the elastic IP (stateless 1:1)"})
+		if !w.reverseMapping("", src, pkt) {
+			w.add(Stage{Stage: "nat", Object: e.GetName(), Rule: pkt.Src.String() + " -> " + e.GetAddress(), Verdict: Pass,
+				Detail: "the gateway rewrites the source to the elastic IP (stateless 1:1)"})
+		}
 		w.add(Stage{Stage: "uplink", Verdict: Deliver,
 			Detail: "leaves toward the fabric by the gateway's routing table: beyond Meridian from here"})
 		pub, _ := netip.ParseAddr(e.GetAddress())
@@ -189,6 +191,12 @@ func (w *walk) outbound(node string, src *agentv1.Port, vpc *agentv1.Vpc, pkt Pa
 	s.Detail = fmt.Sprintf("%s is outside the VPC: to NAT gateway %s, owned by gateway %s", pkt.Dst, ngw.GetName(), w.nodeDesc(owner))
 	w.add(s)
 	w.add(Stage{Stage: "tunnel", Node: node, Verdict: Pass, Detail: fmt.Sprintf("VXLAN VNI %d to gateway %s", vpc.GetVni(), owner)})
+	if w.reverseMapping(owner, src, pkt) {
+		w.add(Stage{Stage: "uplink", Node: owner, Verdict: Deliver,
+			Detail: "leaves toward the fabric by the gateway's routing table: beyond Meridian from here"})
+		pub, _ := netip.ParseAddr(ngw.GetAddresses()[0])
+		return endpoint{public: pub, pkt: pkt}
+	}
 	nat := Stage{Stage: "nat", Node: owner, Object: ngw.GetName()}
 	if pkt.Protocol != fw.ProtoTCP && pkt.Protocol != fw.ProtoUDP && !(pkt.Protocol == fw.ProtoICMP && pkt.ICMPType == 8) {
 		nat.Detail = fmt.Sprintf("a NAT gateway translates TCP, UDP and ICMP echo only, not %s", protoName(pkt.Protocol))
@@ -289,4 +297,27 @@ func (w *walk) fromOutside(pkt Packet, est *established) endpoint {
 	w.add(nat)
 	pkt.Dst, pkt.DstPort = newDst, newPort
 	return w.toPort("gateway", port, pkt, est != nil)
+}
+
+// reverseMapping adds the nat stage of a packet from a port mapping's
+// private side (a reply to a mapped connection, or any packet from that
+// address and port): gateways translate it back to the mapping's public
+// address and port before anything else (gw_outbound). Reports whether
+// there was one.
+func (w *walk) reverseMapping(node string, src *agentv1.Port, pkt Packet) bool {
+	for _, n := range w.m.ngws {
+		if n.GetVpcId() != src.GetVpcId() {
+			continue
+		}
+		for _, pm := range n.GetPortMappings() {
+			if pm.GetPortId() == src.GetId() && pm.GetPrivateIp() == pkt.Src.String() && pm.GetProtocol() == uint32(pkt.Protocol) &&
+				pm.GetPrivatePort() == uint32(pkt.SrcPort) {
+				w.add(Stage{Stage: "nat", Node: node, Object: n.GetName(), Verdict: Pass,
+					Rule:   fmt.Sprintf("port mapping %s %s:%d -> %s:%d", protoName(pkt.Protocol), pkt.Src, pkt.SrcPort, pm.GetAddress(), pm.GetPublicPort()),
+					Detail: "the gateway rewrites the source back to the mapping's public address and port"})
+				return true
+			}
+		}
+	}
+	return false
 }

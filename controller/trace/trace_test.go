@@ -266,3 +266,57 @@ func TestInvalidRequests(t *testing.T) {
 		}
 	}
 }
+
+// TestPortMappings: a NAT gateway's port mapping lets a connection in from
+// the outside; its reply leaves through the same gateway path as the
+// port's other outbound traffic and is translated back to the mapping. A
+// mapped port outside the NAT gateway's subnets and without an elastic IP
+// has no way out on eBPF nodes (the workload node sends to a gateway only
+// what an elastic IP or a NAT gateway claims), so the reply is dropped
+// there: the trace says so, as the data path would.
+func TestPortMappings(t *testing.T) {
+	objs := fixture()
+	sg := objs["sg/41"].GetSecurityGroup()
+	sg.Rules = append(sg.Rules, &agentv1.Rule{Id: 205, Allow: true, Ingress: true, Protocol: 6, PortMin: 22, PortMax: 22, IcmpType: -1, IcmpCode: -1})
+	objs["ngw/71"] = &agentv1.Object{Key: "ngw/71", Body: &agentv1.Object_NatGateway{NatGateway: &agentv1.NatGateway{
+		Id: 71, Name: pfx + "natGateways/n", VpcId: 1, Vni: 100, Addresses: []string{"203.0.113.20"}, SubnetIds: []uint32{11},
+		SnatCidrs: []string{"10.0.1.0/24"}, PortMin: 1024, PortMax: 65535, OwnerNode: "g1",
+		PortMappings: []*agentv1.PortMapping{
+			{Protocol: 6, Address: "203.0.113.20", PublicPort: 2222, PortId: 57, PrivateIp: "10.0.1.15", PrivatePort: 22, PortNode: "n1"},
+			{Protocol: 6, Address: "203.0.113.20", PublicPort: 2223, PortId: 52, PrivateIp: "10.0.2.22", PrivatePort: 22, PortNode: "n2"},
+		},
+	}}}
+	m := NewModel(objs)
+	in := func(public uint16) Request {
+		return Request{From: "198.51.100.7", To: "203.0.113.20", Protocol: fw.ProtoTCP, SrcPort: 40000, DstPort: public, Reply: true}
+	}
+	res, err := m.Trace(in(2222))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Allowed {
+		t.Fatalf("mapping to w2: forward %s / reply %+v", stageNames(&res.Forward), res.Reply)
+	}
+	rules := ""
+	for _, s := range res.Reply.Stages {
+		rules += s.Rule + "\n"
+	}
+	if !strings.Contains(rules, "port mapping tcp 10.0.1.15:22 -> 203.0.113.20:2222") {
+		t.Errorf("the reply is not translated back by the mapping: %s", rules)
+	}
+	res, err = m.Trace(in(2223))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Allowed || !res.Forward.Allowed || res.Reply.Reason != "NO_ROUTE" {
+		t.Errorf("mapping to srv (subnet b, no elastic IP): connection %v, forward %v, reply %s %s", res.Allowed, res.Forward.Allowed, res.Reply.Reason, stageNames(res.Reply))
+	}
+	// A NAT gateway's address lets nothing else in.
+	res, err = m.Trace(in(2224))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Forward.Reason != "NAT_NO_FLOW" {
+		t.Errorf("unmapped port of a NAT address: %s (%s)", res.Forward.Reason, stageNames(&res.Forward))
+	}
+}
