@@ -296,7 +296,7 @@ func (w *walk) fromOutside(pkt Packet, est *established) endpoint {
 	}
 	w.add(nat)
 	pkt.Dst, pkt.DstPort = newDst, newPort
-	return w.toPort("gateway", port, pkt, est != nil)
+	return w.toPort("(gateway)", port, pkt, est != nil)
 }
 
 // reverseMapping adds the nat stage of a packet from a port mapping's
