@@ -434,6 +434,27 @@ func TestOutside(t *testing.T) {
 		if seen != inetAddr {
 			t.Fatalf("web-1 sees the internet host's connection from %s, want its real address %s", seen, inetAddr)
 		}
+		// The API shows each gateway's session and what it announces
+		// (the agents' node reports).
+		for _, gw := range outsideGateways {
+			var peer struct {
+				Status struct {
+					State      string `json:"state"`
+					Advertised int    `json:"advertised"`
+				} `json:"status"`
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				err := ctlJSON(ctx, r, &peer, "bgp-peer", "get", "bgpPeers/"+gw+"-tor")
+				if err == nil && peer.Status.State == "established" && peer.Status.Advertised >= 1 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("bgp-peer %s-tor status %+v (%v): want established, advertising the elastic IP", gw, peer.Status, err)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		}
 	})
 	if !ok {
 		return
