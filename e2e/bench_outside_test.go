@@ -13,7 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
+	meridianv1 "github.com/meridian-sdn/meridian/api/meridian/v1"
 	"github.com/meridian-sdn/meridian/bgp/frrtest"
+	"github.com/meridian-sdn/meridian/controller/apiserver/apitest"
 	"github.com/meridian-sdn/meridian/dataplane/plumbing"
 )
 
@@ -24,12 +28,21 @@ import (
 // and Meridian's own share: from the API call to the gateway's BGP UPDATE
 // on the wire (GoBGP logs each UPDATE as it writes it to the socket; the
 // agents log at debug level in e2e runs). Each round associates a fresh
-// address with web-1, then disassociates it.
+// address with web-1 by one UpdateElasticIp call (update mask "port") on
+// an open API connection, then disassociates it the same way.
 func BenchmarkAssociateToFIB(b *testing.B) {
 	o := setupOutside(b)
 	r := o.r
 	ctx := b.Context()
 	watch := frrtest.WatchRoutes(b, o.tor.Netns())
+	api := apitest.Dial(b, r.ControllerEndpoint(), r.Token()).Edge
+	setPort := func(name, port string) error {
+		_, err := api.UpdateElasticIp(ctx, &meridianv1.UpdateElasticIpRequest{
+			ElasticIp:  &meridianv1.ElasticIp{Name: name, Port: port},
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"port"}},
+		})
+		return err
+	}
 	const rounds = 30
 	var toFIB, toWire, toAgent []time.Duration
 	for b.Loop() {
@@ -37,16 +50,16 @@ func BenchmarkAssociateToFIB(b *testing.B) {
 		for i := range rounds {
 			addr := fmt.Sprintf("198.51.100.%d", 100+i)
 			pfx := netip.PrefixFrom(netip.MustParseAddr(addr), 32)
-			doc := func(port string) string {
-				return fmt.Sprintf("kind: ElasticIp\nname: projects/demo/elasticIps/bench-%d\npool: publicAddressPools/internet\naddress: %s\nport: %q\n", i, addr, port)
-			}
+			name := fmt.Sprintf("projects/demo/elasticIps/bench-%d", i)
 			// Allocate first: what is timed is the association alone.
-			if err := r.Apply(ctx, doc("")); err != nil {
+			if _, err := api.CreateElasticIp(ctx, &meridianv1.CreateElasticIpRequest{Parent: "projects/demo",
+				ElasticIpId: fmt.Sprintf("bench-%d", i),
+				ElasticIp:   &meridianv1.ElasticIp{Pool: "publicAddressPools/internet", Address: addr}}); err != nil {
 				b.Fatal(err)
 			}
 			seen := len(watch.Changes(addr + " "))
 			start := time.Now()
-			if err := r.Apply(ctx, doc("projects/demo/ports/web-1")); err != nil {
+			if err := setPort(name, "projects/demo/ports/web-1"); err != nil {
 				b.Fatal(err)
 			}
 			for len(watch.Changes(addr+" ")) == seen {
@@ -66,7 +79,7 @@ func BenchmarkAssociateToFIB(b *testing.B) {
 				b.Fatal(err)
 			}
 			toAgent = append(toAgent, recv)
-			if err := r.Apply(ctx, doc("")); err != nil {
+			if err := setPort(name, ""); err != nil {
 				b.Fatal(err)
 			}
 			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
