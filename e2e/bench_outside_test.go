@@ -57,6 +57,9 @@ func BenchmarkAssociateToFIB(b *testing.B) {
 				ElasticIp:   &meridianv1.ElasticIp{Pool: "publicAddressPools/internet", Address: addr}}); err != nil {
 				b.Fatal(err)
 			}
+			// The allocation reaches the gateways as a delta of its own:
+			// let it land, so the delta timed below is the association's.
+			time.Sleep(100 * time.Millisecond)
 			seen := len(watch.Changes(addr + " "))
 			start := time.Now()
 			if err := setPort(name, "projects/demo/ports/web-1"); err != nil {
