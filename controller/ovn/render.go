@@ -118,6 +118,12 @@ type Renderer struct {
 	ext        *ExternalNetwork // nil: no external network, so no gateway ports or NAT
 }
 
+// subnetRows is what ports need of their subnet's rendering.
+type subnetRows struct {
+	ls   *Row   // the switch
+	dhcp string // its DHCPv4 options' meridian:id, "" if none
+}
+
 // portRow is a port's rendered switch port and the DHCP options row it
 // was rendered against: reused while both are the same.
 type portRow struct {
@@ -178,14 +184,17 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 	members := map[uint32][]string{} // sg -> LSP ids
 	cachedPorts := rr.ports
 	rr.ports = make(map[*agentv1.Port]portRow, len(x.Ports))
+	subnets := make(map[uint32]subnetRows, len(x.Subnets))
+	allPorts.Refs["ports"] = make([]string, 0, len(x.Ports))
 	for _, id := range sortedIDs(x.Ports) {
 		p := x.Ports[id]
-		if !d.renderPort(x, p, cachedPorts, rr.ports) {
+		lspID, ok := d.renderPort(x, p, subnets, cachedPorts, rr.ports)
+		if !ok {
 			continue
 		}
-		allPorts.Refs["ports"] = append(allPorts.Refs["ports"], owner("port", id))
+		allPorts.Refs["ports"] = append(allPorts.Refs["ports"], lspID)
 		for _, g := range p.GetSecurityGroupIds() {
-			members[g] = append(members[g], owner("port", id))
+			members[g] = append(members[g], lspID)
 		}
 	}
 	// The groups' ACLs are most of all rows: the table of the last
@@ -342,23 +351,31 @@ func gatewayNetwork(gw, cidr string) string {
 
 // renderPort reports whether the port got a switch port: it needs its
 // subnet's switch.
-func (d *Desired) renderPort(x *agentv1.Index, p *agentv1.Port, cache, next map[*agentv1.Port]portRow) bool {
-	s := x.Subnets[p.GetSubnetId()]
-	if s == nil {
-		return false
+func (d *Desired) renderPort(x *agentv1.Index, p *agentv1.Port, subnets map[uint32]subnetRows, cache, next map[*agentv1.Port]portRow) (string, bool) {
+	sr, ok := subnets[p.GetSubnetId()]
+	if !ok {
+		s := x.Subnets[p.GetSubnetId()]
+		if s == nil {
+			return "", false
+		}
+		own := owner("subnet", s.GetId())
+		sr.ls = d.Row(nbdb.LogicalSwitchTable, own)
+		if dh := d.Row(nbdb.DHCPOptionsTable, own+"/dhcp4"); dh != nil {
+			sr.dhcp = dh.ID
+		}
+		subnets[p.GetSubnetId()] = sr
 	}
-	id := owner("port", p.GetId())
-	ls := d.Row(nbdb.LogicalSwitchTable, owner("subnet", s.GetId()))
-	ls.Refs["ports"] = append(ls.Refs["ports"], id)
-	dhcp := "" // the subnet's DHCPv4 options, which the port uses if it has an IPv4 address
-	if dh := d.Row(nbdb.DHCPOptionsTable, owner("subnet", s.GetId())+"/dhcp4"); dh != nil {
-		dhcp = dh.ID
-	}
+	// The subnet's DHCPv4 options, which the port uses if it has an IPv4
+	// address.
+	dhcp := sr.dhcp
 	if c, ok := cache[p]; ok && c.dhcp == dhcp {
+		sr.ls.Refs["ports"] = append(sr.ls.Refs["ports"], c.row.ID)
 		d.put(c.row)
 		next[p] = c
-		return true
+		return c.row.ID, true
 	}
+	id := owner("port", p.GetId())
+	sr.ls.Refs["ports"] = append(sr.ls.Refs["ports"], id)
 	lsp := &nbdb.LogicalSwitchPort{Name: LogicalPortName(p.GetId())}
 	if mac := p.GetMac(); mac != "" {
 		addr := strings.Join(append([]string{mac}, p.GetIps()...), " ")
@@ -379,7 +396,7 @@ func (d *Desired) renderPort(x *agentv1.Index, p *agentv1.Port, cache, next map[
 		row.Refs["dhcpv4_options"] = []string{dhcp}
 	}
 	next[p] = portRow{row, dhcp}
-	return true
+	return id, true
 }
 
 func hasIPv4(ips []string) bool {
