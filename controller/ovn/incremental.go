@@ -9,11 +9,11 @@ import (
 
 // changedRows compares a new rendering with the previous one and returns,
 // by table, the meridian:ids of the rows that were added, removed or
-// changed: the scope of an incremental pass. Rows of d equal to their
-// predecessor are replaced by it, so that the next comparison, and the
-// reconciler's verified cache, see the same pointer again; most rows
-// (security-group ACLs, switch ports) are already shared by the Renderer
-// and cost one pointer comparison.
+// changed: the scope of an incremental pass. Most rows (security-group
+// ACLs and port groups, switch ports) are shared between consecutive
+// renderings by the Renderer and cost one pointer comparison; d keeps its
+// own rows even where they equal prev's, so that the next rendering, which
+// reuses them, compares by pointer again.
 func changedRows(prev, d *Desired) map[string]map[string]bool {
 	out := map[string]map[string]bool{}
 	mark := func(table, id string) {
@@ -43,7 +43,6 @@ func changedRows(prev, d *Desired) map[string]map[string]bool {
 				switch {
 				case o == r:
 				case o != nil && r != nil && sameRow(s, o, r):
-					rows[id] = o
 				default:
 					mark(table, id)
 				}
@@ -55,7 +54,6 @@ func changedRows(prev, d *Desired) map[string]map[string]bool {
 			switch {
 			case o == r:
 			case o != nil && sameRow(s, o, r):
-				rows[id] = o
 			default:
 				mark(table, id)
 			}
