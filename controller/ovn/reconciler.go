@@ -185,9 +185,20 @@ func (r *Reconciler) Connect(ctx context.Context) error {
 		UpdateFunc: func(table string, old, m model.Model) { r.onRow(table, old); r.onRow(table, m) },
 		DeleteFunc: func(table string, m model.Model) { r.onRow(table, m) },
 	})
+	// Only the columns Meridian manages: decoding and caching the others
+	// (status columns, features Meridian does not use) is most of the
+	// client's work when tens of thousands of rows arrive.
 	var tables []client.MonitorOption
 	for _, s := range specs {
-		tables = append(tables, client.WithTable(reflectZero(s)))
+		m := reflectZero(s)
+		var fields []any
+		for _, c := range s.columns {
+			fields = append(fields, s.fieldPtr(m, c))
+		}
+		for _, r := range s.refs {
+			fields = append(fields, s.fieldPtr(m, r.column))
+		}
+		tables = append(tables, client.WithTable(m, fields...))
 	}
 	if _, err := c.Monitor(cctx, c.NewMonitor(tables...)); err != nil {
 		c.Close()
