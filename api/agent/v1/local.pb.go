@@ -27,6 +27,55 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ReplayRequest_Direction int32
+
+const (
+	ReplayRequest_DIRECTION_UNSPECIFIED ReplayRequest_Direction = 0 // same as FROM_PORT
+	ReplayRequest_FROM_PORT             ReplayRequest_Direction = 1 // sent by the port's workload
+	ReplayRequest_TO_PORT               ReplayRequest_Direction = 2 // arriving for the port from another node over VXLAN
+)
+
+// Enum value maps for ReplayRequest_Direction.
+var (
+	ReplayRequest_Direction_name = map[int32]string{
+		0: "DIRECTION_UNSPECIFIED",
+		1: "FROM_PORT",
+		2: "TO_PORT",
+	}
+	ReplayRequest_Direction_value = map[string]int32{
+		"DIRECTION_UNSPECIFIED": 0,
+		"FROM_PORT":             1,
+		"TO_PORT":               2,
+	}
+)
+
+func (x ReplayRequest_Direction) Enum() *ReplayRequest_Direction {
+	p := new(ReplayRequest_Direction)
+	*p = x
+	return p
+}
+
+func (x ReplayRequest_Direction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReplayRequest_Direction) Descriptor() protoreflect.EnumDescriptor {
+	return file_agent_v1_local_proto_enumTypes[0].Descriptor()
+}
+
+func (ReplayRequest_Direction) Type() protoreflect.EnumType {
+	return &file_agent_v1_local_proto_enumTypes[0]
+}
+
+func (x ReplayRequest_Direction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReplayRequest_Direction.Descriptor instead.
+func (ReplayRequest_Direction) EnumDescriptor() ([]byte, []int) {
+	return file_agent_v1_local_proto_rawDescGZIP(), []int{7, 0}
+}
+
 type AttachPortRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Port  string                 `protobuf:"bytes,1,opt,name=port,proto3" json:"port,omitempty"` // projects/{project}/ports/{port}
@@ -461,6 +510,230 @@ func (x *ListAttachmentsResponse) GetAttachments() []*Attachment {
 	return nil
 }
 
+// ReplayRequest runs captured frames through a port's data-path pipeline
+// with BPF_PROG_TEST_RUN: no traffic is sent, but the live maps are used, so
+// a replayed packet leaves the traces a real one would (conntrack entries,
+// drop counters and drop events).
+type ReplayRequest struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Port          string                  `protobuf:"bytes,1,opt,name=port,proto3" json:"port,omitempty"` // projects/{project}/ports/{port}, or the port's numeric id on this node
+	Direction     ReplayRequest_Direction `protobuf:"varint,2,opt,name=direction,proto3,enum=agent.v1.ReplayRequest_Direction" json:"direction,omitempty"`
+	Packets       [][]byte                `protobuf:"bytes,3,rep,name=packets,proto3" json:"packets,omitempty"` // Ethernet frames
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplayRequest) Reset() {
+	*x = ReplayRequest{}
+	mi := &file_agent_v1_local_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplayRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplayRequest) ProtoMessage() {}
+
+func (x *ReplayRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_local_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplayRequest.ProtoReflect.Descriptor instead.
+func (*ReplayRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_local_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ReplayRequest) GetPort() string {
+	if x != nil {
+		return x.Port
+	}
+	return ""
+}
+
+func (x *ReplayRequest) GetDirection() ReplayRequest_Direction {
+	if x != nil {
+		return x.Direction
+	}
+	return ReplayRequest_DIRECTION_UNSPECIFIED
+}
+
+func (x *ReplayRequest) GetPackets() [][]byte {
+	if x != nil {
+		return x.Packets
+	}
+	return nil
+}
+
+type ReplayResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`                                  // position in the request, from 0
+	Verdict       string                 `protobuf:"bytes,2,opt,name=verdict,proto3" json:"verdict,omitempty"`                               // drop, deliver, tunnel, arp-reply, pass
+	DropReason    string                 `protobuf:"bytes,3,opt,name=drop_reason,json=dropReason,proto3" json:"drop_reason,omitempty"`       // for drop: the data path's reason, e.g. sg-ingress
+	DropPort      uint32                 `protobuf:"varint,4,opt,name=drop_port,json=dropPort,proto3" json:"drop_port,omitempty"`            // for drop: the port whose policy or state dropped it (0: none yet)
+	OutPort       uint32                 `protobuf:"varint,5,opt,name=out_port,json=outPort,proto3" json:"out_port,omitempty"`               // for deliver: the destination port on this node
+	TunnelRemote  string                 `protobuf:"bytes,6,opt,name=tunnel_remote,json=tunnelRemote,proto3" json:"tunnel_remote,omitempty"` // for tunnel: the node (or gateway) the frame is encapsulated to
+	Vni           uint32                 `protobuf:"varint,7,opt,name=vni,proto3" json:"vni,omitempty"`
+	ConntrackHit  bool                   `protobuf:"varint,8,opt,name=conntrack_hit,json=conntrackHit,proto3" json:"conntrack_hit,omitempty"` // the packet belonged to a tracked connection (security groups skipped)
+	Stages        []string               `protobuf:"bytes,9,rep,name=stages,proto3" json:"stages,omitempty"`                                  // the pipeline stages, in order, as far as the verdict shows them
+	FrameOut      []byte                 `protobuf:"bytes,10,opt,name=frame_out,json=frameOut,proto3" json:"frame_out,omitempty"`             // the frame as the data path left it (deliver, tunnel, arp-reply)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplayResult) Reset() {
+	*x = ReplayResult{}
+	mi := &file_agent_v1_local_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplayResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplayResult) ProtoMessage() {}
+
+func (x *ReplayResult) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_local_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplayResult.ProtoReflect.Descriptor instead.
+func (*ReplayResult) Descriptor() ([]byte, []int) {
+	return file_agent_v1_local_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ReplayResult) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ReplayResult) GetVerdict() string {
+	if x != nil {
+		return x.Verdict
+	}
+	return ""
+}
+
+func (x *ReplayResult) GetDropReason() string {
+	if x != nil {
+		return x.DropReason
+	}
+	return ""
+}
+
+func (x *ReplayResult) GetDropPort() uint32 {
+	if x != nil {
+		return x.DropPort
+	}
+	return 0
+}
+
+func (x *ReplayResult) GetOutPort() uint32 {
+	if x != nil {
+		return x.OutPort
+	}
+	return 0
+}
+
+func (x *ReplayResult) GetTunnelRemote() string {
+	if x != nil {
+		return x.TunnelRemote
+	}
+	return ""
+}
+
+func (x *ReplayResult) GetVni() uint32 {
+	if x != nil {
+		return x.Vni
+	}
+	return 0
+}
+
+func (x *ReplayResult) GetConntrackHit() bool {
+	if x != nil {
+		return x.ConntrackHit
+	}
+	return false
+}
+
+func (x *ReplayResult) GetStages() []string {
+	if x != nil {
+		return x.Stages
+	}
+	return nil
+}
+
+func (x *ReplayResult) GetFrameOut() []byte {
+	if x != nil {
+		return x.FrameOut
+	}
+	return nil
+}
+
+type ReplayResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*ReplayResult        `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplayResponse) Reset() {
+	*x = ReplayResponse{}
+	mi := &file_agent_v1_local_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplayResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplayResponse) ProtoMessage() {}
+
+func (x *ReplayResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_local_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplayResponse.ProtoReflect.Descriptor instead.
+func (*ReplayResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_local_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ReplayResponse) GetResults() []*ReplayResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 var File_agent_v1_local_proto protoreflect.FileDescriptor
 
 const file_agent_v1_local_proto_rawDesc = "" +
@@ -497,13 +770,37 @@ const file_agent_v1_local_proto_rawDesc = "" +
 	"\x05error\x18\a \x01(\tR\x05error\"\x18\n" +
 	"\x16ListAttachmentsRequest\"Q\n" +
 	"\x17ListAttachmentsResponse\x126\n" +
-	"\vattachments\x18\x01 \x03(\v2\x14.agent.v1.AttachmentR\vattachments2\xfd\x01\n" +
+	"\vattachments\x18\x01 \x03(\v2\x14.agent.v1.AttachmentR\vattachments\"\xc2\x01\n" +
+	"\rReplayRequest\x12\x12\n" +
+	"\x04port\x18\x01 \x01(\tR\x04port\x12?\n" +
+	"\tdirection\x18\x02 \x01(\x0e2!.agent.v1.ReplayRequest.DirectionR\tdirection\x12\x18\n" +
+	"\apackets\x18\x03 \x03(\fR\apackets\"B\n" +
+	"\tDirection\x12\x19\n" +
+	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\r\n" +
+	"\tFROM_PORT\x10\x01\x12\v\n" +
+	"\aTO_PORT\x10\x02\"\xa8\x02\n" +
+	"\fReplayResult\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x18\n" +
+	"\averdict\x18\x02 \x01(\tR\averdict\x12\x1f\n" +
+	"\vdrop_reason\x18\x03 \x01(\tR\n" +
+	"dropReason\x12\x1b\n" +
+	"\tdrop_port\x18\x04 \x01(\rR\bdropPort\x12\x19\n" +
+	"\bout_port\x18\x05 \x01(\rR\aoutPort\x12#\n" +
+	"\rtunnel_remote\x18\x06 \x01(\tR\ftunnelRemote\x12\x10\n" +
+	"\x03vni\x18\a \x01(\rR\x03vni\x12#\n" +
+	"\rconntrack_hit\x18\b \x01(\bR\fconntrackHit\x12\x16\n" +
+	"\x06stages\x18\t \x03(\tR\x06stages\x12\x1b\n" +
+	"\tframe_out\x18\n" +
+	" \x01(\fR\bframeOut\"B\n" +
+	"\x0eReplayResponse\x120\n" +
+	"\aresults\x18\x01 \x03(\v2\x16.agent.v1.ReplayResultR\aresults2\xba\x02\n" +
 	"\x11LocalAgentService\x12G\n" +
 	"\n" +
 	"AttachPort\x12\x1b.agent.v1.AttachPortRequest\x1a\x1c.agent.v1.AttachPortResponse\x12G\n" +
 	"\n" +
 	"DetachPort\x12\x1b.agent.v1.DetachPortRequest\x1a\x1c.agent.v1.DetachPortResponse\x12V\n" +
-	"\x0fListAttachments\x12 .agent.v1.ListAttachmentsRequest\x1a!.agent.v1.ListAttachmentsResponseB7Z5github.com/meridian-sdn/meridian/api/agent/v1;agentv1b\x06proto3"
+	"\x0fListAttachments\x12 .agent.v1.ListAttachmentsRequest\x1a!.agent.v1.ListAttachmentsResponse\x12;\n" +
+	"\x06Replay\x12\x17.agent.v1.ReplayRequest\x1a\x18.agent.v1.ReplayResponseB7Z5github.com/meridian-sdn/meridian/api/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_agent_v1_local_proto_rawDescOnce sync.Once
@@ -517,29 +814,38 @@ func file_agent_v1_local_proto_rawDescGZIP() []byte {
 	return file_agent_v1_local_proto_rawDescData
 }
 
-var file_agent_v1_local_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_agent_v1_local_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_agent_v1_local_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_agent_v1_local_proto_goTypes = []any{
-	(*AttachPortRequest)(nil),       // 0: agent.v1.AttachPortRequest
-	(*AttachPortResponse)(nil),      // 1: agent.v1.AttachPortResponse
-	(*DetachPortRequest)(nil),       // 2: agent.v1.DetachPortRequest
-	(*DetachPortResponse)(nil),      // 3: agent.v1.DetachPortResponse
-	(*Attachment)(nil),              // 4: agent.v1.Attachment
-	(*ListAttachmentsRequest)(nil),  // 5: agent.v1.ListAttachmentsRequest
-	(*ListAttachmentsResponse)(nil), // 6: agent.v1.ListAttachmentsResponse
+	(ReplayRequest_Direction)(0),    // 0: agent.v1.ReplayRequest.Direction
+	(*AttachPortRequest)(nil),       // 1: agent.v1.AttachPortRequest
+	(*AttachPortResponse)(nil),      // 2: agent.v1.AttachPortResponse
+	(*DetachPortRequest)(nil),       // 3: agent.v1.DetachPortRequest
+	(*DetachPortResponse)(nil),      // 4: agent.v1.DetachPortResponse
+	(*Attachment)(nil),              // 5: agent.v1.Attachment
+	(*ListAttachmentsRequest)(nil),  // 6: agent.v1.ListAttachmentsRequest
+	(*ListAttachmentsResponse)(nil), // 7: agent.v1.ListAttachmentsResponse
+	(*ReplayRequest)(nil),           // 8: agent.v1.ReplayRequest
+	(*ReplayResult)(nil),            // 9: agent.v1.ReplayResult
+	(*ReplayResponse)(nil),          // 10: agent.v1.ReplayResponse
 }
 var file_agent_v1_local_proto_depIdxs = []int32{
-	4, // 0: agent.v1.ListAttachmentsResponse.attachments:type_name -> agent.v1.Attachment
-	0, // 1: agent.v1.LocalAgentService.AttachPort:input_type -> agent.v1.AttachPortRequest
-	2, // 2: agent.v1.LocalAgentService.DetachPort:input_type -> agent.v1.DetachPortRequest
-	5, // 3: agent.v1.LocalAgentService.ListAttachments:input_type -> agent.v1.ListAttachmentsRequest
-	1, // 4: agent.v1.LocalAgentService.AttachPort:output_type -> agent.v1.AttachPortResponse
-	3, // 5: agent.v1.LocalAgentService.DetachPort:output_type -> agent.v1.DetachPortResponse
-	6, // 6: agent.v1.LocalAgentService.ListAttachments:output_type -> agent.v1.ListAttachmentsResponse
-	4, // [4:7] is the sub-list for method output_type
-	1, // [1:4] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	5,  // 0: agent.v1.ListAttachmentsResponse.attachments:type_name -> agent.v1.Attachment
+	0,  // 1: agent.v1.ReplayRequest.direction:type_name -> agent.v1.ReplayRequest.Direction
+	9,  // 2: agent.v1.ReplayResponse.results:type_name -> agent.v1.ReplayResult
+	1,  // 3: agent.v1.LocalAgentService.AttachPort:input_type -> agent.v1.AttachPortRequest
+	3,  // 4: agent.v1.LocalAgentService.DetachPort:input_type -> agent.v1.DetachPortRequest
+	6,  // 5: agent.v1.LocalAgentService.ListAttachments:input_type -> agent.v1.ListAttachmentsRequest
+	8,  // 6: agent.v1.LocalAgentService.Replay:input_type -> agent.v1.ReplayRequest
+	2,  // 7: agent.v1.LocalAgentService.AttachPort:output_type -> agent.v1.AttachPortResponse
+	4,  // 8: agent.v1.LocalAgentService.DetachPort:output_type -> agent.v1.DetachPortResponse
+	7,  // 9: agent.v1.LocalAgentService.ListAttachments:output_type -> agent.v1.ListAttachmentsResponse
+	10, // 10: agent.v1.LocalAgentService.Replay:output_type -> agent.v1.ReplayResponse
+	7,  // [7:11] is the sub-list for method output_type
+	3,  // [3:7] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_local_proto_init() }
@@ -556,13 +862,14 @@ func file_agent_v1_local_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_local_proto_rawDesc), len(file_agent_v1_local_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   7,
+			NumEnums:      1,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_agent_v1_local_proto_goTypes,
 		DependencyIndexes: file_agent_v1_local_proto_depIdxs,
+		EnumInfos:         file_agent_v1_local_proto_enumTypes,
 		MessageInfos:      file_agent_v1_local_proto_msgTypes,
 	}.Build()
 	File_agent_v1_local_proto = out.File

@@ -28,6 +28,7 @@ const (
 	LocalAgentService_AttachPort_FullMethodName      = "/agent.v1.LocalAgentService/AttachPort"
 	LocalAgentService_DetachPort_FullMethodName      = "/agent.v1.LocalAgentService/DetachPort"
 	LocalAgentService_ListAttachments_FullMethodName = "/agent.v1.LocalAgentService/ListAttachments"
+	LocalAgentService_Replay_FullMethodName          = "/agent.v1.LocalAgentService/Replay"
 )
 
 // LocalAgentServiceClient is the client API for LocalAgentService service.
@@ -40,6 +41,9 @@ type LocalAgentServiceClient interface {
 	// DetachPort removes the workload's interface and unbinds the port.
 	DetachPort(ctx context.Context, in *DetachPortRequest, opts ...grpc.CallOption) (*DetachPortResponse, error)
 	ListAttachments(ctx context.Context, in *ListAttachmentsRequest, opts ...grpc.CallOption) (*ListAttachmentsResponse, error)
+	// Replay runs frames through a port's pipeline (BPF test run, eBPF
+	// realization only) and returns the verdict of each.
+	Replay(ctx context.Context, in *ReplayRequest, opts ...grpc.CallOption) (*ReplayResponse, error)
 }
 
 type localAgentServiceClient struct {
@@ -80,6 +84,16 @@ func (c *localAgentServiceClient) ListAttachments(ctx context.Context, in *ListA
 	return out, nil
 }
 
+func (c *localAgentServiceClient) Replay(ctx context.Context, in *ReplayRequest, opts ...grpc.CallOption) (*ReplayResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplayResponse)
+	err := c.cc.Invoke(ctx, LocalAgentService_Replay_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LocalAgentServiceServer is the server API for LocalAgentService service.
 // All implementations must embed UnimplementedLocalAgentServiceServer
 // for forward compatibility.
@@ -90,6 +104,9 @@ type LocalAgentServiceServer interface {
 	// DetachPort removes the workload's interface and unbinds the port.
 	DetachPort(context.Context, *DetachPortRequest) (*DetachPortResponse, error)
 	ListAttachments(context.Context, *ListAttachmentsRequest) (*ListAttachmentsResponse, error)
+	// Replay runs frames through a port's pipeline (BPF test run, eBPF
+	// realization only) and returns the verdict of each.
+	Replay(context.Context, *ReplayRequest) (*ReplayResponse, error)
 	mustEmbedUnimplementedLocalAgentServiceServer()
 }
 
@@ -108,6 +125,9 @@ func (UnimplementedLocalAgentServiceServer) DetachPort(context.Context, *DetachP
 }
 func (UnimplementedLocalAgentServiceServer) ListAttachments(context.Context, *ListAttachmentsRequest) (*ListAttachmentsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListAttachments not implemented")
+}
+func (UnimplementedLocalAgentServiceServer) Replay(context.Context, *ReplayRequest) (*ReplayResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Replay not implemented")
 }
 func (UnimplementedLocalAgentServiceServer) mustEmbedUnimplementedLocalAgentServiceServer() {}
 func (UnimplementedLocalAgentServiceServer) testEmbeddedByValue()                           {}
@@ -184,6 +204,24 @@ func _LocalAgentService_ListAttachments_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LocalAgentService_Replay_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplayRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LocalAgentServiceServer).Replay(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LocalAgentService_Replay_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LocalAgentServiceServer).Replay(ctx, req.(*ReplayRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // LocalAgentService_ServiceDesc is the grpc.ServiceDesc for LocalAgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -202,6 +240,10 @@ var LocalAgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAttachments",
 			Handler:    _LocalAgentService_ListAttachments_Handler,
+		},
+		{
+			MethodName: "Replay",
+			Handler:    _LocalAgentService_Replay_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
