@@ -90,6 +90,7 @@ type Agent struct {
 	stream agentv1.AgentService_SyncClient
 	sendMu sync.Mutex // one Send at a time on stream
 	bgp    bgpAgent   // gateway nodes' BGP speaker (bgp.go)
+	syncm  syncClock  // received vs applied updates, for the sync lag metric (metrics_datapath.go)
 }
 
 // New prepares an agent: opens (or reuses) the pinned data path and loads
@@ -257,6 +258,7 @@ func (a *Agent) reconcileOnce() {
 		desired[k] = v
 	}
 	version := a.version
+	seq := a.syncm.seen()
 	attach := make(map[string]*attachment, len(a.attach))
 	for k, v := range a.attach {
 		c := *v
@@ -277,6 +279,7 @@ func (a *Agent) reconcileOnce() {
 	}
 	a.reconcileBGP(desired, errs) // after the data path: announce only what it serves
 
+	a.syncm.apply(seq, version)
 	a.mu.Lock()
 	a.applied = next
 	a.errs = errs

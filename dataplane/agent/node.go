@@ -135,6 +135,7 @@ func (a *Agent) serveMetrics(ctx context.Context, addr string) error {
 	if a.dp != nil { // the OVN realization has no eBPF counters
 		reg.MustRegister(newDropCollector(a.dp))
 	}
+	reg.MustRegister(newDatapathCollector(a))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meridian_agent_desired_version", Help: "Version of the desired state received."},
 		func() float64 { a.mu.Lock(); defer a.mu.Unlock(); return float64(a.version) }))
 	mux := http.NewServeMux()

@@ -106,6 +106,7 @@ func (a *Agent) applyResponse(r *agentv1.SyncResponse) {
 	}
 	a.version = r.Version
 	a.synced = true
+	a.syncm.receive()
 	a.mu.Unlock()
 	a.log.Debug("desired state", "version", r.Version, "snapshot", r.Snapshot, "upserts", len(r.Upserts), "deletes", len(r.Deletes))
 	a.kick()
