@@ -97,6 +97,7 @@ MERIDIAN_TOKEN, overridden by --endpoint and --token.`,
 		root.AddCommand(a.kindCommand(k))
 	}
 	root.AddCommand(a.applyCommand(), a.deleteFileCommand(), a.whoamiCommand(), a.auditCommand(), a.watchCommand(), a.traceCommand())
+	root.AddCommand(a.replayCommand())
 	return root
 }
 

@@ -58,6 +58,12 @@ type ReplayResult struct {
 	Frame        []byte   // the frame as the data path left it (nil for drops)
 }
 
+// Errors of Replay that are the caller's: nothing ran.
+var (
+	ErrReplayInput       = errors.New("invalid replay input")
+	ErrReplayPortNotHere = errors.New("port not on this node")
+)
+
 // Limits of a replay. BPF_PROG_TEST_RUN takes an skb of at most about a
 // page, and a request bounds its own work.
 const (
@@ -81,24 +87,24 @@ const (
 // port are checked before any runs, so bad input changes nothing.
 func (d *Datapath) Replay(port uint32, dir ReplayDirection, frames [][]byte) ([]ReplayResult, error) {
 	if dir != ReplayFromPort && dir != ReplayToPort {
-		return nil, fmt.Errorf("replay on port %d: unknown direction %d", port, dir)
+		return nil, fmt.Errorf("%w: replay on port %d: unknown direction %d", ErrReplayInput, port, dir)
 	}
 	if len(frames) == 0 {
-		return nil, fmt.Errorf("replay on port %d: no packets", port)
+		return nil, fmt.Errorf("%w: replay on port %d: no packets", ErrReplayInput, port)
 	}
 	if len(frames) > MaxReplayPackets {
-		return nil, fmt.Errorf("replay on port %d: %d packets, at most %d per replay", port, len(frames), MaxReplayPackets)
+		return nil, fmt.Errorf("%w: replay on port %d: %d packets, at most %d per replay", ErrReplayInput, port, len(frames), MaxReplayPackets)
 	}
 	for i, f := range frames {
 		if len(f) < minReplayFrame || len(f) > MaxReplayFrame {
-			return nil, fmt.Errorf("replay on port %d: packet %d is %d bytes, want an Ethernet frame of %d to %d bytes",
-				port, i, len(f), minReplayFrame, MaxReplayFrame)
+			return nil, fmt.Errorf("%w: replay on port %d: packet %d is %d bytes, want an Ethernet frame of %d to %d bytes",
+				ErrReplayInput, port, i, len(f), minReplayFrame, MaxReplayFrame)
 		}
 	}
 	var info bpf.MeridianPortInfo
 	if err := d.objs.Ports.Lookup(port, &info); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil, fmt.Errorf("replay: port %d is not on this node", port)
+			return nil, fmt.Errorf("replay: port %d is not on this node: %w", port, ErrReplayPortNotHere)
 		}
 		return nil, fmt.Errorf("replay: look up port %d: %w", port, err)
 	}
