@@ -131,13 +131,7 @@ func newDropCollector(dp *datapath.Datapath) *dropCollector {
 
 // serveMetrics serves /metrics and /healthz on addr until ctx is done.
 func (a *Agent) serveMetrics(ctx context.Context, addr string) error {
-	reg := prometheus.NewRegistry()
-	if a.dp != nil { // the OVN realization has no eBPF counters
-		reg.MustRegister(newDropCollector(a.dp))
-	}
-	reg.MustRegister(newDatapathCollector(a))
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meridian_agent_desired_version", Help: "Version of the desired state received."},
-		func() float64 { a.mu.Lock(); defer a.mu.Unlock(); return float64(a.version) }))
+	reg := a.metricsRegistry()
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
@@ -147,4 +141,16 @@ func (a *Agent) serveMetrics(ctx context.Context, addr string) error {
 		return fmt.Errorf("agent metrics: %w", err)
 	}
 	return nil
+}
+
+// metricsRegistry holds everything /metrics exports.
+func (a *Agent) metricsRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	if a.dp != nil { // the OVN realization has no eBPF counters
+		reg.MustRegister(newDropCollector(a.dp))
+	}
+	reg.MustRegister(newDatapathCollector(a))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meridian_agent_desired_version", Help: "Version of the desired state received."},
+		func() float64 { a.mu.Lock(); defer a.mu.Unlock(); return float64(a.version) }))
+	return reg
 }
