@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
 )
@@ -187,7 +188,8 @@ func (a *app) replay(ctx context.Context, socket string, req *agentv1.ReplayRequ
 			if _, serr := os.Stat(socket); serr != nil {
 				return nil, fmt.Errorf("replay: no agent socket at %s (run on the port's node, or set --agent-socket): %w", socket, err)
 			}
-			return nil, fmt.Errorf("replay packets %d-%d on port %s: %w", start+1, end, req.Port, err)
+			return nil, fmt.Errorf("replay packets %d-%d on port %s: %s: %w", start+1, end, req.Port,
+				status.Code(err), errors.New(status.Convert(err).Message()))
 		}
 		for _, x := range resp.Results {
 			x.Index += uint32(start)

@@ -39,7 +39,7 @@ func (s *localServer) Replay(ctx context.Context, r *agentv1.ReplayRequest) (*ag
 	}
 	res, err := a.dp.Replay(id, dir, r.Packets)
 	if errors.Is(err, datapath.ErrReplayPortNotHere) {
-		return nil, status.Errorf(codes.NotFound, "port %s: %v", r.Port, err)
+		return nil, status.Errorf(codes.NotFound, "port %s is not on node %s (no port of the data path has id %d)", r.Port, a.cfg.Node, id)
 	}
 	if errors.Is(err, datapath.ErrReplayInput) {
 		return nil, status.Error(codes.InvalidArgument, err.Error())

@@ -303,14 +303,14 @@ var (
 // all. Stages a verdict cannot show are not invented.
 func stages(dir ReplayDirection, port uint32, info bpf.MeridianPortInfo, r ReplayResult) []string {
 	list := fromPortStages
-	head := fmt.Sprintf("port %d (ifindex %d, VPC %d, subnet %d)", port, info.Ifindex, info.Vpc, info.Subnet)
+	var out []string
 	if dir == ReplayToPort {
 		list = toPortStages
-		head = fmt.Sprintf("from the overlay, VPC %d (VNI), toward port %d", info.Vpc, port)
+		out = append(out, fmt.Sprintf("from the overlay: VNI %d (port %d's VPC)", info.Vpc, port))
 	}
-	out := []string{head}
 	if r.Verdict == VerdictARPReply {
-		return append(out, "ARP request answered by the virtual router")
+		return append(out, fmt.Sprintf("port %d (ifindex %d): passed", port, info.Ifindex),
+			"ARP request answered by the virtual router")
 	}
 	for _, s := range list {
 		decided := false
@@ -329,8 +329,25 @@ func stages(dir ReplayDirection, port uint32, info bpf.MeridianPortInfo, r Repla
 			break
 		}
 		detail := "passed"
+		switch {
+		case s.name == "port":
+			detail = fmt.Sprintf("%d (ifindex %d, VPC %d, subnet %d)", port, info.Ifindex, info.Vpc, info.Subnet)
+		case s.name == "route" && r.Verdict == VerdictDeliver:
+			detail = fmt.Sprintf("local port %d", r.OutPort)
+		case s.name == "route" && r.Verdict == VerdictTunnel && r.Gateway:
+			detail = fmt.Sprintf("outside the VPC, via gateway %v", r.TunnelRemote)
+		case s.name == "route" && r.Verdict == VerdictDrop && dir == ReplayFromPort && r.DropPort != port && r.DropPort != 0:
+			// dropped by the destination's ingress policy: counted at it
+			detail = fmt.Sprintf("local port %d", r.DropPort)
+		case s.name == "route" && r.Verdict == VerdictTunnel:
+			detail = fmt.Sprintf("remote node %v", r.TunnelRemote)
+		}
 		if r.ConntrackHit && (s.name == "egress security groups" || s.name == "ingress security groups") {
 			detail = "skipped (established connection in conntrack)"
+		}
+		if s.name == "port" {
+			out = append(out, "port "+detail)
+			continue
 		}
 		out = append(out, s.name+": "+detail)
 	}

@@ -3,6 +3,7 @@ package datapath
 import (
 	"bytes"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -47,10 +48,13 @@ func TestReplayFromPort(t *testing.T) {
 	if r := res[1]; r.Verdict != VerdictDrop || r.Reason != DropSGIngress || r.DropPort != portB.ID || r.Frame != nil {
 		t.Fatalf("SYN to B:22: %+v", r)
 	}
+	if !slices.Contains(res[1].Stages, "route: local port 2") {
+		t.Fatalf("SYN to B:22: stages %q", res[1].Stages)
+	}
 	if last := res[1].Stages[len(res[1].Stages)-1]; !strings.HasPrefix(last, "ingress security groups: dropped (sg-ingress") {
 		t.Fatalf("SYN to B:22 ends at stage %q (stages %q)", last, res[1].Stages)
 	}
-	if r := res[2]; r.Verdict != VerdictDrop || r.Reason != DropSpoofIP || r.DropPort != portA.ID || len(r.Stages) != 3 {
+	if r := res[2]; r.Verdict != VerdictDrop || r.Reason != DropSpoofIP || r.DropPort != portA.ID || len(r.Stages) != 2 {
 		t.Fatalf("spoofed source: %+v", r)
 	}
 	if r := res[3]; r.Verdict != VerdictTunnel || r.TunnelRemote != remoteNode || r.VNI != 100 || r.Gateway {
