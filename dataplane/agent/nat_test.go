@@ -21,7 +21,7 @@ import (
 
 // inPrivateNetns runs fn on a locked thread in a fresh network namespace
 // with a data path on a private bpffs; the namespace goes with the test.
-func inPrivateNetns(t *testing.T, fn func(dp *datapath.Datapath)) {
+func inPrivateNetns(t testing.TB, fn func(dp *datapath.Datapath)) {
 	t.Helper()
 	dir := t.TempDir()
 	if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
@@ -55,7 +55,7 @@ func inPrivateNetns(t *testing.T, fn func(dp *datapath.Datapath)) {
 	fn(dp)
 }
 
-func addVeth(t *testing.T, name string) netlink.Link {
+func addVeth(t testing.TB, name string) netlink.Link {
 	t.Helper()
 	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}); err != nil {
 		t.Fatalf("add veth %s: %v", name, err)
@@ -253,4 +253,41 @@ func TestNATMetrics(t *testing.T) {
 			t.Fatalf("NAT metrics by family: %v, want both for NAT gateway 9", got)
 		}
 	})
+}
+
+// TestGatewaySetSkipsDrainingGateways: a gateway whose agent is away
+// (draining) gets no elastic-IP flows while another does not drain; when
+// every gateway drains, all of them are used rather than none.
+func TestGatewaySetSkipsDrainingGateways(t *testing.T) {
+	gw := func(node, ip string, draining bool) *agentv1.Gateway {
+		return &agentv1.Gateway{Node: node, UnderlayIp: ip, Draining: draining}
+	}
+	cases := []struct {
+		name string
+		gws  []*agentv1.Gateway
+		want []string
+	}{
+		{"none draining", []*agentv1.Gateway{gw("g1", "192.0.2.1", false), gw("g2", "192.0.2.2", false)}, []string{"192.0.2.1", "192.0.2.2"}},
+		{"one draining", []*agentv1.Gateway{gw("g1", "192.0.2.1", true), gw("g2", "192.0.2.2", false)}, []string{"192.0.2.2"}},
+		{"all draining", []*agentv1.Gateway{gw("g1", "192.0.2.1", true), gw("g2", "192.0.2.2", true)}, []string{"192.0.2.1", "192.0.2.2"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := outsideObjects{gateways: map[string]*agentv1.Gateway{}}
+			for _, g := range tc.gws {
+				o.gateways[g.Node] = g
+			}
+			got, err := gatewaySet(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var s []string
+			for _, a := range got {
+				s = append(s, a.String())
+			}
+			if !slices.Equal(s, tc.want) {
+				t.Fatalf("gateway set %v, want %v", s, tc.want)
+			}
+		})
+	}
 }
