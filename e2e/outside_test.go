@@ -716,8 +716,10 @@ portMax: %d
 		t.Logf("FIB down to %s %v after the kill", outsideGateways[survivor], time.Since(killed).Round(time.Millisecond))
 		// Echo replies leave the workload node through a gateway by flow
 		// hash too: those hashed to the dead one are lost until the
-		// controller marks it down (its grace period) and the workload
-		// node drops it from its gateway set. Wait for a clean second.
+		// workload node drops it from its gateway set, which happens as
+		// soon as the controller sees its agent's stream end (the gateway
+		// drains; its NAT gateways move only after the grace period).
+		// Wait for a clean second.
 		recovered := func() bool {
 			p.mu.Lock()
 			defer p.mu.Unlock()

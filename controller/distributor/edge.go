@@ -103,7 +103,38 @@ func (d *Distributor) streamEnded(node string, ns *nodeState) {
 		return
 	}
 	ns.report = nil // stale once nobody reports
+	if d.cfg.GatewayGrace >= 0 && d.model.IsGateway(node) {
+		go d.markAway(node)
+	}
 	d.watchGateway(node, ns, d.cfg.GatewayGrace)
+}
+
+// markAway writes node's away marker, if its agent is still away: the
+// gateway drains at once (workload nodes stop hashing elastic-IP flows to
+// it), long before the grace period moves its NAT gateways. Its agent's
+// stream ending is all there is to know: when the process or the node
+// dies, the connection closes. The check runs inside the store
+// transaction, serialised with markUp's.
+func (d *Distributor) markAway(node string) {
+	select {
+	case <-d.stopping:
+		return // streams end because the controller stops: nothing is away
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := d.st.Update(ctx, func(tx store.Tx) error {
+		if !d.away(node) {
+			return nil
+		}
+		if _, ok, err := tx.Get(model.GatewayAwayKey(node)); err != nil || ok {
+			return err
+		}
+		return tx.Put(model.GatewayAwayKey(node), nil)
+	})
+	if err != nil {
+		d.log.Error("marking gateway away failed", "node", node, "err", err)
+	}
 }
 
 // watchGateway arms the timer that marks node down if it is a gateway and
@@ -166,11 +197,19 @@ func (d *Distributor) markDown(node string) {
 	}
 }
 
-// markUp deletes node's down marker, if any, once its agent is connected.
+// markUp deletes node's down and away markers, if any, once its agent is
+// connected.
 func (d *Distributor) markUp(ctx context.Context, node string) error {
 	removed := false
 	_, err := d.st.Update(ctx, func(tx store.Tx) error {
 		removed = false
+		if _, ok, err := tx.Get(model.GatewayAwayKey(node)); err != nil {
+			return err
+		} else if ok {
+			if err := tx.Delete(model.GatewayAwayKey(node)); err != nil {
+				return err
+			}
+		}
 		if _, ok, err := tx.Get(model.GatewayDownKey(node)); err != nil || !ok {
 			return err
 		}

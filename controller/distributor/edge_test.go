@@ -189,3 +189,48 @@ func TestGatewayAbsentAtStartIsMarkedDown(t *testing.T) {
 		t.Fatal("a compute node was marked down")
 	}
 }
+
+// TestGatewayDrainsAtOnce: a gateway's agent leaving drains its Gateway
+// object on the other nodes within a delta, long before the grace period
+// moves its NAT gateways (which stay with it meanwhile); coming back
+// undrains it.
+func TestGatewayDrainsAtOnce(t *testing.T) {
+	st, _ := openStore(t)
+	ctx := testCtx(t)
+	fixture(t, st)
+	gateway := func(id, ip string) *mv1.Node {
+		n := node(id, ip)
+		n.Roles = []mv1.NodeRole{mv1.NodeRole_GATEWAY}
+		return n
+	}
+	rev := write(t, st, gateway("g1", "192.0.2.101"), gateway("g2", "192.0.2.102"),
+		&mv1.PublicAddressPool{Name: "publicAddressPools/pub", Id: 1, Cidrs: []string{"203.0.113.0/24"}},
+		&mv1.ElasticIp{Name: proj + "/elasticIps/e", Id: 1, Pool: "publicAddressPools/pub", Address: "203.0.113.5", NatGateway: proj + "/natGateways/n"},
+		&mv1.NatGateway{Name: proj + "/natGateways/n", Id: 9, Vpc: vpcA, ElasticIps: []string{proj + "/elasticIps/e"}, Subnets: []string{subA}})
+	e := startEnv(t, st, func(c *Config) { c.GatewayGrace = time.Minute })
+	agents := map[string]*agenttest.Agent{}
+	for _, g := range []string{"g1", "g2", "n1"} {
+		a := agenttest.New(e.conn, g)
+		if err := a.Connect(ctx); err != nil {
+			t.Fatal(err)
+		}
+		agents[g] = a
+		converge(t, e, a, g, rev)
+	}
+	owner := agents["n1"].State()["ngw/9"].GetNatGateway().GetOwnerNode()
+	draining := func(g string) bool { return agents["n1"].State()["gateway/"+g].GetGateway().GetDraining() }
+	if owner == "" || draining("g1") || draining("g2") {
+		t.Fatalf("start: owner %q, draining g1 %v g2 %v", owner, draining("g1"), draining("g2"))
+	}
+	start := time.Now()
+	agents[owner].Disconnect()
+	waitFor(t, func() bool { return draining(owner) })
+	t.Logf("gateway %s drained on n1 %v after its agent left (grace 1m)", owner, time.Since(start).Round(time.Millisecond))
+	if got := agents["n1"].State()["ngw/9"].GetNatGateway().GetOwnerNode(); got != owner {
+		t.Fatalf("NAT gateway moved to %q while its owner is only away", got)
+	}
+	if err := agents[owner].Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return !draining(owner) })
+}

@@ -44,6 +44,19 @@ const downPrefix = "res/GatewayDown/nodes/"
 // Its value is ignored.
 func GatewayDownKey(node string) string { return downPrefix + node }
 
+// awayPrefix is the store prefix of the markers of gateways whose agent
+// has just gone: written at once when its stream ends, long before the
+// down marker, and deleted when it is back.
+const awayPrefix = "res/GatewayAway/nodes/"
+
+// GatewayAwayKey is the store key marking gateway node (ID) away: its
+// Gateway object says draining, so workload nodes stop hashing
+// elastic-IP flows to it within a delta instead of after the grace period
+// (the replies of a dead gateway's flows would be lost meanwhile), while
+// its NAT gateways stay where they are until it is marked down (an agent
+// restart must not move stateful NAT).
+func GatewayAwayKey(node string) string { return awayPrefix + node }
+
 const (
 	// gatewayPrefix names the Gateway object of a node ("gateways/n1"),
 	// a second object compiled from the Node resource besides its PeerNode.
@@ -267,6 +280,21 @@ func (m *Model) setGatewayDown(node string, down bool, c *changeSet) {
 	}
 }
 
+// setGatewayAway marks a gateway node's agent away (just gone) or back.
+func (m *Model) setGatewayAway(node string, away bool, c *changeSet) {
+	if _, was := m.away[node]; was == away {
+		return
+	}
+	if away {
+		m.away[node] = struct{}{}
+	} else {
+		delete(m.away, node)
+	}
+	if m.isGateway(node) {
+		m.recompile(gatewayRef(node), c)
+	}
+}
+
 // owner picks the gateway owning the NAT gateway with the given ID.
 func (m *Model) owner(id uint32) string {
 	best, bestScore := "", uint64(0)
@@ -295,8 +323,9 @@ func (m *Model) compileGateway(id string) (*agentv1.Object, []string) {
 	if _, down := m.down[id]; down {
 		return nil, nil
 	}
+	_, away := m.away[id]
 	return &agentv1.Object{Key: "gateway/" + id, Body: &agentv1.Object_Gateway{Gateway: &agentv1.Gateway{
-		Node: id, UnderlayIp: canonAddr(n.GetUnderlayIp()),
+		Node: id, UnderlayIp: canonAddr(n.GetUnderlayIp()), Draining: away,
 	}}}, nil
 }
 

@@ -136,6 +136,23 @@ func TestNatGatewayOwnerFailover(t *testing.T) {
 		ev, _ := tx.del(GatewayDownKey(n))
 		return m.Apply(ev)
 	}
+	// The owner's agent going away drains its Gateway object at once and
+	// moves no NAT gateway; coming back undrains it.
+	ch := m.Apply(tx.putRaw(GatewayAwayKey(first)))
+	if !m.Object("gateway/"+first).GetGateway().GetDraining() || owner() != first {
+		t.Fatalf("away owner: draining %v, owner %s", m.Object("gateway/"+first).GetGateway().GetDraining(), owner())
+	}
+	for n, keys := range ch {
+		if _, ok := keys["gateway/"+first]; !ok || len(keys) != 1 {
+			t.Fatalf("an owner going away changed %v on %s, want only gateway/%s", keys, n, first)
+		}
+	}
+	assertSameAsFull(t, m, tx)
+	ev, _ := tx.del(GatewayAwayKey(first))
+	m.Apply(ev)
+	if m.Object("gateway/" + first).GetGateway().GetDraining() {
+		t.Fatalf("gateway back still draining")
+	}
 	// A non-owner going down moves no NAT gateway; only its Gateway
 	// object leaves every node (workloads stop sending to it).
 	ch0 := down(other, true)
@@ -148,7 +165,7 @@ func TestNatGatewayOwnerFailover(t *testing.T) {
 		t.Fatalf("a non-owner going down: owner %s, gateway object %v", owner(), m.Object("gateway/"+other))
 	}
 	down(other, false)
-	ch := down(first, true)
+	ch = down(first, true)
 	if owner() != other {
 		t.Fatalf("owner %s after %s went down", owner(), first)
 	}
@@ -162,7 +179,7 @@ func TestNatGatewayOwnerFailover(t *testing.T) {
 	if owner() != first {
 		t.Fatalf("owner %s after %s came back, want it back", owner(), first)
 	}
-	ev, _ := tx.del(storeKey(t, node(first, "")))
+	ev, _ = tx.del(storeKey(t, node(first, "")))
 	m.Apply(ev)
 	if owner() != other {
 		t.Fatalf("owner %s after %s was deleted", owner(), first)

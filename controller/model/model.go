@@ -156,6 +156,9 @@ type Model struct {
 	// down holds gateway node IDs marked unavailable (GatewayDownKey):
 	// they keep their objects but own no NAT gateway.
 	down set
+	// away holds gateway node IDs whose agent just went (GatewayAwayKey):
+	// their Gateway objects say draining.
+	away set
 
 	// Materialised per-node desired state (as keys) and its reverse.
 	nodeKeys map[string]set // node ID -> object keys
@@ -187,6 +190,7 @@ func (m *Model) reset() {
 	m.crdeps = map[string]set{}
 	m.gateways = set{}
 	m.down = set{}
+	m.away = set{}
 	m.vpcNgws = map[string]set{}
 	m.portEips = map[string]set{}
 	m.nodeEips = map[string]set{}
@@ -246,6 +250,12 @@ func (m *Model) Load(tx store.ReadTx) error {
 	}
 	for _, kv := range kvs {
 		m.down[strings.TrimPrefix(kv.Key, downPrefix)] = struct{}{}
+	}
+	if kvs, err = tx.List(awayPrefix, "", 0); err != nil {
+		return fmt.Errorf("model: list %s at revision %d: %w", awayPrefix, tx.Revision(), err)
+	}
+	for _, kv := range kvs {
+		m.away[strings.TrimPrefix(kv.Key, awayPrefix)] = struct{}{}
 	}
 	// Compile only once every resource is known, so references resolve
 	// regardless of listing order.
@@ -330,6 +340,12 @@ func (m *Model) Apply(ev store.Event) Changes {
 		var c changeSet
 		c.init()
 		m.setGatewayDown(id, ev.Type == store.EventPut, &c)
+		return m.finish(&c)
+	}
+	if id, ok := strings.CutPrefix(ev.KV.Key, awayPrefix); ok {
+		var c changeSet
+		c.init()
+		m.setGatewayAway(id, ev.Type == store.EventPut, &c)
 		return m.finish(&c)
 	}
 	k, name, ok := parseKey(ev.KV.Key)

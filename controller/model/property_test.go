@@ -208,15 +208,20 @@ func TestIncrementalEqualsFull(t *testing.T) {
 				what := ""
 				if u.r.IntN(20) == 0 {
 					// The distributor marks a gateway down or up again.
+					// Or marks its agent away (just gone) or back.
 					n, down := fmt.Sprintf("n%d", u.r.IntN(nNodes)), u.r.IntN(2) == 0
-					ev, ok := tx.putRaw(GatewayDownKey(n)), true
+					key, kind := GatewayDownKey(n), "down"
+					if u.r.IntN(2) == 0 {
+						key, kind = GatewayAwayKey(n), "away"
+					}
+					ev, ok := tx.putRaw(key), true
 					if !down {
-						ev, ok = tx.del(GatewayDownKey(n))
+						ev, ok = tx.del(key)
 					}
 					if !ok {
 						continue
 					}
-					got, what = m.Apply(ev), fmt.Sprintf("down %s %v", n, down)
+					got, what = m.Apply(ev), fmt.Sprintf("%s %s %v", kind, n, down)
 				} else {
 					msg, key := u.random()
 					var ev store.Event

@@ -69,12 +69,22 @@ func collectOutside(desired map[string]*agentv1.Object) outsideObjects {
 	return o
 }
 
-// gatewaySet is the underlay addresses of the gateways, sorted by node, at
-// most maxGateways of them.
+// gatewaySet is the underlay addresses of the gateways elastic-IP flows
+// are hashed over, sorted by node, at most maxGateways of them: the
+// gateways that are not draining (their agent is away: the gateway may be
+// dead, and the replies hashed to it would be lost), or all of them when
+// every one is.
 func gatewaySet(o outsideObjects) ([]netip.Addr, error) {
 	nodes := make([]string, 0, len(o.gateways))
-	for n := range o.gateways {
-		nodes = append(nodes, n)
+	for n, g := range o.gateways {
+		if !g.GetDraining() {
+			nodes = append(nodes, n)
+		}
+	}
+	if len(nodes) == 0 {
+		for n := range o.gateways {
+			nodes = append(nodes, n)
+		}
 	}
 	slices.Sort(nodes)
 	var out []netip.Addr

@@ -1733,10 +1733,14 @@ func (x *PeerNode) GetRealization() string {
 // a gateway through the overlay: to the owner of their NAT gateway, or,
 // for ports with an elastic IP, to any live gateway by flow hash.
 type Gateway struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	UnderlayIp    string                 `protobuf:"bytes,2,opt,name=underlay_ip,json=underlayIp,proto3" json:"underlay_ip,omitempty"` // tunnel endpoint
-	Uplink        string                 `protobuf:"bytes,3,opt,name=uplink,proto3" json:"uplink,omitempty"`                           // interface toward the fabric on that node ("" = default)
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Node       string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	UnderlayIp string                 `protobuf:"bytes,2,opt,name=underlay_ip,json=underlayIp,proto3" json:"underlay_ip,omitempty"` // tunnel endpoint
+	Uplink     string                 `protobuf:"bytes,3,opt,name=uplink,proto3" json:"uplink,omitempty"`                           // interface toward the fabric on that node ("" = default)
+	// draining: the gateway's agent is away (dead, or restarting). Workload
+	// nodes hash no elastic-IP traffic to it while another gateway is not
+	// draining; it stays a NAT gateway's owner until it is marked down.
+	Draining      bool `protobuf:"varint,4,opt,name=draining,proto3" json:"draining,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1790,6 +1794,13 @@ func (x *Gateway) GetUplink() string {
 		return x.Uplink
 	}
 	return ""
+}
+
+func (x *Gateway) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
 }
 
 // ElasticIp is a public address. Associated with a port, gateways rewrite
@@ -2533,12 +2544,13 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
 	"\vunderlay_ip\x18\x02 \x01(\tR\n" +
 	"underlayIp\x12 \n" +
-	"\vrealization\x18\x03 \x01(\tR\vrealization\"V\n" +
+	"\vrealization\x18\x03 \x01(\tR\vrealization\"r\n" +
 	"\aGateway\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
 	"\vunderlay_ip\x18\x02 \x01(\tR\n" +
 	"underlayIp\x12\x16\n" +
-	"\x06uplink\x18\x03 \x01(\tR\x06uplink\"\xc3\x02\n" +
+	"\x06uplink\x18\x03 \x01(\tR\x06uplink\x12\x1a\n" +
+	"\bdraining\x18\x04 \x01(\bR\bdraining\"\xc3\x02\n" +
 	"\tElasticIp\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
