@@ -228,6 +228,50 @@ func TestReplayCapture(t *testing.T) {
 	}
 }
 
+// TestReplayPcapngToPort: a pcapng capture (tshark's and Wireshark's
+// default) of frames arriving for port B over VXLAN.
+func TestReplayPcapngToPort(t *testing.T) {
+	n := newReplayNode(t)
+	path := filepath.Join(t.TempDir(), "in.pcapng")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := pcapgo.NewNgWriter(f, layers.LinkTypeEthernet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remoteMAC := net.HardwareAddr{2, 0x99, 0, 0, 0, 1}
+	for _, fr := range [][]byte{
+		tcpFrame(t, remoteMAC, "10.0.2.40", "10.0.1.20", 1234, 80, true, false),
+		tcpFrame(t, remoteMAC, "10.0.2.40", "10.0.1.20", 1234, 23, true, false),
+	} {
+		if err := w.WritePacket(gopacket.CaptureInfo{Timestamp: time.Unix(1700000000, 0), CaptureLength: len(fr), Length: len(fr)}, fr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := n.meridianctl(t, "replay", path, "--port", "2", "--direction", "to-port")
+	if err != nil {
+		t.Fatalf("meridianctl replay: %v\n%s", err, out)
+	}
+	t.Logf("meridianctl replay --direction to-port:\n%s", out)
+	for _, want := range []string{
+		"packet 1: 10.0.2.40:1234 -> 10.0.1.20:80 TCP SYN\n  verdict: deliver to port 2\n    from the overlay: VNI 100",
+		"packet 2: 10.0.2.40:1234 -> 10.0.1.20:23 TCP SYN\n  verdict: drop (sg-ingress, port 2)\n",
+		"    route: local port 2\n    ingress network ACL: passed\n    ingress security groups: dropped (sg-ingress, counted at port 2)\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
 // TestReplayBadInput: bad captures and unknown ports are refused with a
 // clear error, and nothing in the data path moves.
 func TestReplayBadInput(t *testing.T) {

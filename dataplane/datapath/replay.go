@@ -336,7 +336,7 @@ func stages(dir ReplayDirection, port uint32, info bpf.MeridianPortInfo, r Repla
 			detail = fmt.Sprintf("local port %d", r.OutPort)
 		case s.name == "route" && r.Verdict == VerdictTunnel && r.Gateway:
 			detail = fmt.Sprintf("outside the VPC, via gateway %v", r.TunnelRemote)
-		case s.name == "route" && r.Verdict == VerdictDrop && dir == ReplayFromPort && r.DropPort != port && r.DropPort != 0:
+		case s.name == "route" && r.Verdict == VerdictDrop && r.DropPort != 0 && (r.Reason == DropSGIngress || r.Reason == DropACLIngress):
 			// dropped by the destination's ingress policy: counted at it
 			detail = fmt.Sprintf("local port %d", r.DropPort)
 		case s.name == "route" && r.Verdict == VerdictTunnel:

@@ -64,6 +64,29 @@ func TestReplayFromPort(t *testing.T) {
 		t.Fatalf("ARP request: %+v", r)
 	}
 
+	// Leaving the VPC from an address with an elastic IP: tunnelled to the
+	// (only) live gateway.
+	gw := ip("192.0.2.101")
+	if err := f.d.SetGateways([]netip.Addr{gw}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.d.UpsertEgress(Egress{VPC: 100, Prefix: netip.MustParsePrefix("10.0.1.10/32")}); err != nil {
+		t.Fatal(err)
+	}
+	// The largest frame a replay takes: a SYN with Ethernet padding.
+	big := append(from(portA, portB.IPs[0]).bytes(t), make([]byte, MaxReplayFrame)...)[:MaxReplayFrame]
+	res, err = f.d.Replay(portA.ID, ReplayFromPort, [][]byte{from(portA, ip("203.0.113.2")).bytes(t), big})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res[0]; r.Verdict != VerdictTunnel || !r.Gateway || r.TunnelRemote != gw || r.VNI != 100 ||
+		!slices.Contains(r.Stages, "route: outside the VPC, via gateway 192.0.2.101") {
+		t.Fatalf("to the outside: %+v", r)
+	}
+	if r := res[1]; r.Verdict != VerdictDeliver || len(r.Frame) != MaxReplayFrame {
+		t.Fatalf("%d-byte frame: verdict %v, %d bytes out", MaxReplayFrame, r.Verdict, len(r.Frame))
+	}
+
 	// The allowed SYN left a conntrack entry, as a real one would: B's
 	// reply passes A's policy (which admits nothing in) as established.
 	f.policies[1] = fw.SecurityGroupPolicy{ID: 1, Rules: []fw.SGRule{
