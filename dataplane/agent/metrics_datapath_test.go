@@ -305,3 +305,53 @@ func BenchmarkMetricsScrape100k(b *testing.B) {
 		b.ReportMetric(float64(per)/float64(empty), "x_empty_table")
 	})
 }
+
+// TestSyncClock: the lag is the age of the oldest update not yet applied,
+// including updates that arrive while a reconcile runs, and past the cap on
+// remembered receipts.
+func TestSyncClock(t *testing.T) {
+	now := time.Unix(1000, 0)
+	c := &syncClock{now: func() time.Time { return now }}
+	c.receive() // 1 at t=1000
+	seq := c.seen()
+	now = now.Add(time.Second)
+	c.receive() // 2 at t=1001, during the reconcile of 1
+	now = now.Add(time.Second)
+	if c.lag() != 2*time.Second {
+		t.Fatalf("lag %v with receipt 1 pending for 2 s", c.lag())
+	}
+	c.apply(seq, 7)
+	if c.lag() != time.Second {
+		t.Fatalf("lag %v after applying 1: receipt 2 is 1 s old", c.lag())
+	}
+	if v, at := c.last(); v != 7 || !at.Equal(now) {
+		t.Fatalf("last applied %d at %v", v, at)
+	}
+	c.apply(seq, 7) // a reconcile with nothing new changes nothing
+	if v, _ := c.last(); v != 7 || c.lag() != time.Second {
+		t.Fatalf("idle reconcile: version %d lag %v", v, c.lag())
+	}
+	c.apply(c.seen(), 8)
+	if c.lag() != 0 {
+		t.Fatalf("lag %v when all applied", c.lag())
+	}
+
+	// More receipts than remembered: the oldest decide while they are
+	// pending; once they are applied, the forgotten rest count from then.
+	for range maxPending + 10 {
+		c.receive()
+		now = now.Add(time.Millisecond)
+	}
+	if want := time.Duration(maxPending+10) * time.Millisecond; c.lag() != want {
+		t.Fatalf("lag %v, want %v", c.lag(), want)
+	}
+	c.apply(c.seen()-5, 9)
+	now = now.Add(time.Second)
+	if c.lag() != time.Second {
+		t.Fatalf("lag %v: the 5 forgotten receipts count from the last apply", c.lag())
+	}
+	c.apply(c.seen(), 10)
+	if c.lag() != 0 || len(c.pending) != 0 {
+		t.Fatalf("lag %v, pending %d when all applied", c.lag(), len(c.pending))
+	}
+}
