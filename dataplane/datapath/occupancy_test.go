@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/meridian-sdn/meridian/bpf"
 	"github.com/meridian-sdn/meridian/fw"
 )
@@ -112,4 +114,19 @@ func BenchmarkConntrackOccupancy100k(b *testing.B) {
 	b.ReportMetric(float64(per.Microseconds())/1000, "ms/scrape")
 	b.ReportMetric(float64(base.Microseconds())/1000, "baseline_ms/scrape")
 	b.ReportMetric(float64(base)/float64(per), "x_faster_than_iteration")
+}
+
+// countByIteration is the baseline: one lookup per entry.
+func countByIteration[K, V any](m *ebpf.Map, live func(*V) bool, capacity int) (Occupancy, error) {
+	o := Occupancy{Capacity: capacity}
+	var k K
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		o.Entries++
+		if live(&v) {
+			o.Live++
+		}
+	}
+	return o, it.Err()
 }
