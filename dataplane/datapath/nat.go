@@ -462,15 +462,12 @@ func (d *Datapath) NATStats() ([]NATStats, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read NAT gateways: %w", err)
 	}
-	var k bpf.MeridianNatKey
-	var v bpf.MeridianNatEntry
-	nit := d.objs.Nat.Iterate()
-	for nit.Next(&k, &v) {
+	err = walkBatched(d.objs.Nat, func(k *bpf.MeridianNatKey, v *bpf.MeridianNatEntry) {
 		if s := byID[v.Natgw]; s != nil && k.Vpc != 0 && v.Expires >= now && v.State != natStateClosed {
 			s.ActiveFlows++
 		}
-	}
-	if err := nit.Err(); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("read NAT table: %w", err)
 	}
 	var perCPU []uint64
