@@ -682,7 +682,10 @@ func TestNATPortExhaustion(t *testing.T) {
 		if err := g.d.UpsertNATGateway(ng); err != nil {
 			t.Fatal(err)
 		}
-		const udpTimeout = 50 * time.Millisecond
+		// Long enough that a loaded machine (CI runs packages in
+		// parallel) cannot expire a flow between the allocations and the
+		// refusals that follow them: at 50 ms it once did.
+		const udpTimeout = time.Second
 		if err := g.d.SetNATTimeouts(NATTimeouts{UDP: udpTimeout}); err != nil {
 			t.Fatal(err)
 		}
