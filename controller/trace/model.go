@@ -18,7 +18,6 @@
 package trace
 
 import (
-	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -123,99 +122,6 @@ func NewModel(objs Objects) *Model {
 	slices.SortFunc(m.gateways, func(a, b *agentv1.Gateway) int { return strings.Compare(a.GetNode(), b.GetNode()) })
 	slices.SortFunc(m.ngws, func(a, b *agentv1.NatGateway) int { return int(a.GetId()) - int(b.GetId()) })
 	return m
-}
-
-// The conversions below read agentv1 rules the way the eBPF agent does
-// (dataplane/agent/translate.go), so that fw evaluates what the data path
-// was given: IPv6 rules are left out (the data path is IPv4-only), "" is
-// any address, ICMP type/code -1 is any.
-
-func direction(ingress bool) fw.Direction {
-	if ingress {
-		return fw.Ingress
-	}
-	return fw.Egress
-}
-
-func icmpMatch(proto uint32, typ, code int32) *fw.ICMPMatch {
-	if proto != uint32(fw.ProtoICMP) || typ < 0 {
-		return nil
-	}
-	return &fw.ICMPMatch{Type: uint8(typ), AnyCode: code < 0, Code: uint8(max(code, 0))}
-}
-
-func ruleCIDR(r *agentv1.Rule) (netip.Prefix, bool, error) {
-	cidr := r.GetCidr()
-	if cidr == "" {
-		cidr = "0.0.0.0/0"
-	}
-	p, err := netip.ParsePrefix(cidr)
-	if err != nil {
-		return netip.Prefix{}, false, err
-	}
-	return p, p.Addr().Is4(), nil
-}
-
-func sgRules(sg *agentv1.SecurityGroup) ([]fw.SGRule, error) {
-	var out []fw.SGRule
-	var errs []string
-	for _, r := range sg.GetRules() {
-		if r.GetIpv6() {
-			continue
-		}
-		fr := fw.SGRule{
-			ID: r.GetId(), Direction: direction(r.GetIngress()), Protocol: uint8(r.GetProtocol()),
-			Ports: fw.PortRange{From: uint16(r.GetPortMin()), To: uint16(r.GetPortMax())},
-			ICMP:  icmpMatch(r.GetProtocol(), r.GetIcmpType(), r.GetIcmpCode()), RemoteGroup: r.GetRemoteGroupId(),
-		}
-		if r.GetRemoteGroupId() == 0 {
-			p, v4, err := ruleCIDR(r)
-			if err != nil {
-				errs = append(errs, fmt.Sprintf("rule %d: %v", r.GetId(), err))
-				continue
-			}
-			if !v4 {
-				continue
-			}
-			fr.RemoteCIDR = p
-		}
-		out = append(out, fr)
-	}
-	if len(errs) > 0 {
-		return out, fmt.Errorf("security group %s: %s", sg.GetName(), strings.Join(errs, "; "))
-	}
-	return out, nil
-}
-
-func aclOf(a *agentv1.NetworkAcl) (*fw.ACL, error) {
-	out := &fw.ACL{ID: a.GetId()}
-	var errs []string
-	for _, r := range a.GetRules() {
-		if r.GetIpv6() {
-			continue
-		}
-		p, v4, err := ruleCIDR(r)
-		if err != nil {
-			errs = append(errs, fmt.Sprintf("rule %d: %v", r.GetId(), err))
-			continue
-		}
-		if !v4 {
-			continue
-		}
-		action := fw.Deny
-		if r.GetAllow() {
-			action = fw.Allow
-		}
-		out.Rules = append(out.Rules, fw.ACLRule{
-			ID: r.GetId(), Number: r.GetNumber(), Direction: direction(r.GetIngress()), Action: action,
-			Protocol: uint8(r.GetProtocol()), Ports: fw.PortRange{From: uint16(r.GetPortMin()), To: uint16(r.GetPortMax())},
-			ICMP: icmpMatch(r.GetProtocol(), r.GetIcmpType(), r.GetIcmpCode()), CIDR: p,
-		})
-	}
-	if len(errs) > 0 {
-		return out, fmt.Errorf("network ACL %s: %s", a.GetName(), strings.Join(errs, "; "))
-	}
-	return out, nil
 }
 
 func ipv4s(ss []string) []netip.Addr {

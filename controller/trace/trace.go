@@ -409,9 +409,12 @@ func (w *walk) acl(node string, sub *agentv1.Subnet, d fw.Direction, pkt Packet)
 			Detail: fmt.Sprintf("the subnet's network ACL %d is not in the model: the data path denies", id)}, "ACL_"+strings.ToUpper(d.String()))
 		return false
 	}
-	acl, err := aclOf(obj)
+	acl, err := fw.ACLOf(obj)
 	if err != nil {
-		w.note("%v: those rules are left out, as the data path leaves them out", err)
+		// The agent installs none of it, and the data path denies
+		// through a network ACL it does not hold.
+		w.note("%v: the agent cannot install this network ACL, so the data path denies everything through it", err)
+		acl = &fw.ACL{ID: obj.GetId()}
 	}
 	allowed, rid := acl.Evaluate(d, pkt.fw())
 	s := Stage{Stage: name, Node: node, Object: obj.GetName()}
@@ -461,9 +464,9 @@ func (w *walk) sg(node string, p *agentv1.Port, d fw.Direction, pkt Packet, est 
 			continue
 		}
 		names = append(names, obj.GetName())
-		rules, err := sgRules(obj)
+		rules, err := fw.SGRulesOf(obj)
 		if err != nil {
-			w.note("%v: those rules are left out, as the data path leaves them out", err)
+			w.note("%v: the agent installs none of this group's rules", err)
 		}
 		pol := fw.SecurityGroupPolicy{ID: g, Rules: rules}
 		if ok, rid := pol.Evaluate(d, fp, members); ok {

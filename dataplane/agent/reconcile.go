@@ -70,7 +70,7 @@ func (a *Agent) reconcile(desired map[string]*agentv1.Object, attach map[string]
 	// Network ACLs.
 	for _, id := range sortedKeys(v.NetworkACLs) {
 		key := fmt.Sprintf("acl/%d", id)
-		acl, err := aclOf(v.NetworkACLs[id])
+		acl, err := fw.ACLOf(v.NetworkACLs[id])
 		if err == nil {
 			var c *fw.CompiledACL
 			if c, err = fw.CompileACL(acl); err == nil {
@@ -150,7 +150,7 @@ func (a *Agent) reconcile(desired map[string]*agentv1.Object, attach map[string]
 			if !ok {
 				continue
 			}
-			rules, err := sgRules(sg)
+			rules, err := fw.SGRulesOf(sg)
 			if err != nil {
 				fail(fmt.Sprintf("sg/%d", g), err)
 				continue

@@ -31,7 +31,7 @@ func TestRulesTranslateToFirewallModel(t *testing.T) {
 		{Id: 3, Ingress: false, Protocol: 0, IcmpType: -1, IcmpCode: -1},
 		{Id: 4, Ingress: true, Protocol: 6, Cidr: "2001:db8::/64", Ipv6: true, IcmpType: -1, IcmpCode: -1},
 	}}
-	rules, err := sgRules(sg)
+	rules, err := fw.SGRulesOf(sg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestRulesTranslateToFirewallModel(t *testing.T) {
 			t.Errorf("rule %d: got %+v, want %+v", i, g, w)
 		}
 	}
-	acl, err := aclOf(&agentv1.NetworkAcl{Id: 2, Rules: []*agentv1.Rule{
+	acl, err := fw.ACLOf(&agentv1.NetworkAcl{Id: 2, Rules: []*agentv1.Rule{
 		{Id: 10, Number: 100, Allow: false, Ingress: true, Protocol: 6, PortMin: 80, PortMax: 80, IcmpType: -1, IcmpCode: -1},
 		{Id: 11, Number: 200, Allow: true, Ingress: true, IcmpType: -1, IcmpCode: -1, Cidr: "10.0.0.0/8"},
 	}})
