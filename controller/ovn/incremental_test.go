@@ -34,11 +34,26 @@ func waitDrift(t *testing.T, r *Reconciler, table string) {
 	}
 }
 
-// settleEvents lets the events of the reconciler's own writes arrive and
-// runs the pass they cause, so the next pass sees only the test's change.
-func settleEvents(t *testing.T, r *Reconciler, objs map[string]*agentv1.Object) {
+// settleEvents waits until the NB events of the rows the last pass wrote
+// reached the reconciler (the cache delivers them on its own goroutine),
+// then runs the pass they cause, as Run would, so the next pass sees only
+// the test's change. Every row written names itself in an event.
+func settleEvents(t *testing.T, r *Reconciler, objs map[string]*agentv1.Object, wrote SyncResult) {
 	t.Helper()
-	time.Sleep(20 * time.Millisecond) // event delivery, not a condition: there may be no event
+	want := wrote.Created + wrote.Updated
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r.driftMu.Lock()
+		n := scopeSize(r.drift)
+		r.driftMu.Unlock()
+		if n >= want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("events for %d of the %d rows written reached the reconciler", n, want)
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if res := mustSync(t, r, objs); res.Writes() != 0 {
 		t.Fatalf("verifying the rows just written wrote %+v", res)
 	}
@@ -47,8 +62,7 @@ func settleEvents(t *testing.T, r *Reconciler, objs map[string]*agentv1.Object) 
 func TestOneRuleChangeIsOneIncrementalWrite(t *testing.T) {
 	r := connect(t, ovntest.InMemoryNB(t), nil)
 	objs := fixture()
-	mustSync(t, r, objs)
-	settleEvents(t, r, objs)
+	settleEvents(t, r, objs, mustSync(t, r, objs))
 
 	sg := cloneSG(objs["sg/21"].GetSecurityGroup())
 	sg.Rules[0].PortMin, sg.Rules[0].PortMax = 2222, 2222
@@ -63,7 +77,7 @@ func TestOneRuleChangeIsOneIncrementalWrite(t *testing.T) {
 	assertNBMatches(t, r, Render(objs))
 
 	// Nothing changed: an incremental pass looks at nothing at all.
-	settleEvents(t, r, objs)
+	settleEvents(t, r, objs, res)
 	if res := mustSync(t, r, objs); res != (SyncResult{}) || r.Status().LastScope != 0 {
 		t.Errorf("idle incremental pass wrote %+v over %d rows", res, r.Status().LastScope)
 	}
@@ -72,8 +86,7 @@ func TestOneRuleChangeIsOneIncrementalWrite(t *testing.T) {
 func TestIncrementalPassRepairsDriftItHears(t *testing.T) {
 	r := connect(t, ovntest.InMemoryNB(t), nil)
 	objs := fixture()
-	mustSync(t, r, objs)
-	settleEvents(t, r, objs)
+	settleEvents(t, r, objs, mustSync(t, r, objs))
 	c := r.Client()
 	a := &nbdb.ACL{UUID: uuidOf(r, nbdb.ACLTable, "sg/21/rule/1"), Match: "1"}
 	transact(t, c, must(c.Where(a).Update(a, &a.Match)))

@@ -462,8 +462,15 @@ func TestNATExhaustionRealTraffic(t *testing.T) {
 				t.Fatal(err)
 			}
 			open[0].Close()
-			time.Sleep(300 * time.Millisecond)
-			c, err := d.Dial("tcp4", g.outIP.String()+":9090")
+			// The port is free once the closed flow's 50 ms have passed:
+			// retry (a refused attempt is counted, not fatal) until then.
+			var c net.Conn
+			var err error
+			for deadline := time.Now().Add(5 * time.Second); ; {
+				if c, err = short.Dial("tcp4", g.outIP.String()+":9090"); err == nil || time.Now().After(deadline) {
+					break
+				}
+			}
 			if err != nil {
 				t.Fatalf("no connection once a port was free again: %v (exhausted %d)", err, exhausted())
 			}
