@@ -321,9 +321,12 @@ func (x *Ack) GetErrors() []*ObjectError {
 // NodeReport is what an agent observes and the API shows: sent whenever it
 // changes. Each report replaces the previous one.
 type NodeReport struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	BgpPeers      []*BgpPeerState        `protobuf:"bytes,1,rep,name=bgp_peers,json=bgpPeers,proto3" json:"bgp_peers,omitempty"`
-	Nat           []*NatStats            `protobuf:"bytes,2,rep,name=nat,proto3" json:"nat,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	BgpPeers []*BgpPeerState        `protobuf:"bytes,1,rep,name=bgp_peers,json=bgpPeers,proto3" json:"bgp_peers,omitempty"`
+	Nat      []*NatStats            `protobuf:"bytes,2,rep,name=nat,proto3" json:"nat,omitempty"`
+	// Results of the health checks this node runs (see LbService): one per
+	// (service, backend) it checks.
+	BackendHealth []*BackendHealth `protobuf:"bytes,3,rep,name=backend_health,json=backendHealth,proto3" json:"backend_health,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -372,6 +375,89 @@ func (x *NodeReport) GetNat() []*NatStats {
 	return nil
 }
 
+func (x *NodeReport) GetBackendHealth() []*BackendHealth {
+	if x != nil {
+		return x.BackendHealth
+	}
+	return nil
+}
+
+type BackendHealth struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ServiceId     uint32                 `protobuf:"varint,1,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"` // LbService.id
+	BackendId     uint32                 `protobuf:"varint,2,opt,name=backend_id,json=backendId,proto3" json:"backend_id,omitempty"` // LbBackend.id
+	Healthy       bool                   `protobuf:"varint,3,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	SinceUnix     int64                  `protobuf:"varint,4,opt,name=since_unix,json=sinceUnix,proto3" json:"since_unix,omitempty"` // when it entered that state
+	LastError     string                 `protobuf:"bytes,5,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`  // why the last failed probe failed
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendHealth) Reset() {
+	*x = BackendHealth{}
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendHealth) ProtoMessage() {}
+
+func (x *BackendHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendHealth.ProtoReflect.Descriptor instead.
+func (*BackendHealth) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *BackendHealth) GetServiceId() uint32 {
+	if x != nil {
+		return x.ServiceId
+	}
+	return 0
+}
+
+func (x *BackendHealth) GetBackendId() uint32 {
+	if x != nil {
+		return x.BackendId
+	}
+	return 0
+}
+
+func (x *BackendHealth) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *BackendHealth) GetSinceUnix() int64 {
+	if x != nil {
+		return x.SinceUnix
+	}
+	return 0
+}
+
+func (x *BackendHealth) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 type BgpPeerState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PeerId        uint32                 `protobuf:"varint,1,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"` // BgpPeer.id
@@ -387,7 +473,7 @@ type BgpPeerState struct {
 
 func (x *BgpPeerState) Reset() {
 	*x = BgpPeerState{}
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -399,7 +485,7 @@ func (x *BgpPeerState) String() string {
 func (*BgpPeerState) ProtoMessage() {}
 
 func (x *BgpPeerState) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -412,7 +498,7 @@ func (x *BgpPeerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BgpPeerState.ProtoReflect.Descriptor instead.
 func (*BgpPeerState) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *BgpPeerState) GetPeerId() uint32 {
@@ -475,7 +561,7 @@ type NatStats struct {
 
 func (x *NatStats) Reset() {
 	*x = NatStats{}
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -487,7 +573,7 @@ func (x *NatStats) String() string {
 func (*NatStats) ProtoMessage() {}
 
 func (x *NatStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -500,7 +586,7 @@ func (x *NatStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NatStats.ProtoReflect.Descriptor instead.
 func (*NatStats) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *NatStats) GetNatGatewayId() uint32 {
@@ -538,7 +624,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +636,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +649,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SyncRequest) GetMsg() isSyncRequest_Msg {
@@ -638,7 +724,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +736,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +749,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SyncResponse) GetVersion() uint64 {
@@ -720,6 +806,7 @@ type Object struct {
 	//	*Object_NatGateway
 	//	*Object_PublicPool
 	//	*Object_BgpPeer
+	//	*Object_LbService
 	Body          isObject_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -727,7 +814,7 @@ type Object struct {
 
 func (x *Object) Reset() {
 	*x = Object{}
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +826,7 @@ func (x *Object) String() string {
 func (*Object) ProtoMessage() {}
 
 func (x *Object) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +839,7 @@ func (x *Object) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Object.ProtoReflect.Descriptor instead.
 func (*Object) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Object) GetKey() string {
@@ -877,6 +964,15 @@ func (x *Object) GetBgpPeer() *BgpPeer {
 	return nil
 }
 
+func (x *Object) GetLbService() *LbService {
+	if x != nil {
+		if x, ok := x.Body.(*Object_LbService); ok {
+			return x.LbService
+		}
+	}
+	return nil
+}
+
 type isObject_Body interface {
 	isObject_Body()
 }
@@ -929,6 +1025,10 @@ type Object_BgpPeer struct {
 	BgpPeer *BgpPeer `protobuf:"bytes,13,opt,name=bgp_peer,json=bgpPeer,proto3,oneof"`
 }
 
+type Object_LbService struct {
+	LbService *LbService `protobuf:"bytes,14,opt,name=lb_service,json=lbService,proto3,oneof"`
+}
+
 func (*Object_Vpc) isObject_Body() {}
 
 func (*Object_Subnet) isObject_Body() {}
@@ -953,6 +1053,8 @@ func (*Object_PublicPool) isObject_Body() {}
 
 func (*Object_BgpPeer) isObject_Body() {}
 
+func (*Object_LbService) isObject_Body() {}
+
 type Vpc struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -965,7 +1067,7 @@ type Vpc struct {
 
 func (x *Vpc) Reset() {
 	*x = Vpc{}
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -977,7 +1079,7 @@ func (x *Vpc) String() string {
 func (*Vpc) ProtoMessage() {}
 
 func (x *Vpc) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -990,7 +1092,7 @@ func (x *Vpc) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vpc.ProtoReflect.Descriptor instead.
 func (*Vpc) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Vpc) GetId() uint32 {
@@ -1041,7 +1143,7 @@ type Subnet struct {
 
 func (x *Subnet) Reset() {
 	*x = Subnet{}
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1155,7 @@ func (x *Subnet) String() string {
 func (*Subnet) ProtoMessage() {}
 
 func (x *Subnet) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1168,7 @@ func (x *Subnet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subnet.ProtoReflect.Descriptor instead.
 func (*Subnet) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Subnet) GetId() uint32 {
@@ -1170,7 +1272,7 @@ type Port struct {
 
 func (x *Port) Reset() {
 	*x = Port{}
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1182,7 +1284,7 @@ func (x *Port) String() string {
 func (*Port) ProtoMessage() {}
 
 func (x *Port) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1195,7 +1297,7 @@ func (x *Port) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Port.ProtoReflect.Descriptor instead.
 func (*Port) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Port) GetId() uint32 {
@@ -1283,7 +1385,7 @@ type Rule struct {
 
 func (x *Rule) Reset() {
 	*x = Rule{}
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1397,7 @@ func (x *Rule) String() string {
 func (*Rule) ProtoMessage() {}
 
 func (x *Rule) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1410,7 @@ func (x *Rule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rule.ProtoReflect.Descriptor instead.
 func (*Rule) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Rule) GetId() uint32 {
@@ -1407,7 +1509,7 @@ type SecurityGroup struct {
 
 func (x *SecurityGroup) Reset() {
 	*x = SecurityGroup{}
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +1521,7 @@ func (x *SecurityGroup) String() string {
 func (*SecurityGroup) ProtoMessage() {}
 
 func (x *SecurityGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +1534,7 @@ func (x *SecurityGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecurityGroup.ProtoReflect.Descriptor instead.
 func (*SecurityGroup) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SecurityGroup) GetId() uint32 {
@@ -1475,7 +1577,7 @@ type NetworkAcl struct {
 
 func (x *NetworkAcl) Reset() {
 	*x = NetworkAcl{}
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1589,7 @@ func (x *NetworkAcl) String() string {
 func (*NetworkAcl) ProtoMessage() {}
 
 func (x *NetworkAcl) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1602,7 @@ func (x *NetworkAcl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkAcl.ProtoReflect.Descriptor instead.
 func (*NetworkAcl) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NetworkAcl) GetId() uint32 {
@@ -1543,7 +1645,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +1657,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +1670,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Route) GetDestination() string {
@@ -1611,7 +1713,7 @@ type RouteTable struct {
 
 func (x *RouteTable) Reset() {
 	*x = RouteTable{}
-	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1623,7 +1725,7 @@ func (x *RouteTable) String() string {
 func (*RouteTable) ProtoMessage() {}
 
 func (x *RouteTable) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1636,7 +1738,7 @@ func (x *RouteTable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteTable.ProtoReflect.Descriptor instead.
 func (*RouteTable) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RouteTable) GetId() uint32 {
@@ -1679,7 +1781,7 @@ type PeerNode struct {
 
 func (x *PeerNode) Reset() {
 	*x = PeerNode{}
-	mi := &file_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1691,7 +1793,7 @@ func (x *PeerNode) String() string {
 func (*PeerNode) ProtoMessage() {}
 
 func (x *PeerNode) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1704,7 +1806,7 @@ func (x *PeerNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerNode.ProtoReflect.Descriptor instead.
 func (*PeerNode) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PeerNode) GetNode() string {
@@ -1747,7 +1849,7 @@ type Gateway struct {
 
 func (x *Gateway) Reset() {
 	*x = Gateway{}
-	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1861,7 @@ func (x *Gateway) String() string {
 func (*Gateway) ProtoMessage() {}
 
 func (x *Gateway) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1874,7 @@ func (x *Gateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
 func (*Gateway) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Gateway) GetNode() string {
@@ -1829,7 +1931,7 @@ type ElasticIp struct {
 
 func (x *ElasticIp) Reset() {
 	*x = ElasticIp{}
-	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +1943,7 @@ func (x *ElasticIp) String() string {
 func (*ElasticIp) ProtoMessage() {}
 
 func (x *ElasticIp) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +1956,7 @@ func (x *ElasticIp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ElasticIp.ProtoReflect.Descriptor instead.
 func (*ElasticIp) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ElasticIp) GetId() uint32 {
@@ -1960,7 +2062,7 @@ type PortMapping struct {
 
 func (x *PortMapping) Reset() {
 	*x = PortMapping{}
-	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1972,7 +2074,7 @@ func (x *PortMapping) String() string {
 func (*PortMapping) ProtoMessage() {}
 
 func (x *PortMapping) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1985,7 +2087,7 @@ func (x *PortMapping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortMapping.ProtoReflect.Descriptor instead.
 func (*PortMapping) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PortMapping) GetProtocol() uint32 {
@@ -2073,7 +2175,7 @@ type NatGateway struct {
 
 func (x *NatGateway) Reset() {
 	*x = NatGateway{}
-	mi := &file_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2085,7 +2187,7 @@ func (x *NatGateway) String() string {
 func (*NatGateway) ProtoMessage() {}
 
 func (x *NatGateway) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2098,7 +2200,7 @@ func (x *NatGateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NatGateway.ProtoReflect.Descriptor instead.
 func (*NatGateway) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *NatGateway) GetId() uint32 {
@@ -2193,7 +2295,7 @@ type PublicPool struct {
 
 func (x *PublicPool) Reset() {
 	*x = PublicPool{}
-	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2205,7 +2307,7 @@ func (x *PublicPool) String() string {
 func (*PublicPool) ProtoMessage() {}
 
 func (x *PublicPool) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2218,7 +2320,7 @@ func (x *PublicPool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublicPool.ProtoReflect.Descriptor instead.
 func (*PublicPool) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PublicPool) GetId() uint32 {
@@ -2284,7 +2386,7 @@ type BgpPeer struct {
 
 func (x *BgpPeer) Reset() {
 	*x = BgpPeer{}
-	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2296,7 +2398,7 @@ func (x *BgpPeer) String() string {
 func (*BgpPeer) ProtoMessage() {}
 
 func (x *BgpPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2309,7 +2411,7 @@ func (x *BgpPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BgpPeer.ProtoReflect.Descriptor instead.
 func (*BgpPeer) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *BgpPeer) GetId() uint32 {
@@ -2396,6 +2498,393 @@ func (x *BgpPeer) GetPassword() string {
 	return ""
 }
 
+// ---- Load balancing (issue [5]) ----
+//
+// An LbService is one L4 listener of a load balancer: vip:port/protocol
+// spread over backends with a Maglev table (lb/maglev) that every node
+// computes identically from the same backends (sorted by id, keyed by
+// "address:port", weights, only healthy and not draining ones), so ECMP
+// may send a flow to any LB node and an LB node may restart.
+//
+// Where each part runs:
+//   - north-south (internal = false, the VIP is a public address): gateway
+//     nodes run the XDP program on their uplink: VIP match, connection
+//     table, Maglev, then VXLAN (VNI vni) to the backend's node with the
+//     inner packet unchanged (destination still vip:port, inner destination
+//     MAC the backend port's MAC). Gateways announce the VIP with BGP.
+//   - on the backend's node the tc pipeline sees a packet for vip:port on
+//     a port that is one of the service's backends and rewrites the
+//     destination to backend address:port (conntrack keeps the reverse
+//     translation); the reply leaves with source vip:port straight to a
+//     gateway and out (direct server return: the LB node never sees it).
+//   - east-west (internal = true, the VIP is a VPC address): the tc
+//     pipeline at the client's port does the Maglev choice and the
+//     translation, like Cilium's socket-less service load balancing.
+//
+// Sent to: every gateway node (north-south), every node hosting one of
+// its backends, and (east-west) every node with a port in the VPC.
+//
+// Health: the node hosting a backend probes it (TCP connect or HTTP GET,
+// from the subnet gateway's address, injected on the port's host-side
+// veth) and reports BackendHealth; the controller folds the reports into
+// LbBackend.healthy so every node builds the same table. One checker per
+// backend means nodes never disagree about health.
+type LbService struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Id                  uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // listener ID, unique across load balancers
+	LoadBalancerId      uint32                 `protobuf:"varint,2,opt,name=load_balancer_id,json=loadBalancerId,proto3" json:"load_balancer_id,omitempty"`
+	Name                string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"` // "<load balancer>/<listener>"
+	VpcId               uint32                 `protobuf:"varint,4,opt,name=vpc_id,json=vpcId,proto3" json:"vpc_id,omitempty"`
+	Vni                 uint32                 `protobuf:"varint,5,opt,name=vni,proto3" json:"vni,omitempty"`
+	Vip                 string                 `protobuf:"bytes,6,opt,name=vip,proto3" json:"vip,omitempty"`
+	Port                uint32                 `protobuf:"varint,7,opt,name=port,proto3" json:"port,omitempty"`
+	Protocol            uint32                 `protobuf:"varint,8,opt,name=protocol,proto3" json:"protocol,omitempty"` // 6 (TCP) or 17 (UDP)
+	Internal            bool                   `protobuf:"varint,9,opt,name=internal,proto3" json:"internal,omitempty"`
+	SourceIpPersistence bool                   `protobuf:"varint,10,opt,name=source_ip_persistence,json=sourceIpPersistence,proto3" json:"source_ip_persistence,omitempty"` // hash the client address only
+	Backends            []*LbBackend           `protobuf:"bytes,11,rep,name=backends,proto3" json:"backends,omitempty"`                                                     // sorted by id
+	HealthCheck         *HealthCheck           `protobuf:"bytes,12,opt,name=health_check,json=healthCheck,proto3" json:"health_check,omitempty"`                            // unset = no checks, backends are healthy
+	PoolId              uint32                 `protobuf:"varint,13,opt,name=pool_id,json=poolId,proto3" json:"pool_id,omitempty"`                                          // public pool of a north-south VIP (BGP attributes)
+	MaglevSize          uint32                 `protobuf:"varint,14,opt,name=maglev_size,json=maglevSize,proto3" json:"maglev_size,omitempty"`                              // prime, >= 65537 unless set smaller for tests
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *LbService) Reset() {
+	*x = LbService{}
+	mi := &file_agent_v1_agent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LbService) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LbService) ProtoMessage() {}
+
+func (x *LbService) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LbService.ProtoReflect.Descriptor instead.
+func (*LbService) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *LbService) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LbService) GetLoadBalancerId() uint32 {
+	if x != nil {
+		return x.LoadBalancerId
+	}
+	return 0
+}
+
+func (x *LbService) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *LbService) GetVpcId() uint32 {
+	if x != nil {
+		return x.VpcId
+	}
+	return 0
+}
+
+func (x *LbService) GetVni() uint32 {
+	if x != nil {
+		return x.Vni
+	}
+	return 0
+}
+
+func (x *LbService) GetVip() string {
+	if x != nil {
+		return x.Vip
+	}
+	return ""
+}
+
+func (x *LbService) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *LbService) GetProtocol() uint32 {
+	if x != nil {
+		return x.Protocol
+	}
+	return 0
+}
+
+func (x *LbService) GetInternal() bool {
+	if x != nil {
+		return x.Internal
+	}
+	return false
+}
+
+func (x *LbService) GetSourceIpPersistence() bool {
+	if x != nil {
+		return x.SourceIpPersistence
+	}
+	return false
+}
+
+func (x *LbService) GetBackends() []*LbBackend {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+func (x *LbService) GetHealthCheck() *HealthCheck {
+	if x != nil {
+		return x.HealthCheck
+	}
+	return nil
+}
+
+func (x *LbService) GetPoolId() uint32 {
+	if x != nil {
+		return x.PoolId
+	}
+	return 0
+}
+
+func (x *LbService) GetMaglevSize() uint32 {
+	if x != nil {
+		return x.MaglevSize
+	}
+	return 0
+}
+
+type LbBackend struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"` // the port's private address
+	Port          uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`      // target port
+	Weight        uint32                 `protobuf:"varint,4,opt,name=weight,proto3" json:"weight,omitempty"`  // 1..256
+	PortId        uint32                 `protobuf:"varint,5,opt,name=port_id,json=portId,proto3" json:"port_id,omitempty"`
+	PortMac       string                 `protobuf:"bytes,6,opt,name=port_mac,json=portMac,proto3" json:"port_mac,omitempty"`
+	Node          string                 `protobuf:"bytes,7,opt,name=node,proto3" json:"node,omitempty"`                   // node hosting the port ("" = unbound: not used)
+	NodeIp        string                 `protobuf:"bytes,8,opt,name=node_ip,json=nodeIp,proto3" json:"node_ip,omitempty"` // its underlay address
+	Healthy       bool                   `protobuf:"varint,9,opt,name=healthy,proto3" json:"healthy,omitempty"`            // as reported by the checking node (true without checks)
+	Draining      bool                   `protobuf:"varint,10,opt,name=draining,proto3" json:"draining,omitempty"`         // no new flows; established flows stay
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LbBackend) Reset() {
+	*x = LbBackend{}
+	mi := &file_agent_v1_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LbBackend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LbBackend) ProtoMessage() {}
+
+func (x *LbBackend) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LbBackend.ProtoReflect.Descriptor instead.
+func (*LbBackend) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *LbBackend) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LbBackend) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *LbBackend) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *LbBackend) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *LbBackend) GetPortId() uint32 {
+	if x != nil {
+		return x.PortId
+	}
+	return 0
+}
+
+func (x *LbBackend) GetPortMac() string {
+	if x != nil {
+		return x.PortMac
+	}
+	return ""
+}
+
+func (x *LbBackend) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *LbBackend) GetNodeIp() string {
+	if x != nil {
+		return x.NodeIp
+	}
+	return ""
+}
+
+func (x *LbBackend) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *LbBackend) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+type HealthCheck struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Protocol           string                 `protobuf:"bytes,1,opt,name=protocol,proto3" json:"protocol,omitempty"`                                                // "tcp" (connect) or "http" (GET)
+	Port               uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`                                                       // 0 = the backend's port
+	Path               string                 `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`                                                        // http: request path, default "/"
+	IntervalMs         uint32                 `protobuf:"varint,4,opt,name=interval_ms,json=intervalMs,proto3" json:"interval_ms,omitempty"`                         // default 2000
+	TimeoutMs          uint32                 `protobuf:"varint,5,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`                            // default 1000
+	HealthyThreshold   uint32                 `protobuf:"varint,6,opt,name=healthy_threshold,json=healthyThreshold,proto3" json:"healthy_threshold,omitempty"`       // consecutive successes to become healthy, default 2
+	UnhealthyThreshold uint32                 `protobuf:"varint,7,opt,name=unhealthy_threshold,json=unhealthyThreshold,proto3" json:"unhealthy_threshold,omitempty"` // consecutive failures to become unhealthy, default 2
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *HealthCheck) Reset() {
+	*x = HealthCheck{}
+	mi := &file_agent_v1_agent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthCheck) ProtoMessage() {}
+
+func (x *HealthCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
+func (*HealthCheck) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *HealthCheck) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *HealthCheck) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *HealthCheck) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *HealthCheck) GetIntervalMs() uint32 {
+	if x != nil {
+		return x.IntervalMs
+	}
+	return 0
+}
+
+func (x *HealthCheck) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *HealthCheck) GetHealthyThreshold() uint32 {
+	if x != nil {
+		return x.HealthyThreshold
+	}
+	return 0
+}
+
+func (x *HealthCheck) GetUnhealthyThreshold() uint32 {
+	if x != nil {
+		return x.UnhealthyThreshold
+	}
+	return 0
+}
+
 var File_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_agent_v1_agent_proto_rawDesc = "" +
@@ -2419,11 +2908,22 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"N\n" +
 	"\x03Ack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12-\n" +
-	"\x06errors\x18\x02 \x03(\v2\x15.agent.v1.ObjectErrorR\x06errors\"g\n" +
+	"\x06errors\x18\x02 \x03(\v2\x15.agent.v1.ObjectErrorR\x06errors\"\xa7\x01\n" +
 	"\n" +
 	"NodeReport\x123\n" +
 	"\tbgp_peers\x18\x01 \x03(\v2\x16.agent.v1.BgpPeerStateR\bbgpPeers\x12$\n" +
-	"\x03nat\x18\x02 \x03(\v2\x12.agent.v1.NatStatsR\x03nat\"\xda\x01\n" +
+	"\x03nat\x18\x02 \x03(\v2\x12.agent.v1.NatStatsR\x03nat\x12>\n" +
+	"\x0ebackend_health\x18\x03 \x03(\v2\x17.agent.v1.BackendHealthR\rbackendHealth\"\xa5\x01\n" +
+	"\rBackendHealth\x12\x1d\n" +
+	"\n" +
+	"service_id\x18\x01 \x01(\rR\tserviceId\x12\x1d\n" +
+	"\n" +
+	"backend_id\x18\x02 \x01(\rR\tbackendId\x12\x18\n" +
+	"\ahealthy\x18\x03 \x01(\bR\ahealthy\x12\x1d\n" +
+	"\n" +
+	"since_unix\x18\x04 \x01(\x03R\tsinceUnix\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x05 \x01(\tR\tlastError\"\xda\x01\n" +
 	"\fBgpPeerState\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\rR\x06peerId\x12!\n" +
 	"\fpeer_address\x18\x02 \x01(\tR\vpeerAddress\x12\x14\n" +
@@ -2450,7 +2950,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\ffrom_version\x18\x02 \x01(\x04R\vfromVersion\x12\x1a\n" +
 	"\bsnapshot\x18\x03 \x01(\bR\bsnapshot\x12*\n" +
 	"\aupserts\x18\x04 \x03(\v2\x10.agent.v1.ObjectR\aupserts\x12\x18\n" +
-	"\adeletes\x18\x05 \x03(\tR\adeletes\"\x85\x05\n" +
+	"\adeletes\x18\x05 \x03(\tR\adeletes\"\xbb\x05\n" +
 	"\x06Object\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12!\n" +
 	"\x03vpc\x18\x02 \x01(\v2\r.agent.v1.VpcH\x00R\x03vpc\x12*\n" +
@@ -2470,7 +2970,9 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"natGateway\x127\n" +
 	"\vpublic_pool\x18\f \x01(\v2\x14.agent.v1.PublicPoolH\x00R\n" +
 	"publicPool\x12.\n" +
-	"\bbgp_peer\x18\r \x01(\v2\x11.agent.v1.BgpPeerH\x00R\abgpPeerB\x06\n" +
+	"\bbgp_peer\x18\r \x01(\v2\x11.agent.v1.BgpPeerH\x00R\abgpPeer\x124\n" +
+	"\n" +
+	"lb_service\x18\x0e \x01(\v2\x13.agent.v1.LbServiceH\x00R\tlbServiceB\x06\n" +
 	"\x04body\"Q\n" +
 	"\x03Vpc\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
@@ -2618,7 +3120,46 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\frestart_time\x18\n" +
 	" \x01(\rR\vrestartTime\x122\n" +
 	"\x15announce_vpc_prefixes\x18\v \x01(\bR\x13announceVpcPrefixes\x12\x1a\n" +
-	"\bpassword\x18\f \x01(\tR\bpassword2\x8c\x01\n" +
+	"\bpassword\x18\f \x01(\tR\bpassword\"\xb9\x03\n" +
+	"\tLbService\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12(\n" +
+	"\x10load_balancer_id\x18\x02 \x01(\rR\x0eloadBalancerId\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x15\n" +
+	"\x06vpc_id\x18\x04 \x01(\rR\x05vpcId\x12\x10\n" +
+	"\x03vni\x18\x05 \x01(\rR\x03vni\x12\x10\n" +
+	"\x03vip\x18\x06 \x01(\tR\x03vip\x12\x12\n" +
+	"\x04port\x18\a \x01(\rR\x04port\x12\x1a\n" +
+	"\bprotocol\x18\b \x01(\rR\bprotocol\x12\x1a\n" +
+	"\binternal\x18\t \x01(\bR\binternal\x122\n" +
+	"\x15source_ip_persistence\x18\n" +
+	" \x01(\bR\x13sourceIpPersistence\x12/\n" +
+	"\bbackends\x18\v \x03(\v2\x13.agent.v1.LbBackendR\bbackends\x128\n" +
+	"\fhealth_check\x18\f \x01(\v2\x15.agent.v1.HealthCheckR\vhealthCheck\x12\x17\n" +
+	"\apool_id\x18\r \x01(\rR\x06poolId\x12\x1f\n" +
+	"\vmaglev_size\x18\x0e \x01(\rR\n" +
+	"maglevSize\"\xf8\x01\n" +
+	"\tLbBackend\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\x12\x16\n" +
+	"\x06weight\x18\x04 \x01(\rR\x06weight\x12\x17\n" +
+	"\aport_id\x18\x05 \x01(\rR\x06portId\x12\x19\n" +
+	"\bport_mac\x18\x06 \x01(\tR\aportMac\x12\x12\n" +
+	"\x04node\x18\a \x01(\tR\x04node\x12\x17\n" +
+	"\anode_ip\x18\b \x01(\tR\x06nodeIp\x12\x18\n" +
+	"\ahealthy\x18\t \x01(\bR\ahealthy\x12\x1a\n" +
+	"\bdraining\x18\n" +
+	" \x01(\bR\bdraining\"\xef\x01\n" +
+	"\vHealthCheck\x12\x1a\n" +
+	"\bprotocol\x18\x01 \x01(\tR\bprotocol\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x12\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\x12\x1f\n" +
+	"\vinterval_ms\x18\x04 \x01(\rR\n" +
+	"intervalMs\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x05 \x01(\rR\ttimeoutMs\x12+\n" +
+	"\x11healthy_threshold\x18\x06 \x01(\rR\x10healthyThreshold\x12/\n" +
+	"\x13unhealthy_threshold\x18\a \x01(\rR\x12unhealthyThreshold2\x8c\x01\n" +
 	"\fAgentService\x12A\n" +
 	"\bRegister\x12\x19.agent.v1.RegisterRequest\x1a\x1a.agent.v1.RegisterResponse\x129\n" +
 	"\x04Sync\x12\x15.agent.v1.SyncRequest\x1a\x16.agent.v1.SyncResponse(\x010\x01B7Z5github.com/meridian-sdn/meridian/api/agent/v1;agentv1b\x06proto3"
@@ -2635,7 +3176,7 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_agent_v1_agent_proto_rawDescData
 }
 
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(*RegisterRequest)(nil),  // 0: agent.v1.RegisterRequest
 	(*RegisterResponse)(nil), // 1: agent.v1.RegisterResponse
@@ -2643,60 +3184,68 @@ var file_agent_v1_agent_proto_goTypes = []any{
 	(*ObjectError)(nil),      // 3: agent.v1.ObjectError
 	(*Ack)(nil),              // 4: agent.v1.Ack
 	(*NodeReport)(nil),       // 5: agent.v1.NodeReport
-	(*BgpPeerState)(nil),     // 6: agent.v1.BgpPeerState
-	(*NatStats)(nil),         // 7: agent.v1.NatStats
-	(*SyncRequest)(nil),      // 8: agent.v1.SyncRequest
-	(*SyncResponse)(nil),     // 9: agent.v1.SyncResponse
-	(*Object)(nil),           // 10: agent.v1.Object
-	(*Vpc)(nil),              // 11: agent.v1.Vpc
-	(*Subnet)(nil),           // 12: agent.v1.Subnet
-	(*Port)(nil),             // 13: agent.v1.Port
-	(*Rule)(nil),             // 14: agent.v1.Rule
-	(*SecurityGroup)(nil),    // 15: agent.v1.SecurityGroup
-	(*NetworkAcl)(nil),       // 16: agent.v1.NetworkAcl
-	(*Route)(nil),            // 17: agent.v1.Route
-	(*RouteTable)(nil),       // 18: agent.v1.RouteTable
-	(*PeerNode)(nil),         // 19: agent.v1.PeerNode
-	(*Gateway)(nil),          // 20: agent.v1.Gateway
-	(*ElasticIp)(nil),        // 21: agent.v1.ElasticIp
-	(*PortMapping)(nil),      // 22: agent.v1.PortMapping
-	(*NatGateway)(nil),       // 23: agent.v1.NatGateway
-	(*PublicPool)(nil),       // 24: agent.v1.PublicPool
-	(*BgpPeer)(nil),          // 25: agent.v1.BgpPeer
+	(*BackendHealth)(nil),    // 6: agent.v1.BackendHealth
+	(*BgpPeerState)(nil),     // 7: agent.v1.BgpPeerState
+	(*NatStats)(nil),         // 8: agent.v1.NatStats
+	(*SyncRequest)(nil),      // 9: agent.v1.SyncRequest
+	(*SyncResponse)(nil),     // 10: agent.v1.SyncResponse
+	(*Object)(nil),           // 11: agent.v1.Object
+	(*Vpc)(nil),              // 12: agent.v1.Vpc
+	(*Subnet)(nil),           // 13: agent.v1.Subnet
+	(*Port)(nil),             // 14: agent.v1.Port
+	(*Rule)(nil),             // 15: agent.v1.Rule
+	(*SecurityGroup)(nil),    // 16: agent.v1.SecurityGroup
+	(*NetworkAcl)(nil),       // 17: agent.v1.NetworkAcl
+	(*Route)(nil),            // 18: agent.v1.Route
+	(*RouteTable)(nil),       // 19: agent.v1.RouteTable
+	(*PeerNode)(nil),         // 20: agent.v1.PeerNode
+	(*Gateway)(nil),          // 21: agent.v1.Gateway
+	(*ElasticIp)(nil),        // 22: agent.v1.ElasticIp
+	(*PortMapping)(nil),      // 23: agent.v1.PortMapping
+	(*NatGateway)(nil),       // 24: agent.v1.NatGateway
+	(*PublicPool)(nil),       // 25: agent.v1.PublicPool
+	(*BgpPeer)(nil),          // 26: agent.v1.BgpPeer
+	(*LbService)(nil),        // 27: agent.v1.LbService
+	(*LbBackend)(nil),        // 28: agent.v1.LbBackend
+	(*HealthCheck)(nil),      // 29: agent.v1.HealthCheck
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
 	3,  // 0: agent.v1.Ack.errors:type_name -> agent.v1.ObjectError
-	6,  // 1: agent.v1.NodeReport.bgp_peers:type_name -> agent.v1.BgpPeerState
-	7,  // 2: agent.v1.NodeReport.nat:type_name -> agent.v1.NatStats
-	2,  // 3: agent.v1.SyncRequest.hello:type_name -> agent.v1.Hello
-	4,  // 4: agent.v1.SyncRequest.ack:type_name -> agent.v1.Ack
-	5,  // 5: agent.v1.SyncRequest.report:type_name -> agent.v1.NodeReport
-	10, // 6: agent.v1.SyncResponse.upserts:type_name -> agent.v1.Object
-	11, // 7: agent.v1.Object.vpc:type_name -> agent.v1.Vpc
-	12, // 8: agent.v1.Object.subnet:type_name -> agent.v1.Subnet
-	13, // 9: agent.v1.Object.port:type_name -> agent.v1.Port
-	15, // 10: agent.v1.Object.security_group:type_name -> agent.v1.SecurityGroup
-	16, // 11: agent.v1.Object.network_acl:type_name -> agent.v1.NetworkAcl
-	18, // 12: agent.v1.Object.route_table:type_name -> agent.v1.RouteTable
-	19, // 13: agent.v1.Object.peer_node:type_name -> agent.v1.PeerNode
-	20, // 14: agent.v1.Object.gateway:type_name -> agent.v1.Gateway
-	21, // 15: agent.v1.Object.elastic_ip:type_name -> agent.v1.ElasticIp
-	23, // 16: agent.v1.Object.nat_gateway:type_name -> agent.v1.NatGateway
-	24, // 17: agent.v1.Object.public_pool:type_name -> agent.v1.PublicPool
-	25, // 18: agent.v1.Object.bgp_peer:type_name -> agent.v1.BgpPeer
-	14, // 19: agent.v1.SecurityGroup.rules:type_name -> agent.v1.Rule
-	14, // 20: agent.v1.NetworkAcl.rules:type_name -> agent.v1.Rule
-	17, // 21: agent.v1.RouteTable.routes:type_name -> agent.v1.Route
-	22, // 22: agent.v1.NatGateway.port_mappings:type_name -> agent.v1.PortMapping
-	0,  // 23: agent.v1.AgentService.Register:input_type -> agent.v1.RegisterRequest
-	8,  // 24: agent.v1.AgentService.Sync:input_type -> agent.v1.SyncRequest
-	1,  // 25: agent.v1.AgentService.Register:output_type -> agent.v1.RegisterResponse
-	9,  // 26: agent.v1.AgentService.Sync:output_type -> agent.v1.SyncResponse
-	25, // [25:27] is the sub-list for method output_type
-	23, // [23:25] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	7,  // 1: agent.v1.NodeReport.bgp_peers:type_name -> agent.v1.BgpPeerState
+	8,  // 2: agent.v1.NodeReport.nat:type_name -> agent.v1.NatStats
+	6,  // 3: agent.v1.NodeReport.backend_health:type_name -> agent.v1.BackendHealth
+	2,  // 4: agent.v1.SyncRequest.hello:type_name -> agent.v1.Hello
+	4,  // 5: agent.v1.SyncRequest.ack:type_name -> agent.v1.Ack
+	5,  // 6: agent.v1.SyncRequest.report:type_name -> agent.v1.NodeReport
+	11, // 7: agent.v1.SyncResponse.upserts:type_name -> agent.v1.Object
+	12, // 8: agent.v1.Object.vpc:type_name -> agent.v1.Vpc
+	13, // 9: agent.v1.Object.subnet:type_name -> agent.v1.Subnet
+	14, // 10: agent.v1.Object.port:type_name -> agent.v1.Port
+	16, // 11: agent.v1.Object.security_group:type_name -> agent.v1.SecurityGroup
+	17, // 12: agent.v1.Object.network_acl:type_name -> agent.v1.NetworkAcl
+	19, // 13: agent.v1.Object.route_table:type_name -> agent.v1.RouteTable
+	20, // 14: agent.v1.Object.peer_node:type_name -> agent.v1.PeerNode
+	21, // 15: agent.v1.Object.gateway:type_name -> agent.v1.Gateway
+	22, // 16: agent.v1.Object.elastic_ip:type_name -> agent.v1.ElasticIp
+	24, // 17: agent.v1.Object.nat_gateway:type_name -> agent.v1.NatGateway
+	25, // 18: agent.v1.Object.public_pool:type_name -> agent.v1.PublicPool
+	26, // 19: agent.v1.Object.bgp_peer:type_name -> agent.v1.BgpPeer
+	27, // 20: agent.v1.Object.lb_service:type_name -> agent.v1.LbService
+	15, // 21: agent.v1.SecurityGroup.rules:type_name -> agent.v1.Rule
+	15, // 22: agent.v1.NetworkAcl.rules:type_name -> agent.v1.Rule
+	18, // 23: agent.v1.RouteTable.routes:type_name -> agent.v1.Route
+	23, // 24: agent.v1.NatGateway.port_mappings:type_name -> agent.v1.PortMapping
+	28, // 25: agent.v1.LbService.backends:type_name -> agent.v1.LbBackend
+	29, // 26: agent.v1.LbService.health_check:type_name -> agent.v1.HealthCheck
+	0,  // 27: agent.v1.AgentService.Register:input_type -> agent.v1.RegisterRequest
+	9,  // 28: agent.v1.AgentService.Sync:input_type -> agent.v1.SyncRequest
+	1,  // 29: agent.v1.AgentService.Register:output_type -> agent.v1.RegisterResponse
+	10, // 30: agent.v1.AgentService.Sync:output_type -> agent.v1.SyncResponse
+	29, // [29:31] is the sub-list for method output_type
+	27, // [27:29] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -2704,12 +3253,12 @@ func file_agent_v1_agent_proto_init() {
 	if File_agent_v1_agent_proto != nil {
 		return
 	}
-	file_agent_v1_agent_proto_msgTypes[8].OneofWrappers = []any{
+	file_agent_v1_agent_proto_msgTypes[9].OneofWrappers = []any{
 		(*SyncRequest_Hello)(nil),
 		(*SyncRequest_Ack)(nil),
 		(*SyncRequest_Report)(nil),
 	}
-	file_agent_v1_agent_proto_msgTypes[10].OneofWrappers = []any{
+	file_agent_v1_agent_proto_msgTypes[11].OneofWrappers = []any{
 		(*Object_Vpc)(nil),
 		(*Object_Subnet)(nil),
 		(*Object_Port)(nil),
@@ -2722,6 +3271,7 @@ func file_agent_v1_agent_proto_init() {
 		(*Object_NatGateway)(nil),
 		(*Object_PublicPool)(nil),
 		(*Object_BgpPeer)(nil),
+		(*Object_LbService)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2729,7 +3279,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
