@@ -285,20 +285,23 @@ func (Realization) EnumDescriptor() ([]byte, []int) {
 
 // Quota bounds what one project may hold. Zero means "use the default".
 type Quota struct {
-	state              protoimpl.MessageState `protogen:"open.v1"`
-	Vpcs               int32                  `protobuf:"varint,1,opt,name=vpcs,proto3" json:"vpcs,omitempty"`
-	Subnets            int32                  `protobuf:"varint,2,opt,name=subnets,proto3" json:"subnets,omitempty"`
-	Ports              int32                  `protobuf:"varint,3,opt,name=ports,proto3" json:"ports,omitempty"`
-	SecurityGroups     int32                  `protobuf:"varint,4,opt,name=security_groups,json=securityGroups,proto3" json:"security_groups,omitempty"`
-	SecurityGroupRules int32                  `protobuf:"varint,5,opt,name=security_group_rules,json=securityGroupRules,proto3" json:"security_group_rules,omitempty"` // per security group
-	NetworkAcls        int32                  `protobuf:"varint,6,opt,name=network_acls,json=networkAcls,proto3" json:"network_acls,omitempty"`
-	NetworkAclRules    int32                  `protobuf:"varint,7,opt,name=network_acl_rules,json=networkAclRules,proto3" json:"network_acl_rules,omitempty"` // per network ACL
-	RouteTables        int32                  `protobuf:"varint,8,opt,name=route_tables,json=routeTables,proto3" json:"route_tables,omitempty"`
-	Routes             int32                  `protobuf:"varint,9,opt,name=routes,proto3" json:"routes,omitempty"` // per route table
-	ElasticIps         int32                  `protobuf:"varint,10,opt,name=elastic_ips,json=elasticIps,proto3" json:"elastic_ips,omitempty"`
-	NatGateways        int32                  `protobuf:"varint,11,opt,name=nat_gateways,json=natGateways,proto3" json:"nat_gateways,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	Vpcs                  int32                  `protobuf:"varint,1,opt,name=vpcs,proto3" json:"vpcs,omitempty"`
+	Subnets               int32                  `protobuf:"varint,2,opt,name=subnets,proto3" json:"subnets,omitempty"`
+	Ports                 int32                  `protobuf:"varint,3,opt,name=ports,proto3" json:"ports,omitempty"`
+	SecurityGroups        int32                  `protobuf:"varint,4,opt,name=security_groups,json=securityGroups,proto3" json:"security_groups,omitempty"`
+	SecurityGroupRules    int32                  `protobuf:"varint,5,opt,name=security_group_rules,json=securityGroupRules,proto3" json:"security_group_rules,omitempty"` // per security group
+	NetworkAcls           int32                  `protobuf:"varint,6,opt,name=network_acls,json=networkAcls,proto3" json:"network_acls,omitempty"`
+	NetworkAclRules       int32                  `protobuf:"varint,7,opt,name=network_acl_rules,json=networkAclRules,proto3" json:"network_acl_rules,omitempty"` // per network ACL
+	RouteTables           int32                  `protobuf:"varint,8,opt,name=route_tables,json=routeTables,proto3" json:"route_tables,omitempty"`
+	Routes                int32                  `protobuf:"varint,9,opt,name=routes,proto3" json:"routes,omitempty"` // per route table
+	ElasticIps            int32                  `protobuf:"varint,10,opt,name=elastic_ips,json=elasticIps,proto3" json:"elastic_ips,omitempty"`
+	NatGateways           int32                  `protobuf:"varint,11,opt,name=nat_gateways,json=natGateways,proto3" json:"nat_gateways,omitempty"`
+	LoadBalancers         int32                  `protobuf:"varint,12,opt,name=load_balancers,json=loadBalancers,proto3" json:"load_balancers,omitempty"`
+	LoadBalancerListeners int32                  `protobuf:"varint,13,opt,name=load_balancer_listeners,json=loadBalancerListeners,proto3" json:"load_balancer_listeners,omitempty"` // per load balancer
+	LoadBalancerBackends  int32                  `protobuf:"varint,14,opt,name=load_balancer_backends,json=loadBalancerBackends,proto3" json:"load_balancer_backends,omitempty"`    // per listener
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *Quota) Reset() {
@@ -404,6 +407,27 @@ func (x *Quota) GetElasticIps() int32 {
 func (x *Quota) GetNatGateways() int32 {
 	if x != nil {
 		return x.NatGateways
+	}
+	return 0
+}
+
+func (x *Quota) GetLoadBalancers() int32 {
+	if x != nil {
+		return x.LoadBalancers
+	}
+	return 0
+}
+
+func (x *Quota) GetLoadBalancerListeners() int32 {
+	if x != nil {
+		return x.LoadBalancerListeners
+	}
+	return 0
+}
+
+func (x *Quota) GetLoadBalancerBackends() int32 {
+	if x != nil {
+		return x.LoadBalancerBackends
 	}
 	return 0
 }
@@ -2145,6 +2169,7 @@ type Resource struct {
 	//	*Resource_BgpPeer
 	//	*Resource_ElasticIp
 	//	*Resource_NatGateway
+	//	*Resource_LoadBalancer
 	Kind          isResource_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2295,6 +2320,15 @@ func (x *Resource) GetNatGateway() *NatGateway {
 	return nil
 }
 
+func (x *Resource) GetLoadBalancer() *LoadBalancer {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_LoadBalancer); ok {
+			return x.LoadBalancer
+		}
+	}
+	return nil
+}
+
 type isResource_Kind interface {
 	isResource_Kind()
 }
@@ -2347,6 +2381,10 @@ type Resource_NatGateway struct {
 	NatGateway *NatGateway `protobuf:"bytes,12,opt,name=nat_gateway,json=natGateway,proto3,oneof"`
 }
 
+type Resource_LoadBalancer struct {
+	LoadBalancer *LoadBalancer `protobuf:"bytes,13,opt,name=load_balancer,json=loadBalancer,proto3,oneof"`
+}
+
 func (*Resource_Project) isResource_Kind() {}
 
 func (*Resource_Vpc) isResource_Kind() {}
@@ -2370,6 +2408,8 @@ func (*Resource_BgpPeer) isResource_Kind() {}
 func (*Resource_ElasticIp) isResource_Kind() {}
 
 func (*Resource_NatGateway) isResource_Kind() {}
+
+func (*Resource_LoadBalancer) isResource_Kind() {}
 
 type PublicAddressPoolStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3279,11 +3319,662 @@ func (x *BgpPeer) GetStatus() *BgpPeerStatus {
 	return nil
 }
 
+// LoadBalancerHealthCheck says how the node hosting each backend probes it
+// (from the subnet gateway's address). Unset on a listener: no checks, every
+// bound backend is healthy.
+type LoadBalancerHealthCheck struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Protocol           string                 `protobuf:"bytes,1,opt,name=protocol,proto3" json:"protocol,omitempty"`                                                // "tcp" (connect) or "http" (GET, 2xx/3xx is healthy); required
+	Port               uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`                                                       // 0 (default): the backend's target port
+	Path               string                 `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`                                                        // http only: absolute path, default "/"
+	IntervalMs         uint32                 `protobuf:"varint,4,opt,name=interval_ms,json=intervalMs,proto3" json:"interval_ms,omitempty"`                         // 100..300000, default 2000
+	TimeoutMs          uint32                 `protobuf:"varint,5,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`                            // 50..interval_ms, default 1000 (or the interval if shorter)
+	HealthyThreshold   uint32                 `protobuf:"varint,6,opt,name=healthy_threshold,json=healthyThreshold,proto3" json:"healthy_threshold,omitempty"`       // consecutive successes to become healthy: 1..10, default 2
+	UnhealthyThreshold uint32                 `protobuf:"varint,7,opt,name=unhealthy_threshold,json=unhealthyThreshold,proto3" json:"unhealthy_threshold,omitempty"` // consecutive failures to become unhealthy: 1..10, default 2
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *LoadBalancerHealthCheck) Reset() {
+	*x = LoadBalancerHealthCheck{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadBalancerHealthCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadBalancerHealthCheck) ProtoMessage() {}
+
+func (x *LoadBalancerHealthCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadBalancerHealthCheck.ProtoReflect.Descriptor instead.
+func (*LoadBalancerHealthCheck) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *LoadBalancerHealthCheck) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *LoadBalancerHealthCheck) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *LoadBalancerHealthCheck) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *LoadBalancerHealthCheck) GetIntervalMs() uint32 {
+	if x != nil {
+		return x.IntervalMs
+	}
+	return 0
+}
+
+func (x *LoadBalancerHealthCheck) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *LoadBalancerHealthCheck) GetHealthyThreshold() uint32 {
+	if x != nil {
+		return x.HealthyThreshold
+	}
+	return 0
+}
+
+func (x *LoadBalancerHealthCheck) GetUnhealthyThreshold() uint32 {
+	if x != nil {
+		return x.UnhealthyThreshold
+	}
+	return 0
+}
+
+// LoadBalancerBackend is one target of a listener: a port of the load
+// balancer's VPC (same project), given by name or by one of its addresses
+// (resolved to the port on write; both are stored and returned).
+type LoadBalancerBackend struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`                                   // output only; stable while the backend (port and address) stays in the listener
+	Port          string                 `protobuf:"bytes,2,opt,name=port,proto3" json:"port,omitempty"`                                // projects/{project}/ports/{port}
+	Address       string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`                          // one of the port's IPv4 addresses; default its first
+	TargetPort    uint32                 `protobuf:"varint,4,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"` // 1..65535; default the listener's port
+	Weight        *uint32                `protobuf:"varint,5,opt,name=weight,proto3,oneof" json:"weight,omitempty"`                     // 1..256, default 1
+	Draining      bool                   `protobuf:"varint,6,opt,name=draining,proto3" json:"draining,omitempty"`                       // no new connections; established ones stay
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoadBalancerBackend) Reset() {
+	*x = LoadBalancerBackend{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadBalancerBackend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadBalancerBackend) ProtoMessage() {}
+
+func (x *LoadBalancerBackend) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadBalancerBackend.ProtoReflect.Descriptor instead.
+func (*LoadBalancerBackend) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *LoadBalancerBackend) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LoadBalancerBackend) GetPort() string {
+	if x != nil {
+		return x.Port
+	}
+	return ""
+}
+
+func (x *LoadBalancerBackend) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *LoadBalancerBackend) GetTargetPort() uint32 {
+	if x != nil {
+		return x.TargetPort
+	}
+	return 0
+}
+
+func (x *LoadBalancerBackend) GetWeight() uint32 {
+	if x != nil && x.Weight != nil {
+		return *x.Weight
+	}
+	return 0
+}
+
+func (x *LoadBalancerBackend) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+// LoadBalancerListener is one L4 service of a load balancer: vip:port of
+// a protocol spread over its backends with a Maglev table.
+type LoadBalancerListener struct {
+	state               protoimpl.MessageState   `protogen:"open.v1"`
+	Id                  uint32                   `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`            // output only; unique across load balancers, stable while the name stays
+	Name                string                   `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`         // required, unique in the load balancer (1-63 of a-z, 0-9, '-')
+	Protocol            string                   `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"` // "tcp" or "udp"
+	Port                uint32                   `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`        // 1..65535; protocol+port unique in the load balancer
+	Backends            []*LoadBalancerBackend   `protobuf:"bytes,5,rep,name=backends,proto3" json:"backends,omitempty"`
+	HealthCheck         *LoadBalancerHealthCheck `protobuf:"bytes,6,opt,name=health_check,json=healthCheck,proto3" json:"health_check,omitempty"`
+	SourceIpPersistence bool                     `protobuf:"varint,7,opt,name=source_ip_persistence,json=sourceIpPersistence,proto3" json:"source_ip_persistence,omitempty"` // hash the client address only, so one client sticks to one backend
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *LoadBalancerListener) Reset() {
+	*x = LoadBalancerListener{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadBalancerListener) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadBalancerListener) ProtoMessage() {}
+
+func (x *LoadBalancerListener) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadBalancerListener.ProtoReflect.Descriptor instead.
+func (*LoadBalancerListener) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *LoadBalancerListener) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LoadBalancerListener) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *LoadBalancerListener) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *LoadBalancerListener) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *LoadBalancerListener) GetBackends() []*LoadBalancerBackend {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+func (x *LoadBalancerListener) GetHealthCheck() *LoadBalancerHealthCheck {
+	if x != nil {
+		return x.HealthCheck
+	}
+	return nil
+}
+
+func (x *LoadBalancerListener) GetSourceIpPersistence() bool {
+	if x != nil {
+		return x.SourceIpPersistence
+	}
+	return false
+}
+
+type LoadBalancerBackendStatus struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Port    string                 `protobuf:"bytes,2,opt,name=port,proto3" json:"port,omitempty"`
+	Address string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	Node    string                 `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"` // nodes/{node} hosting the port ("" = unbound)
+	// "healthy", "unhealthy", "unknown" (checked but no result yet),
+	// "draining" (no new connections) or "unbound" (the port has no node).
+	State         string                 `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`
+	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`    // why it is not healthy: the last probe error, an absent agent, ...
+	Since         *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=since,proto3" json:"since,omitempty"`      // when it entered its health state, if known
+	Serving       bool                   `protobuf:"varint,8,opt,name=serving,proto3" json:"serving,omitempty"` // takes new connections (it is in the Maglev table)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoadBalancerBackendStatus) Reset() {
+	*x = LoadBalancerBackendStatus{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadBalancerBackendStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadBalancerBackendStatus) ProtoMessage() {}
+
+func (x *LoadBalancerBackendStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadBalancerBackendStatus.ProtoReflect.Descriptor instead.
+func (*LoadBalancerBackendStatus) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *LoadBalancerBackendStatus) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LoadBalancerBackendStatus) GetPort() string {
+	if x != nil {
+		return x.Port
+	}
+	return ""
+}
+
+func (x *LoadBalancerBackendStatus) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *LoadBalancerBackendStatus) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *LoadBalancerBackendStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *LoadBalancerBackendStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *LoadBalancerBackendStatus) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *LoadBalancerBackendStatus) GetServing() bool {
+	if x != nil {
+		return x.Serving
+	}
+	return false
+}
+
+type LoadBalancerListenerStatus struct {
+	state         protoimpl.MessageState       `protogen:"open.v1"`
+	Id            uint32                       `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                       `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Backends      []*LoadBalancerBackendStatus `protobuf:"bytes,3,rep,name=backends,proto3" json:"backends,omitempty"`
+	Serving       uint32                       `protobuf:"varint,4,opt,name=serving,proto3" json:"serving,omitempty"` // backends taking new connections
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoadBalancerListenerStatus) Reset() {
+	*x = LoadBalancerListenerStatus{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadBalancerListenerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadBalancerListenerStatus) ProtoMessage() {}
+
+func (x *LoadBalancerListenerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadBalancerListenerStatus.ProtoReflect.Descriptor instead.
+func (*LoadBalancerListenerStatus) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *LoadBalancerListenerStatus) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LoadBalancerListenerStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *LoadBalancerListenerStatus) GetBackends() []*LoadBalancerBackendStatus {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+func (x *LoadBalancerListenerStatus) GetServing() uint32 {
+	if x != nil {
+		return x.Serving
+	}
+	return 0
+}
+
+type LoadBalancerStatus struct {
+	state         protoimpl.MessageState        `protogen:"open.v1"`
+	Listeners     []*LoadBalancerListenerStatus `protobuf:"bytes,1,rep,name=listeners,proto3" json:"listeners,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoadBalancerStatus) Reset() {
+	*x = LoadBalancerStatus{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadBalancerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadBalancerStatus) ProtoMessage() {}
+
+func (x *LoadBalancerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadBalancerStatus.ProtoReflect.Descriptor instead.
+func (*LoadBalancerStatus) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *LoadBalancerStatus) GetListeners() []*LoadBalancerListenerStatus {
+	if x != nil {
+		return x.Listeners
+	}
+	return nil
+}
+
+// LoadBalancer is an L4 load balancer: one virtual IP with listeners.
+//
+// An internet-facing load balancer takes its VIP from a public address
+// pool (in the API transaction, like an elastic IP; RESOURCE_EXHAUSTED
+// when the pool is full), gateway nodes spread its connections over the
+// backends and announce the VIP with BGP. An internal one takes an address
+// of one of its VPC's subnets (given or allocated) and is resolved at the
+// client's port, inside the VPC only.
+//
+// Ports used as backends cannot be deleted (FAILED_PRECONDITION naming the
+// load balancer): remove the backend first, so a deletion never silently
+// shrinks a pool of servers. Backend health comes from the node hosting the
+// backend and is shown in status.
+type LoadBalancer struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Name          string                  `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // projects/{project}/loadBalancers/{lb}
+	Etag          string                  `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
+	CreateTime    *timestamppb.Timestamp  `protobuf:"bytes,3,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime    *timestamppb.Timestamp  `protobuf:"bytes,4,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	Labels        map[string]string       `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Description   string                  `protobuf:"bytes,6,opt,name=description,proto3" json:"description,omitempty"`
+	Vpc           string                  `protobuf:"bytes,10,opt,name=vpc,proto3" json:"vpc,omitempty"`       // required, immutable
+	Scheme        string                  `protobuf:"bytes,11,opt,name=scheme,proto3" json:"scheme,omitempty"` // "internet-facing" (default) or "internal"; immutable
+	Pool          string                  `protobuf:"bytes,12,opt,name=pool,proto3" json:"pool,omitempty"`     // internet-facing: publicAddressPools/{pool}, required; immutable
+	Subnet        string                  `protobuf:"bytes,13,opt,name=subnet,proto3" json:"subnet,omitempty"` // internal: subnet of the VPC the VIP is in, required; immutable
+	Vip           string                  `protobuf:"bytes,14,opt,name=vip,proto3" json:"vip,omitempty"`       // IPv4; requested (free, inside the pool or subnet) or allocated when empty; immutable
+	Listeners     []*LoadBalancerListener `protobuf:"bytes,15,rep,name=listeners,proto3" json:"listeners,omitempty"`
+	Id            uint32                  `protobuf:"varint,16,opt,name=id,proto3" json:"id,omitempty"`        // output only
+	Status        *LoadBalancerStatus     `protobuf:"bytes,17,opt,name=status,proto3" json:"status,omitempty"` // output only
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoadBalancer) Reset() {
+	*x = LoadBalancer{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadBalancer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadBalancer) ProtoMessage() {}
+
+func (x *LoadBalancer) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadBalancer.ProtoReflect.Descriptor instead.
+func (*LoadBalancer) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *LoadBalancer) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *LoadBalancer) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *LoadBalancer) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *LoadBalancer) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *LoadBalancer) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *LoadBalancer) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *LoadBalancer) GetVpc() string {
+	if x != nil {
+		return x.Vpc
+	}
+	return ""
+}
+
+func (x *LoadBalancer) GetScheme() string {
+	if x != nil {
+		return x.Scheme
+	}
+	return ""
+}
+
+func (x *LoadBalancer) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *LoadBalancer) GetSubnet() string {
+	if x != nil {
+		return x.Subnet
+	}
+	return ""
+}
+
+func (x *LoadBalancer) GetVip() string {
+	if x != nil {
+		return x.Vip
+	}
+	return ""
+}
+
+func (x *LoadBalancer) GetListeners() []*LoadBalancerListener {
+	if x != nil {
+		return x.Listeners
+	}
+	return nil
+}
+
+func (x *LoadBalancer) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LoadBalancer) GetStatus() *LoadBalancerStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
 var File_meridian_v1_resources_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\n" +
-	"\x1bmeridian/v1/resources.proto\x12\vmeridian.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x02\n" +
+	"\x1bmeridian/v1/resources.proto\x12\vmeridian.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x04\n" +
 	"\x05Quota\x12\x12\n" +
 	"\x04vpcs\x18\x01 \x01(\x05R\x04vpcs\x12\x18\n" +
 	"\asubnets\x18\x02 \x01(\x05R\asubnets\x12\x14\n" +
@@ -3297,7 +3988,10 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\velastic_ips\x18\n" +
 	" \x01(\x05R\n" +
 	"elasticIps\x12!\n" +
-	"\fnat_gateways\x18\v \x01(\x05R\vnatGateways\"\xba\x03\n" +
+	"\fnat_gateways\x18\v \x01(\x05R\vnatGateways\x12%\n" +
+	"\x0eload_balancers\x18\f \x01(\x05R\rloadBalancers\x126\n" +
+	"\x17load_balancer_listeners\x18\r \x01(\x05R\x15loadBalancerListeners\x124\n" +
+	"\x16load_balancer_backends\x18\x0e \x01(\x05R\x14loadBalancerBackends\"\xba\x03\n" +
 	"\aProject\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\x12;\n" +
@@ -3527,7 +4221,7 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\bresource\x18\x06 \x01(\tR\bresource\x12\x18\n" +
 	"\aproject\x18\a \x01(\tR\aproject\x12\x16\n" +
 	"\x06before\x18\b \x01(\tR\x06before\x12\x14\n" +
-	"\x05after\x18\t \x01(\tR\x05after\"\xa2\x05\n" +
+	"\x05after\x18\t \x01(\tR\x05after\"\xe4\x05\n" +
 	"\bResource\x120\n" +
 	"\aproject\x18\x01 \x01(\v2\x14.meridian.v1.ProjectH\x00R\aproject\x12$\n" +
 	"\x03vpc\x18\x02 \x01(\v2\x10.meridian.v1.VpcH\x00R\x03vpc\x12-\n" +
@@ -3545,7 +4239,8 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\n" +
 	"elastic_ip\x18\v \x01(\v2\x16.meridian.v1.ElasticIpH\x00R\telasticIp\x12:\n" +
 	"\vnat_gateway\x18\f \x01(\v2\x17.meridian.v1.NatGatewayH\x00R\n" +
-	"natGatewayB\x06\n" +
+	"natGateway\x12@\n" +
+	"\rload_balancer\x18\r \x01(\v2\x19.meridian.v1.LoadBalancerH\x00R\floadBalancerB\x06\n" +
 	"\x04kind\"M\n" +
 	"\x17PublicAddressPoolStatus\x12\x1c\n" +
 	"\tallocated\x18\x01 \x01(\x04R\tallocated\x12\x14\n" +
@@ -3665,7 +4360,71 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x13\n" +
-	"\x11_graceful_restart*\x7f\n" +
+	"\x11_graceful_restart\"\xfb\x01\n" +
+	"\x17LoadBalancerHealthCheck\x12\x1a\n" +
+	"\bprotocol\x18\x01 \x01(\tR\bprotocol\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x12\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\x12\x1f\n" +
+	"\vinterval_ms\x18\x04 \x01(\rR\n" +
+	"intervalMs\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x05 \x01(\rR\ttimeoutMs\x12+\n" +
+	"\x11healthy_threshold\x18\x06 \x01(\rR\x10healthyThreshold\x12/\n" +
+	"\x13unhealthy_threshold\x18\a \x01(\rR\x12unhealthyThreshold\"\xb8\x01\n" +
+	"\x13LoadBalancerBackend\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\tR\x04port\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x1f\n" +
+	"\vtarget_port\x18\x04 \x01(\rR\n" +
+	"targetPort\x12\x1b\n" +
+	"\x06weight\x18\x05 \x01(\rH\x00R\x06weight\x88\x01\x01\x12\x1a\n" +
+	"\bdraining\x18\x06 \x01(\bR\bdrainingB\t\n" +
+	"\a_weight\"\xa5\x02\n" +
+	"\x14LoadBalancerListener\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\x12<\n" +
+	"\bbackends\x18\x05 \x03(\v2 .meridian.v1.LoadBalancerBackendR\bbackends\x12G\n" +
+	"\fhealth_check\x18\x06 \x01(\v2$.meridian.v1.LoadBalancerHealthCheckR\vhealthCheck\x122\n" +
+	"\x15source_ip_persistence\x18\a \x01(\bR\x13sourceIpPersistence\"\xe7\x01\n" +
+	"\x19LoadBalancerBackendStatus\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\tR\x04port\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x12\n" +
+	"\x04node\x18\x04 \x01(\tR\x04node\x12\x14\n" +
+	"\x05state\x18\x05 \x01(\tR\x05state\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x120\n" +
+	"\x05since\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x18\n" +
+	"\aserving\x18\b \x01(\bR\aserving\"\x9e\x01\n" +
+	"\x1aLoadBalancerListenerStatus\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12B\n" +
+	"\bbackends\x18\x03 \x03(\v2&.meridian.v1.LoadBalancerBackendStatusR\bbackends\x12\x18\n" +
+	"\aserving\x18\x04 \x01(\rR\aserving\"[\n" +
+	"\x12LoadBalancerStatus\x12E\n" +
+	"\tlisteners\x18\x01 \x03(\v2'.meridian.v1.LoadBalancerListenerStatusR\tlisteners\"\xbe\x04\n" +
+	"\fLoadBalancer\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\x12;\n" +
+	"\vcreate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12=\n" +
+	"\x06labels\x18\x05 \x03(\v2%.meridian.v1.LoadBalancer.LabelsEntryR\x06labels\x12 \n" +
+	"\vdescription\x18\x06 \x01(\tR\vdescription\x12\x10\n" +
+	"\x03vpc\x18\n" +
+	" \x01(\tR\x03vpc\x12\x16\n" +
+	"\x06scheme\x18\v \x01(\tR\x06scheme\x12\x12\n" +
+	"\x04pool\x18\f \x01(\tR\x04pool\x12\x16\n" +
+	"\x06subnet\x18\r \x01(\tR\x06subnet\x12\x10\n" +
+	"\x03vip\x18\x0e \x01(\tR\x03vip\x12?\n" +
+	"\tlisteners\x18\x0f \x03(\v2!.meridian.v1.LoadBalancerListenerR\tlisteners\x12\x0e\n" +
+	"\x02id\x18\x10 \x01(\rR\x02id\x127\n" +
+	"\x06status\x18\x11 \x01(\v2\x1f.meridian.v1.LoadBalancerStatusR\x06status\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\x7f\n" +
 	"\tPortState\x12\x1a\n" +
 	"\x16PORT_STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPORT_STATE_DOWN\x10\x01\x12\x14\n" +
@@ -3704,95 +4463,103 @@ func file_meridian_v1_resources_proto_rawDescGZIP() []byte {
 }
 
 var file_meridian_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_meridian_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_meridian_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_meridian_v1_resources_proto_goTypes = []any{
-	(PortState)(0),                  // 0: meridian.v1.PortState
-	(Direction)(0),                  // 1: meridian.v1.Direction
-	(Action)(0),                     // 2: meridian.v1.Action
-	(NodeRole)(0),                   // 3: meridian.v1.NodeRole
-	(Realization)(0),                // 4: meridian.v1.Realization
-	(*Quota)(nil),                   // 5: meridian.v1.Quota
-	(*Project)(nil),                 // 6: meridian.v1.Project
-	(*Vpc)(nil),                     // 7: meridian.v1.Vpc
-	(*DhcpOptions)(nil),             // 8: meridian.v1.DhcpOptions
-	(*Subnet)(nil),                  // 9: meridian.v1.Subnet
-	(*PortStatus)(nil),              // 10: meridian.v1.PortStatus
-	(*Port)(nil),                    // 11: meridian.v1.Port
-	(*SecurityGroupRule)(nil),       // 12: meridian.v1.SecurityGroupRule
-	(*SecurityGroup)(nil),           // 13: meridian.v1.SecurityGroup
-	(*NetworkAclRule)(nil),          // 14: meridian.v1.NetworkAclRule
-	(*NetworkAcl)(nil),              // 15: meridian.v1.NetworkAcl
-	(*Route)(nil),                   // 16: meridian.v1.Route
-	(*RouteTable)(nil),              // 17: meridian.v1.RouteTable
-	(*ObjectError)(nil),             // 18: meridian.v1.ObjectError
-	(*NodeStatus)(nil),              // 19: meridian.v1.NodeStatus
-	(*Node)(nil),                    // 20: meridian.v1.Node
-	(*AuditRecord)(nil),             // 21: meridian.v1.AuditRecord
-	(*Resource)(nil),                // 22: meridian.v1.Resource
-	(*PublicAddressPoolStatus)(nil), // 23: meridian.v1.PublicAddressPoolStatus
-	(*PublicAddressPool)(nil),       // 24: meridian.v1.PublicAddressPool
-	(*ElasticIp)(nil),               // 25: meridian.v1.ElasticIp
-	(*NatGatewayPortMapping)(nil),   // 26: meridian.v1.NatGatewayPortMapping
-	(*NatGatewayStatus)(nil),        // 27: meridian.v1.NatGatewayStatus
-	(*NatGateway)(nil),              // 28: meridian.v1.NatGateway
-	(*BgpPeerStatus)(nil),           // 29: meridian.v1.BgpPeerStatus
-	(*BgpPeer)(nil),                 // 30: meridian.v1.BgpPeer
-	nil,                             // 31: meridian.v1.Project.LabelsEntry
-	nil,                             // 32: meridian.v1.Vpc.LabelsEntry
-	nil,                             // 33: meridian.v1.Subnet.LabelsEntry
-	nil,                             // 34: meridian.v1.Port.LabelsEntry
-	nil,                             // 35: meridian.v1.SecurityGroup.LabelsEntry
-	nil,                             // 36: meridian.v1.NetworkAcl.LabelsEntry
-	nil,                             // 37: meridian.v1.RouteTable.LabelsEntry
-	nil,                             // 38: meridian.v1.Node.LabelsEntry
-	nil,                             // 39: meridian.v1.PublicAddressPool.LabelsEntry
-	nil,                             // 40: meridian.v1.ElasticIp.LabelsEntry
-	nil,                             // 41: meridian.v1.NatGateway.LabelsEntry
-	nil,                             // 42: meridian.v1.BgpPeer.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 43: google.protobuf.Timestamp
+	(PortState)(0),                     // 0: meridian.v1.PortState
+	(Direction)(0),                     // 1: meridian.v1.Direction
+	(Action)(0),                        // 2: meridian.v1.Action
+	(NodeRole)(0),                      // 3: meridian.v1.NodeRole
+	(Realization)(0),                   // 4: meridian.v1.Realization
+	(*Quota)(nil),                      // 5: meridian.v1.Quota
+	(*Project)(nil),                    // 6: meridian.v1.Project
+	(*Vpc)(nil),                        // 7: meridian.v1.Vpc
+	(*DhcpOptions)(nil),                // 8: meridian.v1.DhcpOptions
+	(*Subnet)(nil),                     // 9: meridian.v1.Subnet
+	(*PortStatus)(nil),                 // 10: meridian.v1.PortStatus
+	(*Port)(nil),                       // 11: meridian.v1.Port
+	(*SecurityGroupRule)(nil),          // 12: meridian.v1.SecurityGroupRule
+	(*SecurityGroup)(nil),              // 13: meridian.v1.SecurityGroup
+	(*NetworkAclRule)(nil),             // 14: meridian.v1.NetworkAclRule
+	(*NetworkAcl)(nil),                 // 15: meridian.v1.NetworkAcl
+	(*Route)(nil),                      // 16: meridian.v1.Route
+	(*RouteTable)(nil),                 // 17: meridian.v1.RouteTable
+	(*ObjectError)(nil),                // 18: meridian.v1.ObjectError
+	(*NodeStatus)(nil),                 // 19: meridian.v1.NodeStatus
+	(*Node)(nil),                       // 20: meridian.v1.Node
+	(*AuditRecord)(nil),                // 21: meridian.v1.AuditRecord
+	(*Resource)(nil),                   // 22: meridian.v1.Resource
+	(*PublicAddressPoolStatus)(nil),    // 23: meridian.v1.PublicAddressPoolStatus
+	(*PublicAddressPool)(nil),          // 24: meridian.v1.PublicAddressPool
+	(*ElasticIp)(nil),                  // 25: meridian.v1.ElasticIp
+	(*NatGatewayPortMapping)(nil),      // 26: meridian.v1.NatGatewayPortMapping
+	(*NatGatewayStatus)(nil),           // 27: meridian.v1.NatGatewayStatus
+	(*NatGateway)(nil),                 // 28: meridian.v1.NatGateway
+	(*BgpPeerStatus)(nil),              // 29: meridian.v1.BgpPeerStatus
+	(*BgpPeer)(nil),                    // 30: meridian.v1.BgpPeer
+	(*LoadBalancerHealthCheck)(nil),    // 31: meridian.v1.LoadBalancerHealthCheck
+	(*LoadBalancerBackend)(nil),        // 32: meridian.v1.LoadBalancerBackend
+	(*LoadBalancerListener)(nil),       // 33: meridian.v1.LoadBalancerListener
+	(*LoadBalancerBackendStatus)(nil),  // 34: meridian.v1.LoadBalancerBackendStatus
+	(*LoadBalancerListenerStatus)(nil), // 35: meridian.v1.LoadBalancerListenerStatus
+	(*LoadBalancerStatus)(nil),         // 36: meridian.v1.LoadBalancerStatus
+	(*LoadBalancer)(nil),               // 37: meridian.v1.LoadBalancer
+	nil,                                // 38: meridian.v1.Project.LabelsEntry
+	nil,                                // 39: meridian.v1.Vpc.LabelsEntry
+	nil,                                // 40: meridian.v1.Subnet.LabelsEntry
+	nil,                                // 41: meridian.v1.Port.LabelsEntry
+	nil,                                // 42: meridian.v1.SecurityGroup.LabelsEntry
+	nil,                                // 43: meridian.v1.NetworkAcl.LabelsEntry
+	nil,                                // 44: meridian.v1.RouteTable.LabelsEntry
+	nil,                                // 45: meridian.v1.Node.LabelsEntry
+	nil,                                // 46: meridian.v1.PublicAddressPool.LabelsEntry
+	nil,                                // 47: meridian.v1.ElasticIp.LabelsEntry
+	nil,                                // 48: meridian.v1.NatGateway.LabelsEntry
+	nil,                                // 49: meridian.v1.BgpPeer.LabelsEntry
+	nil,                                // 50: meridian.v1.LoadBalancer.LabelsEntry
+	(*timestamppb.Timestamp)(nil),      // 51: google.protobuf.Timestamp
 }
 var file_meridian_v1_resources_proto_depIdxs = []int32{
-	43, // 0: meridian.v1.Project.create_time:type_name -> google.protobuf.Timestamp
-	43, // 1: meridian.v1.Project.update_time:type_name -> google.protobuf.Timestamp
-	31, // 2: meridian.v1.Project.labels:type_name -> meridian.v1.Project.LabelsEntry
+	51, // 0: meridian.v1.Project.create_time:type_name -> google.protobuf.Timestamp
+	51, // 1: meridian.v1.Project.update_time:type_name -> google.protobuf.Timestamp
+	38, // 2: meridian.v1.Project.labels:type_name -> meridian.v1.Project.LabelsEntry
 	5,  // 3: meridian.v1.Project.quota:type_name -> meridian.v1.Quota
 	5,  // 4: meridian.v1.Project.usage:type_name -> meridian.v1.Quota
-	43, // 5: meridian.v1.Vpc.create_time:type_name -> google.protobuf.Timestamp
-	43, // 6: meridian.v1.Vpc.update_time:type_name -> google.protobuf.Timestamp
-	32, // 7: meridian.v1.Vpc.labels:type_name -> meridian.v1.Vpc.LabelsEntry
-	43, // 8: meridian.v1.Subnet.create_time:type_name -> google.protobuf.Timestamp
-	43, // 9: meridian.v1.Subnet.update_time:type_name -> google.protobuf.Timestamp
-	33, // 10: meridian.v1.Subnet.labels:type_name -> meridian.v1.Subnet.LabelsEntry
+	51, // 5: meridian.v1.Vpc.create_time:type_name -> google.protobuf.Timestamp
+	51, // 6: meridian.v1.Vpc.update_time:type_name -> google.protobuf.Timestamp
+	39, // 7: meridian.v1.Vpc.labels:type_name -> meridian.v1.Vpc.LabelsEntry
+	51, // 8: meridian.v1.Subnet.create_time:type_name -> google.protobuf.Timestamp
+	51, // 9: meridian.v1.Subnet.update_time:type_name -> google.protobuf.Timestamp
+	40, // 10: meridian.v1.Subnet.labels:type_name -> meridian.v1.Subnet.LabelsEntry
 	8,  // 11: meridian.v1.Subnet.dhcp:type_name -> meridian.v1.DhcpOptions
 	0,  // 12: meridian.v1.PortStatus.state:type_name -> meridian.v1.PortState
-	43, // 13: meridian.v1.Port.create_time:type_name -> google.protobuf.Timestamp
-	43, // 14: meridian.v1.Port.update_time:type_name -> google.protobuf.Timestamp
-	34, // 15: meridian.v1.Port.labels:type_name -> meridian.v1.Port.LabelsEntry
+	51, // 13: meridian.v1.Port.create_time:type_name -> google.protobuf.Timestamp
+	51, // 14: meridian.v1.Port.update_time:type_name -> google.protobuf.Timestamp
+	41, // 15: meridian.v1.Port.labels:type_name -> meridian.v1.Port.LabelsEntry
 	10, // 16: meridian.v1.Port.status:type_name -> meridian.v1.PortStatus
 	1,  // 17: meridian.v1.SecurityGroupRule.direction:type_name -> meridian.v1.Direction
-	43, // 18: meridian.v1.SecurityGroup.create_time:type_name -> google.protobuf.Timestamp
-	43, // 19: meridian.v1.SecurityGroup.update_time:type_name -> google.protobuf.Timestamp
-	35, // 20: meridian.v1.SecurityGroup.labels:type_name -> meridian.v1.SecurityGroup.LabelsEntry
+	51, // 18: meridian.v1.SecurityGroup.create_time:type_name -> google.protobuf.Timestamp
+	51, // 19: meridian.v1.SecurityGroup.update_time:type_name -> google.protobuf.Timestamp
+	42, // 20: meridian.v1.SecurityGroup.labels:type_name -> meridian.v1.SecurityGroup.LabelsEntry
 	12, // 21: meridian.v1.SecurityGroup.rules:type_name -> meridian.v1.SecurityGroupRule
 	2,  // 22: meridian.v1.NetworkAclRule.action:type_name -> meridian.v1.Action
 	1,  // 23: meridian.v1.NetworkAclRule.direction:type_name -> meridian.v1.Direction
-	43, // 24: meridian.v1.NetworkAcl.create_time:type_name -> google.protobuf.Timestamp
-	43, // 25: meridian.v1.NetworkAcl.update_time:type_name -> google.protobuf.Timestamp
-	36, // 26: meridian.v1.NetworkAcl.labels:type_name -> meridian.v1.NetworkAcl.LabelsEntry
+	51, // 24: meridian.v1.NetworkAcl.create_time:type_name -> google.protobuf.Timestamp
+	51, // 25: meridian.v1.NetworkAcl.update_time:type_name -> google.protobuf.Timestamp
+	43, // 26: meridian.v1.NetworkAcl.labels:type_name -> meridian.v1.NetworkAcl.LabelsEntry
 	14, // 27: meridian.v1.NetworkAcl.rules:type_name -> meridian.v1.NetworkAclRule
-	43, // 28: meridian.v1.RouteTable.create_time:type_name -> google.protobuf.Timestamp
-	43, // 29: meridian.v1.RouteTable.update_time:type_name -> google.protobuf.Timestamp
-	37, // 30: meridian.v1.RouteTable.labels:type_name -> meridian.v1.RouteTable.LabelsEntry
+	51, // 28: meridian.v1.RouteTable.create_time:type_name -> google.protobuf.Timestamp
+	51, // 29: meridian.v1.RouteTable.update_time:type_name -> google.protobuf.Timestamp
+	44, // 30: meridian.v1.RouteTable.labels:type_name -> meridian.v1.RouteTable.LabelsEntry
 	16, // 31: meridian.v1.RouteTable.routes:type_name -> meridian.v1.Route
-	43, // 32: meridian.v1.NodeStatus.last_seen:type_name -> google.protobuf.Timestamp
+	51, // 32: meridian.v1.NodeStatus.last_seen:type_name -> google.protobuf.Timestamp
 	18, // 33: meridian.v1.NodeStatus.errors:type_name -> meridian.v1.ObjectError
-	43, // 34: meridian.v1.Node.create_time:type_name -> google.protobuf.Timestamp
-	43, // 35: meridian.v1.Node.update_time:type_name -> google.protobuf.Timestamp
-	38, // 36: meridian.v1.Node.labels:type_name -> meridian.v1.Node.LabelsEntry
+	51, // 34: meridian.v1.Node.create_time:type_name -> google.protobuf.Timestamp
+	51, // 35: meridian.v1.Node.update_time:type_name -> google.protobuf.Timestamp
+	45, // 36: meridian.v1.Node.labels:type_name -> meridian.v1.Node.LabelsEntry
 	3,  // 37: meridian.v1.Node.roles:type_name -> meridian.v1.NodeRole
 	4,  // 38: meridian.v1.Node.realization:type_name -> meridian.v1.Realization
 	19, // 39: meridian.v1.Node.status:type_name -> meridian.v1.NodeStatus
-	43, // 40: meridian.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	51, // 40: meridian.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
 	6,  // 41: meridian.v1.Resource.project:type_name -> meridian.v1.Project
 	7,  // 42: meridian.v1.Resource.vpc:type_name -> meridian.v1.Vpc
 	9,  // 43: meridian.v1.Resource.subnet:type_name -> meridian.v1.Subnet
@@ -3805,28 +4572,39 @@ var file_meridian_v1_resources_proto_depIdxs = []int32{
 	30, // 50: meridian.v1.Resource.bgp_peer:type_name -> meridian.v1.BgpPeer
 	25, // 51: meridian.v1.Resource.elastic_ip:type_name -> meridian.v1.ElasticIp
 	28, // 52: meridian.v1.Resource.nat_gateway:type_name -> meridian.v1.NatGateway
-	43, // 53: meridian.v1.PublicAddressPool.create_time:type_name -> google.protobuf.Timestamp
-	43, // 54: meridian.v1.PublicAddressPool.update_time:type_name -> google.protobuf.Timestamp
-	39, // 55: meridian.v1.PublicAddressPool.labels:type_name -> meridian.v1.PublicAddressPool.LabelsEntry
-	23, // 56: meridian.v1.PublicAddressPool.status:type_name -> meridian.v1.PublicAddressPoolStatus
-	43, // 57: meridian.v1.ElasticIp.create_time:type_name -> google.protobuf.Timestamp
-	43, // 58: meridian.v1.ElasticIp.update_time:type_name -> google.protobuf.Timestamp
-	40, // 59: meridian.v1.ElasticIp.labels:type_name -> meridian.v1.ElasticIp.LabelsEntry
-	43, // 60: meridian.v1.NatGateway.create_time:type_name -> google.protobuf.Timestamp
-	43, // 61: meridian.v1.NatGateway.update_time:type_name -> google.protobuf.Timestamp
-	41, // 62: meridian.v1.NatGateway.labels:type_name -> meridian.v1.NatGateway.LabelsEntry
-	26, // 63: meridian.v1.NatGateway.port_mappings:type_name -> meridian.v1.NatGatewayPortMapping
-	27, // 64: meridian.v1.NatGateway.status:type_name -> meridian.v1.NatGatewayStatus
-	43, // 65: meridian.v1.BgpPeerStatus.since:type_name -> google.protobuf.Timestamp
-	43, // 66: meridian.v1.BgpPeer.create_time:type_name -> google.protobuf.Timestamp
-	43, // 67: meridian.v1.BgpPeer.update_time:type_name -> google.protobuf.Timestamp
-	42, // 68: meridian.v1.BgpPeer.labels:type_name -> meridian.v1.BgpPeer.LabelsEntry
-	29, // 69: meridian.v1.BgpPeer.status:type_name -> meridian.v1.BgpPeerStatus
-	70, // [70:70] is the sub-list for method output_type
-	70, // [70:70] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	37, // 53: meridian.v1.Resource.load_balancer:type_name -> meridian.v1.LoadBalancer
+	51, // 54: meridian.v1.PublicAddressPool.create_time:type_name -> google.protobuf.Timestamp
+	51, // 55: meridian.v1.PublicAddressPool.update_time:type_name -> google.protobuf.Timestamp
+	46, // 56: meridian.v1.PublicAddressPool.labels:type_name -> meridian.v1.PublicAddressPool.LabelsEntry
+	23, // 57: meridian.v1.PublicAddressPool.status:type_name -> meridian.v1.PublicAddressPoolStatus
+	51, // 58: meridian.v1.ElasticIp.create_time:type_name -> google.protobuf.Timestamp
+	51, // 59: meridian.v1.ElasticIp.update_time:type_name -> google.protobuf.Timestamp
+	47, // 60: meridian.v1.ElasticIp.labels:type_name -> meridian.v1.ElasticIp.LabelsEntry
+	51, // 61: meridian.v1.NatGateway.create_time:type_name -> google.protobuf.Timestamp
+	51, // 62: meridian.v1.NatGateway.update_time:type_name -> google.protobuf.Timestamp
+	48, // 63: meridian.v1.NatGateway.labels:type_name -> meridian.v1.NatGateway.LabelsEntry
+	26, // 64: meridian.v1.NatGateway.port_mappings:type_name -> meridian.v1.NatGatewayPortMapping
+	27, // 65: meridian.v1.NatGateway.status:type_name -> meridian.v1.NatGatewayStatus
+	51, // 66: meridian.v1.BgpPeerStatus.since:type_name -> google.protobuf.Timestamp
+	51, // 67: meridian.v1.BgpPeer.create_time:type_name -> google.protobuf.Timestamp
+	51, // 68: meridian.v1.BgpPeer.update_time:type_name -> google.protobuf.Timestamp
+	49, // 69: meridian.v1.BgpPeer.labels:type_name -> meridian.v1.BgpPeer.LabelsEntry
+	29, // 70: meridian.v1.BgpPeer.status:type_name -> meridian.v1.BgpPeerStatus
+	32, // 71: meridian.v1.LoadBalancerListener.backends:type_name -> meridian.v1.LoadBalancerBackend
+	31, // 72: meridian.v1.LoadBalancerListener.health_check:type_name -> meridian.v1.LoadBalancerHealthCheck
+	51, // 73: meridian.v1.LoadBalancerBackendStatus.since:type_name -> google.protobuf.Timestamp
+	34, // 74: meridian.v1.LoadBalancerListenerStatus.backends:type_name -> meridian.v1.LoadBalancerBackendStatus
+	35, // 75: meridian.v1.LoadBalancerStatus.listeners:type_name -> meridian.v1.LoadBalancerListenerStatus
+	51, // 76: meridian.v1.LoadBalancer.create_time:type_name -> google.protobuf.Timestamp
+	51, // 77: meridian.v1.LoadBalancer.update_time:type_name -> google.protobuf.Timestamp
+	50, // 78: meridian.v1.LoadBalancer.labels:type_name -> meridian.v1.LoadBalancer.LabelsEntry
+	33, // 79: meridian.v1.LoadBalancer.listeners:type_name -> meridian.v1.LoadBalancerListener
+	36, // 80: meridian.v1.LoadBalancer.status:type_name -> meridian.v1.LoadBalancerStatus
+	81, // [81:81] is the sub-list for method output_type
+	81, // [81:81] is the sub-list for method input_type
+	81, // [81:81] is the sub-list for extension type_name
+	81, // [81:81] is the sub-list for extension extendee
+	0,  // [0:81] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_resources_proto_init() }
@@ -3849,16 +4627,18 @@ func file_meridian_v1_resources_proto_init() {
 		(*Resource_BgpPeer)(nil),
 		(*Resource_ElasticIp)(nil),
 		(*Resource_NatGateway)(nil),
+		(*Resource_LoadBalancer)(nil),
 	}
 	file_meridian_v1_resources_proto_msgTypes[19].OneofWrappers = []any{}
 	file_meridian_v1_resources_proto_msgTypes[25].OneofWrappers = []any{}
+	file_meridian_v1_resources_proto_msgTypes[27].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_resources_proto_rawDesc), len(file_meridian_v1_resources_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   38,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -4412,6 +4412,366 @@ func (x *DeleteBgpPeerRequest) GetValidateOnly() bool {
 	return false
 }
 
+type CreateLoadBalancerRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Parent         string                 `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	LoadBalancerId string                 `protobuf:"bytes,2,opt,name=load_balancer_id,json=loadBalancerId,proto3" json:"load_balancer_id,omitempty"` // the last segment of the new name
+	LoadBalancer   *LoadBalancer          `protobuf:"bytes,3,opt,name=load_balancer,json=loadBalancer,proto3" json:"load_balancer,omitempty"`
+	ValidateOnly   bool                   `protobuf:"varint,4,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"` // check everything, store nothing
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CreateLoadBalancerRequest) Reset() {
+	*x = CreateLoadBalancerRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateLoadBalancerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateLoadBalancerRequest) ProtoMessage() {}
+
+func (x *CreateLoadBalancerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateLoadBalancerRequest.ProtoReflect.Descriptor instead.
+func (*CreateLoadBalancerRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *CreateLoadBalancerRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *CreateLoadBalancerRequest) GetLoadBalancerId() string {
+	if x != nil {
+		return x.LoadBalancerId
+	}
+	return ""
+}
+
+func (x *CreateLoadBalancerRequest) GetLoadBalancer() *LoadBalancer {
+	if x != nil {
+		return x.LoadBalancer
+	}
+	return nil
+}
+
+func (x *CreateLoadBalancerRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+type GetLoadBalancerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetLoadBalancerRequest) Reset() {
+	*x = GetLoadBalancerRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetLoadBalancerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetLoadBalancerRequest) ProtoMessage() {}
+
+func (x *GetLoadBalancerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetLoadBalancerRequest.ProtoReflect.Descriptor instead.
+func (*GetLoadBalancerRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *GetLoadBalancerRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListLoadBalancersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Parent        string                 `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"` // default 100, at most 1000
+	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	Filter        string                 `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"` // as in ListVpcsRequest
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListLoadBalancersRequest) Reset() {
+	*x = ListLoadBalancersRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListLoadBalancersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListLoadBalancersRequest) ProtoMessage() {}
+
+func (x *ListLoadBalancersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListLoadBalancersRequest.ProtoReflect.Descriptor instead.
+func (*ListLoadBalancersRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *ListLoadBalancersRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *ListLoadBalancersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListLoadBalancersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListLoadBalancersRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+type ListLoadBalancersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LoadBalancers []*LoadBalancer        `protobuf:"bytes,1,rep,name=load_balancers,json=loadBalancers,proto3" json:"load_balancers,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	Revision      int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"` // store revision of this listing: watch from here
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListLoadBalancersResponse) Reset() {
+	*x = ListLoadBalancersResponse{}
+	mi := &file_meridian_v1_service_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListLoadBalancersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListLoadBalancersResponse) ProtoMessage() {}
+
+func (x *ListLoadBalancersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListLoadBalancersResponse.ProtoReflect.Descriptor instead.
+func (*ListLoadBalancersResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{75}
+}
+
+func (x *ListLoadBalancersResponse) GetLoadBalancers() []*LoadBalancer {
+	if x != nil {
+		return x.LoadBalancers
+	}
+	return nil
+}
+
+func (x *ListLoadBalancersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListLoadBalancersResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type UpdateLoadBalancerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LoadBalancer  *LoadBalancer          `protobuf:"bytes,1,opt,name=load_balancer,json=loadBalancer,proto3" json:"load_balancer,omitempty"` // name identifies it; etag, if set, must match
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`       // empty: every updatable field
+	ValidateOnly  bool                   `protobuf:"varint,3,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateLoadBalancerRequest) Reset() {
+	*x = UpdateLoadBalancerRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateLoadBalancerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateLoadBalancerRequest) ProtoMessage() {}
+
+func (x *UpdateLoadBalancerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateLoadBalancerRequest.ProtoReflect.Descriptor instead.
+func (*UpdateLoadBalancerRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *UpdateLoadBalancerRequest) GetLoadBalancer() *LoadBalancer {
+	if x != nil {
+		return x.LoadBalancer
+	}
+	return nil
+}
+
+func (x *UpdateLoadBalancerRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+func (x *UpdateLoadBalancerRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
+type DeleteLoadBalancerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Etag          string                 `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"` // if set, must match
+	ValidateOnly  bool                   `protobuf:"varint,3,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteLoadBalancerRequest) Reset() {
+	*x = DeleteLoadBalancerRequest{}
+	mi := &file_meridian_v1_service_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteLoadBalancerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteLoadBalancerRequest) ProtoMessage() {}
+
+func (x *DeleteLoadBalancerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_service_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteLoadBalancerRequest.ProtoReflect.Descriptor instead.
+func (*DeleteLoadBalancerRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *DeleteLoadBalancerRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteLoadBalancerRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *DeleteLoadBalancerRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
+}
+
 type ListAuditRecordsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Project       string                 `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"` // projects/{project}; empty: all the caller may see
@@ -4423,7 +4783,7 @@ type ListAuditRecordsRequest struct {
 
 func (x *ListAuditRecordsRequest) Reset() {
 	*x = ListAuditRecordsRequest{}
-	mi := &file_meridian_v1_service_proto_msgTypes[72]
+	mi := &file_meridian_v1_service_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4435,7 +4795,7 @@ func (x *ListAuditRecordsRequest) String() string {
 func (*ListAuditRecordsRequest) ProtoMessage() {}
 
 func (x *ListAuditRecordsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_service_proto_msgTypes[72]
+	mi := &file_meridian_v1_service_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4448,7 +4808,7 @@ func (x *ListAuditRecordsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRecordsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRecordsRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_service_proto_rawDescGZIP(), []int{72}
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *ListAuditRecordsRequest) GetProject() string {
@@ -4482,7 +4842,7 @@ type ListAuditRecordsResponse struct {
 
 func (x *ListAuditRecordsResponse) Reset() {
 	*x = ListAuditRecordsResponse{}
-	mi := &file_meridian_v1_service_proto_msgTypes[73]
+	mi := &file_meridian_v1_service_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4494,7 +4854,7 @@ func (x *ListAuditRecordsResponse) String() string {
 func (*ListAuditRecordsResponse) ProtoMessage() {}
 
 func (x *ListAuditRecordsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_service_proto_msgTypes[73]
+	mi := &file_meridian_v1_service_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4507,7 +4867,7 @@ func (x *ListAuditRecordsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRecordsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditRecordsResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_service_proto_rawDescGZIP(), []int{73}
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *ListAuditRecordsResponse) GetRecords() []*AuditRecord {
@@ -4537,7 +4897,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_meridian_v1_service_proto_msgTypes[74]
+	mi := &file_meridian_v1_service_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4549,7 +4909,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_service_proto_msgTypes[74]
+	mi := &file_meridian_v1_service_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4562,7 +4922,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_service_proto_rawDescGZIP(), []int{74}
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *WatchRequest) GetParent() string {
@@ -4597,7 +4957,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_meridian_v1_service_proto_msgTypes[75]
+	mi := &file_meridian_v1_service_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4609,7 +4969,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_service_proto_msgTypes[75]
+	mi := &file_meridian_v1_service_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4622,7 +4982,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_service_proto_rawDescGZIP(), []int{75}
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *WatchEvent) GetType() EventType {
@@ -4654,7 +5014,7 @@ type WhoAmIRequest struct {
 
 func (x *WhoAmIRequest) Reset() {
 	*x = WhoAmIRequest{}
-	mi := &file_meridian_v1_service_proto_msgTypes[76]
+	mi := &file_meridian_v1_service_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4666,7 +5026,7 @@ func (x *WhoAmIRequest) String() string {
 func (*WhoAmIRequest) ProtoMessage() {}
 
 func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_service_proto_msgTypes[76]
+	mi := &file_meridian_v1_service_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4679,7 +5039,7 @@ func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIRequest.ProtoReflect.Descriptor instead.
 func (*WhoAmIRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_service_proto_rawDescGZIP(), []int{76}
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{82}
 }
 
 type WhoAmIResponse struct {
@@ -4694,7 +5054,7 @@ type WhoAmIResponse struct {
 
 func (x *WhoAmIResponse) Reset() {
 	*x = WhoAmIResponse{}
-	mi := &file_meridian_v1_service_proto_msgTypes[77]
+	mi := &file_meridian_v1_service_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4706,7 +5066,7 @@ func (x *WhoAmIResponse) String() string {
 func (*WhoAmIResponse) ProtoMessage() {}
 
 func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_service_proto_msgTypes[77]
+	mi := &file_meridian_v1_service_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4719,7 +5079,7 @@ func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIResponse.ProtoReflect.Descriptor instead.
 func (*WhoAmIResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_service_proto_rawDescGZIP(), []int{77}
+	return file_meridian_v1_service_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *WhoAmIResponse) GetSubject() string {
@@ -5076,6 +5436,32 @@ const file_meridian_v1_service_proto_rawDesc = "" +
 	"\x14DeleteBgpPeerRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\x12#\n" +
+	"\rvalidate_only\x18\x03 \x01(\bR\fvalidateOnly\"\xc2\x01\n" +
+	"\x19CreateLoadBalancerRequest\x12\x16\n" +
+	"\x06parent\x18\x01 \x01(\tR\x06parent\x12(\n" +
+	"\x10load_balancer_id\x18\x02 \x01(\tR\x0eloadBalancerId\x12>\n" +
+	"\rload_balancer\x18\x03 \x01(\v2\x19.meridian.v1.LoadBalancerR\floadBalancer\x12#\n" +
+	"\rvalidate_only\x18\x04 \x01(\bR\fvalidateOnly\",\n" +
+	"\x16GetLoadBalancerRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x86\x01\n" +
+	"\x18ListLoadBalancersRequest\x12\x16\n" +
+	"\x06parent\x18\x01 \x01(\tR\x06parent\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12\x16\n" +
+	"\x06filter\x18\x04 \x01(\tR\x06filter\"\xa1\x01\n" +
+	"\x19ListLoadBalancersResponse\x12@\n" +
+	"\x0eload_balancers\x18\x01 \x03(\v2\x19.meridian.v1.LoadBalancerR\rloadBalancers\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"\xbd\x01\n" +
+	"\x19UpdateLoadBalancerRequest\x12>\n" +
+	"\rload_balancer\x18\x01 \x01(\v2\x19.meridian.v1.LoadBalancerR\floadBalancer\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\x12#\n" +
+	"\rvalidate_only\x18\x03 \x01(\bR\fvalidateOnly\"h\n" +
+	"\x19DeleteLoadBalancerRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\x12#\n" +
 	"\rvalidate_only\x18\x03 \x01(\bR\fvalidateOnly\"o\n" +
 	"\x17ListAuditRecordsRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x1b\n" +
@@ -5177,7 +5563,13 @@ const file_meridian_v1_service_proto_rawDesc = "" +
 	"GetBgpPeer\x12\x1e.meridian.v1.GetBgpPeerRequest\x1a\x14.meridian.v1.BgpPeer\x12S\n" +
 	"\fListBgpPeers\x12 .meridian.v1.ListBgpPeersRequest\x1a!.meridian.v1.ListBgpPeersResponse\x12H\n" +
 	"\rUpdateBgpPeer\x12!.meridian.v1.UpdateBgpPeerRequest\x1a\x14.meridian.v1.BgpPeer\x12J\n" +
-	"\rDeleteBgpPeer\x12!.meridian.v1.DeleteBgpPeerRequest\x1a\x16.google.protobuf.Empty2o\n" +
+	"\rDeleteBgpPeer\x12!.meridian.v1.DeleteBgpPeerRequest\x1a\x16.google.protobuf.Empty2\xd4\x03\n" +
+	"\x13LoadBalancerService\x12W\n" +
+	"\x12CreateLoadBalancer\x12&.meridian.v1.CreateLoadBalancerRequest\x1a\x19.meridian.v1.LoadBalancer\x12Q\n" +
+	"\x0fGetLoadBalancer\x12#.meridian.v1.GetLoadBalancerRequest\x1a\x19.meridian.v1.LoadBalancer\x12b\n" +
+	"\x11ListLoadBalancers\x12%.meridian.v1.ListLoadBalancersRequest\x1a&.meridian.v1.ListLoadBalancersResponse\x12W\n" +
+	"\x12UpdateLoadBalancer\x12&.meridian.v1.UpdateLoadBalancerRequest\x1a\x19.meridian.v1.LoadBalancer\x12T\n" +
+	"\x12DeleteLoadBalancer\x12&.meridian.v1.DeleteLoadBalancerRequest\x1a\x16.google.protobuf.Empty2o\n" +
 	"\fAuditService\x12_\n" +
 	"\x10ListAuditRecords\x12$.meridian.v1.ListAuditRecordsRequest\x1a%.meridian.v1.ListAuditRecordsResponse2M\n" +
 	"\fWatchService\x12=\n" +
@@ -5198,7 +5590,7 @@ func file_meridian_v1_service_proto_rawDescGZIP() []byte {
 }
 
 var file_meridian_v1_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_meridian_v1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 78)
+var file_meridian_v1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
 var file_meridian_v1_service_proto_goTypes = []any{
 	(EventType)(0),                         // 0: meridian.v1.EventType
 	(*CreateProjectRequest)(nil),           // 1: meridian.v1.CreateProjectRequest
@@ -5273,212 +5665,233 @@ var file_meridian_v1_service_proto_goTypes = []any{
 	(*ListBgpPeersResponse)(nil),           // 70: meridian.v1.ListBgpPeersResponse
 	(*UpdateBgpPeerRequest)(nil),           // 71: meridian.v1.UpdateBgpPeerRequest
 	(*DeleteBgpPeerRequest)(nil),           // 72: meridian.v1.DeleteBgpPeerRequest
-	(*ListAuditRecordsRequest)(nil),        // 73: meridian.v1.ListAuditRecordsRequest
-	(*ListAuditRecordsResponse)(nil),       // 74: meridian.v1.ListAuditRecordsResponse
-	(*WatchRequest)(nil),                   // 75: meridian.v1.WatchRequest
-	(*WatchEvent)(nil),                     // 76: meridian.v1.WatchEvent
-	(*WhoAmIRequest)(nil),                  // 77: meridian.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),                 // 78: meridian.v1.WhoAmIResponse
-	(*Project)(nil),                        // 79: meridian.v1.Project
-	(*fieldmaskpb.FieldMask)(nil),          // 80: google.protobuf.FieldMask
-	(*Vpc)(nil),                            // 81: meridian.v1.Vpc
-	(*Subnet)(nil),                         // 82: meridian.v1.Subnet
-	(*Port)(nil),                           // 83: meridian.v1.Port
-	(*RouteTable)(nil),                     // 84: meridian.v1.RouteTable
-	(*SecurityGroup)(nil),                  // 85: meridian.v1.SecurityGroup
-	(*NetworkAcl)(nil),                     // 86: meridian.v1.NetworkAcl
-	(*Node)(nil),                           // 87: meridian.v1.Node
-	(*PublicAddressPool)(nil),              // 88: meridian.v1.PublicAddressPool
-	(*ElasticIp)(nil),                      // 89: meridian.v1.ElasticIp
-	(*NatGateway)(nil),                     // 90: meridian.v1.NatGateway
-	(*BgpPeer)(nil),                        // 91: meridian.v1.BgpPeer
-	(*AuditRecord)(nil),                    // 92: meridian.v1.AuditRecord
-	(*Resource)(nil),                       // 93: meridian.v1.Resource
-	(*emptypb.Empty)(nil),                  // 94: google.protobuf.Empty
+	(*CreateLoadBalancerRequest)(nil),      // 73: meridian.v1.CreateLoadBalancerRequest
+	(*GetLoadBalancerRequest)(nil),         // 74: meridian.v1.GetLoadBalancerRequest
+	(*ListLoadBalancersRequest)(nil),       // 75: meridian.v1.ListLoadBalancersRequest
+	(*ListLoadBalancersResponse)(nil),      // 76: meridian.v1.ListLoadBalancersResponse
+	(*UpdateLoadBalancerRequest)(nil),      // 77: meridian.v1.UpdateLoadBalancerRequest
+	(*DeleteLoadBalancerRequest)(nil),      // 78: meridian.v1.DeleteLoadBalancerRequest
+	(*ListAuditRecordsRequest)(nil),        // 79: meridian.v1.ListAuditRecordsRequest
+	(*ListAuditRecordsResponse)(nil),       // 80: meridian.v1.ListAuditRecordsResponse
+	(*WatchRequest)(nil),                   // 81: meridian.v1.WatchRequest
+	(*WatchEvent)(nil),                     // 82: meridian.v1.WatchEvent
+	(*WhoAmIRequest)(nil),                  // 83: meridian.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),                 // 84: meridian.v1.WhoAmIResponse
+	(*Project)(nil),                        // 85: meridian.v1.Project
+	(*fieldmaskpb.FieldMask)(nil),          // 86: google.protobuf.FieldMask
+	(*Vpc)(nil),                            // 87: meridian.v1.Vpc
+	(*Subnet)(nil),                         // 88: meridian.v1.Subnet
+	(*Port)(nil),                           // 89: meridian.v1.Port
+	(*RouteTable)(nil),                     // 90: meridian.v1.RouteTable
+	(*SecurityGroup)(nil),                  // 91: meridian.v1.SecurityGroup
+	(*NetworkAcl)(nil),                     // 92: meridian.v1.NetworkAcl
+	(*Node)(nil),                           // 93: meridian.v1.Node
+	(*PublicAddressPool)(nil),              // 94: meridian.v1.PublicAddressPool
+	(*ElasticIp)(nil),                      // 95: meridian.v1.ElasticIp
+	(*NatGateway)(nil),                     // 96: meridian.v1.NatGateway
+	(*BgpPeer)(nil),                        // 97: meridian.v1.BgpPeer
+	(*LoadBalancer)(nil),                   // 98: meridian.v1.LoadBalancer
+	(*AuditRecord)(nil),                    // 99: meridian.v1.AuditRecord
+	(*Resource)(nil),                       // 100: meridian.v1.Resource
+	(*emptypb.Empty)(nil),                  // 101: google.protobuf.Empty
 }
 var file_meridian_v1_service_proto_depIdxs = []int32{
-	79,  // 0: meridian.v1.CreateProjectRequest.project:type_name -> meridian.v1.Project
-	79,  // 1: meridian.v1.ListProjectsResponse.projects:type_name -> meridian.v1.Project
-	79,  // 2: meridian.v1.UpdateProjectRequest.project:type_name -> meridian.v1.Project
-	80,  // 3: meridian.v1.UpdateProjectRequest.update_mask:type_name -> google.protobuf.FieldMask
-	81,  // 4: meridian.v1.CreateVpcRequest.vpc:type_name -> meridian.v1.Vpc
-	81,  // 5: meridian.v1.ListVpcsResponse.vpcs:type_name -> meridian.v1.Vpc
-	81,  // 6: meridian.v1.UpdateVpcRequest.vpc:type_name -> meridian.v1.Vpc
-	80,  // 7: meridian.v1.UpdateVpcRequest.update_mask:type_name -> google.protobuf.FieldMask
-	82,  // 8: meridian.v1.CreateSubnetRequest.subnet:type_name -> meridian.v1.Subnet
-	82,  // 9: meridian.v1.ListSubnetsResponse.subnets:type_name -> meridian.v1.Subnet
-	82,  // 10: meridian.v1.UpdateSubnetRequest.subnet:type_name -> meridian.v1.Subnet
-	80,  // 11: meridian.v1.UpdateSubnetRequest.update_mask:type_name -> google.protobuf.FieldMask
-	83,  // 12: meridian.v1.CreatePortRequest.port:type_name -> meridian.v1.Port
-	83,  // 13: meridian.v1.ListPortsResponse.ports:type_name -> meridian.v1.Port
-	83,  // 14: meridian.v1.UpdatePortRequest.port:type_name -> meridian.v1.Port
-	80,  // 15: meridian.v1.UpdatePortRequest.update_mask:type_name -> google.protobuf.FieldMask
-	84,  // 16: meridian.v1.CreateRouteTableRequest.route_table:type_name -> meridian.v1.RouteTable
-	84,  // 17: meridian.v1.ListRouteTablesResponse.route_tables:type_name -> meridian.v1.RouteTable
-	84,  // 18: meridian.v1.UpdateRouteTableRequest.route_table:type_name -> meridian.v1.RouteTable
-	80,  // 19: meridian.v1.UpdateRouteTableRequest.update_mask:type_name -> google.protobuf.FieldMask
-	85,  // 20: meridian.v1.CreateSecurityGroupRequest.security_group:type_name -> meridian.v1.SecurityGroup
-	85,  // 21: meridian.v1.ListSecurityGroupsResponse.security_groups:type_name -> meridian.v1.SecurityGroup
-	85,  // 22: meridian.v1.UpdateSecurityGroupRequest.security_group:type_name -> meridian.v1.SecurityGroup
-	80,  // 23: meridian.v1.UpdateSecurityGroupRequest.update_mask:type_name -> google.protobuf.FieldMask
-	86,  // 24: meridian.v1.CreateNetworkAclRequest.network_acl:type_name -> meridian.v1.NetworkAcl
-	86,  // 25: meridian.v1.ListNetworkAclsResponse.network_acls:type_name -> meridian.v1.NetworkAcl
-	86,  // 26: meridian.v1.UpdateNetworkAclRequest.network_acl:type_name -> meridian.v1.NetworkAcl
-	80,  // 27: meridian.v1.UpdateNetworkAclRequest.update_mask:type_name -> google.protobuf.FieldMask
-	87,  // 28: meridian.v1.CreateNodeRequest.node:type_name -> meridian.v1.Node
-	87,  // 29: meridian.v1.ListNodesResponse.nodes:type_name -> meridian.v1.Node
-	87,  // 30: meridian.v1.UpdateNodeRequest.node:type_name -> meridian.v1.Node
-	80,  // 31: meridian.v1.UpdateNodeRequest.update_mask:type_name -> google.protobuf.FieldMask
-	88,  // 32: meridian.v1.CreatePublicAddressPoolRequest.public_address_pool:type_name -> meridian.v1.PublicAddressPool
-	88,  // 33: meridian.v1.ListPublicAddressPoolsResponse.public_address_pools:type_name -> meridian.v1.PublicAddressPool
-	88,  // 34: meridian.v1.UpdatePublicAddressPoolRequest.public_address_pool:type_name -> meridian.v1.PublicAddressPool
-	80,  // 35: meridian.v1.UpdatePublicAddressPoolRequest.update_mask:type_name -> google.protobuf.FieldMask
-	89,  // 36: meridian.v1.CreateElasticIpRequest.elastic_ip:type_name -> meridian.v1.ElasticIp
-	89,  // 37: meridian.v1.ListElasticIpsResponse.elastic_ips:type_name -> meridian.v1.ElasticIp
-	89,  // 38: meridian.v1.UpdateElasticIpRequest.elastic_ip:type_name -> meridian.v1.ElasticIp
-	80,  // 39: meridian.v1.UpdateElasticIpRequest.update_mask:type_name -> google.protobuf.FieldMask
-	90,  // 40: meridian.v1.CreateNatGatewayRequest.nat_gateway:type_name -> meridian.v1.NatGateway
-	90,  // 41: meridian.v1.ListNatGatewaysResponse.nat_gateways:type_name -> meridian.v1.NatGateway
-	90,  // 42: meridian.v1.UpdateNatGatewayRequest.nat_gateway:type_name -> meridian.v1.NatGateway
-	80,  // 43: meridian.v1.UpdateNatGatewayRequest.update_mask:type_name -> google.protobuf.FieldMask
-	91,  // 44: meridian.v1.CreateBgpPeerRequest.bgp_peer:type_name -> meridian.v1.BgpPeer
-	91,  // 45: meridian.v1.ListBgpPeersResponse.bgp_peers:type_name -> meridian.v1.BgpPeer
-	91,  // 46: meridian.v1.UpdateBgpPeerRequest.bgp_peer:type_name -> meridian.v1.BgpPeer
-	80,  // 47: meridian.v1.UpdateBgpPeerRequest.update_mask:type_name -> google.protobuf.FieldMask
-	92,  // 48: meridian.v1.ListAuditRecordsResponse.records:type_name -> meridian.v1.AuditRecord
-	0,   // 49: meridian.v1.WatchEvent.type:type_name -> meridian.v1.EventType
-	93,  // 50: meridian.v1.WatchEvent.resource:type_name -> meridian.v1.Resource
-	1,   // 51: meridian.v1.ProjectService.CreateProject:input_type -> meridian.v1.CreateProjectRequest
-	2,   // 52: meridian.v1.ProjectService.GetProject:input_type -> meridian.v1.GetProjectRequest
-	3,   // 53: meridian.v1.ProjectService.ListProjects:input_type -> meridian.v1.ListProjectsRequest
-	5,   // 54: meridian.v1.ProjectService.UpdateProject:input_type -> meridian.v1.UpdateProjectRequest
-	6,   // 55: meridian.v1.ProjectService.DeleteProject:input_type -> meridian.v1.DeleteProjectRequest
-	7,   // 56: meridian.v1.NetworkService.CreateVpc:input_type -> meridian.v1.CreateVpcRequest
-	8,   // 57: meridian.v1.NetworkService.GetVpc:input_type -> meridian.v1.GetVpcRequest
-	9,   // 58: meridian.v1.NetworkService.ListVpcs:input_type -> meridian.v1.ListVpcsRequest
-	11,  // 59: meridian.v1.NetworkService.UpdateVpc:input_type -> meridian.v1.UpdateVpcRequest
-	12,  // 60: meridian.v1.NetworkService.DeleteVpc:input_type -> meridian.v1.DeleteVpcRequest
-	13,  // 61: meridian.v1.NetworkService.CreateSubnet:input_type -> meridian.v1.CreateSubnetRequest
-	14,  // 62: meridian.v1.NetworkService.GetSubnet:input_type -> meridian.v1.GetSubnetRequest
-	15,  // 63: meridian.v1.NetworkService.ListSubnets:input_type -> meridian.v1.ListSubnetsRequest
-	17,  // 64: meridian.v1.NetworkService.UpdateSubnet:input_type -> meridian.v1.UpdateSubnetRequest
-	18,  // 65: meridian.v1.NetworkService.DeleteSubnet:input_type -> meridian.v1.DeleteSubnetRequest
-	19,  // 66: meridian.v1.NetworkService.CreatePort:input_type -> meridian.v1.CreatePortRequest
-	20,  // 67: meridian.v1.NetworkService.GetPort:input_type -> meridian.v1.GetPortRequest
-	21,  // 68: meridian.v1.NetworkService.ListPorts:input_type -> meridian.v1.ListPortsRequest
-	23,  // 69: meridian.v1.NetworkService.UpdatePort:input_type -> meridian.v1.UpdatePortRequest
-	24,  // 70: meridian.v1.NetworkService.DeletePort:input_type -> meridian.v1.DeletePortRequest
-	25,  // 71: meridian.v1.NetworkService.CreateRouteTable:input_type -> meridian.v1.CreateRouteTableRequest
-	26,  // 72: meridian.v1.NetworkService.GetRouteTable:input_type -> meridian.v1.GetRouteTableRequest
-	27,  // 73: meridian.v1.NetworkService.ListRouteTables:input_type -> meridian.v1.ListRouteTablesRequest
-	29,  // 74: meridian.v1.NetworkService.UpdateRouteTable:input_type -> meridian.v1.UpdateRouteTableRequest
-	30,  // 75: meridian.v1.NetworkService.DeleteRouteTable:input_type -> meridian.v1.DeleteRouteTableRequest
-	31,  // 76: meridian.v1.SecurityService.CreateSecurityGroup:input_type -> meridian.v1.CreateSecurityGroupRequest
-	32,  // 77: meridian.v1.SecurityService.GetSecurityGroup:input_type -> meridian.v1.GetSecurityGroupRequest
-	33,  // 78: meridian.v1.SecurityService.ListSecurityGroups:input_type -> meridian.v1.ListSecurityGroupsRequest
-	35,  // 79: meridian.v1.SecurityService.UpdateSecurityGroup:input_type -> meridian.v1.UpdateSecurityGroupRequest
-	36,  // 80: meridian.v1.SecurityService.DeleteSecurityGroup:input_type -> meridian.v1.DeleteSecurityGroupRequest
-	37,  // 81: meridian.v1.SecurityService.CreateNetworkAcl:input_type -> meridian.v1.CreateNetworkAclRequest
-	38,  // 82: meridian.v1.SecurityService.GetNetworkAcl:input_type -> meridian.v1.GetNetworkAclRequest
-	39,  // 83: meridian.v1.SecurityService.ListNetworkAcls:input_type -> meridian.v1.ListNetworkAclsRequest
-	41,  // 84: meridian.v1.SecurityService.UpdateNetworkAcl:input_type -> meridian.v1.UpdateNetworkAclRequest
-	42,  // 85: meridian.v1.SecurityService.DeleteNetworkAcl:input_type -> meridian.v1.DeleteNetworkAclRequest
-	43,  // 86: meridian.v1.NodeService.CreateNode:input_type -> meridian.v1.CreateNodeRequest
-	44,  // 87: meridian.v1.NodeService.GetNode:input_type -> meridian.v1.GetNodeRequest
-	45,  // 88: meridian.v1.NodeService.ListNodes:input_type -> meridian.v1.ListNodesRequest
-	47,  // 89: meridian.v1.NodeService.UpdateNode:input_type -> meridian.v1.UpdateNodeRequest
-	48,  // 90: meridian.v1.NodeService.DeleteNode:input_type -> meridian.v1.DeleteNodeRequest
-	49,  // 91: meridian.v1.EdgeService.CreatePublicAddressPool:input_type -> meridian.v1.CreatePublicAddressPoolRequest
-	50,  // 92: meridian.v1.EdgeService.GetPublicAddressPool:input_type -> meridian.v1.GetPublicAddressPoolRequest
-	51,  // 93: meridian.v1.EdgeService.ListPublicAddressPools:input_type -> meridian.v1.ListPublicAddressPoolsRequest
-	53,  // 94: meridian.v1.EdgeService.UpdatePublicAddressPool:input_type -> meridian.v1.UpdatePublicAddressPoolRequest
-	54,  // 95: meridian.v1.EdgeService.DeletePublicAddressPool:input_type -> meridian.v1.DeletePublicAddressPoolRequest
-	55,  // 96: meridian.v1.EdgeService.CreateElasticIp:input_type -> meridian.v1.CreateElasticIpRequest
-	56,  // 97: meridian.v1.EdgeService.GetElasticIp:input_type -> meridian.v1.GetElasticIpRequest
-	57,  // 98: meridian.v1.EdgeService.ListElasticIps:input_type -> meridian.v1.ListElasticIpsRequest
-	59,  // 99: meridian.v1.EdgeService.UpdateElasticIp:input_type -> meridian.v1.UpdateElasticIpRequest
-	60,  // 100: meridian.v1.EdgeService.DeleteElasticIp:input_type -> meridian.v1.DeleteElasticIpRequest
-	61,  // 101: meridian.v1.EdgeService.CreateNatGateway:input_type -> meridian.v1.CreateNatGatewayRequest
-	62,  // 102: meridian.v1.EdgeService.GetNatGateway:input_type -> meridian.v1.GetNatGatewayRequest
-	63,  // 103: meridian.v1.EdgeService.ListNatGateways:input_type -> meridian.v1.ListNatGatewaysRequest
-	65,  // 104: meridian.v1.EdgeService.UpdateNatGateway:input_type -> meridian.v1.UpdateNatGatewayRequest
-	66,  // 105: meridian.v1.EdgeService.DeleteNatGateway:input_type -> meridian.v1.DeleteNatGatewayRequest
-	67,  // 106: meridian.v1.EdgeService.CreateBgpPeer:input_type -> meridian.v1.CreateBgpPeerRequest
-	68,  // 107: meridian.v1.EdgeService.GetBgpPeer:input_type -> meridian.v1.GetBgpPeerRequest
-	69,  // 108: meridian.v1.EdgeService.ListBgpPeers:input_type -> meridian.v1.ListBgpPeersRequest
-	71,  // 109: meridian.v1.EdgeService.UpdateBgpPeer:input_type -> meridian.v1.UpdateBgpPeerRequest
-	72,  // 110: meridian.v1.EdgeService.DeleteBgpPeer:input_type -> meridian.v1.DeleteBgpPeerRequest
-	73,  // 111: meridian.v1.AuditService.ListAuditRecords:input_type -> meridian.v1.ListAuditRecordsRequest
-	75,  // 112: meridian.v1.WatchService.Watch:input_type -> meridian.v1.WatchRequest
-	77,  // 113: meridian.v1.IdentityService.WhoAmI:input_type -> meridian.v1.WhoAmIRequest
-	79,  // 114: meridian.v1.ProjectService.CreateProject:output_type -> meridian.v1.Project
-	79,  // 115: meridian.v1.ProjectService.GetProject:output_type -> meridian.v1.Project
-	4,   // 116: meridian.v1.ProjectService.ListProjects:output_type -> meridian.v1.ListProjectsResponse
-	79,  // 117: meridian.v1.ProjectService.UpdateProject:output_type -> meridian.v1.Project
-	94,  // 118: meridian.v1.ProjectService.DeleteProject:output_type -> google.protobuf.Empty
-	81,  // 119: meridian.v1.NetworkService.CreateVpc:output_type -> meridian.v1.Vpc
-	81,  // 120: meridian.v1.NetworkService.GetVpc:output_type -> meridian.v1.Vpc
-	10,  // 121: meridian.v1.NetworkService.ListVpcs:output_type -> meridian.v1.ListVpcsResponse
-	81,  // 122: meridian.v1.NetworkService.UpdateVpc:output_type -> meridian.v1.Vpc
-	94,  // 123: meridian.v1.NetworkService.DeleteVpc:output_type -> google.protobuf.Empty
-	82,  // 124: meridian.v1.NetworkService.CreateSubnet:output_type -> meridian.v1.Subnet
-	82,  // 125: meridian.v1.NetworkService.GetSubnet:output_type -> meridian.v1.Subnet
-	16,  // 126: meridian.v1.NetworkService.ListSubnets:output_type -> meridian.v1.ListSubnetsResponse
-	82,  // 127: meridian.v1.NetworkService.UpdateSubnet:output_type -> meridian.v1.Subnet
-	94,  // 128: meridian.v1.NetworkService.DeleteSubnet:output_type -> google.protobuf.Empty
-	83,  // 129: meridian.v1.NetworkService.CreatePort:output_type -> meridian.v1.Port
-	83,  // 130: meridian.v1.NetworkService.GetPort:output_type -> meridian.v1.Port
-	22,  // 131: meridian.v1.NetworkService.ListPorts:output_type -> meridian.v1.ListPortsResponse
-	83,  // 132: meridian.v1.NetworkService.UpdatePort:output_type -> meridian.v1.Port
-	94,  // 133: meridian.v1.NetworkService.DeletePort:output_type -> google.protobuf.Empty
-	84,  // 134: meridian.v1.NetworkService.CreateRouteTable:output_type -> meridian.v1.RouteTable
-	84,  // 135: meridian.v1.NetworkService.GetRouteTable:output_type -> meridian.v1.RouteTable
-	28,  // 136: meridian.v1.NetworkService.ListRouteTables:output_type -> meridian.v1.ListRouteTablesResponse
-	84,  // 137: meridian.v1.NetworkService.UpdateRouteTable:output_type -> meridian.v1.RouteTable
-	94,  // 138: meridian.v1.NetworkService.DeleteRouteTable:output_type -> google.protobuf.Empty
-	85,  // 139: meridian.v1.SecurityService.CreateSecurityGroup:output_type -> meridian.v1.SecurityGroup
-	85,  // 140: meridian.v1.SecurityService.GetSecurityGroup:output_type -> meridian.v1.SecurityGroup
-	34,  // 141: meridian.v1.SecurityService.ListSecurityGroups:output_type -> meridian.v1.ListSecurityGroupsResponse
-	85,  // 142: meridian.v1.SecurityService.UpdateSecurityGroup:output_type -> meridian.v1.SecurityGroup
-	94,  // 143: meridian.v1.SecurityService.DeleteSecurityGroup:output_type -> google.protobuf.Empty
-	86,  // 144: meridian.v1.SecurityService.CreateNetworkAcl:output_type -> meridian.v1.NetworkAcl
-	86,  // 145: meridian.v1.SecurityService.GetNetworkAcl:output_type -> meridian.v1.NetworkAcl
-	40,  // 146: meridian.v1.SecurityService.ListNetworkAcls:output_type -> meridian.v1.ListNetworkAclsResponse
-	86,  // 147: meridian.v1.SecurityService.UpdateNetworkAcl:output_type -> meridian.v1.NetworkAcl
-	94,  // 148: meridian.v1.SecurityService.DeleteNetworkAcl:output_type -> google.protobuf.Empty
-	87,  // 149: meridian.v1.NodeService.CreateNode:output_type -> meridian.v1.Node
-	87,  // 150: meridian.v1.NodeService.GetNode:output_type -> meridian.v1.Node
-	46,  // 151: meridian.v1.NodeService.ListNodes:output_type -> meridian.v1.ListNodesResponse
-	87,  // 152: meridian.v1.NodeService.UpdateNode:output_type -> meridian.v1.Node
-	94,  // 153: meridian.v1.NodeService.DeleteNode:output_type -> google.protobuf.Empty
-	88,  // 154: meridian.v1.EdgeService.CreatePublicAddressPool:output_type -> meridian.v1.PublicAddressPool
-	88,  // 155: meridian.v1.EdgeService.GetPublicAddressPool:output_type -> meridian.v1.PublicAddressPool
-	52,  // 156: meridian.v1.EdgeService.ListPublicAddressPools:output_type -> meridian.v1.ListPublicAddressPoolsResponse
-	88,  // 157: meridian.v1.EdgeService.UpdatePublicAddressPool:output_type -> meridian.v1.PublicAddressPool
-	94,  // 158: meridian.v1.EdgeService.DeletePublicAddressPool:output_type -> google.protobuf.Empty
-	89,  // 159: meridian.v1.EdgeService.CreateElasticIp:output_type -> meridian.v1.ElasticIp
-	89,  // 160: meridian.v1.EdgeService.GetElasticIp:output_type -> meridian.v1.ElasticIp
-	58,  // 161: meridian.v1.EdgeService.ListElasticIps:output_type -> meridian.v1.ListElasticIpsResponse
-	89,  // 162: meridian.v1.EdgeService.UpdateElasticIp:output_type -> meridian.v1.ElasticIp
-	94,  // 163: meridian.v1.EdgeService.DeleteElasticIp:output_type -> google.protobuf.Empty
-	90,  // 164: meridian.v1.EdgeService.CreateNatGateway:output_type -> meridian.v1.NatGateway
-	90,  // 165: meridian.v1.EdgeService.GetNatGateway:output_type -> meridian.v1.NatGateway
-	64,  // 166: meridian.v1.EdgeService.ListNatGateways:output_type -> meridian.v1.ListNatGatewaysResponse
-	90,  // 167: meridian.v1.EdgeService.UpdateNatGateway:output_type -> meridian.v1.NatGateway
-	94,  // 168: meridian.v1.EdgeService.DeleteNatGateway:output_type -> google.protobuf.Empty
-	91,  // 169: meridian.v1.EdgeService.CreateBgpPeer:output_type -> meridian.v1.BgpPeer
-	91,  // 170: meridian.v1.EdgeService.GetBgpPeer:output_type -> meridian.v1.BgpPeer
-	70,  // 171: meridian.v1.EdgeService.ListBgpPeers:output_type -> meridian.v1.ListBgpPeersResponse
-	91,  // 172: meridian.v1.EdgeService.UpdateBgpPeer:output_type -> meridian.v1.BgpPeer
-	94,  // 173: meridian.v1.EdgeService.DeleteBgpPeer:output_type -> google.protobuf.Empty
-	74,  // 174: meridian.v1.AuditService.ListAuditRecords:output_type -> meridian.v1.ListAuditRecordsResponse
-	76,  // 175: meridian.v1.WatchService.Watch:output_type -> meridian.v1.WatchEvent
-	78,  // 176: meridian.v1.IdentityService.WhoAmI:output_type -> meridian.v1.WhoAmIResponse
-	114, // [114:177] is the sub-list for method output_type
-	51,  // [51:114] is the sub-list for method input_type
-	51,  // [51:51] is the sub-list for extension type_name
-	51,  // [51:51] is the sub-list for extension extendee
-	0,   // [0:51] is the sub-list for field type_name
+	85,  // 0: meridian.v1.CreateProjectRequest.project:type_name -> meridian.v1.Project
+	85,  // 1: meridian.v1.ListProjectsResponse.projects:type_name -> meridian.v1.Project
+	85,  // 2: meridian.v1.UpdateProjectRequest.project:type_name -> meridian.v1.Project
+	86,  // 3: meridian.v1.UpdateProjectRequest.update_mask:type_name -> google.protobuf.FieldMask
+	87,  // 4: meridian.v1.CreateVpcRequest.vpc:type_name -> meridian.v1.Vpc
+	87,  // 5: meridian.v1.ListVpcsResponse.vpcs:type_name -> meridian.v1.Vpc
+	87,  // 6: meridian.v1.UpdateVpcRequest.vpc:type_name -> meridian.v1.Vpc
+	86,  // 7: meridian.v1.UpdateVpcRequest.update_mask:type_name -> google.protobuf.FieldMask
+	88,  // 8: meridian.v1.CreateSubnetRequest.subnet:type_name -> meridian.v1.Subnet
+	88,  // 9: meridian.v1.ListSubnetsResponse.subnets:type_name -> meridian.v1.Subnet
+	88,  // 10: meridian.v1.UpdateSubnetRequest.subnet:type_name -> meridian.v1.Subnet
+	86,  // 11: meridian.v1.UpdateSubnetRequest.update_mask:type_name -> google.protobuf.FieldMask
+	89,  // 12: meridian.v1.CreatePortRequest.port:type_name -> meridian.v1.Port
+	89,  // 13: meridian.v1.ListPortsResponse.ports:type_name -> meridian.v1.Port
+	89,  // 14: meridian.v1.UpdatePortRequest.port:type_name -> meridian.v1.Port
+	86,  // 15: meridian.v1.UpdatePortRequest.update_mask:type_name -> google.protobuf.FieldMask
+	90,  // 16: meridian.v1.CreateRouteTableRequest.route_table:type_name -> meridian.v1.RouteTable
+	90,  // 17: meridian.v1.ListRouteTablesResponse.route_tables:type_name -> meridian.v1.RouteTable
+	90,  // 18: meridian.v1.UpdateRouteTableRequest.route_table:type_name -> meridian.v1.RouteTable
+	86,  // 19: meridian.v1.UpdateRouteTableRequest.update_mask:type_name -> google.protobuf.FieldMask
+	91,  // 20: meridian.v1.CreateSecurityGroupRequest.security_group:type_name -> meridian.v1.SecurityGroup
+	91,  // 21: meridian.v1.ListSecurityGroupsResponse.security_groups:type_name -> meridian.v1.SecurityGroup
+	91,  // 22: meridian.v1.UpdateSecurityGroupRequest.security_group:type_name -> meridian.v1.SecurityGroup
+	86,  // 23: meridian.v1.UpdateSecurityGroupRequest.update_mask:type_name -> google.protobuf.FieldMask
+	92,  // 24: meridian.v1.CreateNetworkAclRequest.network_acl:type_name -> meridian.v1.NetworkAcl
+	92,  // 25: meridian.v1.ListNetworkAclsResponse.network_acls:type_name -> meridian.v1.NetworkAcl
+	92,  // 26: meridian.v1.UpdateNetworkAclRequest.network_acl:type_name -> meridian.v1.NetworkAcl
+	86,  // 27: meridian.v1.UpdateNetworkAclRequest.update_mask:type_name -> google.protobuf.FieldMask
+	93,  // 28: meridian.v1.CreateNodeRequest.node:type_name -> meridian.v1.Node
+	93,  // 29: meridian.v1.ListNodesResponse.nodes:type_name -> meridian.v1.Node
+	93,  // 30: meridian.v1.UpdateNodeRequest.node:type_name -> meridian.v1.Node
+	86,  // 31: meridian.v1.UpdateNodeRequest.update_mask:type_name -> google.protobuf.FieldMask
+	94,  // 32: meridian.v1.CreatePublicAddressPoolRequest.public_address_pool:type_name -> meridian.v1.PublicAddressPool
+	94,  // 33: meridian.v1.ListPublicAddressPoolsResponse.public_address_pools:type_name -> meridian.v1.PublicAddressPool
+	94,  // 34: meridian.v1.UpdatePublicAddressPoolRequest.public_address_pool:type_name -> meridian.v1.PublicAddressPool
+	86,  // 35: meridian.v1.UpdatePublicAddressPoolRequest.update_mask:type_name -> google.protobuf.FieldMask
+	95,  // 36: meridian.v1.CreateElasticIpRequest.elastic_ip:type_name -> meridian.v1.ElasticIp
+	95,  // 37: meridian.v1.ListElasticIpsResponse.elastic_ips:type_name -> meridian.v1.ElasticIp
+	95,  // 38: meridian.v1.UpdateElasticIpRequest.elastic_ip:type_name -> meridian.v1.ElasticIp
+	86,  // 39: meridian.v1.UpdateElasticIpRequest.update_mask:type_name -> google.protobuf.FieldMask
+	96,  // 40: meridian.v1.CreateNatGatewayRequest.nat_gateway:type_name -> meridian.v1.NatGateway
+	96,  // 41: meridian.v1.ListNatGatewaysResponse.nat_gateways:type_name -> meridian.v1.NatGateway
+	96,  // 42: meridian.v1.UpdateNatGatewayRequest.nat_gateway:type_name -> meridian.v1.NatGateway
+	86,  // 43: meridian.v1.UpdateNatGatewayRequest.update_mask:type_name -> google.protobuf.FieldMask
+	97,  // 44: meridian.v1.CreateBgpPeerRequest.bgp_peer:type_name -> meridian.v1.BgpPeer
+	97,  // 45: meridian.v1.ListBgpPeersResponse.bgp_peers:type_name -> meridian.v1.BgpPeer
+	97,  // 46: meridian.v1.UpdateBgpPeerRequest.bgp_peer:type_name -> meridian.v1.BgpPeer
+	86,  // 47: meridian.v1.UpdateBgpPeerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	98,  // 48: meridian.v1.CreateLoadBalancerRequest.load_balancer:type_name -> meridian.v1.LoadBalancer
+	98,  // 49: meridian.v1.ListLoadBalancersResponse.load_balancers:type_name -> meridian.v1.LoadBalancer
+	98,  // 50: meridian.v1.UpdateLoadBalancerRequest.load_balancer:type_name -> meridian.v1.LoadBalancer
+	86,  // 51: meridian.v1.UpdateLoadBalancerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	99,  // 52: meridian.v1.ListAuditRecordsResponse.records:type_name -> meridian.v1.AuditRecord
+	0,   // 53: meridian.v1.WatchEvent.type:type_name -> meridian.v1.EventType
+	100, // 54: meridian.v1.WatchEvent.resource:type_name -> meridian.v1.Resource
+	1,   // 55: meridian.v1.ProjectService.CreateProject:input_type -> meridian.v1.CreateProjectRequest
+	2,   // 56: meridian.v1.ProjectService.GetProject:input_type -> meridian.v1.GetProjectRequest
+	3,   // 57: meridian.v1.ProjectService.ListProjects:input_type -> meridian.v1.ListProjectsRequest
+	5,   // 58: meridian.v1.ProjectService.UpdateProject:input_type -> meridian.v1.UpdateProjectRequest
+	6,   // 59: meridian.v1.ProjectService.DeleteProject:input_type -> meridian.v1.DeleteProjectRequest
+	7,   // 60: meridian.v1.NetworkService.CreateVpc:input_type -> meridian.v1.CreateVpcRequest
+	8,   // 61: meridian.v1.NetworkService.GetVpc:input_type -> meridian.v1.GetVpcRequest
+	9,   // 62: meridian.v1.NetworkService.ListVpcs:input_type -> meridian.v1.ListVpcsRequest
+	11,  // 63: meridian.v1.NetworkService.UpdateVpc:input_type -> meridian.v1.UpdateVpcRequest
+	12,  // 64: meridian.v1.NetworkService.DeleteVpc:input_type -> meridian.v1.DeleteVpcRequest
+	13,  // 65: meridian.v1.NetworkService.CreateSubnet:input_type -> meridian.v1.CreateSubnetRequest
+	14,  // 66: meridian.v1.NetworkService.GetSubnet:input_type -> meridian.v1.GetSubnetRequest
+	15,  // 67: meridian.v1.NetworkService.ListSubnets:input_type -> meridian.v1.ListSubnetsRequest
+	17,  // 68: meridian.v1.NetworkService.UpdateSubnet:input_type -> meridian.v1.UpdateSubnetRequest
+	18,  // 69: meridian.v1.NetworkService.DeleteSubnet:input_type -> meridian.v1.DeleteSubnetRequest
+	19,  // 70: meridian.v1.NetworkService.CreatePort:input_type -> meridian.v1.CreatePortRequest
+	20,  // 71: meridian.v1.NetworkService.GetPort:input_type -> meridian.v1.GetPortRequest
+	21,  // 72: meridian.v1.NetworkService.ListPorts:input_type -> meridian.v1.ListPortsRequest
+	23,  // 73: meridian.v1.NetworkService.UpdatePort:input_type -> meridian.v1.UpdatePortRequest
+	24,  // 74: meridian.v1.NetworkService.DeletePort:input_type -> meridian.v1.DeletePortRequest
+	25,  // 75: meridian.v1.NetworkService.CreateRouteTable:input_type -> meridian.v1.CreateRouteTableRequest
+	26,  // 76: meridian.v1.NetworkService.GetRouteTable:input_type -> meridian.v1.GetRouteTableRequest
+	27,  // 77: meridian.v1.NetworkService.ListRouteTables:input_type -> meridian.v1.ListRouteTablesRequest
+	29,  // 78: meridian.v1.NetworkService.UpdateRouteTable:input_type -> meridian.v1.UpdateRouteTableRequest
+	30,  // 79: meridian.v1.NetworkService.DeleteRouteTable:input_type -> meridian.v1.DeleteRouteTableRequest
+	31,  // 80: meridian.v1.SecurityService.CreateSecurityGroup:input_type -> meridian.v1.CreateSecurityGroupRequest
+	32,  // 81: meridian.v1.SecurityService.GetSecurityGroup:input_type -> meridian.v1.GetSecurityGroupRequest
+	33,  // 82: meridian.v1.SecurityService.ListSecurityGroups:input_type -> meridian.v1.ListSecurityGroupsRequest
+	35,  // 83: meridian.v1.SecurityService.UpdateSecurityGroup:input_type -> meridian.v1.UpdateSecurityGroupRequest
+	36,  // 84: meridian.v1.SecurityService.DeleteSecurityGroup:input_type -> meridian.v1.DeleteSecurityGroupRequest
+	37,  // 85: meridian.v1.SecurityService.CreateNetworkAcl:input_type -> meridian.v1.CreateNetworkAclRequest
+	38,  // 86: meridian.v1.SecurityService.GetNetworkAcl:input_type -> meridian.v1.GetNetworkAclRequest
+	39,  // 87: meridian.v1.SecurityService.ListNetworkAcls:input_type -> meridian.v1.ListNetworkAclsRequest
+	41,  // 88: meridian.v1.SecurityService.UpdateNetworkAcl:input_type -> meridian.v1.UpdateNetworkAclRequest
+	42,  // 89: meridian.v1.SecurityService.DeleteNetworkAcl:input_type -> meridian.v1.DeleteNetworkAclRequest
+	43,  // 90: meridian.v1.NodeService.CreateNode:input_type -> meridian.v1.CreateNodeRequest
+	44,  // 91: meridian.v1.NodeService.GetNode:input_type -> meridian.v1.GetNodeRequest
+	45,  // 92: meridian.v1.NodeService.ListNodes:input_type -> meridian.v1.ListNodesRequest
+	47,  // 93: meridian.v1.NodeService.UpdateNode:input_type -> meridian.v1.UpdateNodeRequest
+	48,  // 94: meridian.v1.NodeService.DeleteNode:input_type -> meridian.v1.DeleteNodeRequest
+	49,  // 95: meridian.v1.EdgeService.CreatePublicAddressPool:input_type -> meridian.v1.CreatePublicAddressPoolRequest
+	50,  // 96: meridian.v1.EdgeService.GetPublicAddressPool:input_type -> meridian.v1.GetPublicAddressPoolRequest
+	51,  // 97: meridian.v1.EdgeService.ListPublicAddressPools:input_type -> meridian.v1.ListPublicAddressPoolsRequest
+	53,  // 98: meridian.v1.EdgeService.UpdatePublicAddressPool:input_type -> meridian.v1.UpdatePublicAddressPoolRequest
+	54,  // 99: meridian.v1.EdgeService.DeletePublicAddressPool:input_type -> meridian.v1.DeletePublicAddressPoolRequest
+	55,  // 100: meridian.v1.EdgeService.CreateElasticIp:input_type -> meridian.v1.CreateElasticIpRequest
+	56,  // 101: meridian.v1.EdgeService.GetElasticIp:input_type -> meridian.v1.GetElasticIpRequest
+	57,  // 102: meridian.v1.EdgeService.ListElasticIps:input_type -> meridian.v1.ListElasticIpsRequest
+	59,  // 103: meridian.v1.EdgeService.UpdateElasticIp:input_type -> meridian.v1.UpdateElasticIpRequest
+	60,  // 104: meridian.v1.EdgeService.DeleteElasticIp:input_type -> meridian.v1.DeleteElasticIpRequest
+	61,  // 105: meridian.v1.EdgeService.CreateNatGateway:input_type -> meridian.v1.CreateNatGatewayRequest
+	62,  // 106: meridian.v1.EdgeService.GetNatGateway:input_type -> meridian.v1.GetNatGatewayRequest
+	63,  // 107: meridian.v1.EdgeService.ListNatGateways:input_type -> meridian.v1.ListNatGatewaysRequest
+	65,  // 108: meridian.v1.EdgeService.UpdateNatGateway:input_type -> meridian.v1.UpdateNatGatewayRequest
+	66,  // 109: meridian.v1.EdgeService.DeleteNatGateway:input_type -> meridian.v1.DeleteNatGatewayRequest
+	67,  // 110: meridian.v1.EdgeService.CreateBgpPeer:input_type -> meridian.v1.CreateBgpPeerRequest
+	68,  // 111: meridian.v1.EdgeService.GetBgpPeer:input_type -> meridian.v1.GetBgpPeerRequest
+	69,  // 112: meridian.v1.EdgeService.ListBgpPeers:input_type -> meridian.v1.ListBgpPeersRequest
+	71,  // 113: meridian.v1.EdgeService.UpdateBgpPeer:input_type -> meridian.v1.UpdateBgpPeerRequest
+	72,  // 114: meridian.v1.EdgeService.DeleteBgpPeer:input_type -> meridian.v1.DeleteBgpPeerRequest
+	73,  // 115: meridian.v1.LoadBalancerService.CreateLoadBalancer:input_type -> meridian.v1.CreateLoadBalancerRequest
+	74,  // 116: meridian.v1.LoadBalancerService.GetLoadBalancer:input_type -> meridian.v1.GetLoadBalancerRequest
+	75,  // 117: meridian.v1.LoadBalancerService.ListLoadBalancers:input_type -> meridian.v1.ListLoadBalancersRequest
+	77,  // 118: meridian.v1.LoadBalancerService.UpdateLoadBalancer:input_type -> meridian.v1.UpdateLoadBalancerRequest
+	78,  // 119: meridian.v1.LoadBalancerService.DeleteLoadBalancer:input_type -> meridian.v1.DeleteLoadBalancerRequest
+	79,  // 120: meridian.v1.AuditService.ListAuditRecords:input_type -> meridian.v1.ListAuditRecordsRequest
+	81,  // 121: meridian.v1.WatchService.Watch:input_type -> meridian.v1.WatchRequest
+	83,  // 122: meridian.v1.IdentityService.WhoAmI:input_type -> meridian.v1.WhoAmIRequest
+	85,  // 123: meridian.v1.ProjectService.CreateProject:output_type -> meridian.v1.Project
+	85,  // 124: meridian.v1.ProjectService.GetProject:output_type -> meridian.v1.Project
+	4,   // 125: meridian.v1.ProjectService.ListProjects:output_type -> meridian.v1.ListProjectsResponse
+	85,  // 126: meridian.v1.ProjectService.UpdateProject:output_type -> meridian.v1.Project
+	101, // 127: meridian.v1.ProjectService.DeleteProject:output_type -> google.protobuf.Empty
+	87,  // 128: meridian.v1.NetworkService.CreateVpc:output_type -> meridian.v1.Vpc
+	87,  // 129: meridian.v1.NetworkService.GetVpc:output_type -> meridian.v1.Vpc
+	10,  // 130: meridian.v1.NetworkService.ListVpcs:output_type -> meridian.v1.ListVpcsResponse
+	87,  // 131: meridian.v1.NetworkService.UpdateVpc:output_type -> meridian.v1.Vpc
+	101, // 132: meridian.v1.NetworkService.DeleteVpc:output_type -> google.protobuf.Empty
+	88,  // 133: meridian.v1.NetworkService.CreateSubnet:output_type -> meridian.v1.Subnet
+	88,  // 134: meridian.v1.NetworkService.GetSubnet:output_type -> meridian.v1.Subnet
+	16,  // 135: meridian.v1.NetworkService.ListSubnets:output_type -> meridian.v1.ListSubnetsResponse
+	88,  // 136: meridian.v1.NetworkService.UpdateSubnet:output_type -> meridian.v1.Subnet
+	101, // 137: meridian.v1.NetworkService.DeleteSubnet:output_type -> google.protobuf.Empty
+	89,  // 138: meridian.v1.NetworkService.CreatePort:output_type -> meridian.v1.Port
+	89,  // 139: meridian.v1.NetworkService.GetPort:output_type -> meridian.v1.Port
+	22,  // 140: meridian.v1.NetworkService.ListPorts:output_type -> meridian.v1.ListPortsResponse
+	89,  // 141: meridian.v1.NetworkService.UpdatePort:output_type -> meridian.v1.Port
+	101, // 142: meridian.v1.NetworkService.DeletePort:output_type -> google.protobuf.Empty
+	90,  // 143: meridian.v1.NetworkService.CreateRouteTable:output_type -> meridian.v1.RouteTable
+	90,  // 144: meridian.v1.NetworkService.GetRouteTable:output_type -> meridian.v1.RouteTable
+	28,  // 145: meridian.v1.NetworkService.ListRouteTables:output_type -> meridian.v1.ListRouteTablesResponse
+	90,  // 146: meridian.v1.NetworkService.UpdateRouteTable:output_type -> meridian.v1.RouteTable
+	101, // 147: meridian.v1.NetworkService.DeleteRouteTable:output_type -> google.protobuf.Empty
+	91,  // 148: meridian.v1.SecurityService.CreateSecurityGroup:output_type -> meridian.v1.SecurityGroup
+	91,  // 149: meridian.v1.SecurityService.GetSecurityGroup:output_type -> meridian.v1.SecurityGroup
+	34,  // 150: meridian.v1.SecurityService.ListSecurityGroups:output_type -> meridian.v1.ListSecurityGroupsResponse
+	91,  // 151: meridian.v1.SecurityService.UpdateSecurityGroup:output_type -> meridian.v1.SecurityGroup
+	101, // 152: meridian.v1.SecurityService.DeleteSecurityGroup:output_type -> google.protobuf.Empty
+	92,  // 153: meridian.v1.SecurityService.CreateNetworkAcl:output_type -> meridian.v1.NetworkAcl
+	92,  // 154: meridian.v1.SecurityService.GetNetworkAcl:output_type -> meridian.v1.NetworkAcl
+	40,  // 155: meridian.v1.SecurityService.ListNetworkAcls:output_type -> meridian.v1.ListNetworkAclsResponse
+	92,  // 156: meridian.v1.SecurityService.UpdateNetworkAcl:output_type -> meridian.v1.NetworkAcl
+	101, // 157: meridian.v1.SecurityService.DeleteNetworkAcl:output_type -> google.protobuf.Empty
+	93,  // 158: meridian.v1.NodeService.CreateNode:output_type -> meridian.v1.Node
+	93,  // 159: meridian.v1.NodeService.GetNode:output_type -> meridian.v1.Node
+	46,  // 160: meridian.v1.NodeService.ListNodes:output_type -> meridian.v1.ListNodesResponse
+	93,  // 161: meridian.v1.NodeService.UpdateNode:output_type -> meridian.v1.Node
+	101, // 162: meridian.v1.NodeService.DeleteNode:output_type -> google.protobuf.Empty
+	94,  // 163: meridian.v1.EdgeService.CreatePublicAddressPool:output_type -> meridian.v1.PublicAddressPool
+	94,  // 164: meridian.v1.EdgeService.GetPublicAddressPool:output_type -> meridian.v1.PublicAddressPool
+	52,  // 165: meridian.v1.EdgeService.ListPublicAddressPools:output_type -> meridian.v1.ListPublicAddressPoolsResponse
+	94,  // 166: meridian.v1.EdgeService.UpdatePublicAddressPool:output_type -> meridian.v1.PublicAddressPool
+	101, // 167: meridian.v1.EdgeService.DeletePublicAddressPool:output_type -> google.protobuf.Empty
+	95,  // 168: meridian.v1.EdgeService.CreateElasticIp:output_type -> meridian.v1.ElasticIp
+	95,  // 169: meridian.v1.EdgeService.GetElasticIp:output_type -> meridian.v1.ElasticIp
+	58,  // 170: meridian.v1.EdgeService.ListElasticIps:output_type -> meridian.v1.ListElasticIpsResponse
+	95,  // 171: meridian.v1.EdgeService.UpdateElasticIp:output_type -> meridian.v1.ElasticIp
+	101, // 172: meridian.v1.EdgeService.DeleteElasticIp:output_type -> google.protobuf.Empty
+	96,  // 173: meridian.v1.EdgeService.CreateNatGateway:output_type -> meridian.v1.NatGateway
+	96,  // 174: meridian.v1.EdgeService.GetNatGateway:output_type -> meridian.v1.NatGateway
+	64,  // 175: meridian.v1.EdgeService.ListNatGateways:output_type -> meridian.v1.ListNatGatewaysResponse
+	96,  // 176: meridian.v1.EdgeService.UpdateNatGateway:output_type -> meridian.v1.NatGateway
+	101, // 177: meridian.v1.EdgeService.DeleteNatGateway:output_type -> google.protobuf.Empty
+	97,  // 178: meridian.v1.EdgeService.CreateBgpPeer:output_type -> meridian.v1.BgpPeer
+	97,  // 179: meridian.v1.EdgeService.GetBgpPeer:output_type -> meridian.v1.BgpPeer
+	70,  // 180: meridian.v1.EdgeService.ListBgpPeers:output_type -> meridian.v1.ListBgpPeersResponse
+	97,  // 181: meridian.v1.EdgeService.UpdateBgpPeer:output_type -> meridian.v1.BgpPeer
+	101, // 182: meridian.v1.EdgeService.DeleteBgpPeer:output_type -> google.protobuf.Empty
+	98,  // 183: meridian.v1.LoadBalancerService.CreateLoadBalancer:output_type -> meridian.v1.LoadBalancer
+	98,  // 184: meridian.v1.LoadBalancerService.GetLoadBalancer:output_type -> meridian.v1.LoadBalancer
+	76,  // 185: meridian.v1.LoadBalancerService.ListLoadBalancers:output_type -> meridian.v1.ListLoadBalancersResponse
+	98,  // 186: meridian.v1.LoadBalancerService.UpdateLoadBalancer:output_type -> meridian.v1.LoadBalancer
+	101, // 187: meridian.v1.LoadBalancerService.DeleteLoadBalancer:output_type -> google.protobuf.Empty
+	80,  // 188: meridian.v1.AuditService.ListAuditRecords:output_type -> meridian.v1.ListAuditRecordsResponse
+	82,  // 189: meridian.v1.WatchService.Watch:output_type -> meridian.v1.WatchEvent
+	84,  // 190: meridian.v1.IdentityService.WhoAmI:output_type -> meridian.v1.WhoAmIResponse
+	123, // [123:191] is the sub-list for method output_type
+	55,  // [55:123] is the sub-list for method input_type
+	55,  // [55:55] is the sub-list for extension type_name
+	55,  // [55:55] is the sub-list for extension extendee
+	0,   // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_service_proto_init() }
@@ -5493,9 +5906,9 @@ func file_meridian_v1_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_service_proto_rawDesc), len(file_meridian_v1_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   78,
+			NumMessages:   84,
 			NumExtensions: 0,
-			NumServices:   8,
+			NumServices:   9,
 		},
 		GoTypes:           file_meridian_v1_service_proto_goTypes,
 		DependencyIndexes: file_meridian_v1_service_proto_depIdxs,

@@ -2632,6 +2632,264 @@ var EdgeService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
+	LoadBalancerService_CreateLoadBalancer_FullMethodName = "/meridian.v1.LoadBalancerService/CreateLoadBalancer"
+	LoadBalancerService_GetLoadBalancer_FullMethodName    = "/meridian.v1.LoadBalancerService/GetLoadBalancer"
+	LoadBalancerService_ListLoadBalancers_FullMethodName  = "/meridian.v1.LoadBalancerService/ListLoadBalancers"
+	LoadBalancerService_UpdateLoadBalancer_FullMethodName = "/meridian.v1.LoadBalancerService/UpdateLoadBalancer"
+	LoadBalancerService_DeleteLoadBalancer_FullMethodName = "/meridian.v1.LoadBalancerService/DeleteLoadBalancer"
+)
+
+// LoadBalancerServiceClient is the client API for LoadBalancerService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// LoadBalancerService manages L4 load balancers (project members).
+type LoadBalancerServiceClient interface {
+	CreateLoadBalancer(ctx context.Context, in *CreateLoadBalancerRequest, opts ...grpc.CallOption) (*LoadBalancer, error)
+	GetLoadBalancer(ctx context.Context, in *GetLoadBalancerRequest, opts ...grpc.CallOption) (*LoadBalancer, error)
+	ListLoadBalancers(ctx context.Context, in *ListLoadBalancersRequest, opts ...grpc.CallOption) (*ListLoadBalancersResponse, error)
+	UpdateLoadBalancer(ctx context.Context, in *UpdateLoadBalancerRequest, opts ...grpc.CallOption) (*LoadBalancer, error)
+	DeleteLoadBalancer(ctx context.Context, in *DeleteLoadBalancerRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+}
+
+type loadBalancerServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewLoadBalancerServiceClient(cc grpc.ClientConnInterface) LoadBalancerServiceClient {
+	return &loadBalancerServiceClient{cc}
+}
+
+func (c *loadBalancerServiceClient) CreateLoadBalancer(ctx context.Context, in *CreateLoadBalancerRequest, opts ...grpc.CallOption) (*LoadBalancer, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LoadBalancer)
+	err := c.cc.Invoke(ctx, LoadBalancerService_CreateLoadBalancer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *loadBalancerServiceClient) GetLoadBalancer(ctx context.Context, in *GetLoadBalancerRequest, opts ...grpc.CallOption) (*LoadBalancer, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LoadBalancer)
+	err := c.cc.Invoke(ctx, LoadBalancerService_GetLoadBalancer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *loadBalancerServiceClient) ListLoadBalancers(ctx context.Context, in *ListLoadBalancersRequest, opts ...grpc.CallOption) (*ListLoadBalancersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListLoadBalancersResponse)
+	err := c.cc.Invoke(ctx, LoadBalancerService_ListLoadBalancers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *loadBalancerServiceClient) UpdateLoadBalancer(ctx context.Context, in *UpdateLoadBalancerRequest, opts ...grpc.CallOption) (*LoadBalancer, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LoadBalancer)
+	err := c.cc.Invoke(ctx, LoadBalancerService_UpdateLoadBalancer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *loadBalancerServiceClient) DeleteLoadBalancer(ctx context.Context, in *DeleteLoadBalancerRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, LoadBalancerService_DeleteLoadBalancer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// LoadBalancerServiceServer is the server API for LoadBalancerService service.
+// All implementations must embed UnimplementedLoadBalancerServiceServer
+// for forward compatibility.
+//
+// LoadBalancerService manages L4 load balancers (project members).
+type LoadBalancerServiceServer interface {
+	CreateLoadBalancer(context.Context, *CreateLoadBalancerRequest) (*LoadBalancer, error)
+	GetLoadBalancer(context.Context, *GetLoadBalancerRequest) (*LoadBalancer, error)
+	ListLoadBalancers(context.Context, *ListLoadBalancersRequest) (*ListLoadBalancersResponse, error)
+	UpdateLoadBalancer(context.Context, *UpdateLoadBalancerRequest) (*LoadBalancer, error)
+	DeleteLoadBalancer(context.Context, *DeleteLoadBalancerRequest) (*emptypb.Empty, error)
+	mustEmbedUnimplementedLoadBalancerServiceServer()
+}
+
+// UnimplementedLoadBalancerServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedLoadBalancerServiceServer struct{}
+
+func (UnimplementedLoadBalancerServiceServer) CreateLoadBalancer(context.Context, *CreateLoadBalancerRequest) (*LoadBalancer, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateLoadBalancer not implemented")
+}
+func (UnimplementedLoadBalancerServiceServer) GetLoadBalancer(context.Context, *GetLoadBalancerRequest) (*LoadBalancer, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetLoadBalancer not implemented")
+}
+func (UnimplementedLoadBalancerServiceServer) ListLoadBalancers(context.Context, *ListLoadBalancersRequest) (*ListLoadBalancersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListLoadBalancers not implemented")
+}
+func (UnimplementedLoadBalancerServiceServer) UpdateLoadBalancer(context.Context, *UpdateLoadBalancerRequest) (*LoadBalancer, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateLoadBalancer not implemented")
+}
+func (UnimplementedLoadBalancerServiceServer) DeleteLoadBalancer(context.Context, *DeleteLoadBalancerRequest) (*emptypb.Empty, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteLoadBalancer not implemented")
+}
+func (UnimplementedLoadBalancerServiceServer) mustEmbedUnimplementedLoadBalancerServiceServer() {}
+func (UnimplementedLoadBalancerServiceServer) testEmbeddedByValue()                             {}
+
+// UnsafeLoadBalancerServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to LoadBalancerServiceServer will
+// result in compilation errors.
+type UnsafeLoadBalancerServiceServer interface {
+	mustEmbedUnimplementedLoadBalancerServiceServer()
+}
+
+func RegisterLoadBalancerServiceServer(s grpc.ServiceRegistrar, srv LoadBalancerServiceServer) {
+	// If the following call pancis, it indicates UnimplementedLoadBalancerServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&LoadBalancerService_ServiceDesc, srv)
+}
+
+func _LoadBalancerService_CreateLoadBalancer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateLoadBalancerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LoadBalancerServiceServer).CreateLoadBalancer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LoadBalancerService_CreateLoadBalancer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LoadBalancerServiceServer).CreateLoadBalancer(ctx, req.(*CreateLoadBalancerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LoadBalancerService_GetLoadBalancer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetLoadBalancerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LoadBalancerServiceServer).GetLoadBalancer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LoadBalancerService_GetLoadBalancer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LoadBalancerServiceServer).GetLoadBalancer(ctx, req.(*GetLoadBalancerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LoadBalancerService_ListLoadBalancers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListLoadBalancersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LoadBalancerServiceServer).ListLoadBalancers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LoadBalancerService_ListLoadBalancers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LoadBalancerServiceServer).ListLoadBalancers(ctx, req.(*ListLoadBalancersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LoadBalancerService_UpdateLoadBalancer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateLoadBalancerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LoadBalancerServiceServer).UpdateLoadBalancer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LoadBalancerService_UpdateLoadBalancer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LoadBalancerServiceServer).UpdateLoadBalancer(ctx, req.(*UpdateLoadBalancerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LoadBalancerService_DeleteLoadBalancer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteLoadBalancerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LoadBalancerServiceServer).DeleteLoadBalancer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LoadBalancerService_DeleteLoadBalancer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LoadBalancerServiceServer).DeleteLoadBalancer(ctx, req.(*DeleteLoadBalancerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// LoadBalancerService_ServiceDesc is the grpc.ServiceDesc for LoadBalancerService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var LoadBalancerService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "meridian.v1.LoadBalancerService",
+	HandlerType: (*LoadBalancerServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "CreateLoadBalancer",
+			Handler:    _LoadBalancerService_CreateLoadBalancer_Handler,
+		},
+		{
+			MethodName: "GetLoadBalancer",
+			Handler:    _LoadBalancerService_GetLoadBalancer_Handler,
+		},
+		{
+			MethodName: "ListLoadBalancers",
+			Handler:    _LoadBalancerService_ListLoadBalancers_Handler,
+		},
+		{
+			MethodName: "UpdateLoadBalancer",
+			Handler:    _LoadBalancerService_UpdateLoadBalancer_Handler,
+		},
+		{
+			MethodName: "DeleteLoadBalancer",
+			Handler:    _LoadBalancerService_DeleteLoadBalancer_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "meridian/v1/service.proto",
+}
+
+const (
 	AuditService_ListAuditRecords_FullMethodName = "/meridian.v1.AuditService/ListAuditRecords"
 )
 
