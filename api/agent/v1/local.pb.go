@@ -76,6 +76,107 @@ func (ReplayRequest_Direction) EnumDescriptor() ([]byte, []int) {
 	return file_agent_v1_local_proto_rawDescGZIP(), []int{7, 0}
 }
 
+type CaptureRequest_Direction int32
+
+const (
+	CaptureRequest_DIRECTION_UNSPECIFIED CaptureRequest_Direction = 0 // same as BOTH
+	CaptureRequest_FROM_PORT             CaptureRequest_Direction = 1 // sent by the port's workload
+	CaptureRequest_TO_PORT               CaptureRequest_Direction = 2 // received by the port's workload
+	CaptureRequest_BOTH                  CaptureRequest_Direction = 3
+)
+
+// Enum value maps for CaptureRequest_Direction.
+var (
+	CaptureRequest_Direction_name = map[int32]string{
+		0: "DIRECTION_UNSPECIFIED",
+		1: "FROM_PORT",
+		2: "TO_PORT",
+		3: "BOTH",
+	}
+	CaptureRequest_Direction_value = map[string]int32{
+		"DIRECTION_UNSPECIFIED": 0,
+		"FROM_PORT":             1,
+		"TO_PORT":               2,
+		"BOTH":                  3,
+	}
+)
+
+func (x CaptureRequest_Direction) Enum() *CaptureRequest_Direction {
+	p := new(CaptureRequest_Direction)
+	*p = x
+	return p
+}
+
+func (x CaptureRequest_Direction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CaptureRequest_Direction) Descriptor() protoreflect.EnumDescriptor {
+	return file_agent_v1_local_proto_enumTypes[1].Descriptor()
+}
+
+func (CaptureRequest_Direction) Type() protoreflect.EnumType {
+	return &file_agent_v1_local_proto_enumTypes[1]
+}
+
+func (x CaptureRequest_Direction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CaptureRequest_Direction.Descriptor instead.
+func (CaptureRequest_Direction) EnumDescriptor() ([]byte, []int) {
+	return file_agent_v1_local_proto_rawDescGZIP(), []int{10, 0}
+}
+
+type CapturedPacket_Direction int32
+
+const (
+	CapturedPacket_DIRECTION_UNSPECIFIED CapturedPacket_Direction = 0
+	CapturedPacket_FROM_PORT             CapturedPacket_Direction = 1
+	CapturedPacket_TO_PORT               CapturedPacket_Direction = 2
+)
+
+// Enum value maps for CapturedPacket_Direction.
+var (
+	CapturedPacket_Direction_name = map[int32]string{
+		0: "DIRECTION_UNSPECIFIED",
+		1: "FROM_PORT",
+		2: "TO_PORT",
+	}
+	CapturedPacket_Direction_value = map[string]int32{
+		"DIRECTION_UNSPECIFIED": 0,
+		"FROM_PORT":             1,
+		"TO_PORT":               2,
+	}
+)
+
+func (x CapturedPacket_Direction) Enum() *CapturedPacket_Direction {
+	p := new(CapturedPacket_Direction)
+	*p = x
+	return p
+}
+
+func (x CapturedPacket_Direction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CapturedPacket_Direction) Descriptor() protoreflect.EnumDescriptor {
+	return file_agent_v1_local_proto_enumTypes[2].Descriptor()
+}
+
+func (CapturedPacket_Direction) Type() protoreflect.EnumType {
+	return &file_agent_v1_local_proto_enumTypes[2]
+}
+
+func (x CapturedPacket_Direction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CapturedPacket_Direction.Descriptor instead.
+func (CapturedPacket_Direction) EnumDescriptor() ([]byte, []int) {
+	return file_agent_v1_local_proto_rawDescGZIP(), []int{12, 0}
+}
+
 type AttachPortRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Port  string                 `protobuf:"bytes,1,opt,name=port,proto3" json:"port,omitempty"` // projects/{project}/ports/{port}
@@ -734,6 +835,425 @@ func (x *ReplayResponse) GetResults() []*ReplayResult {
 	return nil
 }
 
+// CaptureRequest starts a packet capture on a port of this node (or, for
+// drops, on the whole node). The agent opens an AF_PACKET socket on the
+// workload's interface inside the workload's network namespace (both
+// directions pass there: the data path delivers with bpf_redirect_peer,
+// which skips the host-side veth), attaches the filter in the kernel and
+// streams what matches.
+type CaptureRequest struct {
+	state     protoimpl.MessageState   `protogen:"open.v1"`
+	Port      string                   `protobuf:"bytes,1,opt,name=port,proto3" json:"port,omitempty"` // projects/{project}/ports/{port} or its numeric id; may be empty with drops (whole node)
+	Direction CaptureRequest_Direction `protobuf:"varint,2,opt,name=direction,proto3,enum=agent.v1.CaptureRequest_Direction" json:"direction,omitempty"`
+	// A classic BPF program (struct sock_filter), as `tcpdump -ddd` prints it,
+	// run by the kernel on every frame; empty: every frame. Its return value is
+	// the number of bytes kept (0: the frame is not captured).
+	Filter           []*BpfInstruction `protobuf:"bytes,3,rep,name=filter,proto3" json:"filter,omitempty"`
+	FilterExpression string            `protobuf:"bytes,4,opt,name=filter_expression,json=filterExpression,proto3" json:"filter_expression,omitempty"` // the filter as the user wrote it, for logs
+	Snaplen          uint32            `protobuf:"varint,5,opt,name=snaplen,proto3" json:"snaplen,omitempty"`                                          // bytes kept per frame; 0: 262144
+	MaxPackets       uint64            `protobuf:"varint,6,opt,name=max_packets,json=maxPackets,proto3" json:"max_packets,omitempty"`                  // stop after this many packets; 0: no limit
+	DurationMs       uint32            `protobuf:"varint,7,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`                  // stop after this long; 0: until cancelled
+	// Capture the frames the data path drops (with reason, rule, direction)
+	// instead of the traffic on the port's interface. Drops carry the first
+	// 128 bytes of each frame.
+	Drops         bool `protobuf:"varint,8,opt,name=drops,proto3" json:"drops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureRequest) Reset() {
+	*x = CaptureRequest{}
+	mi := &file_agent_v1_local_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureRequest) ProtoMessage() {}
+
+func (x *CaptureRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_local_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureRequest.ProtoReflect.Descriptor instead.
+func (*CaptureRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_local_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *CaptureRequest) GetPort() string {
+	if x != nil {
+		return x.Port
+	}
+	return ""
+}
+
+func (x *CaptureRequest) GetDirection() CaptureRequest_Direction {
+	if x != nil {
+		return x.Direction
+	}
+	return CaptureRequest_DIRECTION_UNSPECIFIED
+}
+
+func (x *CaptureRequest) GetFilter() []*BpfInstruction {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *CaptureRequest) GetFilterExpression() string {
+	if x != nil {
+		return x.FilterExpression
+	}
+	return ""
+}
+
+func (x *CaptureRequest) GetSnaplen() uint32 {
+	if x != nil {
+		return x.Snaplen
+	}
+	return 0
+}
+
+func (x *CaptureRequest) GetMaxPackets() uint64 {
+	if x != nil {
+		return x.MaxPackets
+	}
+	return 0
+}
+
+func (x *CaptureRequest) GetDurationMs() uint32 {
+	if x != nil {
+		return x.DurationMs
+	}
+	return 0
+}
+
+func (x *CaptureRequest) GetDrops() bool {
+	if x != nil {
+		return x.Drops
+	}
+	return false
+}
+
+type BpfInstruction struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          uint32                 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"` // 16 bits
+	Jt            uint32                 `protobuf:"varint,2,opt,name=jt,proto3" json:"jt,omitempty"`     // 8 bits
+	Jf            uint32                 `protobuf:"varint,3,opt,name=jf,proto3" json:"jf,omitempty"`     // 8 bits
+	K             uint32                 `protobuf:"varint,4,opt,name=k,proto3" json:"k,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BpfInstruction) Reset() {
+	*x = BpfInstruction{}
+	mi := &file_agent_v1_local_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BpfInstruction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BpfInstruction) ProtoMessage() {}
+
+func (x *BpfInstruction) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_local_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BpfInstruction.ProtoReflect.Descriptor instead.
+func (*BpfInstruction) Descriptor() ([]byte, []int) {
+	return file_agent_v1_local_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *BpfInstruction) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *BpfInstruction) GetJt() uint32 {
+	if x != nil {
+		return x.Jt
+	}
+	return 0
+}
+
+func (x *BpfInstruction) GetJf() uint32 {
+	if x != nil {
+		return x.Jf
+	}
+	return 0
+}
+
+func (x *BpfInstruction) GetK() uint32 {
+	if x != nil {
+		return x.K
+	}
+	return 0
+}
+
+type CapturedPacket struct {
+	state             protoimpl.MessageState   `protogen:"open.v1"`
+	TimestampUnixNano int64                    `protobuf:"varint,1,opt,name=timestamp_unix_nano,json=timestampUnixNano,proto3" json:"timestamp_unix_nano,omitempty"`
+	Length            uint32                   `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"` // the frame's length on the wire
+	Data              []byte                   `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`      // its first bytes (at most the snap length)
+	Direction         CapturedPacket_Direction `protobuf:"varint,4,opt,name=direction,proto3,enum=agent.v1.CapturedPacket_Direction" json:"direction,omitempty"`
+	// Dropped frames only.
+	DropReason    string `protobuf:"bytes,5,opt,name=drop_reason,json=dropReason,proto3" json:"drop_reason,omitempty"`          // the data path's reason, e.g. sg-ingress
+	DropRule      uint32 `protobuf:"varint,6,opt,name=drop_rule,json=dropRule,proto3" json:"drop_rule,omitempty"`               // the network ACL rule (its id) that denied; 0: default deny / no security-group rule allows
+	DropPort      uint32 `protobuf:"varint,7,opt,name=drop_port,json=dropPort,proto3" json:"drop_port,omitempty"`               // the port whose policy dropped it
+	DropDirection string `protobuf:"bytes,8,opt,name=drop_direction,json=dropDirection,proto3" json:"drop_direction,omitempty"` // egress or ingress (of drop_port's policy)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CapturedPacket) Reset() {
+	*x = CapturedPacket{}
+	mi := &file_agent_v1_local_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CapturedPacket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CapturedPacket) ProtoMessage() {}
+
+func (x *CapturedPacket) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_local_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CapturedPacket.ProtoReflect.Descriptor instead.
+func (*CapturedPacket) Descriptor() ([]byte, []int) {
+	return file_agent_v1_local_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CapturedPacket) GetTimestampUnixNano() int64 {
+	if x != nil {
+		return x.TimestampUnixNano
+	}
+	return 0
+}
+
+func (x *CapturedPacket) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *CapturedPacket) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *CapturedPacket) GetDirection() CapturedPacket_Direction {
+	if x != nil {
+		return x.Direction
+	}
+	return CapturedPacket_DIRECTION_UNSPECIFIED
+}
+
+func (x *CapturedPacket) GetDropReason() string {
+	if x != nil {
+		return x.DropReason
+	}
+	return ""
+}
+
+func (x *CapturedPacket) GetDropRule() uint32 {
+	if x != nil {
+		return x.DropRule
+	}
+	return 0
+}
+
+func (x *CapturedPacket) GetDropPort() uint32 {
+	if x != nil {
+		return x.DropPort
+	}
+	return 0
+}
+
+func (x *CapturedPacket) GetDropDirection() string {
+	if x != nil {
+		return x.DropDirection
+	}
+	return ""
+}
+
+// CaptureResponse: the first message says where the capture runs and
+// carries no packets; then batches of packets; the last one has the summary.
+type CaptureResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Interface     string                 `protobuf:"bytes,1,opt,name=interface,proto3" json:"interface,omitempty"` // where the capture runs, e.g. "eth0 in /run/netns/web-1 (port 7)"
+	PortId        uint32                 `protobuf:"varint,2,opt,name=port_id,json=portId,proto3" json:"port_id,omitempty"`
+	Packets       []*CapturedPacket      `protobuf:"bytes,3,rep,name=packets,proto3" json:"packets,omitempty"`
+	Summary       *CaptureSummary        `protobuf:"bytes,4,opt,name=summary,proto3" json:"summary,omitempty"` // set on the last message only
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureResponse) Reset() {
+	*x = CaptureResponse{}
+	mi := &file_agent_v1_local_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureResponse) ProtoMessage() {}
+
+func (x *CaptureResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_local_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureResponse.ProtoReflect.Descriptor instead.
+func (*CaptureResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_local_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CaptureResponse) GetInterface() string {
+	if x != nil {
+		return x.Interface
+	}
+	return ""
+}
+
+func (x *CaptureResponse) GetPortId() uint32 {
+	if x != nil {
+		return x.PortId
+	}
+	return 0
+}
+
+func (x *CaptureResponse) GetPackets() []*CapturedPacket {
+	if x != nil {
+		return x.Packets
+	}
+	return nil
+}
+
+func (x *CaptureResponse) GetSummary() *CaptureSummary {
+	if x != nil {
+		return x.Summary
+	}
+	return nil
+}
+
+type CaptureSummary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Packets       uint64                 `protobuf:"varint,1,opt,name=packets,proto3" json:"packets,omitempty"`                                  // packets sent in this stream
+	DroppedBuffer uint64                 `protobuf:"varint,2,opt,name=dropped_buffer,json=droppedBuffer,proto3" json:"dropped_buffer,omitempty"` // matched but dropped by the agent: the client did not keep up (bounded buffer)
+	DroppedKernel uint64                 `protobuf:"varint,3,opt,name=dropped_kernel,json=droppedKernel,proto3" json:"dropped_kernel,omitempty"` // dropped by the kernel: the socket's receive queue was full
+	EndedBy       string                 `protobuf:"bytes,4,opt,name=ended_by,json=endedBy,proto3" json:"ended_by,omitempty"`                    // count, duration, cancelled, error
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureSummary) Reset() {
+	*x = CaptureSummary{}
+	mi := &file_agent_v1_local_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureSummary) ProtoMessage() {}
+
+func (x *CaptureSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_local_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureSummary.ProtoReflect.Descriptor instead.
+func (*CaptureSummary) Descriptor() ([]byte, []int) {
+	return file_agent_v1_local_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CaptureSummary) GetPackets() uint64 {
+	if x != nil {
+		return x.Packets
+	}
+	return 0
+}
+
+func (x *CaptureSummary) GetDroppedBuffer() uint64 {
+	if x != nil {
+		return x.DroppedBuffer
+	}
+	return 0
+}
+
+func (x *CaptureSummary) GetDroppedKernel() uint64 {
+	if x != nil {
+		return x.DroppedKernel
+	}
+	return 0
+}
+
+func (x *CaptureSummary) GetEndedBy() string {
+	if x != nil {
+		return x.EndedBy
+	}
+	return ""
+}
+
 var File_agent_v1_local_proto protoreflect.FileDescriptor
 
 const file_agent_v1_local_proto_rawDesc = "" +
@@ -793,14 +1313,60 @@ const file_agent_v1_local_proto_rawDesc = "" +
 	"\tframe_out\x18\n" +
 	" \x01(\fR\bframeOut\"B\n" +
 	"\x0eReplayResponse\x120\n" +
-	"\aresults\x18\x01 \x03(\v2\x16.agent.v1.ReplayResultR\aresults2\xba\x02\n" +
+	"\aresults\x18\x01 \x03(\v2\x16.agent.v1.ReplayResultR\aresults\"\x85\x03\n" +
+	"\x0eCaptureRequest\x12\x12\n" +
+	"\x04port\x18\x01 \x01(\tR\x04port\x12@\n" +
+	"\tdirection\x18\x02 \x01(\x0e2\".agent.v1.CaptureRequest.DirectionR\tdirection\x120\n" +
+	"\x06filter\x18\x03 \x03(\v2\x18.agent.v1.BpfInstructionR\x06filter\x12+\n" +
+	"\x11filter_expression\x18\x04 \x01(\tR\x10filterExpression\x12\x18\n" +
+	"\asnaplen\x18\x05 \x01(\rR\asnaplen\x12\x1f\n" +
+	"\vmax_packets\x18\x06 \x01(\x04R\n" +
+	"maxPackets\x12\x1f\n" +
+	"\vduration_ms\x18\a \x01(\rR\n" +
+	"durationMs\x12\x14\n" +
+	"\x05drops\x18\b \x01(\bR\x05drops\"L\n" +
+	"\tDirection\x12\x19\n" +
+	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\r\n" +
+	"\tFROM_PORT\x10\x01\x12\v\n" +
+	"\aTO_PORT\x10\x02\x12\b\n" +
+	"\x04BOTH\x10\x03\"R\n" +
+	"\x0eBpfInstruction\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\rR\x04code\x12\x0e\n" +
+	"\x02jt\x18\x02 \x01(\rR\x02jt\x12\x0e\n" +
+	"\x02jf\x18\x03 \x01(\rR\x02jf\x12\f\n" +
+	"\x01k\x18\x04 \x01(\rR\x01k\"\xf4\x02\n" +
+	"\x0eCapturedPacket\x12.\n" +
+	"\x13timestamp_unix_nano\x18\x01 \x01(\x03R\x11timestampUnixNano\x12\x16\n" +
+	"\x06length\x18\x02 \x01(\rR\x06length\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12@\n" +
+	"\tdirection\x18\x04 \x01(\x0e2\".agent.v1.CapturedPacket.DirectionR\tdirection\x12\x1f\n" +
+	"\vdrop_reason\x18\x05 \x01(\tR\n" +
+	"dropReason\x12\x1b\n" +
+	"\tdrop_rule\x18\x06 \x01(\rR\bdropRule\x12\x1b\n" +
+	"\tdrop_port\x18\a \x01(\rR\bdropPort\x12%\n" +
+	"\x0edrop_direction\x18\b \x01(\tR\rdropDirection\"B\n" +
+	"\tDirection\x12\x19\n" +
+	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\r\n" +
+	"\tFROM_PORT\x10\x01\x12\v\n" +
+	"\aTO_PORT\x10\x02\"\xb0\x01\n" +
+	"\x0fCaptureResponse\x12\x1c\n" +
+	"\tinterface\x18\x01 \x01(\tR\tinterface\x12\x17\n" +
+	"\aport_id\x18\x02 \x01(\rR\x06portId\x122\n" +
+	"\apackets\x18\x03 \x03(\v2\x18.agent.v1.CapturedPacketR\apackets\x122\n" +
+	"\asummary\x18\x04 \x01(\v2\x18.agent.v1.CaptureSummaryR\asummary\"\x93\x01\n" +
+	"\x0eCaptureSummary\x12\x18\n" +
+	"\apackets\x18\x01 \x01(\x04R\apackets\x12%\n" +
+	"\x0edropped_buffer\x18\x02 \x01(\x04R\rdroppedBuffer\x12%\n" +
+	"\x0edropped_kernel\x18\x03 \x01(\x04R\rdroppedKernel\x12\x19\n" +
+	"\bended_by\x18\x04 \x01(\tR\aendedBy2\xfc\x02\n" +
 	"\x11LocalAgentService\x12G\n" +
 	"\n" +
 	"AttachPort\x12\x1b.agent.v1.AttachPortRequest\x1a\x1c.agent.v1.AttachPortResponse\x12G\n" +
 	"\n" +
 	"DetachPort\x12\x1b.agent.v1.DetachPortRequest\x1a\x1c.agent.v1.DetachPortResponse\x12V\n" +
 	"\x0fListAttachments\x12 .agent.v1.ListAttachmentsRequest\x1a!.agent.v1.ListAttachmentsResponse\x12;\n" +
-	"\x06Replay\x12\x17.agent.v1.ReplayRequest\x1a\x18.agent.v1.ReplayResponseB7Z5github.com/meridian-sdn/meridian/api/agent/v1;agentv1b\x06proto3"
+	"\x06Replay\x12\x17.agent.v1.ReplayRequest\x1a\x18.agent.v1.ReplayResponse\x12@\n" +
+	"\aCapture\x12\x18.agent.v1.CaptureRequest\x1a\x19.agent.v1.CaptureResponse0\x01B7Z5github.com/meridian-sdn/meridian/api/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_agent_v1_local_proto_rawDescOnce sync.Once
@@ -814,38 +1380,52 @@ func file_agent_v1_local_proto_rawDescGZIP() []byte {
 	return file_agent_v1_local_proto_rawDescData
 }
 
-var file_agent_v1_local_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_v1_local_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_agent_v1_local_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_agent_v1_local_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_agent_v1_local_proto_goTypes = []any{
 	(ReplayRequest_Direction)(0),    // 0: agent.v1.ReplayRequest.Direction
-	(*AttachPortRequest)(nil),       // 1: agent.v1.AttachPortRequest
-	(*AttachPortResponse)(nil),      // 2: agent.v1.AttachPortResponse
-	(*DetachPortRequest)(nil),       // 3: agent.v1.DetachPortRequest
-	(*DetachPortResponse)(nil),      // 4: agent.v1.DetachPortResponse
-	(*Attachment)(nil),              // 5: agent.v1.Attachment
-	(*ListAttachmentsRequest)(nil),  // 6: agent.v1.ListAttachmentsRequest
-	(*ListAttachmentsResponse)(nil), // 7: agent.v1.ListAttachmentsResponse
-	(*ReplayRequest)(nil),           // 8: agent.v1.ReplayRequest
-	(*ReplayResult)(nil),            // 9: agent.v1.ReplayResult
-	(*ReplayResponse)(nil),          // 10: agent.v1.ReplayResponse
+	(CaptureRequest_Direction)(0),   // 1: agent.v1.CaptureRequest.Direction
+	(CapturedPacket_Direction)(0),   // 2: agent.v1.CapturedPacket.Direction
+	(*AttachPortRequest)(nil),       // 3: agent.v1.AttachPortRequest
+	(*AttachPortResponse)(nil),      // 4: agent.v1.AttachPortResponse
+	(*DetachPortRequest)(nil),       // 5: agent.v1.DetachPortRequest
+	(*DetachPortResponse)(nil),      // 6: agent.v1.DetachPortResponse
+	(*Attachment)(nil),              // 7: agent.v1.Attachment
+	(*ListAttachmentsRequest)(nil),  // 8: agent.v1.ListAttachmentsRequest
+	(*ListAttachmentsResponse)(nil), // 9: agent.v1.ListAttachmentsResponse
+	(*ReplayRequest)(nil),           // 10: agent.v1.ReplayRequest
+	(*ReplayResult)(nil),            // 11: agent.v1.ReplayResult
+	(*ReplayResponse)(nil),          // 12: agent.v1.ReplayResponse
+	(*CaptureRequest)(nil),          // 13: agent.v1.CaptureRequest
+	(*BpfInstruction)(nil),          // 14: agent.v1.BpfInstruction
+	(*CapturedPacket)(nil),          // 15: agent.v1.CapturedPacket
+	(*CaptureResponse)(nil),         // 16: agent.v1.CaptureResponse
+	(*CaptureSummary)(nil),          // 17: agent.v1.CaptureSummary
 }
 var file_agent_v1_local_proto_depIdxs = []int32{
-	5,  // 0: agent.v1.ListAttachmentsResponse.attachments:type_name -> agent.v1.Attachment
+	7,  // 0: agent.v1.ListAttachmentsResponse.attachments:type_name -> agent.v1.Attachment
 	0,  // 1: agent.v1.ReplayRequest.direction:type_name -> agent.v1.ReplayRequest.Direction
-	9,  // 2: agent.v1.ReplayResponse.results:type_name -> agent.v1.ReplayResult
-	1,  // 3: agent.v1.LocalAgentService.AttachPort:input_type -> agent.v1.AttachPortRequest
-	3,  // 4: agent.v1.LocalAgentService.DetachPort:input_type -> agent.v1.DetachPortRequest
-	6,  // 5: agent.v1.LocalAgentService.ListAttachments:input_type -> agent.v1.ListAttachmentsRequest
-	8,  // 6: agent.v1.LocalAgentService.Replay:input_type -> agent.v1.ReplayRequest
-	2,  // 7: agent.v1.LocalAgentService.AttachPort:output_type -> agent.v1.AttachPortResponse
-	4,  // 8: agent.v1.LocalAgentService.DetachPort:output_type -> agent.v1.DetachPortResponse
-	7,  // 9: agent.v1.LocalAgentService.ListAttachments:output_type -> agent.v1.ListAttachmentsResponse
-	10, // 10: agent.v1.LocalAgentService.Replay:output_type -> agent.v1.ReplayResponse
-	7,  // [7:11] is the sub-list for method output_type
-	3,  // [3:7] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	11, // 2: agent.v1.ReplayResponse.results:type_name -> agent.v1.ReplayResult
+	1,  // 3: agent.v1.CaptureRequest.direction:type_name -> agent.v1.CaptureRequest.Direction
+	14, // 4: agent.v1.CaptureRequest.filter:type_name -> agent.v1.BpfInstruction
+	2,  // 5: agent.v1.CapturedPacket.direction:type_name -> agent.v1.CapturedPacket.Direction
+	15, // 6: agent.v1.CaptureResponse.packets:type_name -> agent.v1.CapturedPacket
+	17, // 7: agent.v1.CaptureResponse.summary:type_name -> agent.v1.CaptureSummary
+	3,  // 8: agent.v1.LocalAgentService.AttachPort:input_type -> agent.v1.AttachPortRequest
+	5,  // 9: agent.v1.LocalAgentService.DetachPort:input_type -> agent.v1.DetachPortRequest
+	8,  // 10: agent.v1.LocalAgentService.ListAttachments:input_type -> agent.v1.ListAttachmentsRequest
+	10, // 11: agent.v1.LocalAgentService.Replay:input_type -> agent.v1.ReplayRequest
+	13, // 12: agent.v1.LocalAgentService.Capture:input_type -> agent.v1.CaptureRequest
+	4,  // 13: agent.v1.LocalAgentService.AttachPort:output_type -> agent.v1.AttachPortResponse
+	6,  // 14: agent.v1.LocalAgentService.DetachPort:output_type -> agent.v1.DetachPortResponse
+	9,  // 15: agent.v1.LocalAgentService.ListAttachments:output_type -> agent.v1.ListAttachmentsResponse
+	12, // 16: agent.v1.LocalAgentService.Replay:output_type -> agent.v1.ReplayResponse
+	16, // 17: agent.v1.LocalAgentService.Capture:output_type -> agent.v1.CaptureResponse
+	13, // [13:18] is the sub-list for method output_type
+	8,  // [8:13] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_local_proto_init() }
@@ -862,8 +1442,8 @@ func file_agent_v1_local_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_local_proto_rawDesc), len(file_agent_v1_local_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   10,
+			NumEnums:      3,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

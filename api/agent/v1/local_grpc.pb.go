@@ -29,6 +29,7 @@ const (
 	LocalAgentService_DetachPort_FullMethodName      = "/agent.v1.LocalAgentService/DetachPort"
 	LocalAgentService_ListAttachments_FullMethodName = "/agent.v1.LocalAgentService/ListAttachments"
 	LocalAgentService_Replay_FullMethodName          = "/agent.v1.LocalAgentService/Replay"
+	LocalAgentService_Capture_FullMethodName         = "/agent.v1.LocalAgentService/Capture"
 )
 
 // LocalAgentServiceClient is the client API for LocalAgentService service.
@@ -44,6 +45,10 @@ type LocalAgentServiceClient interface {
 	// Replay runs frames through a port's pipeline (BPF test run, eBPF
 	// realization only) and returns the verdict of each.
 	Replay(ctx context.Context, in *ReplayRequest, opts ...grpc.CallOption) (*ReplayResponse, error)
+	// Capture streams the frames seen on a port's interface (or dropped by
+	// the data path) until the count, the duration or the caller's
+	// cancellation ends it. A bad request is refused before anything starts.
+	Capture(ctx context.Context, in *CaptureRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CaptureResponse], error)
 }
 
 type localAgentServiceClient struct {
@@ -94,6 +99,25 @@ func (c *localAgentServiceClient) Replay(ctx context.Context, in *ReplayRequest,
 	return out, nil
 }
 
+func (c *localAgentServiceClient) Capture(ctx context.Context, in *CaptureRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CaptureResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &LocalAgentService_ServiceDesc.Streams[0], LocalAgentService_Capture_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CaptureRequest, CaptureResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LocalAgentService_CaptureClient = grpc.ServerStreamingClient[CaptureResponse]
+
 // LocalAgentServiceServer is the server API for LocalAgentService service.
 // All implementations must embed UnimplementedLocalAgentServiceServer
 // for forward compatibility.
@@ -107,6 +131,10 @@ type LocalAgentServiceServer interface {
 	// Replay runs frames through a port's pipeline (BPF test run, eBPF
 	// realization only) and returns the verdict of each.
 	Replay(context.Context, *ReplayRequest) (*ReplayResponse, error)
+	// Capture streams the frames seen on a port's interface (or dropped by
+	// the data path) until the count, the duration or the caller's
+	// cancellation ends it. A bad request is refused before anything starts.
+	Capture(*CaptureRequest, grpc.ServerStreamingServer[CaptureResponse]) error
 	mustEmbedUnimplementedLocalAgentServiceServer()
 }
 
@@ -128,6 +156,9 @@ func (UnimplementedLocalAgentServiceServer) ListAttachments(context.Context, *Li
 }
 func (UnimplementedLocalAgentServiceServer) Replay(context.Context, *ReplayRequest) (*ReplayResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Replay not implemented")
+}
+func (UnimplementedLocalAgentServiceServer) Capture(*CaptureRequest, grpc.ServerStreamingServer[CaptureResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Capture not implemented")
 }
 func (UnimplementedLocalAgentServiceServer) mustEmbedUnimplementedLocalAgentServiceServer() {}
 func (UnimplementedLocalAgentServiceServer) testEmbeddedByValue()                           {}
@@ -222,6 +253,17 @@ func _LocalAgentService_Replay_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LocalAgentService_Capture_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(CaptureRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(LocalAgentServiceServer).Capture(m, &grpc.GenericServerStream[CaptureRequest, CaptureResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LocalAgentService_CaptureServer = grpc.ServerStreamingServer[CaptureResponse]
+
 // LocalAgentService_ServiceDesc is the grpc.ServiceDesc for LocalAgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -246,6 +288,12 @@ var LocalAgentService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _LocalAgentService_Replay_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Capture",
+			Handler:       _LocalAgentService_Capture_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "agent/v1/local.proto",
 }
