@@ -49,6 +49,9 @@
 //	gateway, gateway switch with a localnet port, Gateway_Chassis per gateway node, NAT dnat_and_snat and
 //	node             snat rows, port mappings as Load_Balancers; see renderOutside (gateway.go) for the
 //	                 mapping and the differences from the eBPF realization
+//	LbService L      Load_Balancer "mer-lb-L" (+ Load_Balancer_Health_Check, ip_port_mappings for
+//	                 Service_Monitor) on the VPC's switches and router (internal) or on the
+//	                 router with its gateway port (north-south); see lb.go
 //
 // ACL priorities form the tiers OVN 23.03 lacks: infrastructure allows
 // (32000), network ACL drops (29999 down to 20000), security-group allows

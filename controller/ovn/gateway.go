@@ -131,10 +131,12 @@ type outside struct {
 	gateways []string // gateway node IDs, sorted
 	eips     map[uint32]*agentv1.ElasticIp
 	natgws   map[uint32]*agentv1.NatGateway
+	lbs      map[uint32]*agentv1.LbService
 }
 
 func indexOutside(objs map[string]*agentv1.Object) *outside {
-	o := &outside{eips: map[uint32]*agentv1.ElasticIp{}, natgws: map[uint32]*agentv1.NatGateway{}}
+	o := &outside{eips: map[uint32]*agentv1.ElasticIp{}, natgws: map[uint32]*agentv1.NatGateway{},
+		lbs: map[uint32]*agentv1.LbService{}}
 	for _, obj := range objs {
 		switch b := obj.GetBody().(type) {
 		case *agentv1.Object_Gateway:
@@ -145,6 +147,8 @@ func indexOutside(objs map[string]*agentv1.Object) *outside {
 			o.eips[b.ElasticIp.GetId()] = b.ElasticIp
 		case *agentv1.Object_NatGateway:
 			o.natgws[b.NatGateway.GetId()] = b.NatGateway
+		case *agentv1.Object_LbService:
+			o.lbs[b.LbService.GetId()] = b.LbService
 		}
 	}
 	slices.Sort(o.gateways)
@@ -157,9 +161,11 @@ type gatewayPort struct {
 	router *Row // the VPC's Logical_Router
 }
 
-// renderOutside renders the gateway ports, elastic IPs and NAT gateways.
+// renderOutside renders the gateway ports, elastic IPs, NAT gateways and
+// north-south load balancers (see lb.go).
 // A VPC gets a gateway port when it has something to translate (an elastic
-// IP associated with one of its ports, or a NAT gateway) and there are
+// IP associated with one of its ports, a NAT gateway or a north-south load
+// balancer listener) and there are
 // gateway nodes to bind it to; without one, its NAT rows would have no
 // gateway to run on, so none are rendered (failing closed).
 //
@@ -181,6 +187,7 @@ type gatewayPort struct {
 //	                 address of that family, external_port_range
 //	                 "port_min-port_max"; port mappings: Load_Balancer "mer-natgw-G-tcp"/"-udp" on
 //	                 the router, vips "address:public_port" -> "private_ip:private_port"
+//	LbService        north-south (not internal): Load_Balancer "mer-lb-L" on the router (lb.go)
 //	pool, BGP peer   nothing: the BGP speaker in gateway nodes' agents uses them
 //
 // Differences from the eBPF realization:
@@ -225,9 +232,18 @@ func (d *Desired) renderOutside(x *agentv1.Index, o *outside, ext *ExternalNetwo
 			natgws[g.GetVpcId()] = append(natgws[g.GetVpcId()], g)
 		}
 	}
+	lbs := map[uint32][]*agentv1.LbService{} // vpc -> its north-south services
+	for _, id := range sortedIDs(o.lbs) {
+		svc := o.lbs[id]
+		if a, err := netip.ParseAddr(svc.GetVip()); !svc.GetInternal() && lbRenderable(svc) &&
+			err == nil && a.Unmap().Is4() == ext.CIDR.Addr().Is4() && x.VPCs[svc.GetVpcId()] != nil {
+			lbs[svc.GetVpcId()] = append(lbs[svc.GetVpcId()], svc)
+		}
+	}
 	var extSwitch *Row
+	mon := &monitorSources{}
 	for _, vpc := range sortedIDs(x.VPCs) {
-		if len(eips[vpc]) == 0 && len(natgws[vpc]) == 0 {
+		if len(eips[vpc]) == 0 && len(natgws[vpc]) == 0 && len(lbs[vpc]) == 0 {
 			continue
 		}
 		addr, ok := ext.routerAddress(vpc)
@@ -243,6 +259,11 @@ func (d *Desired) renderOutside(x *agentv1.Index, o *outside, ext *ExternalNetwo
 		}
 		for _, g := range natgws[vpc] {
 			d.renderNatGateway(gw, g, ext)
+		}
+		for _, svc := range lbs[vpc] {
+			if id, ok := d.renderLB(x, svc, mon); ok {
+				gw.router.Refs["load_balancer"] = append(gw.router.Refs["load_balancer"], id)
+			}
 		}
 	}
 }

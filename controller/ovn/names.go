@@ -90,3 +90,6 @@ func PortMappingsLBName(natgw uint32, proto string) string {
 func gatewayMAC(vpc uint32) string {
 	return fmt.Sprintf("02:4e:%02x:%02x:%02x:%02x", byte(vpc>>24), byte(vpc>>16), byte(vpc>>8), byte(vpc))
 }
+
+// LBName is the Load_Balancer of an LbService (one listener).
+func LBName(svc uint32) string { return "mer-lb-" + itoa(svc) }

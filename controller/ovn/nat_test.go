@@ -50,6 +50,8 @@ func withOutside(objs map[string]*agentv1.Object, bodies ...proto.Message) map[s
 			o = &agentv1.Object{Key: owner("eip", v.Id), Body: &agentv1.Object_ElasticIp{ElasticIp: v}}
 		case *agentv1.NatGateway:
 			o = &agentv1.Object{Key: owner("ngw", v.Id), Body: &agentv1.Object_NatGateway{NatGateway: v}}
+		case *agentv1.LbService:
+			o = &agentv1.Object{Key: owner("lb", v.Id), Body: &agentv1.Object_LbService{LbService: v}}
 		default:
 			objs = mergeObjects(objs, objects(b))
 			continue

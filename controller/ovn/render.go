@@ -247,7 +247,9 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 	for _, id := range sortedIDs(x.RouteTables) {
 		d.renderRouteTable(x, x.RouteTables[id])
 	}
-	d.renderOutside(x, indexOutside(objs), rr.ext)
+	o := indexOutside(objs)
+	d.renderInternalLBs(x, o)
+	d.renderOutside(x, o, rr.ext)
 	return d
 }
 

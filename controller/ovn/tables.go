@@ -63,6 +63,7 @@ var specs = []*tableSpec{
 		refs: []refSpec{
 			{"ports", nbdb.LogicalSwitchPortTable, refChildren},
 			{"acls", nbdb.ACLTable, refChildren},
+			{"load_balancer", nbdb.LoadBalancerTable, refMembers},
 		}},
 	{name: nbdb.DHCPOptionsTable, root: true, typ: reflect.TypeFor[nbdb.DHCPOptions](),
 		columns: []string{"cidr", "options", "external_ids"}},
@@ -75,7 +76,8 @@ var specs = []*tableSpec{
 			{"ports", nbdb.LogicalSwitchPortTable, refMembers},
 		}},
 	{name: nbdb.LoadBalancerTable, root: true, typ: reflect.TypeFor[nbdb.LoadBalancer](),
-		columns: []string{"name", "vips", "protocol", "options", "external_ids"}},
+		columns: []string{"name", "vips", "protocol", "options", "ip_port_mappings", "selection_fields", "external_ids"},
+		refs:    []refSpec{{"health_check", nbdb.LoadBalancerHealthCheckTable, refChildren}}},
 	{name: nbdb.LogicalRouterPortTable, typ: reflect.TypeFor[nbdb.LogicalRouterPort](),
 		columns: []string{"name", "mac", "networks", "options", "external_ids"},
 		// Children of children: a new gateway port's chassis are linked by
@@ -98,6 +100,8 @@ var specs = []*tableSpec{
 		columns: []string{"type", "external_ip", "logical_ip", "external_port_range", "external_mac", "logical_port", "options", "external_ids"}},
 	{name: nbdb.GatewayChassisTable, typ: reflect.TypeFor[nbdb.GatewayChassis](),
 		columns: []string{"name", "chassis_name", "priority", "options", "external_ids"}},
+	{name: nbdb.LoadBalancerHealthCheckTable, typ: reflect.TypeFor[nbdb.LoadBalancerHealthCheck](),
+		columns: []string{"vip", "options", "external_ids"}},
 }
 
 var specByName = func() map[string]*tableSpec {
