@@ -38,7 +38,7 @@ import (
 // downPrefix is the store prefix of the gateway liveness markers. It is
 // under "res/" so the distributor's and the model's watch see it in order,
 // but it is not an API kind: the API server ignores it.
-const downPrefix = "res/GatewayDown/nodes/"
+const downPrefix = resource.NodeDownPrefix
 
 // GatewayDownKey is the store key marking gateway node (ID) unavailable.
 // Its value is ignored.
@@ -69,7 +69,7 @@ func gatewayRef(id string) string { return gatewayPrefix + id }
 
 // contentKind: objects that embed more of their references than IDs.
 func contentKind(key string) bool {
-	return strings.HasPrefix(key, "eip/") || strings.HasPrefix(key, "ngw/")
+	return strings.HasPrefix(key, "eip/") || strings.HasPrefix(key, "ngw/") || strings.HasPrefix(key, "lb/")
 }
 
 // IsGateway reports whether node (ID) is registered with the GATEWAY role.
@@ -121,6 +121,9 @@ func (m *Model) edgeRefs(refs []string) []string {
 	}
 	for n := range m.ngws {
 		refs = append(refs, n)
+	}
+	for n := range m.lbs {
+		refs = append(refs, m.listenerRefs(n)...)
 	}
 	return refs
 }
@@ -175,6 +178,7 @@ func (m *Model) edgeNodeKeys(n string, put func(string)) {
 	for g := range m.gateways {
 		put(gatewayRef(g))
 	}
+	m.lbNodeKeys(n, put)
 	if m.isGateway(n) {
 		for name := range m.pools {
 			put(name)
@@ -230,6 +234,8 @@ func (m *Model) holdsEdge(n, kind, ref string) bool {
 		return ok
 	case "ngw":
 		return m.isGateway(n) || m.nodeVpcs[n][m.ngws[ref].GetVpc()] > 0
+	case "lb":
+		return m.holdsLb(n, ref)
 	}
 	return false
 }
@@ -257,6 +263,8 @@ func (m *Model) candidatesEdge(kind, ref string, out set) {
 		for n := range m.vpcNodes[m.ngws[ref].GetVpc()] {
 			out[n] = struct{}{}
 		}
+	case "lb":
+		m.candidatesLb(ref, out)
 	}
 }
 
@@ -272,6 +280,8 @@ func (m *Model) setGatewayDown(node string, down bool, c *changeSet) {
 	} else {
 		delete(m.down, node)
 	}
+	// Backends on a down node are unhealthy: nobody checks them.
+	m.recompileContentDeps(downRef(node), c)
 	if m.isGateway(node) {
 		m.recompileContentDeps(gatewaysRef, c)
 		// A down gateway's Gateway object goes, so workload nodes stop

@@ -91,6 +91,13 @@ func (t *memTx) putRaw(key string) store.Event {
 	return store.Event{Type: store.EventPut, KV: store.KV{Key: key, Value: []byte{}, ModRevision: t.rev}}
 }
 
+// putRawValue writes value at key (a backend health record).
+func (t *memTx) putRawValue(key string, value []byte) store.Event {
+	t.rev++
+	t.data[key] = value
+	return store.Event{Type: store.EventPut, KV: store.KV{Key: key, Value: value, ModRevision: t.rev}}
+}
+
 func (t *memTx) del(key string) (store.Event, bool) {
 	old, ok := t.data[key]
 	if !ok {

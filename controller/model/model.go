@@ -160,6 +160,15 @@ type Model struct {
 	// their Gateway objects say draining.
 	away set
 
+	// Load balancing (issue [5]), see lb.go.
+	lbs        map[string]*mv1.LoadBalancer
+	lbPlaces   map[string]lbPlace                      // LbService key -> where it goes
+	nodeLbs    map[string]set                          // node ID -> LbService keys with a backend there
+	nsLbs      set                                     // north-south LbService keys (gateways hold them)
+	vpcLbs     map[string]set                          // vpc -> internal LbService keys
+	health     map[uint32]map[uint32]resource.LbHealth // listener ID -> backend ID -> record
+	maglevSize uint32
+
 	// Materialised per-node desired state (as keys) and its reverse.
 	nodeKeys map[string]set // node ID -> object keys
 	holders  map[string]set // object key -> node IDs
@@ -170,7 +179,7 @@ func New(log *slog.Logger) *Model {
 	if log == nil {
 		log = slog.Default()
 	}
-	m := &Model{log: log}
+	m := &Model{log: log, maglevSize: resource.LbDefaultMaglevSize}
 	m.reset()
 	return m
 }
@@ -191,6 +200,12 @@ func (m *Model) reset() {
 	m.gateways = set{}
 	m.down = set{}
 	m.away = set{}
+	m.lbs = map[string]*mv1.LoadBalancer{}
+	m.lbPlaces = map[string]lbPlace{}
+	m.nodeLbs = map[string]set{}
+	m.nsLbs = set{}
+	m.vpcLbs = map[string]set{}
+	m.health = map[uint32]map[uint32]resource.LbHealth{}
 	m.vpcNgws = map[string]set{}
 	m.portEips = map[string]set{}
 	m.nodeEips = map[string]set{}
@@ -221,6 +236,7 @@ func modelKinds() []*resource.Kind {
 		resource.KindNode, resource.KindVpc, resource.KindNetworkAcl, resource.KindRouteTable,
 		resource.KindSubnet, resource.KindSecurityGroup, resource.KindPort,
 		resource.KindPublicAddressPool, resource.KindBgpPeer, resource.KindElasticIp, resource.KindNatGateway,
+		resource.KindLoadBalancer,
 	}
 }
 
@@ -256,6 +272,17 @@ func (m *Model) Load(tx store.ReadTx) error {
 	}
 	for _, kv := range kvs {
 		m.away[strings.TrimPrefix(kv.Key, awayPrefix)] = struct{}{}
+	}
+	if kvs, err = tx.List(resource.LbHealthPrefix, "", 0); err != nil {
+		return fmt.Errorf("model: list %s at revision %d: %w", resource.LbHealthPrefix, tx.Revision(), err)
+	}
+	for _, kv := range kvs {
+		if l, b, h, ok := m.decodeHealth(kv); ok {
+			if m.health[l] == nil {
+				m.health[l] = map[uint32]resource.LbHealth{}
+			}
+			m.health[l][b] = h
+		}
 	}
 	// Compile only once every resource is known, so references resolve
 	// regardless of listing order.
@@ -348,6 +375,19 @@ func (m *Model) Apply(ev store.Event) Changes {
 		m.setGatewayAway(id, ev.Type == store.EventPut, &c)
 		return m.finish(&c)
 	}
+	if strings.HasPrefix(ev.KV.Key, resource.LbHealthPrefix) {
+		var c changeSet
+		c.init()
+		l, b, h, ok := m.decodeHealth(ev.KV)
+		switch {
+		case !ok:
+		case ev.Type == store.EventPut:
+			m.setHealth(l, b, &h, &c)
+		default:
+			m.setHealth(l, b, nil, &c)
+		}
+		return m.finish(&c)
+	}
 	k, name, ok := parseKey(ev.KV.Key)
 	if !ok {
 		return nil
@@ -402,6 +442,8 @@ func idOf(msg proto.Message) uint32 {
 		return r.GetId()
 	case *mv1.NatGateway:
 		return r.GetId()
+	case *mv1.LoadBalancer:
+		return r.GetId()
 	}
 	return 0
 }
@@ -436,6 +478,8 @@ func (m *Model) get(k *resource.Kind, name string) proto.Message {
 		msg, ok = m.eips[name]
 	case resource.KindNatGateway:
 		msg, ok = m.ngws[name]
+	case resource.KindLoadBalancer:
+		msg, ok = m.lbs[name]
 	}
 	if !ok {
 		return nil
@@ -467,6 +511,8 @@ func (m *Model) set(k *resource.Kind, name string, msg proto.Message) {
 		setOrDelete(m.eips, name, msg)
 	case resource.KindNatGateway:
 		setOrDelete(m.ngws, name, msg)
+	case resource.KindLoadBalancer:
+		setOrDelete(m.lbs, name, msg)
 	}
 }
 
@@ -486,10 +532,17 @@ func (m *Model) update(k *resource.Kind, name string, msg proto.Message, c *chan
 	}
 	oldKey := m.resKey[name]
 	wasGateway := k == resource.KindNode && m.isGateway(nodeID(name))
+	var listeners []string
+	if k == resource.KindLoadBalancer {
+		listeners = m.listenerRefs(name)
+	}
 	m.unindex(k, name, c)
 	m.set(k, name, msg)
 	m.index(k, name, c)
 	m.recompile(name, c)
+	if k == resource.KindLoadBalancer {
+		m.recompileListeners(listeners, name, c)
+	}
 	c.check(oldKey)
 	c.check(m.resKey[name])
 	if k == resource.KindNode {
@@ -609,18 +662,29 @@ func (m *Model) indexDelta(k *resource.Kind, name string, d int, c *changeSet) {
 // recompile compiles the object of ref afresh and records what changed.
 func (m *Model) recompile(ref string, c *changeSet) {
 	oldKey := m.resKey[ref]
-	obj, deps := m.compile(ref)
+	var obj *agentv1.Object
+	var deps []string
+	var place *lbPlace
+	if strings.Contains(ref, listenersSeg) {
+		obj, deps, place = m.compileListener(ref)
+	} else {
+		obj, deps = m.compile(ref)
+	}
 	newKey := ""
 	if obj != nil {
 		newKey = obj.GetKey()
 	}
 	if oldKey != "" && oldKey != newKey {
 		m.dropObject(oldKey)
+		m.setLbPlace(oldKey, nil, c)
 		c.content[oldKey] = struct{}{}
 		c.check(oldKey)
 	}
 	if obj == nil {
 		return
+	}
+	if place != nil {
+		m.setLbPlace(newKey, place, c)
 	}
 	if prev := m.objs[newKey]; prev == nil || !proto.Equal(prev, obj) {
 		m.objs[newKey] = obj

@@ -12,6 +12,7 @@ import (
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
 	mv1 "github.com/meridian-sdn/meridian/api/meridian/v1"
+	"github.com/meridian-sdn/meridian/controller/resource"
 	"github.com/meridian-sdn/meridian/controller/store"
 )
 
@@ -57,7 +58,42 @@ type universe struct {
 const (
 	nVpcs, nSubnets, nSGs, nACLs, nRTs, nPorts, nNodes = 3, 2, 3, 2, 1, 14, 5
 	nPools, nPeers, nEIPs, nNGWs                       = 2, 3, 6, 3
+	nLBs, nListeners, nBackends                        = 3, 3, 4
 )
+
+func (u *universe) lbName(i int) string { return fmt.Sprintf("projects/p/loadBalancers/l%d", i) }
+
+// randomLB returns a random load balancer. Listener IDs are derived from
+// the load balancer's slot, so they stay unique across load balancers as
+// the API server guarantees.
+func (u *universe) randomLB(v int) *mv1.LoadBalancer {
+	i := u.r.IntN(nLBs)
+	lb := &mv1.LoadBalancer{Name: u.lbName(i), Id: uint32(i + 1), Vpc: u.vpcName(v), Vip: fmt.Sprintf("203.0.113.%d", 100+i)}
+	if u.r.IntN(2) == 0 {
+		lb.Scheme, lb.Subnet = "internal", u.subName(v, 0)
+	} else {
+		lb.Scheme, lb.Pool = "internet-facing", u.poolName(u.r.IntN(nPools))
+	}
+	for j := range nListeners {
+		if u.r.IntN(3) == 0 {
+			continue
+		}
+		l := &mv1.LoadBalancerListener{Id: uint32(100*(i+1) + j), Name: fmt.Sprint("l", j), Protocol: []string{"tcp", "udp"}[u.r.IntN(2)],
+			Port: uint32(80 + j), SourceIpPersistence: u.r.IntN(2) == 0}
+		if u.r.IntN(2) == 0 {
+			l.HealthCheck = &mv1.LoadBalancerHealthCheck{Protocol: "tcp"}
+		}
+		for b := range u.r.IntN(nBackends + 1) {
+			be := &mv1.LoadBalancerBackend{Id: uint32(b + 1), Port: u.portName(u.r.IntN(nPorts)), Address: "10.0.0.1", Draining: u.r.IntN(4) == 0}
+			if u.r.IntN(2) == 0 {
+				be.Weight = proto.Uint32(uint32(1 + u.r.IntN(3)))
+			}
+			l.Backends = append(l.Backends, be)
+		}
+		lb.Listeners = append(lb.Listeners, l)
+	}
+	return lb
+}
 
 func (u *universe) poolName(i int) string { return fmt.Sprintf("publicAddressPools/pl%d", i) }
 func (u *universe) eipName(i int) string  { return fmt.Sprintf("projects/p/elasticIps/e%d", i) }
@@ -66,7 +102,9 @@ func (u *universe) nodeName(i int) string { return fmt.Sprintf("nodes/n%d", i) }
 
 // randomEdge returns a random outside-world resource.
 func (u *universe) randomEdge(v int) proto.Message {
-	switch u.r.IntN(4) {
+	switch u.r.IntN(5) {
+	case 4:
+		return u.randomLB(v)
 	case 0:
 		i := u.r.IntN(nPools)
 		p := &mv1.PublicAddressPool{Name: u.poolName(i), Id: uint32(i + 1), Cidrs: []string{fmt.Sprintf("203.0.%d.0/24", 113+i)},
@@ -206,7 +244,19 @@ func TestIncrementalEqualsFull(t *testing.T) {
 				}
 				var got Changes
 				what := ""
-				if u.r.IntN(20) == 0 {
+				if u.r.IntN(12) == 0 {
+					// The distributor records a backend's health (or a
+					// removed backend's record goes).
+					key := resource.LbHealthKey(uint32(100*(1+u.r.IntN(nLBs))+u.r.IntN(nListeners)), uint32(1+u.r.IntN(nBackends)))
+					ev, ok := tx.putRawValue(key, resource.LbHealth{Node: fmt.Sprintf("n%d", u.r.IntN(nNodes)), Healthy: u.r.IntN(2) == 0}.Encode()), true
+					if u.r.IntN(4) == 0 {
+						ev, ok = tx.del(key)
+					}
+					if !ok {
+						continue
+					}
+					got, what = m.Apply(ev), "health "+key
+				} else if u.r.IntN(20) == 0 {
 					// The distributor marks a gateway down or up again.
 					// Or marks its agent away (just gone) or back.
 					n, down := fmt.Sprintf("n%d", u.r.IntN(nNodes)), u.r.IntN(2) == 0
@@ -267,13 +317,16 @@ func TestIncrementalEqualsFull(t *testing.T) {
 					if o := m.Object(key); o.GetNatGateway().GetOwnerNode() != "" && strings.HasPrefix(what, "down") {
 						seen["owner moved"]++
 					}
+					if kind == "lb" && strings.HasPrefix(what, "health") {
+						seen["lb health"]++
+					}
 				}
 			}
 		})
 	}
 	// The universe must actually exercise every kind of object and the
 	// gateway failover, or the property says little.
-	for _, kind := range []string{"gateway", "eip", "ngw", "pool", "bgp", "port", "owner moved"} {
+	for _, kind := range []string{"gateway", "eip", "ngw", "pool", "bgp", "port", "owner moved", "lb", "lb health"} {
 		if seen[kind] == 0 {
 			t.Errorf("no change of %q in any run: widen the universe", kind)
 		}

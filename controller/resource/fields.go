@@ -3,6 +3,8 @@ package resource
 import (
 	"strings"
 
+	v1 "github.com/meridian-sdn/meridian/api/meridian/v1"
+
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
@@ -42,6 +44,16 @@ func ClearOutputOnly(m proto.Message) {
 	}
 	if r.Descriptor().Name() == "NetworkAcl" {
 		r.Clear(fs.ByName("subnets"))
+	}
+	if lb, ok := m.(*v1.LoadBalancer); ok {
+		// Listener and backend IDs are the server's: it keeps them across
+		// updates by matching names and ports, never by trusting input.
+		for _, l := range lb.GetListeners() {
+			l.Id = 0
+			for _, b := range l.GetBackends() {
+				b.Id = 0
+			}
+		}
 	}
 	if f := fs.ByName("rules"); f != nil {
 		l := r.Get(f).List()

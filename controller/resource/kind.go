@@ -56,6 +56,9 @@ var (
 	KindBgpPeer           = &Kind{Name: "BgpPeer", Collection: "bgpPeers", new: func() proto.Message { return &v1.BgpPeer{} }}
 	KindElasticIp         = &Kind{Name: "ElasticIp", Collection: "elasticIps", Parent: KindProject, new: func() proto.Message { return &v1.ElasticIp{} }}
 	KindNatGateway        = &Kind{Name: "NatGateway", Collection: "natGateways", Parent: KindProject, new: func() proto.Message { return &v1.NatGateway{} }}
+
+	// Load balancing (issue [5]).
+	KindLoadBalancer = &Kind{Name: "LoadBalancer", Collection: "loadBalancers", Parent: KindProject, new: func() proto.Message { return &v1.LoadBalancer{} }}
 )
 
 // Kinds lists every kind in dependency order. An elastic IP and a NAT
@@ -63,7 +66,7 @@ var (
 // comes first because the NAT gateway's port mappings depend on it.
 func Kinds() []*Kind {
 	return []*Kind{KindProject, KindNode, KindPublicAddressPool, KindBgpPeer, KindVpc, KindNetworkAcl, KindRouteTable,
-		KindSubnet, KindSecurityGroup, KindPort, KindElasticIp, KindNatGateway}
+		KindSubnet, KindSecurityGroup, KindPort, KindElasticIp, KindNatGateway, KindLoadBalancer}
 }
 
 // ByName finds a kind by its message name, case-insensitively, also
