@@ -17,9 +17,17 @@ import (
 // 10.0.1.101:53 with source-IP persistence and no health check, over a
 // healthy and an unhealthy backend.
 func lbFixture() map[string]*agentv1.Object {
-	return withOutside(fixture(),
+	o := fixture()
+	// Group 23 lets the listeners' traffic reach the backends.
+	o["port/101"].GetPort().SecurityGroupIds = append(o["port/101"].GetPort().SecurityGroupIds, 23)
+	return withOutside(o,
+		&agentv1.SecurityGroup{Id: 23, VpcId: 1, Rules: []*agentv1.Rule{
+			{Id: 9, Ingress: true, Allow: true, Protocol: 6, PortMin: 8080, PortMax: 8080, IcmpType: -1, IcmpCode: -1, Cidr: "10.0.0.0/16"},
+			{Id: 10, Ingress: true, Allow: true, Protocol: 6, PortMin: 8443, PortMax: 8443, IcmpType: -1, IcmpCode: -1, Cidr: "0.0.0.0/0"},
+			{Id: 11, Ingress: true, Allow: true, Protocol: 17, PortMin: 53, PortMax: 53, IcmpType: -1, IcmpCode: -1, Cidr: "10.0.0.0/16"},
+		}},
 		&agentv1.Port{Id: 104, VpcId: 1, SubnetId: 12, Mac: "02:00:00:00:02:02", Ips: []string{"10.0.2.11"},
-			Node: "n2", SecurityGroupIds: []uint32{21}, SourceDestCheck: true},
+			Node: "n2", SecurityGroupIds: []uint32{21, 23}, SourceDestCheck: true},
 		&agentv1.Port{Id: 105, VpcId: 1, SubnetId: 12, Mac: "02:00:00:00:02:03", Ips: []string{"10.0.2.254"},
 			Node: "n2", SecurityGroupIds: []uint32{21}, SourceDestCheck: true},
 		&agentv1.LbService{Id: 7, LoadBalancerId: 1, Name: "web/http", VpcId: 1, Vni: 1001, Vip: "10.0.1.100", Port: 80,
