@@ -470,7 +470,7 @@ func prepareElasticIp(c *txc, old, obj proto.Message) error {
 	}
 	if old == nil {
 		var err error
-		if addr, err = allocatePublic(c, pool, e.Name, addr, e.Ipv6); err != nil || !c.vs.empty() {
+		if addr, err = allocatePublic(c, pool, e.Name, addr, e.Ipv6, "elastic_ip.address", "elastic_ip.pool"); err != nil || !c.vs.empty() {
 			return err
 		}
 		e.Address = addr.String()
@@ -499,7 +499,8 @@ func prepareElasticIp(c *txc, old, obj proto.Message) error {
 // allocatePublic takes addr (if valid) or the next free address of the
 // wanted family from pool for owner. Exhaustion is RESOURCE_EXHAUSTED;
 // a requested address that is not available is a violation.
-func allocatePublic(c *txc, pool *v1.PublicAddressPool, owner string, addr netip.Addr, v6 bool) (netip.Addr, error) {
+// addrField and poolField name the request's fields in violations.
+func allocatePublic(c *txc, pool *v1.PublicAddressPool, owner string, addr netip.Addr, v6 bool, addrField, poolField string) (netip.Addr, error) {
 	ps := poolPrefixes(pool)
 	if addr.IsValid() {
 		for _, p := range ps {
@@ -511,15 +512,15 @@ func allocatePublic(c *txc, pool *v1.PublicAddressPool, owner string, addr netip
 			case err == nil:
 				return addr, nil
 			case errors.Is(err, ipam.ErrInUse):
-				c.vs.add("elastic_ip.address", "%s is already allocated", addr)
+				c.vs.add(addrField, "%s is already allocated", addr)
 				return addr, nil
 			case errors.Is(err, ipam.ErrReserved):
-				c.vs.add("elastic_ip.address", "%s is the first or last address of %s, which are never allocated", addr, p)
+				c.vs.add(addrField, "%s is the first or last address of %s, which are never allocated", addr, p)
 				return addr, nil
 			}
 			return addr, err
 		}
-		c.vs.add("elastic_ip.address", "%s is not inside pool %s (%s)", addr, pool.Name, strings.Join(pool.Cidrs, ", "))
+		c.vs.add(addrField, "%s is not inside pool %s (%s)", addr, pool.Name, strings.Join(pool.Cidrs, ", "))
 		return addr, nil
 	}
 	family := false
@@ -539,7 +540,7 @@ func allocatePublic(c *txc, pool *v1.PublicAddressPool, owner string, addr netip
 		fam = "IPv6"
 	}
 	if !family {
-		c.vs.add("elastic_ip.pool", "pool %s has no %s CIDR", pool.Name, fam)
+		c.vs.add(poolField, "pool %s has no %s CIDR", pool.Name, fam)
 		return addr, nil
 	}
 	return addr, status.Errorf(codes.ResourceExhausted, "public address pool %s has no free %s address left: ask an administrator to add a CIDR", pool.Name, fam)
@@ -566,7 +567,7 @@ func releaseElasticIp(c *txc, old proto.Message) error {
 // checkPrivateIPUnused refuses to take address a away from port while an
 // elastic IP or a NAT gateway port mapping translates to it.
 func checkPrivateIPUnused(c *txc, port, a string) error {
-	for _, k := range []*resource.Kind{resource.KindElasticIp, resource.KindNatGateway} {
+	for _, k := range []*resource.Kind{resource.KindElasticIp, resource.KindNatGateway, resource.KindLoadBalancer} {
 		users, err := referrers(c.tx, port, k)
 		if err != nil {
 			return err
@@ -583,6 +584,12 @@ func checkPrivateIPUnused(c *txc, port, a string) error {
 			case *v1.NatGateway:
 				for _, pm := range r.PortMappings {
 					used = used || pm.Port == port && pm.PrivateIp == a
+				}
+			case *v1.LoadBalancer:
+				for _, l := range r.Listeners {
+					for _, b := range l.Backends {
+						used = used || b.Port == port && b.Address == a
+					}
 				}
 			}
 			if used {

@@ -56,6 +56,7 @@ func (h *hooks) references(obj proto.Message, parent string) []string {
 func (s *Server) buildHooks() map[*resource.Kind]*hooks {
 	hs := s.coreHooks()
 	s.edgeHooks(hs)
+	s.lbHooks(hs)
 	return hs
 }
 
@@ -138,7 +139,8 @@ func prepareProject(c *txc, old, obj proto.Message) error {
 	if q := p.Quota; q != nil {
 		for name, v := range map[string]int32{"vpcs": q.Vpcs, "subnets": q.Subnets, "ports": q.Ports, "security_groups": q.SecurityGroups,
 			"security_group_rules": q.SecurityGroupRules, "network_acls": q.NetworkAcls, "network_acl_rules": q.NetworkAclRules,
-			"route_tables": q.RouteTables, "routes": q.Routes, "elastic_ips": q.ElasticIps, "nat_gateways": q.NatGateways} {
+			"route_tables": q.RouteTables, "routes": q.Routes, "elastic_ips": q.ElasticIps, "nat_gateways": q.NatGateways,
+			"load_balancers": q.LoadBalancers, "load_balancer_listeners": q.LoadBalancerListeners, "load_balancer_backends": q.LoadBalancerBackends} {
 			if v < 0 {
 				c.vs.add("project.quota."+name, "must not be negative")
 			}
@@ -152,7 +154,7 @@ func decorateProject(s *Server, tx store.ReadTx, m proto.Message) error {
 	u := &v1.Quota{}
 	for k, dst := range map[*resource.Kind]*int32{resource.KindVpc: &u.Vpcs, resource.KindSubnet: &u.Subnets, resource.KindPort: &u.Ports,
 		resource.KindSecurityGroup: &u.SecurityGroups, resource.KindNetworkAcl: &u.NetworkAcls, resource.KindRouteTable: &u.RouteTables,
-		resource.KindElasticIp: &u.ElasticIps, resource.KindNatGateway: &u.NatGateways} {
+		resource.KindElasticIp: &u.ElasticIps, resource.KindNatGateway: &u.NatGateways, resource.KindLoadBalancer: &u.LoadBalancers} {
 		n, err := readCount(tx, countKey(p.Name, k))
 		if err != nil {
 			return err

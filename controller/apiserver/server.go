@@ -31,6 +31,9 @@ func DefaultQuota() *v1.Quota {
 		Vpcs: 50, Subnets: 500, Ports: 200000, SecurityGroups: 2500, SecurityGroupRules: 1000,
 		NetworkAcls: 200, NetworkAclRules: 256, RouteTables: 200, Routes: 1000,
 		ElasticIps: 50, NatGateways: 20,
+		// A listener's Maglev table (65537 entries) balances within ~1% up
+		// to a few hundred backends; 256 keeps well inside that.
+		LoadBalancers: 20, LoadBalancerListeners: 50, LoadBalancerBackends: 256,
 	}
 }
 
@@ -49,6 +52,7 @@ type Server struct {
 	v1.UnimplementedSecurityServiceServer
 	v1.UnimplementedNodeServiceServer
 	v1.UnimplementedEdgeServiceServer
+	v1.UnimplementedLoadBalancerServiceServer
 	v1.UnimplementedAuditServiceServer
 	v1.UnimplementedWatchServiceServer
 	v1.UnimplementedIdentityServiceServer
@@ -88,6 +92,7 @@ func (s *Server) Register(g *grpc.Server) {
 	v1.RegisterSecurityServiceServer(g, s)
 	v1.RegisterNodeServiceServer(g, s)
 	v1.RegisterEdgeServiceServer(g, s)
+	v1.RegisterLoadBalancerServiceServer(g, s)
 	v1.RegisterAuditServiceServer(g, s)
 	v1.RegisterWatchServiceServer(g, s)
 	v1.RegisterIdentityServiceServer(g, s)
@@ -119,6 +124,8 @@ func (s *Server) quota(tx store.ReadTx, project string) (*v1.Quota, error) {
 		NetworkAcls: pick(own.NetworkAcls, q.NetworkAcls), NetworkAclRules: pick(own.NetworkAclRules, q.NetworkAclRules),
 		RouteTables: pick(own.RouteTables, q.RouteTables), Routes: pick(own.Routes, q.Routes),
 		ElasticIps: pick(own.ElasticIps, q.ElasticIps), NatGateways: pick(own.NatGateways, q.NatGateways),
+		LoadBalancers: pick(own.LoadBalancers, q.LoadBalancers), LoadBalancerListeners: pick(own.LoadBalancerListeners, q.LoadBalancerListeners),
+		LoadBalancerBackends: pick(own.LoadBalancerBackends, q.LoadBalancerBackends),
 	}, nil
 }
 
@@ -148,6 +155,8 @@ func (s *Server) checkQuota(c *txc, k *resource.Kind, project string) error {
 		limit = q.ElasticIps
 	case resource.KindNatGateway:
 		limit = q.NatGateways
+	case resource.KindLoadBalancer:
+		limit = q.LoadBalancers
 	default:
 		return nil
 	}

@@ -325,3 +325,27 @@ func (s *Server) UpdateBgpPeer(ctx context.Context, r *v1.UpdateBgpPeerRequest) 
 func (s *Server) DeleteBgpPeer(ctx context.Context, r *v1.DeleteBgpPeerRequest) (*emptypb.Empty, error) {
 	return empty(s.delete(ctx, resource.KindBgpPeer, r.Name, r.Etag, r.ValidateOnly))
 }
+
+func (s *Server) CreateLoadBalancer(ctx context.Context, r *v1.CreateLoadBalancerRequest) (*v1.LoadBalancer, error) {
+	return typed[*v1.LoadBalancer](s.create(ctx, resource.KindLoadBalancer, r.Parent, r.LoadBalancerId, r.LoadBalancer, r.ValidateOnly))
+}
+
+func (s *Server) GetLoadBalancer(ctx context.Context, r *v1.GetLoadBalancerRequest) (*v1.LoadBalancer, error) {
+	return typed[*v1.LoadBalancer](s.get(ctx, resource.KindLoadBalancer, r.Name))
+}
+
+func (s *Server) ListLoadBalancers(ctx context.Context, r *v1.ListLoadBalancersRequest) (*v1.ListLoadBalancersResponse, error) {
+	items, next, rev, err := s.list(ctx, resource.KindLoadBalancer, r.Parent, r.PageSize, r.PageToken, r.Filter)
+	if err != nil {
+		return nil, err
+	}
+	return &v1.ListLoadBalancersResponse{LoadBalancers: listOf[*v1.LoadBalancer](items), NextPageToken: next, Revision: rev}, nil
+}
+
+func (s *Server) UpdateLoadBalancer(ctx context.Context, r *v1.UpdateLoadBalancerRequest) (*v1.LoadBalancer, error) {
+	return typed[*v1.LoadBalancer](s.update(ctx, resource.KindLoadBalancer, r.LoadBalancer, r.UpdateMask.GetPaths(), r.ValidateOnly))
+}
+
+func (s *Server) DeleteLoadBalancer(ctx context.Context, r *v1.DeleteLoadBalancerRequest) (*emptypb.Empty, error) {
+	return empty(s.delete(ctx, resource.KindLoadBalancer, r.Name, r.Etag, r.ValidateOnly))
+}

@@ -207,6 +207,8 @@ func Wrap(m proto.Message) *v1.Resource {
 		return &v1.Resource{Kind: &v1.Resource_ElasticIp{ElasticIp: t}}
 	case *v1.NatGateway:
 		return &v1.Resource{Kind: &v1.Resource_NatGateway{NatGateway: t}}
+	case *v1.LoadBalancer:
+		return &v1.Resource{Kind: &v1.Resource_LoadBalancer{LoadBalancer: t}}
 	}
 	return nil
 }

@@ -76,6 +76,7 @@ type Client struct {
 	Sec     v1.SecurityServiceClient
 	Node    v1.NodeServiceClient
 	Edge    v1.EdgeServiceClient
+	LB      v1.LoadBalancerServiceClient
 	Audit   v1.AuditServiceClient
 	Watch   v1.WatchServiceClient
 	ID      v1.IdentityServiceClient
@@ -84,7 +85,7 @@ type Client struct {
 // NewClient wraps a connection.
 func NewClient(cc *grpc.ClientConn) *Client {
 	return &Client{Conn: cc, Project: v1.NewProjectServiceClient(cc), Net: v1.NewNetworkServiceClient(cc),
-		Sec: v1.NewSecurityServiceClient(cc), Node: v1.NewNodeServiceClient(cc), Edge: v1.NewEdgeServiceClient(cc), Audit: v1.NewAuditServiceClient(cc),
+		Sec: v1.NewSecurityServiceClient(cc), Node: v1.NewNodeServiceClient(cc), Edge: v1.NewEdgeServiceClient(cc), LB: v1.NewLoadBalancerServiceClient(cc), Audit: v1.NewAuditServiceClient(cc),
 		Watch: v1.NewWatchServiceClient(cc), ID: v1.NewIdentityServiceClient(cc)}
 }
 
