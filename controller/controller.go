@@ -278,7 +278,7 @@ func (c *Controller) gateway(ctx context.Context, sock string) (http.Handler, er
 		v1.RegisterSecurityServiceHandlerFromEndpoint, v1.RegisterNodeServiceHandlerFromEndpoint,
 		v1.RegisterAuditServiceHandlerFromEndpoint, v1.RegisterWatchServiceHandlerFromEndpoint,
 		v1.RegisterIdentityServiceHandlerFromEndpoint, v1.RegisterEdgeServiceHandlerFromEndpoint,
-		v1.RegisterTraceServiceHandlerFromEndpoint,
+		v1.RegisterTraceServiceHandlerFromEndpoint, v1.RegisterLoadBalancerServiceHandlerFromEndpoint,
 	} {
 		if err := reg(ctx, mux, ep, opts); err != nil {
 			return nil, fmt.Errorf("HTTP gateway: %w", err)
