@@ -346,7 +346,9 @@ func TestLoadBalancerRejectedRequestsChangeNothing(t *testing.T) {
 	e := lbEnv(t)
 	ctx := apitest.Ctx(t)
 	lb := apitest.Must[*v1.LoadBalancer](t)(createLB(ctx, e.User, "web", okLB()))
-	l0 := func(mod func(*v1.LoadBalancerListener)) call { return lbCall(func(lb *v1.LoadBalancer) { mod(lb.Listeners[0]) }) }
+	l0 := func(mod func(*v1.LoadBalancerListener)) call {
+		return lbCall(func(lb *v1.LoadBalancer) { mod(lb.Listeners[0]) })
+	}
 	b0 := func(mod func(*v1.LoadBalancerBackend)) call {
 		return l0(func(l *v1.LoadBalancerListener) { mod(l.Backends[0]) })
 	}
