@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -142,6 +143,64 @@ func TestIncrementalPassesMatchFullPasses(t *testing.T) {
 	}
 }
 
+// TestIncrementalLoadBalancersMatchFullPasses is the same with an external
+// network and gateway nodes, so listeners come and go both internal and
+// north-south (with the gateway ports they bring), among the other
+// changes.
+func TestIncrementalLoadBalancersMatchFullPasses(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 11))
+	ext := testExternal()
+	r := connect(t, ovntest.InMemoryNB(t), func(c *Config) { c.External = &ext })
+	m := newMutator(rng)
+	m.outside = true
+	for range 3 {
+		m.addLB()
+	}
+	objs := m.objects()
+	mustSync(t, r, objs)
+	incremental, lbSteps := 0, 0
+	for step := range 60 {
+		what := m.mutate()
+		if m.rng.IntN(2) == 0 { // listeners twice as often
+			id, svc := pick(m.rng, m.lbs)
+			svc = proto.Clone(svc).(*agentv1.LbService)
+			m.lbs[id] = svc
+			what += ", " + m.changeLB(svc)
+		}
+		if strings.Contains(what, "listener") {
+			lbSteps++
+		}
+		objs = m.objects()
+		if _, err := r.Sync(testCtx(t), objs); err != nil {
+			t.Fatalf("step %d (%s): %v", step, what, err)
+		}
+		if r.Status().LastScope >= 0 {
+			incremental++
+		}
+		assertNBMatches(t, r, renderExt(t, objs))
+		if t.Failed() {
+			t.Fatalf("step %d (%s): NB differs from the rendering", step, what)
+		}
+		res, err := r.Resync(testCtx(t), objs)
+		if err != nil {
+			t.Fatalf("step %d (%s): full pass: %v", step, what, err)
+		}
+		if res.Writes() != 0 {
+			t.Fatalf("step %d (%s): the full pass after the incremental one wrote %+v", step, what, res)
+		}
+	}
+	t.Logf("%d of 60 passes incremental, %d changed listeners; %d load balancers at the end", incremental, lbSteps,
+		len(meridianRows(r, nbdb.LoadBalancerTable)))
+	if incremental < 50 {
+		t.Errorf("only %d of 60 passes were incremental", incremental)
+	}
+	if len(meridianRows(r, nbdb.LoadBalancerHealthCheckTable)) == 0 && len(meridianRows(r, nbdb.LoadBalancerTable)) > 2 {
+		t.Errorf("no health check survived 60 steps: the test does not cover them")
+	}
+}
+
 // mutator holds a random topology and changes it the way the model does:
 // a changed object is a new object.
 type mutator struct {
@@ -152,12 +211,17 @@ type mutator struct {
 	sgs     map[uint32]*agentv1.SecurityGroup
 	acls    map[uint32]*agentv1.NetworkAcl
 	rts     map[uint32]*agentv1.RouteTable
+	lbs     map[uint32]*agentv1.LbService
 	next    uint32
+	// outside: also gateway nodes and north-south listeners (for a
+	// renderer with an external network).
+	outside bool
 }
 
 func newMutator(rng *rand.Rand) *mutator {
 	m := &mutator{rng: rng, subnets: map[uint32]*agentv1.Subnet{}, ports: map[uint32]*agentv1.Port{},
-		sgs: map[uint32]*agentv1.SecurityGroup{}, acls: map[uint32]*agentv1.NetworkAcl{}, rts: map[uint32]*agentv1.RouteTable{}, next: 1000}
+		sgs: map[uint32]*agentv1.SecurityGroup{}, acls: map[uint32]*agentv1.NetworkAcl{}, rts: map[uint32]*agentv1.RouteTable{},
+		lbs: map[uint32]*agentv1.LbService{}, next: 1000}
 	for v := uint32(1); v <= 2; v++ {
 		m.vpcs = append(m.vpcs, &agentv1.Vpc{Id: v, Vni: 100 + v, Cidrs: []string{"10.0.0.0/8"}})
 		for s := range uint32(3) {
@@ -177,7 +241,45 @@ func newMutator(rng *rand.Rand) *mutator {
 	for range 30 {
 		m.addPort()
 	}
+	for range 3 {
+		m.addLB()
+	}
 	return m
+}
+
+// addLB adds a listener over two to four ports of a random VPC: internal,
+// or (with outside) north-south one time in two.
+func (m *mutator) addLB() {
+	id := m.id()
+	vpc := m.vpcs[m.rng.IntN(len(m.vpcs))].Id
+	svc := &agentv1.LbService{Id: id, VpcId: vpc, Vni: 100 + vpc, Vip: fmt.Sprintf("10.9.%d.%d", id/250, id%250+1),
+		Port: uint32(80 + m.rng.IntN(3)), Protocol: 6, Internal: true}
+	if m.outside && m.rng.IntN(2) == 0 {
+		svc.Internal, svc.Vip = false, fmt.Sprintf("172.16.0.%d", 2+id%100)
+	}
+	m.lbs[id] = svc
+	m.changeLB(svc)
+}
+
+// changeLB changes a listener in place: new backends, health check,
+// persistence, protocol.
+func (m *mutator) changeLB(svc *agentv1.LbService) string {
+	svc.Backends = nil
+	for _, pid := range sortedIDs(m.ports) {
+		p := m.ports[pid]
+		if p.VpcId != svc.VpcId || m.rng.IntN(5) != 0 || len(svc.Backends) == 4 {
+			continue
+		}
+		svc.Backends = append(svc.Backends, &agentv1.LbBackend{Id: pid, Address: p.Ips[0], Port: 8080, Weight: 1, PortId: pid,
+			Node: "n1", Healthy: m.rng.IntN(4) != 0, Draining: m.rng.IntN(5) == 0})
+	}
+	svc.HealthCheck = nil
+	if m.rng.IntN(2) == 0 {
+		svc.HealthCheck = &agentv1.HealthCheck{Protocol: "tcp", IntervalMs: uint32(1000 * (1 + m.rng.IntN(3)))}
+	}
+	svc.SourceIpPersistence = m.rng.IntN(2) == 0
+	svc.Protocol = []uint32{6, 17}[m.rng.IntN(2)]
+	return "listener changed"
 }
 
 func (m *mutator) id() uint32 { m.next++; return m.next }
@@ -218,7 +320,26 @@ func (m *mutator) groups(vpc uint32) []uint32 {
 
 // mutate makes one random change and says what it was.
 func (m *mutator) mutate() string {
-	switch m.rng.IntN(12) {
+	switch m.rng.IntN(15) {
+	case 12:
+		m.addLB()
+		return "listener added"
+	case 13:
+		if len(m.lbs) == 0 {
+			m.addLB()
+			return "listener added"
+		}
+		id, svc := pick(m.rng, m.lbs)
+		svc = proto.Clone(svc).(*agentv1.LbService)
+		m.lbs[id] = svc
+		return m.changeLB(svc)
+	case 14:
+		if len(m.lbs) == 0 {
+			return "nothing"
+		}
+		id, _ := pick(m.rng, m.lbs)
+		delete(m.lbs, id)
+		return "listener deleted"
 	case 0:
 		id, g := pick(m.rng, m.sgs)
 		g = proto.Clone(g).(*agentv1.SecurityGroup)
@@ -323,5 +444,13 @@ func (m *mutator) objects() map[string]*agentv1.Object {
 	for _, id := range sortedIDs(m.rts) {
 		bodies = append(bodies, m.rts[id])
 	}
-	return objects(bodies...)
+	objs := objects(bodies...)
+	var outside []proto.Message
+	for _, id := range sortedIDs(m.lbs) {
+		outside = append(outside, m.lbs[id])
+	}
+	if m.outside {
+		outside = append(outside, &agentv1.Gateway{Node: "gw1"}, &agentv1.Gateway{Node: "gw2"})
+	}
+	return withOutside(objs, outside...)
 }
