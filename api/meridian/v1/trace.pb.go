@@ -42,7 +42,10 @@ type TraceRequest struct {
 	IcmpCode        uint32  `protobuf:"varint,9,opt,name=icmp_code,json=icmpCode,proto3" json:"icmp_code,omitempty"`
 	// Also trace the reply of the connection the packet opens, as an
 	// established packet (conntrack), if the packet gets through.
-	Reply         bool `protobuf:"varint,10,opt,name=reply,proto3" json:"reply,omitempty"`
+	Reply bool `protobuf:"varint,10,opt,name=reply,proto3" json:"reply,omitempty"`
+	// Include ovn-trace's full output in TraceResponse.ovn.text (only for a
+	// source port on a node of the OVN realization, see OvnTrace).
+	OvnDetail     bool `protobuf:"varint,11,opt,name=ovn_detail,json=ovnDetail,proto3" json:"ovn_detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -143,6 +146,13 @@ func (x *TraceRequest) GetIcmpCode() uint32 {
 func (x *TraceRequest) GetReply() bool {
 	if x != nil {
 		return x.Reply
+	}
+	return false
+}
+
+func (x *TraceRequest) GetOvnDetail() bool {
+	if x != nil {
+		return x.OvnDetail
 	}
 	return false
 }
@@ -321,8 +331,12 @@ type TraceResponse struct {
 	Reply   *PacketTrace           `protobuf:"bytes,2,opt,name=reply,proto3" json:"reply,omitempty"` // when asked and the packet got through
 	// The packet gets through and, when the reply was traced, so does the
 	// reply.
-	Allowed       bool  `protobuf:"varint,3,opt,name=allowed,proto3" json:"allowed,omitempty"`
-	Revision      int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"` // the store revision of the model traced
+	Allowed  bool  `protobuf:"varint,3,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	Revision int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"` // the store revision of the model traced
+	// ovn-trace's verdict on the same packet (forward only), when the source
+	// is a port on a node of the OVN realization and the controller knows the
+	// OVN southbound database (ovn_southbound); unset otherwise.
+	Ovn           *OvnTrace `protobuf:"bytes,5,opt,name=ovn,proto3" json:"ovn,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -385,11 +399,129 @@ func (x *TraceResponse) GetRevision() int64 {
 	return 0
 }
 
+func (x *TraceResponse) GetOvn() *OvnTrace {
+	if x != nil {
+		return x.Ovn
+	}
+	return nil
+}
+
+// OvnTrace is what ovn-trace, run by the controller against the OVN
+// southbound database, says of the forward packet: the logical flows
+// northd made of Meridian's NB rows, not Meridian's model.
+type OvnTrace struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Datapath      string                 `protobuf:"bytes,1,opt,name=datapath,proto3" json:"datapath,omitempty"`                    // the logical switch the packet enters ("mer-subnet-7")
+	Microflow     string                 `protobuf:"bytes,2,opt,name=microflow,proto3" json:"microflow,omitempty"`                  // the packet as ovn-trace was given it
+	Allowed       bool                   `protobuf:"varint,3,opt,name=allowed,proto3" json:"allowed,omitempty"`                     // it leaves by a port other than a router's patch
+	Outputs       []string               `protobuf:"bytes,4,rep,name=outputs,proto3" json:"outputs,omitempty"`                      // logical ports it leaves by ("mer-port-9", "<switch>-localnet")
+	DropStage     string                 `protobuf:"bytes,5,opt,name=drop_stage,json=dropStage,proto3" json:"drop_stage,omitempty"` // where it was dropped: "ls_out_acl priority 2000"
+	Verdict       string                 `protobuf:"bytes,6,opt,name=verdict,proto3" json:"verdict,omitempty"`                      // one line: "output to mer-port-9" or "drop at ..."
+	Agrees        bool                   `protobuf:"varint,7,opt,name=agrees,proto3" json:"agrees,omitempty"`                       // allowed == the model trace's forward verdict
+	Text          string                 `protobuf:"bytes,8,opt,name=text,proto3" json:"text,omitempty"`                            // ovn-trace's detailed output, with ovn_detail
+	Error         string                 `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`                          // ovn-trace could not run or its output was not understood; the rest is unset
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OvnTrace) Reset() {
+	*x = OvnTrace{}
+	mi := &file_meridian_v1_trace_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OvnTrace) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OvnTrace) ProtoMessage() {}
+
+func (x *OvnTrace) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_trace_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OvnTrace.ProtoReflect.Descriptor instead.
+func (*OvnTrace) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_trace_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *OvnTrace) GetDatapath() string {
+	if x != nil {
+		return x.Datapath
+	}
+	return ""
+}
+
+func (x *OvnTrace) GetMicroflow() string {
+	if x != nil {
+		return x.Microflow
+	}
+	return ""
+}
+
+func (x *OvnTrace) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *OvnTrace) GetOutputs() []string {
+	if x != nil {
+		return x.Outputs
+	}
+	return nil
+}
+
+func (x *OvnTrace) GetDropStage() string {
+	if x != nil {
+		return x.DropStage
+	}
+	return ""
+}
+
+func (x *OvnTrace) GetVerdict() string {
+	if x != nil {
+		return x.Verdict
+	}
+	return ""
+}
+
+func (x *OvnTrace) GetAgrees() bool {
+	if x != nil {
+		return x.Agrees
+	}
+	return false
+}
+
+func (x *OvnTrace) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *OvnTrace) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_meridian_v1_trace_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_trace_proto_rawDesc = "" +
 	"\n" +
-	"\x17meridian/v1/trace.proto\x12\vmeridian.v1\"\xcd\x02\n" +
+	"\x17meridian/v1/trace.proto\x12\vmeridian.v1\"\xec\x02\n" +
 	"\fTraceRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x1b\n" +
 	"\tsource_ip\x18\x02 \x01(\tR\bsourceIp\x12 \n" +
@@ -402,7 +534,9 @@ const file_meridian_v1_trace_proto_rawDesc = "" +
 	"\ticmp_type\x18\b \x01(\rH\x00R\bicmpType\x88\x01\x01\x12\x1b\n" +
 	"\ticmp_code\x18\t \x01(\rR\bicmpCode\x12\x14\n" +
 	"\x05reply\x18\n" +
-	" \x01(\bR\x05replyB\f\n" +
+	" \x01(\bR\x05reply\x12\x1d\n" +
+	"\n" +
+	"ovn_detail\x18\v \x01(\bR\tovnDetailB\f\n" +
 	"\n" +
 	"_icmp_type\"\x94\x01\n" +
 	"\n" +
@@ -420,12 +554,24 @@ const file_meridian_v1_trace_proto_rawDesc = "" +
 	"\aallowed\x18\x04 \x01(\bR\aallowed\x12\x1f\n" +
 	"\vdrop_reason\x18\x05 \x01(\tR\n" +
 	"dropReason\x12\x14\n" +
-	"\x05notes\x18\x06 \x03(\tR\x05notes\"\xa9\x01\n" +
+	"\x05notes\x18\x06 \x03(\tR\x05notes\"\xd2\x01\n" +
 	"\rTraceResponse\x122\n" +
 	"\aforward\x18\x01 \x01(\v2\x18.meridian.v1.PacketTraceR\aforward\x12.\n" +
 	"\x05reply\x18\x02 \x01(\v2\x18.meridian.v1.PacketTraceR\x05reply\x12\x18\n" +
 	"\aallowed\x18\x03 \x01(\bR\aallowed\x12\x1a\n" +
-	"\brevision\x18\x04 \x01(\x03R\brevision2N\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\x12'\n" +
+	"\x03ovn\x18\x05 \x01(\v2\x15.meridian.v1.OvnTraceR\x03ovn\"\xf3\x01\n" +
+	"\bOvnTrace\x12\x1a\n" +
+	"\bdatapath\x18\x01 \x01(\tR\bdatapath\x12\x1c\n" +
+	"\tmicroflow\x18\x02 \x01(\tR\tmicroflow\x12\x18\n" +
+	"\aallowed\x18\x03 \x01(\bR\aallowed\x12\x18\n" +
+	"\aoutputs\x18\x04 \x03(\tR\aoutputs\x12\x1d\n" +
+	"\n" +
+	"drop_stage\x18\x05 \x01(\tR\tdropStage\x12\x18\n" +
+	"\averdict\x18\x06 \x01(\tR\averdict\x12\x16\n" +
+	"\x06agrees\x18\a \x01(\bR\x06agrees\x12\x12\n" +
+	"\x04text\x18\b \x01(\tR\x04text\x12\x14\n" +
+	"\x05error\x18\t \x01(\tR\x05error2N\n" +
 	"\fTraceService\x12>\n" +
 	"\x05Trace\x12\x19.meridian.v1.TraceRequest\x1a\x1a.meridian.v1.TraceResponseB=Z;github.com/meridian-sdn/meridian/api/meridian/v1;meridianv1b\x06proto3"
 
@@ -441,24 +587,26 @@ func file_meridian_v1_trace_proto_rawDescGZIP() []byte {
 	return file_meridian_v1_trace_proto_rawDescData
 }
 
-var file_meridian_v1_trace_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_meridian_v1_trace_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_meridian_v1_trace_proto_goTypes = []any{
 	(*TraceRequest)(nil),  // 0: meridian.v1.TraceRequest
 	(*TraceStage)(nil),    // 1: meridian.v1.TraceStage
 	(*PacketTrace)(nil),   // 2: meridian.v1.PacketTrace
 	(*TraceResponse)(nil), // 3: meridian.v1.TraceResponse
+	(*OvnTrace)(nil),      // 4: meridian.v1.OvnTrace
 }
 var file_meridian_v1_trace_proto_depIdxs = []int32{
 	1, // 0: meridian.v1.PacketTrace.stages:type_name -> meridian.v1.TraceStage
 	2, // 1: meridian.v1.TraceResponse.forward:type_name -> meridian.v1.PacketTrace
 	2, // 2: meridian.v1.TraceResponse.reply:type_name -> meridian.v1.PacketTrace
-	0, // 3: meridian.v1.TraceService.Trace:input_type -> meridian.v1.TraceRequest
-	3, // 4: meridian.v1.TraceService.Trace:output_type -> meridian.v1.TraceResponse
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	4, // 3: meridian.v1.TraceResponse.ovn:type_name -> meridian.v1.OvnTrace
+	0, // 4: meridian.v1.TraceService.Trace:input_type -> meridian.v1.TraceRequest
+	3, // 5: meridian.v1.TraceService.Trace:output_type -> meridian.v1.TraceResponse
+	5, // [5:6] is the sub-list for method output_type
+	4, // [4:5] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_trace_proto_init() }
@@ -473,7 +621,7 @@ func file_meridian_v1_trace_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_trace_proto_rawDesc), len(file_meridian_v1_trace_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
