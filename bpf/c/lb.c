@@ -596,6 +596,11 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 		stat(st, LB_STAT_PASS);
 		return XDP_PASS;
 	}
+	/* A frame in several buffers (XDP multi-buffer: only test runs give
+	 * those to a program without frags support) cannot be encapsulated
+	 * with the lengths of its first buffer. */
+	if (bpf_xdp_get_buff_len(ctx) != (__u64)(data_end - data))
+		goto malformed;
 	slot = vip->slot;
 	ss = bpf_map_lookup_elem(&lb_svc_stats, &slot);
 	cfg = bpf_map_lookup_elem(&lb_cfg, &zero);

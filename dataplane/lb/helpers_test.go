@@ -82,8 +82,9 @@ func mustSet(t testing.TB, l *LB, s *agentv1.LbService) {
 	}
 }
 
-// goChoice is the backend (index into s.Backends' ids) lb/maglev picks.
-func goChoice(t testing.TB, s *agentv1.LbService, src netip.Addr, sport uint16) int {
+// chooser returns the backend id lb/maglev picks for a flow of s (-1:
+// none), computing s's table once.
+func chooser(t testing.TB, s *agentv1.LbService) func(src netip.Addr, sport uint16) int {
 	t.Helper()
 	var mb []maglev.Backend
 	var ids []int
@@ -102,20 +103,29 @@ func goChoice(t testing.TB, s *agentv1.LbService, src netip.Addr, sport uint16) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	var h uint32
-	if s.SourceIpPersistence {
-		h, err = maglev.FlowHash(src, netip.MustParseAddr(s.Vip), 0, 0, 0)
-	} else {
-		h, err = maglev.FlowHash(src, netip.MustParseAddr(s.Vip), sport, uint16(s.Port), uint8(s.Protocol))
+	return func(src netip.Addr, sport uint16) int {
+		var h uint32
+		var err error
+		if s.SourceIpPersistence {
+			h, err = maglev.FlowHash(src, netip.MustParseAddr(s.Vip), 0, 0, 0)
+		} else {
+			h, err = maglev.FlowHash(src, netip.MustParseAddr(s.Vip), sport, uint16(s.Port), uint8(s.Protocol))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := maglev.Lookup(table, h)
+		if i == maglev.Empty {
+			return -1
+		}
+		return ids[i]
 	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := maglev.Lookup(table, h)
-	if i == maglev.Empty {
-		return -1
-	}
-	return ids[i]
+}
+
+// goChoice is chooser for one flow.
+func goChoice(t testing.TB, s *agentv1.LbService, src netip.Addr, sport uint16) int {
+	t.Helper()
+	return chooser(t, s)(src, sport)
 }
 
 type tcpFlags uint8

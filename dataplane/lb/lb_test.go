@@ -137,19 +137,20 @@ func TestMaglevChoiceEqualsGo(t *testing.T) {
 	sp.SourceIpPersistence = true
 	mustSet(t, l, sp)
 
+	choose, chooseP := chooser(t, s), chooser(t, sp)
 	r := rand.New(rand.NewPCG(1, 2))
 	counts := map[int]int{}
 	for range 1000 {
 		src, sport := randClient(r)
 		got := nodeIndex(t, send(t, l, clientPkt(src, sport)))
-		if want := goChoice(t, s, src, sport); got != want {
+		if want := choose(src, sport); got != want {
 			t.Fatalf("flow %v:%d: XDP chose backend %d, lb/maglev %d", src, sport, got, want)
 		}
 		counts[got]++
 		p := clientPkt(src, sport)
 		p.dport = 443
 		got = nodeIndex(t, send(t, l, p))
-		if want := goChoice(t, sp, src, 0); got != want {
+		if want := chooseP(src, 0); got != want {
 			t.Fatalf("persistent flow %v:%d: XDP chose backend %d, lb/maglev %d", src, sport, got, want)
 		}
 		// Same client, another port: the same backend.
