@@ -93,3 +93,8 @@ func gatewayMAC(vpc uint32) string {
 
 // LBName is the Load_Balancer of an LbService (one listener).
 func LBName(svc uint32) string { return "mer-lb-" + itoa(svc) }
+
+// RouterMAC is the MAC of a subnet's router port, which ports of the
+// subnet send off-subnet traffic to (for tools building packets, like the
+// controller's ovn-trace).
+func RouterMAC(subnet uint32) string { return routerMAC(subnet) }

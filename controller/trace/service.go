@@ -45,6 +45,8 @@ type Service struct {
 	m      *Model
 	mod    *model.Model // the logical model, at modRev
 	modRev int64
+
+	ovn *OVNTracer // nil: no ovn-trace beside the model trace
 }
 
 // catchUpTimeout bounds reading the change log; past it (or on any error,
@@ -57,6 +59,13 @@ func NewService(st store.Store, log *slog.Logger) *Service {
 		log = slog.Default()
 	}
 	return &Service{st: st, log: log}
+}
+
+// WithOVN makes the service also run ovn-trace (t) for traces from ports
+// on nodes of the OVN realization, and returns it. Call it before serving.
+func (s *Service) WithOVN(t *OVNTracer) *Service {
+	s.ovn = t
+	return s
 }
 
 // Register adds the service to a gRPC server.
@@ -168,7 +177,34 @@ func (s *Service) Trace(ctx context.Context, in *v1.TraceRequest) (*v1.TraceResp
 	if res.Reply != nil {
 		out.Reply = res.Reply.Proto()
 	}
+	if s.ovn != nil {
+		out.Ovn = s.ovnTrace(ctx, m, req, res, in.GetOvnDetail())
+		if out.Ovn == nil {
+			return out, nil
+		}
+		if out.Ovn.GetError() != "" {
+			out.Forward.Notes = append(out.Forward.Notes, "ovn-trace failed: "+out.Ovn.GetError())
+		} else if !out.Ovn.GetAgrees() {
+			out.Forward.Notes = append(out.Forward.Notes, "ovn-trace DISAGREES with the model: "+out.Ovn.GetVerdict())
+		}
+	}
 	return out, nil
+}
+
+// ovnTrace runs ovn-trace on the forward packet when the source is a port
+// on an OVN node; nil when it is not. A failure is reported in the result
+// (the model trace stands on its own), and logged.
+func (s *Service) ovnTrace(ctx context.Context, m *Model, req Request, res *Result, detail bool) *v1.OvnTrace {
+	src, err := m.OVNSource(req)
+	if err != nil {
+		return nil
+	}
+	v, err := s.ovn.Trace(ctx, m, src, res.Forward.Packet)
+	if err != nil {
+		s.log.Warn("trace: ovn-trace failed", "from", req.From, "err", err)
+		return &v1.OvnTrace{Error: err.Error()}
+	}
+	return v.Proto(res.Forward.Allowed, detail)
 }
 
 // authorize: a trace reveals the rules of the ports it passes, so the
