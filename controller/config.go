@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 
 	"sigs.k8s.io/yaml"
@@ -36,6 +37,12 @@ type Config struct {
 	// gateway router ports attach to; without it elastic IPs and NAT
 	// gateways are not realized in OVN.
 	OVNExternal *OVNExternal `json:"ovn_external,omitempty"`
+	// OVNSouthbound, with OVNNorthbound, is the OVN southbound endpoint
+	// ("unix:/run/ovn/ovnsb_db.sock", "tcp:127.0.0.1:6642"; several,
+	// comma-separated, for a cluster): traces from ports on OVN nodes then
+	// also show ovn-trace's verdict (the controller runs ovn-trace, which
+	// must be installed, against it).
+	OVNSouthbound string `json:"ovn_southbound"`
 	// LogRetention is how many store revisions of history watchers and
 	// reconnecting agents can resume from.
 	LogRetention int `json:"log_retention"`
@@ -130,10 +137,46 @@ func (c Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
+	if c.OVNSouthbound != "" {
+		if c.OVNNorthbound == "" {
+			errs = append(errs, errors.New("ovn_southbound needs ovn_northbound"))
+		}
+		if err := validOVSDBRemotes(c.OVNSouthbound); err != nil {
+			errs = append(errs, fmt.Errorf("ovn_southbound: %w", err))
+		}
+	}
 	if c.LogRetention < 1000 {
 		errs = append(errs, fmt.Errorf("log_retention %d: keep at least 1000 revisions", c.LogRetention))
 	}
 	return errors.Join(errs...)
+}
+
+// validOVSDBRemotes checks a comma-separated list of OVSDB endpoints of
+// the forms ovn-trace can use without certificates: unix:/path or
+// tcp:host:port.
+func validOVSDBRemotes(s string) error {
+	for _, ep := range strings.Split(s, ",") {
+		ep = strings.TrimSpace(ep)
+		switch {
+		case strings.HasPrefix(ep, "unix:"):
+			if !strings.HasPrefix(ep, "unix:/") {
+				return fmt.Errorf("%q: want unix:/absolute/path", ep)
+			}
+		case strings.HasPrefix(ep, "tcp:"):
+			host, port, err := net.SplitHostPort(strings.TrimPrefix(ep, "tcp:"))
+			if err != nil || host == "" {
+				return fmt.Errorf("%q: want tcp:host:port", ep)
+			}
+			if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+				return fmt.Errorf("%q: port %q is not 1-65535", ep, port)
+			}
+		case strings.HasPrefix(ep, "ssl:"):
+			return fmt.Errorf("%q: ssl endpoints are not supported yet (ovn-trace would need the certificates)", ep)
+		default:
+			return fmt.Errorf("%q: want unix:/path or tcp:host:port", ep)
+		}
+	}
+	return nil
 }
 
 // ParseLevel parses a log level name.

@@ -45,3 +45,30 @@ func TestConfigFileOVNExternal(t *testing.T) {
 		})
 	}
 }
+
+func TestConfigOVNSouthbound(t *testing.T) {
+	base := Defaults()
+	base.TokensFile = "tokens.yaml"
+	for _, tc := range []struct {
+		nb, sb, wantErr string
+	}{
+		{"unix:/run/nb.sock", "unix:/run/ovn/ovnsb_db.sock", ""},
+		{"unix:/run/nb.sock", "tcp:127.0.0.1:6642,tcp:[2001:db8::1]:6642, tcp:sb.example:6642", ""},
+		{"", "unix:/run/ovn/ovnsb_db.sock", "ovn_southbound needs ovn_northbound"},
+		{"unix:/nb", "unix:run/sb.sock", "want unix:/absolute/path"},
+		{"unix:/nb", "tcp:127.0.0.1", "want tcp:host:port"},
+		{"unix:/nb", "tcp:127.0.0.1:0", "not 1-65535"},
+		{"unix:/nb", "ssl:127.0.0.1:6642", "ssl endpoints are not supported"},
+		{"unix:/nb", "/run/ovn/ovnsb_db.sock", "want unix:/path or tcp:host:port"},
+	} {
+		cfg := base
+		cfg.OVNNorthbound, cfg.OVNSouthbound = tc.nb, tc.sb
+		err := cfg.Validate()
+		switch {
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("%s: unexpected error: %v", tc.sb, err)
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("%s: error %v, want one mentioning %q", tc.sb, err, tc.wantErr)
+		}
+	}
+}

@@ -129,7 +129,11 @@ func New(cfg Config, log *slog.Logger, agents AgentsFactory) (*Controller, error
 	}
 	c.grpc = grpc.NewServer(opts...)
 	c.api.Register(c.grpc)
-	trace.NewService(st, log.With("component", "trace")).Register(c.grpc)
+	traces := trace.NewService(st, log.With("component", "trace"))
+	if cfg.OVNSouthbound != "" {
+		traces.WithOVN(&trace.OVNTracer{SB: cfg.OVNSouthbound})
+	}
+	traces.Register(c.grpc)
 	if c.agents != nil {
 		// Agents authenticate like everyone else; the agent service checks
 		// for the system-admin role (node credentials) itself.
