@@ -35,15 +35,22 @@ import (
 // bridges for BGP), short enough that outbound connections recover soon.
 const DefaultGatewayGrace = 5 * time.Second
 
-// report records node's latest report. Called from its Sync stream.
+// report records node's latest report and stores the backend health
+// changes it carries (lb.go). Called from its Sync stream, so one node's
+// health writes happen in the order of its reports.
 func (d *Distributor) report(node string, r *agentv1.NodeReport) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	ns := d.node(node)
 	if proto.Equal(ns.report, r) {
+		d.mu.Unlock()
 		return
 	}
 	ns.report = r // freshly unmarshalled: ours
+	ws := d.healthChanges(node, r.GetBackendHealth())
+	d.mu.Unlock()
+	if len(ws) > 0 {
+		d.writeHealth(node, ws)
+	}
 }
 
 // NatGatewayStatus implements apiserver.EdgeStatusProvider: the owner the
@@ -106,6 +113,8 @@ func (d *Distributor) streamEnded(node string, ns *nodeState) {
 	if d.cfg.GatewayGrace >= 0 && d.model.IsGateway(node) {
 		go d.markAway(node)
 	}
+	// Gateways and nodes hosting load-balancer backends are marked down
+	// after the grace period: NAT gateways move, backends stop serving.
 	d.watchGateway(node, ns, d.cfg.GatewayGrace)
 }
 
@@ -140,7 +149,7 @@ func (d *Distributor) markAway(node string) {
 // watchGateway arms the timer that marks node down if it is a gateway and
 // stays away. Called with d.mu held.
 func (d *Distributor) watchGateway(node string, ns *nodeState, grace time.Duration) {
-	if d.cfg.GatewayGrace < 0 || !d.model.IsGateway(node) || ns.awayTimer != nil {
+	if d.cfg.GatewayGrace < 0 || !d.watched(node) || ns.awayTimer != nil {
 		return
 	}
 	ns.awayTimer = time.AfterFunc(grace, func() { d.markDown(node) })
@@ -152,6 +161,12 @@ func (d *Distributor) streamStarted(ns *nodeState) {
 		ns.awayTimer.Stop()
 		ns.awayTimer = nil
 	}
+}
+
+// watched: node's agent being gone matters to other nodes (it is a
+// gateway, or hosts load-balancer backends). Called with d.mu held.
+func (d *Distributor) watched(node string) bool {
+	return d.model.IsGateway(node) || d.model.HostsBackends(node)
 }
 
 func (d *Distributor) away(node string) bool {
@@ -193,13 +208,17 @@ func (d *Distributor) markDown(node string) {
 	case err != nil:
 		d.log.Error("marking gateway down failed", "node", node, "err", err)
 	case wrote:
-		d.log.Warn("gateway agent away: its NAT gateways move to other gateways", "node", node, "grace", d.cfg.GatewayGrace)
+		d.log.Warn("node agent away past the grace period: its NAT gateways move to other gateways, its load-balancer backends stop serving", "node", node, "grace", d.cfg.GatewayGrace)
 	}
 }
 
 // markUp deletes node's down and away markers, if any, once its agent is
 // connected.
 func (d *Distributor) markUp(ctx context.Context, node string) error {
+	// A write transaction even when there is nothing to delete: it is
+	// serialised with markAway's and markDown's, whose check of the stream
+	// must not race a read that misses their uncommitted marker. Group
+	// commit makes an empty one cheap.
 	removed := false
 	_, err := d.st.Update(ctx, func(tx store.Tx) error {
 		removed = false
@@ -220,7 +239,7 @@ func (d *Distributor) markUp(ctx context.Context, node string) error {
 		return fmt.Errorf("unmark gateway %s: %w", node, err)
 	}
 	if removed {
-		d.log.Info("gateway agent back: it may own NAT gateways again", "node", node)
+		d.log.Info("node agent back: it may own NAT gateways and serve load-balancer backends again", "node", node)
 	}
 	return nil
 }
@@ -232,8 +251,8 @@ func (d *Distributor) markUp(ctx context.Context, node string) error {
 func (d *Distributor) watchGateways() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, g := range d.model.Gateways() {
-		if ns := d.node(g); len(ns.subs) == 0 {
+	for _, g := range d.model.Nodes() {
+		if ns := d.node(g); len(ns.subs) == 0 && d.watched(g) {
 			d.watchGateway(g, ns, 3*d.cfg.GatewayGrace)
 		}
 	}

@@ -206,7 +206,6 @@ func (s *service) Sync(stream agentv1.AgentService_SyncServer) error {
 	ns := d.node(node)
 	ns.subs[sub] = struct{}{}
 	d.streamStarted(ns)
-	gateway := d.model.IsGateway(node)
 	ns.lastSeen = d.cfg.Now()
 	resp := d.response(ns, hello.GetAppliedVersion())
 	if resp == nil {
@@ -221,11 +220,11 @@ func (s *service) Sync(stream agentv1.AgentService_SyncServer) error {
 		d.streamEnded(node, ns)
 		d.mu.Unlock()
 	}()
-	if gateway {
-		// After registering the stream, so a concurrent markDown sees it.
-		if err := d.markUp(ctx, node); err != nil {
-			log.Error("gateway liveness", "err", err)
-		}
+	// After registering the stream, so a concurrent markDown sees it. Any
+	// node: one that hosted load-balancer backends when it was marked may
+	// host none now.
+	if err := d.markUp(ctx, node); err != nil {
+		log.Error("node liveness", "err", err)
 	}
 	log.Info("agent connected", "applied_version", hello.GetAppliedVersion(), "version", resp.GetVersion(), "snapshot", resp.GetSnapshot())
 
