@@ -27,7 +27,12 @@ object and the rule that decided.
 
 The packet is traced as the first packet of a connection (conntrack NEW).
 --reply also traces the connection's reply as an established packet: it
-skips the stateful security groups but not the stateless network ACLs.`,
+skips the stateful security groups but not the stateless network ACLs.
+
+When the source port is on a node of the OVN realization and the controller
+knows OVN's southbound database (ovn_southbound), the controller also runs
+ovn-trace on the packet and its verdict is shown beside the model's, with
+whether the two agree; --ovn-detail adds ovn-trace's full output.`,
 		Example: `  meridianctl trace --from projects/p/ports/web-1 --to 10.0.2.22 -p tcp --dport 22
   meridianctl trace --from projects/p/ports/web-1 --to projects/p/ports/db -p tcp --dport 5432 --reply -o json
   meridianctl trace --from 198.51.100.7 --to 203.0.113.10 -p tcp --dport 443`,
@@ -52,6 +57,7 @@ skips the stateful security groups but not the stateless network ACLs.`,
 				return printMessage(a.Out, a.output, r)
 			}
 			printTrace(a.Out, "forward", r.GetForward())
+			printOVNTrace(a.Out, r.GetOvn())
 			if r.GetReply() != nil {
 				fmt.Fprintln(a.Out)
 				printTrace(a.Out, "reply", r.GetReply())
@@ -73,6 +79,7 @@ skips the stateful security groups but not the stateless network ACLs.`,
 	f.Uint32Var(&icmpType, "icmp-type", 8, "ICMP type")
 	f.Uint32Var(&req.IcmpCode, "icmp-code", 0, "ICMP code")
 	f.BoolVar(&req.Reply, "reply", false, "also trace the connection's reply as an established packet")
+	f.BoolVar(&req.OvnDetail, "ovn-detail", false, "with a source on an OVN node: also print ovn-trace's full output")
 	for _, name := range []string{"from", "to", "protocol"} {
 		_ = cmd.MarkFlagRequired(name) // the flags exist: cannot fail
 	}
@@ -108,6 +115,27 @@ func printTrace(w interface{ Write([]byte) (int, error) }, what string, t *v1.Pa
 	fmt.Fprintf(w, "verdict: %s\n", v)
 	for _, n := range t.GetNotes() {
 		fmt.Fprintf(w, "note: %s\n", n)
+	}
+}
+
+// printOVNTrace renders ovn-trace's verdict on the forward packet, if the
+// controller ran it.
+func printOVNTrace(w interface{ Write([]byte) (int, error) }, o *v1.OvnTrace) {
+	if o == nil {
+		return
+	}
+	if o.GetError() != "" {
+		fmt.Fprintf(w, "ovn-trace: failed: %s\n", o.GetError())
+		return
+	}
+	agree := "agrees with the model"
+	if !o.GetAgrees() {
+		agree = "DISAGREES with the model"
+	}
+	fmt.Fprintf(w, "ovn-trace: %s: %s (%s)\n", verdictWord(o.GetAllowed()), o.GetVerdict(), agree)
+	fmt.Fprintf(w, "ovn-trace microflow on %s: %s\n", o.GetDatapath(), o.GetMicroflow())
+	if o.GetText() != "" {
+		fmt.Fprintf(w, "\n%s\n", strings.TrimRight(o.GetText(), "\n"))
 	}
 }
 
