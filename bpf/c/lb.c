@@ -112,7 +112,8 @@ struct lb_conn {
 
 enum lb_config_flags {
 	/* Outer MACs and egress interface from bpf_fib_lookup toward the
-	 * backend's node (any topology; ~20-30 ns more per packet). Without
+	 * backend's node (any topology; needs IPv4 forwarding on the uplink;
+	 * ~20-30 ns more per packet). Without
 	 * it, the static next hop below (one router in front of every node:
 	 * the cheapest, Katran's choice). A failed lookup falls back to the
 	 * static next hop when one is set. */
@@ -430,6 +431,10 @@ static __always_inline int lb_encap(struct xdp_md *ctx, const struct lb_config *
 		fl.ipv4_dst = b->node_ip;
 		fl.tot_len = inner_len - ETH_HLEN + LB_OVERHEAD;
 		fl.ifindex = ctx->ingress_ifindex;
+		/* Routed as if forwarded from the uplink (which therefore
+		 * needs IPv4 forwarding, as a gateway has): any interface and
+		 * next hop the routing table names. (BPF_FIB_LOOKUP_OUTPUT
+		 * would pin the egress to the ingress interface.) */
 		if (bpf_fib_lookup(ctx, &fl, sizeof(fl), 0) == BPF_FIB_LKUP_RET_SUCCESS) {
 			mac_copy(smac, fl.smac);
 			mac_copy(dmac, fl.dmac);

@@ -80,8 +80,11 @@ type Config struct {
 	RouterMAC net.HardwareAddr
 	// FIB takes the outer MACs and the egress interface from the
 	// kernel's routing and neighbour tables toward each backend's node
-	// (bpf_fib_lookup). Without it, or when the lookup fails, the static
-	// next hop below is used.
+	// (bpf_fib_lookup, as if forwarded from the uplink: the uplink needs
+	// IPv4 forwarding on, as on any gateway). Without it, or when the
+	// lookup fails (no route, neighbour not resolved yet), the static
+	// next hop below is used; with neither, the packet is dropped
+	// (Stats.FIBFailed).
 	FIB bool
 	// NextHopMAC and SourceMAC are the static next hop: the outer
 	// destination (the router toward all nodes) and source MACs.
