@@ -35,6 +35,10 @@
 #define TCP_RST 0x04
 #define TCP_ACK 0x10
 
+/* Source ports of the health checks at a gateway address: 0xfc00-0xffff
+ * (dataplane/health.ProbePortMin/Max). */
+#define PROBE_PORT_MASK 0xfc00
+
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO      8
 
@@ -865,6 +869,13 @@ static __always_inline int from_port(struct __sk_buff *skb)
 	sub = bpf_map_lookup_elem(&subnets, &port->subnet);
 	if (!sub)
 		return drop(port_id, DROP_UNKNOWN_SUBNET, NULL, 0);
+	/* Health-check replies (dataplane/health): a backend's TCP segments
+	 * to its subnet gateway's address on a probe port. The checker's
+	 * AF_PACKET tap on this interface read them before this hook ran and
+	 * nothing else is addressed there, so they end here: no drop count. */
+	if (p.proto == IPPROTO_TCP && p.daddr == sub->gateway_ip &&
+	    (bpf_ntohs(p.dport) & PROBE_PORT_MASK) == PROBE_PORT_MASK)
+		return TC_ACT_SHOT;
 
 	ct_lookup(&p, &ct);
 	if (!acl_allows(sub->acl, DIR_EGRESS, p.daddr, &p, &rule))
