@@ -37,6 +37,7 @@ import (
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
 	"github.com/meridian-sdn/meridian/dataplane/datapath"
+	"github.com/meridian-sdn/meridian/dataplane/health"
 )
 
 // Config configures an agent.
@@ -91,6 +92,10 @@ type Agent struct {
 	sendMu sync.Mutex // one Send at a time on stream
 	bgp    bgpAgent   // gateway nodes' BGP speaker (bgp.go)
 	syncm  syncClock  // received vs applied updates, for the sync lag metric (metrics_datapath.go)
+	// health probes the load-balancer backends hosted here (lb.go); nil
+	// until Run, and in the OVN realization.
+	health    *health.Checker
+	reportNow chan struct{} // a NodeReport may have changed: send it without waiting for the tick
 }
 
 // New prepares an agent: opens (or reuses) the pinned data path and loads
@@ -128,7 +133,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: cfg.Log.With("node", cfg.Node), dp: dp, ovs: ovs, plumb: cfg.Plumber,
 		desired: map[string]*agentv1.Object{}, attach: map[string]*attachment{},
-		changed: make(chan struct{}, 1), errs: map[string]string{},
+		changed: make(chan struct{}, 1), errs: map[string]string{}, reportNow: make(chan struct{}, 1),
 	}
 	st, err := loadState(a.statePath())
 	if err != nil {
@@ -182,6 +187,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	lis, err := a.listenLocal()
 	if err != nil {
 		return err
+	}
+	if a.dp != nil {
+		a.health = health.New(ctx, health.Config{Log: a.log, OnChange: a.reportSoon})
+		defer a.health.Close()
 	}
 	g := grpc.NewServer()
 	agentv1.RegisterLocalAgentServiceServer(g, &localServer{a: a})
@@ -277,6 +286,9 @@ func (a *Agent) reconcileOnce() {
 	if errs == nil {
 		errs = map[string]string{}
 	}
+	if a.ovs == nil {
+		a.reconcileHealth(desired, attach, next.Ports, errs)
+	}
 	a.reconcileBGP(desired, errs) // after the data path: announce only what it serves
 
 	a.syncm.apply(seq, version)
@@ -297,6 +309,14 @@ func (a *Agent) reconcileOnce() {
 	a.sendAck(version, errs)
 	for _, w := range ws {
 		close(w)
+	}
+}
+
+// reportSoon asks the report loop to send the NodeReport now if it changed.
+func (a *Agent) reportSoon() {
+	select {
+	case a.reportNow <- struct{}{}:
+	default:
 	}
 }
 

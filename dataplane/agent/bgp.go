@@ -317,6 +317,7 @@ func (a *Agent) nodeReport(ctx context.Context) *agentv1.NodeReport {
 			r.Nat = append(r.Nat, &agentv1.NatStats{NatGatewayId: n.ID, ActiveFlows: n.ActiveFlows, PortExhausted: n.PortExhausted})
 		}
 	}
+	r.BackendHealth = a.backendHealth() // lb.go
 	return r
 }
 
@@ -330,6 +331,7 @@ func (a *Agent) reportLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		case <-a.reportNow: // a backend's health changed (lb.go): no need to wait
 		}
 		a.mu.Lock()
 		stream := a.stream
