@@ -115,6 +115,7 @@ func TestServiceShowsOVNTrace(t *testing.T) {
 			if o.GetError() != "" || o.GetAllowed() != tc.allowed || !o.GetAgrees() || !strings.Contains(o.GetVerdict(), tc.ovn) {
 				t.Errorf("ovn: %v, want allowed=%v agreeing, verdict with %q", o, tc.allowed, tc.ovn)
 			}
+			t.Logf("ovn-trace: %s; microflow on %s: %s", o.GetVerdict(), o.GetDatapath(), o.GetMicroflow())
 			if o.GetDatapath() != "mer-subnet-1" || !strings.Contains(o.GetText(), `ingress(dp="mer-subnet-1", inport="mer-port-1")`) {
 				t.Errorf("datapath %q, detail text:\n%s", o.GetDatapath(), o.GetText())
 			}
