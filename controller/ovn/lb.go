@@ -51,7 +51,9 @@ const (
 // MAC, above the router port's priority-50 one, and frames to that MAC go
 // to ovn-controller's handle_svc_check. With the gateway's address, every
 // port of the subnet would resolve its gateway to that MAC and lose its
-// routed traffic. So the source is the subnet's highest host address that
+// routed traffic (tried: in TestLoadBalancerDataPathOnRealOVN the VIP's
+// replies and the backends' pings to another subnet then vanish into
+// handle_svc_check). So the source is the subnet's highest host address that
 // no port of the model holds (monitorSource); a port later given that
 // address moves the source down on the next rendering.
 //

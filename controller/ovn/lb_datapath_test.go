@@ -1,0 +1,241 @@
+package ovn
+
+import (
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
+	"github.com/meridian-sdn/meridian/controller/ovn/ovntest"
+	"github.com/meridian-sdn/meridian/dataplane/plumbing"
+)
+
+// lbDataPathObjects: one VPC; client port 1 on subnet 11, backend ports
+// 2-4 on subnet 12, all on node n1 in a group that allows everything; an
+// internal TCP listener 10.0.1.100:80 (on the client's subnet) over the
+// backends' port 8080, checked every second, offline after 2 failures.
+func lbDataPathObjects() map[string]*agentv1.Object {
+	port := func(id, subnet uint32, ip string) *agentv1.Port {
+		return &agentv1.Port{Id: id, VpcId: 1, SubnetId: subnet, Mac: "02:00:00:00:00:0" + itoa(id), Ips: []string{ip},
+			Node: "n1", SecurityGroupIds: []uint32{21}, SourceDestCheck: true}
+	}
+	var backends []*agentv1.LbBackend
+	for id := uint32(2); id <= 4; id++ {
+		backends = append(backends, &agentv1.LbBackend{Id: id, Address: "10.0.2.1" + itoa(id), Port: 8080, Weight: 1,
+			PortId: id, Node: "n1", Healthy: true})
+	}
+	return withOutside(objects(
+		&agentv1.Vpc{Id: 1, Cidrs: []string{"10.0.0.0/16"}},
+		&agentv1.Subnet{Id: 11, VpcId: 1, Cidr: "10.0.1.0/24", GatewayIp: "10.0.1.1", Mtu: 1450},
+		&agentv1.Subnet{Id: 12, VpcId: 1, Cidr: "10.0.2.0/24", GatewayIp: "10.0.2.1", Mtu: 1450},
+		port(1, 11, "10.0.1.10"), port(2, 12, "10.0.2.12"), port(3, 12, "10.0.2.13"), port(4, 12, "10.0.2.14"),
+		&agentv1.SecurityGroup{Id: 21, VpcId: 1, Rules: []*agentv1.Rule{rule(1, true, true, 0), rule(2, true, false, 0)}},
+	), &agentv1.LbService{Id: 7, VpcId: 1, Vni: 1, Name: "web/http", Vip: "10.0.1.100", Port: 80, Protocol: 6, Internal: true,
+		Backends: backends, HealthCheck: &agentv1.HealthCheck{Protocol: "tcp", IntervalMs: 1000, TimeoutMs: 1000,
+			HealthyThreshold: 1, UnhealthyThreshold: 2}})
+}
+
+// TestLoadBalancerDataPathOnRealOVN runs an internal listener on a real
+// chassis (ovs-vswitchd on the userspace datapath, ovn-controller): a
+// client namespace reaches the VIP, its connections spread over the three
+// backend namespaces, ovn-controller's health checks find them online, a
+// backend whose listener closes goes offline in Service_Monitor and gets
+// no new connection, and comes back when it listens again. The backends'
+// subnet keeps its gateway: the monitor source is not its address.
+func TestLoadBalancerDataPathOnRealOVN(t *testing.T) {
+	stack := ovntest.Start(t, ovntest.Options{})
+	hv := stack.StartChassis("n1")
+	r := connect(t, stack.NB.Endpoint(), nil)
+	mustSync(t, r, lbDataPathObjects())
+	client := hv.Plug(LogicalPortName(1), "02:00:00:00:00:01", "10.0.1.10/24", "10.0.1.1")
+	backends := map[string]*ovntest.Workload{}
+	for id := uint32(2); id <= 4; id++ {
+		backends["10.0.2.1"+itoa(id)] = hv.Plug(LogicalPortName(id), "02:00:00:00:00:0"+itoa(id), "10.0.2.1"+itoa(id)+"/24", "10.0.2.1")
+	}
+	for id := uint32(1); id <= 4; id++ {
+		hv.WaitUp(LogicalPortName(id))
+	}
+	stack.NBCtl("--wait=hv", "sync")
+	servers := map[string]*nameServer{}
+	for addr, w := range backends {
+		servers[addr] = serveName(t, w.Netns, "0.0.0.0:8080", addr)
+	}
+
+	monitors := func() map[string]string {
+		out := map[string]string{}
+		for _, line := range strings.Split(stack.SBCtl("--bare", "--format=csv", "--no-headings", "--columns=ip,status", "list", "Service_Monitor"), "\n") {
+			if ip, st, ok := strings.Cut(strings.TrimSpace(line), ","); ok {
+				out[ip] = st
+			}
+		}
+		return out
+	}
+	waitMonitors := func(want map[string]string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			got := monitors()
+			if mapsEqualStr(got, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("Service_Monitor status %v, want %v", got, want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	// spread opens n connections to the VIP and counts them by backend.
+	spread := func(n int) map[string]int {
+		t.Helper()
+		got := map[string]int{}
+		for range n {
+			name, err := nameSeen(client.Netns, "10.0.1.100:80")
+			if err != nil {
+				t.Fatalf("connection to the VIP: %v", err)
+			}
+			got[name]++
+		}
+		return got
+	}
+
+	t.Run("the health checks find every backend online", func(t *testing.T) {
+		waitMonitors(map[string]string{"10.0.2.12": "online", "10.0.2.13": "online", "10.0.2.14": "online"})
+	})
+	t.Run("connections to the VIP spread over the three backends", func(t *testing.T) {
+		// The first connection after the flows land may be lost in the
+		// datapath's revalidation: wait for one to work.
+		eventuallyConnects(t, client.Netns, "10.0.1.100:80")
+		got := spread(30)
+		t.Logf("30 connections: %v", got)
+		for addr := range backends {
+			if got[addr] == 0 {
+				t.Errorf("backend %s got none of 30 connections: %v", addr, got)
+			}
+		}
+	})
+	t.Run("the backends' subnet keeps its gateway", func(t *testing.T) {
+		// A backend that forgot its gateway's MAC asks again: the answer
+		// must still be the router's, so its routed traffic flows.
+		w := backends["10.0.2.12"]
+		if out, err := w.Exec("ip", "neigh", "flush", "all"); err != nil {
+			t.Fatalf("neigh flush: %v: %s", err, out)
+		}
+		expectPing(t, w.Netns, "10.0.1.10", true)
+		if out, _ := w.Exec("ip", "neigh", "show", "10.0.2.1"); !strings.Contains(out, routerMAC(12)) {
+			t.Errorf("the backend resolved its gateway to %q, want the router port's %s", strings.TrimSpace(out), routerMAC(12))
+		}
+	})
+	t.Run("a backend that stops listening goes offline and gets no new connection", func(t *testing.T) {
+		start := time.Now()
+		servers["10.0.2.14"].close()
+		waitMonitors(map[string]string{"10.0.2.12": "online", "10.0.2.13": "online", "10.0.2.14": "offline"})
+		t.Logf("offline in Service_Monitor %v after the listener closed", time.Since(start).Round(100*time.Millisecond))
+		// northd then takes it out of the flows; the datapath follows.
+		stack.NBCtl("--wait=hv", "sync")
+		waitBackendGone(t, client.Netns, "10.0.1.100:80")
+		got := spread(30)
+		t.Logf("30 connections: %v", got)
+		if got["10.0.2.14"] != 0 || got["10.0.2.12"] == 0 || got["10.0.2.13"] == 0 {
+			t.Errorf("after 10.0.2.14 went offline: %v, want only the other two", got)
+		}
+	})
+	t.Run("it comes back when it listens again", func(t *testing.T) {
+		servers["10.0.2.14"] = serveName(t, backends["10.0.2.14"].Netns, "0.0.0.0:8080", "10.0.2.14")
+		waitMonitors(map[string]string{"10.0.2.12": "online", "10.0.2.13": "online", "10.0.2.14": "online"})
+		stack.NBCtl("--wait=hv", "sync")
+		deadline := time.Now().Add(10 * time.Second)
+		for spread(10)["10.0.2.14"] == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("10.0.2.14 back online but gets no connection")
+			}
+		}
+	})
+}
+
+func mapsEqualStr(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// nameServer answers every connection with its name.
+type nameServer struct {
+	l    net.Listener
+	once sync.Once
+}
+
+func (s *nameServer) close() { s.once.Do(func() { s.l.Close() }) }
+
+// serveName listens on addr in namespace ns and answers every connection
+// with name, until closed or the test ends.
+func serveName(t *testing.T, ns, addr, name string) *nameServer {
+	t.Helper()
+	s := &nameServer{}
+	err := plumbing.RunInNetns("/run/netns/"+ns, func() error {
+		var err error
+		s.l, err = net.Listen("tcp4", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen on %s in %s: %v", addr, ns, err)
+	}
+	t.Cleanup(s.close)
+	go func() {
+		for {
+			c, err := s.l.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.WriteString(c, name)
+			c.Close()
+		}
+	}()
+	return s
+}
+
+// nameSeen connects from namespace ns to addr and returns what the server
+// says.
+func nameSeen(ns, addr string) (string, error) { return peerSeen(ns, addr) }
+
+func eventuallyConnects(t *testing.T, ns, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := nameSeen(ns, addr)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection from %s to %s: %v", ns, addr, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitBackendGone waits until connections to addr stop failing: a
+// connection the datapath still sends to the closed backend is refused.
+func waitBackendGone(t *testing.T, ns, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	ok := 0
+	for ok < 10 {
+		if _, err := nameSeen(ns, addr); err == nil {
+			ok++
+			continue
+		}
+		ok = 0
+		if time.Now().After(deadline) {
+			t.Fatalf("connections to %s still fail 10 s after the backend went offline", addr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
