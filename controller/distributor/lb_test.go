@@ -170,8 +170,13 @@ func TestLbHealthReportsReachAPIAndNodes(t *testing.T) {
 	if b := st.Backends[1]; b.State != "healthy" || !b.Serving || st.Serving != 1 {
 		t.Fatalf("b2 status %v", st)
 	}
-	// The same state again, with another reason: nothing written.
-	rev := s.api.Store.Revision()
+	// The same state again, with another reason: nothing written. (The
+	// revision as a read transaction sees it: Store.Revision may lag a
+	// commit that reads already see.)
+	var rev int64
+	if err := s.api.Store.View(ctx, func(tx store.ReadTx) error { rev = tx.Revision(); return nil }); err != nil {
+		t.Fatal(err)
+	}
 	s.report(t, "n1", 0, false, "GET /: timeout")
 	s.report(t, "n1", 0, false, "GET /: connection refused")
 	// A node reporting on a backend it does not host: ignored.
@@ -181,6 +186,15 @@ func TestLbHealthReportsReachAPIAndNodes(t *testing.T) {
 	s.report(t, "n1", 0, true, "")
 	waitFor(t, func() bool { return slices.Equal(s.healthy("gw1"), []bool{true, true}) })
 	if got := s.api.Store.Revision(); got != rev+1 {
+		ch, _ := s.api.Store.Watch(ctx, "", rev)
+		for resp := range ch {
+			for _, ev := range resp.Events {
+				t.Logf("write at %d: %v %s %s", resp.Revision, ev.Type, ev.KV.Key, ev.KV.Value)
+			}
+			if resp.Revision >= got {
+				break
+			}
+		}
 		t.Fatalf("store revision %d -> %d: want exactly one write (the real change)", rev, got)
 	}
 
@@ -228,6 +242,11 @@ func TestLbBackendNodeAway(t *testing.T) {
 	ctx := testCtx(t)
 	s.report(t, "n1", 0, true, "")
 	s.report(t, "n2", 1, true, "")
+	// Both unknown serve too: wait for the reports themselves to land.
+	waitFor(t, func() bool {
+		st := s.status(t)
+		return st.Backends[0].State == "healthy" && st.Backends[1].State == "healthy"
+	})
 	waitFor(t, func() bool { return slices.Equal(s.healthy("gw1"), []bool{true, true}) })
 	start := time.Now()
 	s.agents["n2"].Disconnect()
