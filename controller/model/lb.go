@@ -344,3 +344,14 @@ func (m *Model) decodeHealth(kv store.KV) (listener, backend uint32, h resource.
 	}
 	return listener, backend, h, true
 }
+
+// HostsBackends reports whether node (ID) hosts a backend of some
+// listener: its agent's absence makes those backends unhealthy, so the
+// distributor watches its liveness like a gateway's.
+func (m *Model) HostsBackends(node string) bool { return len(m.nodeLbs[node]) > 0 }
+
+// LbHealth returns the health record the model holds for a backend.
+func (m *Model) LbHealth(listener, backend uint32) (resource.LbHealth, bool) {
+	h, ok := m.health[listener][backend]
+	return h, ok
+}

@@ -101,11 +101,12 @@ type LbBackendVerdict struct {
 
 // DecideLbHealth is the one place that turns health facts into what the
 // data path uses (LbBackend.healthy) and what the API shows, so the two
-// never disagree. Without a health check every bound backend is healthy.
-// With one, a backend is healthy or unhealthy as its node's checker last
+// never disagree. A backend on a node marked down (its agent away past the
+// grace period) is unhealthy: the node may be gone, and nobody can check.
+// Otherwise, without a health check every bound backend is healthy; with
+// one, a backend is healthy or unhealthy as its node's checker last
 // reported it (a report by another node than the one hosting it now does
-// not count), unhealthy while that node is down, and unknown before its
-// first report. Unknown backends serve only while no backend of the
+// not count), and unknown before its first report. Unknown backends serve only while no backend of the
 // listener is known healthy: a new load balancer serves at once instead of
 // black-holing until the first reports (the checks take it down within
 // interval x threshold if it is broken), while a backend added to a
@@ -119,10 +120,10 @@ func DecideLbHealth(checked bool, in []LbBackendFacts) []LbBackendVerdict {
 		switch {
 		case f.Node == "":
 			v.State, v.Reason = LbStateUnbound, "the port is not bound to a node"
+		case f.NodeDown:
+			v.State, v.Reason = LbStateUnhealthy, "the agent of node "+f.Node+" has been away past the grace period: the node may be gone"
 		case !checked:
 			v.Healthy, v.State = true, LbStateHealthy
-		case f.NodeDown:
-			v.State, v.Reason = LbStateUnhealthy, "the agent of node "+f.Node+" is away: its backends cannot be checked"
 		case f.Record == nil || f.Record.Node != f.Node:
 			v.State = LbStateUnknown
 		case f.Record.Healthy:
