@@ -92,6 +92,9 @@ type MeridianDropEvent struct {
 	Proto  uint8
 	Dir    uint8
 	Pad    [2]uint8
+	Len    uint32
+	CapLen uint32
+	Data   [128]uint8
 }
 
 type MeridianDropKey struct {

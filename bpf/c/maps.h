@@ -261,6 +261,8 @@ struct drop_key {
 	__u32 reason;
 };
 
+#define DROP_SNAP 128 /* bytes of the dropped frame an event carries */
+
 struct drop_event {
 	__u32 reason;
 	__u32 rule;      /* 0: default deny / no rule allows */
@@ -273,6 +275,9 @@ struct drop_event {
 	__u8  proto;
 	__u8  dir;
 	__u8  pad[2];
+	__u32 len;       /* the frame's length */
+	__u32 cap_len;   /* bytes of it in data: min(len, DROP_SNAP) */
+	__u8  data[DROP_SNAP]; /* the frame as dropped, from its Ethernet header */
 };
 
 /* ---- Outside world (issue [4]); see dataplane/datapath/doc.go ---- */

@@ -279,11 +279,14 @@ static __noinline void fill_event(struct drop_event *ev, __u32 port, __u32 reaso
 }
 
 /* drop counts the drop for (port, reason) and, for policy drops, tells
- * userspace which rule (0: none allowed) and which flow it was. */
-static __noinline int drop(__u32 port, __u32 reason, struct pkt *p, __u32 rule)
+ * userspace which rule (0: none allowed) and which flow it was, with the
+ * first DROP_SNAP bytes of the frame (meridianctl capture --drops). */
+static __noinline int drop_frame(struct __sk_buff *skb, __u32 port, __u32 reason,
+				 struct pkt *p, __u32 rule)
 {
 	struct drop_key k = { .port = port, .reason = reason };
 	__u64 one = 1, *cnt;
+	__u32 len;
 
 	cnt = bpf_map_lookup_elem(&drops, &k);
 	if (cnt)
@@ -298,10 +301,21 @@ static __noinline int drop(__u32 port, __u32 reason, struct pkt *p, __u32 rule)
 		if (!ev)
 			return TC_ACT_SHOT; /* reader too slow: the counter still counts */
 		fill_event(ev, port, reason, p, rule);
+		len = skb->len;
+		ev->len = len;
+		ev->cap_len = 0;
+		if (len > DROP_SNAP)
+			len = DROP_SNAP;
+		if (len >= ETH_HLEN && bpf_skb_load_bytes(skb, 0, ev->data, len) == 0)
+			ev->cap_len = len;
 		bpf_ringbuf_submit(ev, 0);
 	}
 	return TC_ACT_SHOT;
 }
+
+/* Every caller of drop has its packet in scope as skb: the macro hands it
+ * to drop_frame, for the frame's bytes, without changing the call sites. */
+#define drop(port, reason, p, rule) drop_frame(skb, port, reason, p, rule)
 
 static __always_inline void ct_stat(__u32 idx)
 {

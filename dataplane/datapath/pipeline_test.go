@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"reflect"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -190,9 +191,14 @@ func TestSecurityGroups(t *testing.T) {
 		p.dport = 22
 		f.expectDrop(t, portA, p.bytes(t), portA.ID, DropSGEgress)
 		ev := nextEvent(t, events)
+		// The event carries the dropped frame (short enough to be whole).
+		if frame := p.bytes(t); ev.Length != len(frame) || !bytes.Equal(ev.Frame, frame) {
+			t.Fatalf("event frame %d bytes of %d: %x, want %x", len(ev.Frame), ev.Length, ev.Frame, frame)
+		}
+		ev.Frame, ev.Length = nil, 0
 		want := DropEvent{Reason: DropSGEgress, Rule: 0, Port: portA.ID, Direction: fw.Egress, VPC: 100,
 			Src: portA.IPs[0], Dst: portB.IPs[0], Protocol: fw.ProtoTCP, SrcPort: 40000, DstPort: 22}
-		if ev != want {
+		if !reflect.DeepEqual(ev, want) {
 			t.Fatalf("event %+v, want %+v", ev, want)
 		}
 	})

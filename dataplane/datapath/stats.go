@@ -41,6 +41,8 @@ const (
 	DropEIPUnbound   DropReason = 20 // elastic IP or port mapping whose port is on no node
 	DropNoNATGateway DropReason = 21 // the source's NAT gateway is not installed on this gateway
 	DropFIB          DropReason = 22 // gateway: no route toward the fabric
+	// Services (issue [5]).
+	DropLBNoBackend DropReason = 23 // service VIP with no backend for a new flow
 )
 
 var dropNames = map[DropReason]string{
@@ -51,7 +53,7 @@ var dropNames = map[DropReason]string{
 	DropNotLocal: "not-local", DropUnknownSubnet: "unknown-subnet",
 	DropNoGateway: "no-gateway", DropNATExhausted: "nat-port-exhausted", DropNATNoFlow: "nat-no-flow",
 	DropNATProtocol: "nat-protocol", DropEIPUnbound: "eip-unbound", DropNoNATGateway: "no-nat-gateway",
-	DropFIB: "no-fabric-route",
+	DropFIB: "no-fabric-route", DropLBNoBackend: "lb-no-backend",
 }
 
 func (r DropReason) String() string {
@@ -123,7 +125,14 @@ type DropEvent struct {
 	Protocol  uint8
 	// TCP/UDP ports; for ICMP SrcPort is 0 and DstPort is type<<8 | code.
 	SrcPort, DstPort uint16
+	// Length is the dropped frame's length; Frame its first DropSnap bytes
+	// (from the Ethernet header, as the data path dropped it).
+	Length int
+	Frame  []byte
 }
+
+// DropSnap is how many bytes of a dropped frame its event carries (C: DROP_SNAP).
+const DropSnap = len(bpf.MeridianDropEvent{}.Data)
 
 // EventReader reads drop events from the ring buffer.
 type EventReader struct {
@@ -158,6 +167,7 @@ func (e *EventReader) Read() (DropEvent, error) {
 		Direction: fw.Direction(raw.Dir), VPC: raw.Vpc,
 		Src: addrOf(raw.Saddr), Dst: addrOf(raw.Daddr), Protocol: raw.Proto,
 		SrcPort: be16(raw.Sport), DstPort: be16(raw.Dport),
+		Length: int(raw.Len), Frame: append([]byte(nil), raw.Data[:min(int(raw.CapLen), DropSnap)]...),
 	}, nil
 }
 
