@@ -96,6 +96,7 @@ type Agent struct {
 	// until Run, and in the OVN realization.
 	health    *health.Checker
 	reportNow chan struct{} // a NodeReport may have changed: send it without waiting for the tick
+	nslb      lbGateway     // a gateway's north-south XDP load balancer (lb.go)
 }
 
 // New prepares an agent: opens (or reuses) the pinned data path and loads
@@ -191,6 +192,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.dp != nil {
 		a.health = health.New(ctx, health.Config{Log: a.log, OnChange: a.reportSoon})
 		defer a.health.Close()
+		defer a.nslb.close()
 	}
 	g := grpc.NewServer()
 	agentv1.RegisterLocalAgentServiceServer(g, &localServer{a: a})
@@ -287,6 +289,7 @@ func (a *Agent) reconcileOnce() {
 		errs = map[string]string{}
 	}
 	if a.ovs == nil {
+		a.reconcileNorthSouth(desired, errs)
 		a.reconcileHealth(desired, attach, next.Ports, errs)
 	}
 	a.reconcileBGP(desired, errs) // after the data path: announce only what it serves

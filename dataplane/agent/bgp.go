@@ -13,7 +13,10 @@ package agent
 //     other gateway with MED+100, a backup the fabric uses only when the
 //     owner's route is gone;
 //   - VPC CIDRs, when a peer says announce_vpc_prefixes (for routed VPCs),
-//     of the VPCs whose objects this node holds.
+//     of the VPCs whose objects this node holds;
+//   - the VIPs of north-south load-balancer listeners (LbService,
+//     internal = false) that this gateway's XDP load balancer serves, with
+//     their pool's communities and MED, from every gateway (lb.go).
 //
 // Only what the data path installed is announced: an elastic IP or NAT
 // gateway the reconcile failed on (a per-object error) is withdrawn, since
@@ -93,6 +96,7 @@ func planBGP(node string, underlay netip.Addr, desired map[string]*agentv1.Objec
 	ngws := map[uint32]*agentv1.NatGateway{}
 	var eips []*agentv1.ElasticIp
 	var vpcs []*agentv1.Vpc
+	var vips []*agentv1.LbService // north-south load-balancer listeners (lb.go)
 	for _, o := range desired {
 		switch b := o.GetBody().(type) {
 		case *agentv1.Object_BgpPeer:
@@ -107,6 +111,10 @@ func planBGP(node string, underlay netip.Addr, desired map[string]*agentv1.Objec
 			eips = append(eips, b.ElasticIp)
 		case *agentv1.Object_Vpc:
 			vpcs = append(vpcs, b.Vpc)
+		case *agentv1.Object_LbService:
+			if !b.LbService.GetInternal() {
+				vips = append(vips, b.LbService)
+			}
 		}
 	}
 	// A node announces nothing unless it is a gateway with a session.
@@ -208,6 +216,25 @@ func planBGP(node string, underlay netip.Addr, desired map[string]*agentv1.Objec
 			continue // allocated, not associated: nothing to reach there
 		}
 		add(key, bgp.Route{Prefix: netip.PrefixFrom(addr, addr.BitLen()), Communities: pool.GetCommunities(), MED: med})
+	}
+	// Load-balancer VIPs, like elastic IPs from every gateway: the XDP
+	// load balancer of each serves them with the same Maglev tables.
+	slices.SortFunc(vips, func(a, b *agentv1.LbService) int { return cmp.Compare(a.GetId(), b.GetId()) })
+	for _, s := range vips {
+		key := fmt.Sprintf("lb/%d", s.GetId())
+		pool := pools[s.GetPoolId()]
+		if failed[key] != "" || uplinkDown || pool == nil || !pool.GetAnnounce() {
+			continue
+		}
+		addr, err := netip.ParseAddr(s.GetVip())
+		if err != nil {
+			p.Errs[key] = fmt.Sprintf("VIP %q: %v", s.GetVip(), err)
+			continue
+		}
+		if addr.Is6() && !ipv6 {
+			continue
+		}
+		add(key, bgp.Route{Prefix: netip.PrefixFrom(addr, addr.BitLen()), Communities: pool.GetCommunities(), MED: pool.GetMed()})
 	}
 	if announceVPCs {
 		for _, v := range vpcs {

@@ -3,6 +3,15 @@ package agent
 // Load balancing (issue [5]) on this node; see the LbService comment in
 // api/agent/v1/agent.proto for where each part runs.
 //
+// North-south, on a gateway: the XDP load balancer of dataplane/lb on the
+// uplink (the interface the tc uplink program of nat.go serves too: XDP
+// runs first and passes every packet that is not for a VIP on to tc). It
+// is loaded with the first north-south service and kept while the node is
+// a gateway, so its connection table survives service changes; every
+// north-south LbService is set in it, and BGP announces the VIPs it serves
+// (bgp.go) like elastic IPs, from every gateway, so the fabric spreads
+// flows over the gateways with ECMP (the Maglev tables are identical).
+//
 // Health checks: this node probes the backends whose ports it hosts
 // (package dataplane/health), from the subnet gateway's address on the
 // port's host end, and reports their health in NodeReport. The controller
@@ -10,14 +19,218 @@ package agent
 // never uses its own results directly: all nodes build the same tables.
 
 import (
+	"cmp"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
+	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+	"google.golang.org/protobuf/proto"
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
 	"github.com/meridian-sdn/meridian/dataplane/health"
+	"github.com/meridian-sdn/meridian/dataplane/lb"
+	"github.com/meridian-sdn/meridian/dataplane/plumbing"
 )
+
+// lbGateway is a gateway's north-south load balancer and what was set in
+// it. The reconcile loop changes it; /metrics reads its counters.
+type lbGateway struct {
+	mu      sync.Mutex
+	lb      *lb.LB                        // nil: not loaded
+	uplink  int                           // ifindex it is attached to (0: none)
+	applied map[uint32]*agentv1.LbService // by service ID, as last set
+}
+
+// northSouth returns the north-south services of desired, by ID.
+func northSouth(desired map[string]*agentv1.Object) []*agentv1.Object {
+	var out []*agentv1.Object
+	for _, o := range desired {
+		if s := o.GetLbService(); s != nil && !s.GetInternal() {
+			out = append(out, o)
+		}
+	}
+	slices.SortFunc(out, func(a, b *agentv1.Object) int { return cmp.Compare(a.GetLbService().GetId(), b.GetLbService().GetId()) })
+	return out
+}
+
+// reconcileNorthSouth makes this node's XDP load balancer serve exactly
+// the north-south services of desired if the node is a gateway, and
+// unloads it if not. A service it could not set has an error in errs,
+// so BGP does not announce its VIP.
+func (a *Agent) reconcileNorthSouth(desired map[string]*agentv1.Object, errs map[string]string) {
+	g := &a.nslb
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	me := desired["gateway/"+a.cfg.Node].GetGateway()
+	svcs := northSouth(desired)
+	if me == nil || a.dp == nil {
+		g.unload(a)
+		return
+	}
+	if len(svcs) == 0 && g.lb == nil {
+		return
+	}
+	failAll := func(err error) {
+		for _, o := range svcs {
+			errs[o.GetKey()] = err.Error()
+		}
+		a.log.Warn("north-south load balancer", "err", err)
+	}
+	if err := g.setup(a, me); err != nil {
+		failAll(err)
+		return
+	}
+	want := map[uint32]bool{}
+	for _, o := range svcs {
+		s := o.GetLbService()
+		want[s.GetId()] = true
+		if proto.Equal(g.applied[s.GetId()], s) {
+			continue
+		}
+		if err := g.lb.SetService(s); err != nil {
+			errs[o.GetKey()] = err.Error()
+			a.log.Warn("reconcile", "object", o.GetKey(), "err", err)
+			delete(g.applied, s.GetId()) // set again next time
+			continue
+		}
+		g.applied[s.GetId()] = s
+	}
+	for id := range g.applied {
+		if !want[id] {
+			if err := g.lb.DeleteService(id); err != nil {
+				errs[fmt.Sprintf("lb/%d", id)] = err.Error()
+				continue
+			}
+			delete(g.applied, id)
+		}
+	}
+}
+
+// setup loads the load balancer if needed, configures it and attaches it
+// to the gateway's uplink; g.mu is held.
+func (g *lbGateway) setup(a *Agent, me *agentv1.Gateway) error {
+	name := me.GetUplink()
+	if name == "" {
+		name = a.cfg.Uplink
+	}
+	if name == "" {
+		return errors.New("gateway without an uplink: set the Gateway's uplink or the agent's --uplink")
+	}
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("uplink %s: %w", name, err)
+	}
+	if g.lb == nil {
+		x, err := lb.Load(lb.Options{})
+		if err != nil {
+			return fmt.Errorf("load the XDP load balancer: %w", err)
+		}
+		g.lb, g.applied = x, map[uint32]*agentv1.LbService{}
+		a.log.Info("north-south load balancer loaded")
+	}
+	// The outer packet's next hop comes from the routing table, looked up
+	// as if forwarded from the uplink, which must therefore forward.
+	if changes, err := plumbing.EnsureForwarding(name); err != nil {
+		return fmt.Errorf("uplink %s: %w", name, err)
+	} else if len(changes) > 0 {
+		a.log.Info("gateway sysctls set", "changes", changes)
+	}
+	mtu := uint32(l.Attrs().MTU)
+	if mtu < 576 {
+		mtu = 0
+	}
+	if err := g.lb.Configure(lb.Config{UnderlayIP: a.cfg.UnderlayIP, MTU: mtu, RouterMAC: RouterMAC, FIB: true}); err != nil {
+		return err
+	}
+	idx := l.Attrs().Index
+	if g.uplink != idx {
+		err := g.lb.Attach(idx, lb.ModeDriver)
+		if err != nil {
+			// A driver without native XDP still gets the program, slower.
+			if gerr := g.lb.Attach(idx, lb.ModeGeneric); gerr != nil {
+				return errors.Join(err, gerr)
+			}
+			a.log.Warn("uplink has no native XDP: the load balancer runs in generic mode", "uplink", name, "err", err)
+		}
+		if g.uplink != 0 {
+			g.lb.Detach(g.uplink) // the old uplink; gone is fine
+		}
+		g.uplink = idx
+		a.log.Info("north-south load balancer attached", "uplink", name)
+	}
+	return nil
+}
+
+// unload detaches and frees the load balancer; g.mu is held.
+func (g *lbGateway) unload(a *Agent) {
+	if g.lb == nil {
+		return
+	}
+	if err := g.lb.Close(); err != nil {
+		a.log.Warn("north-south load balancer: close", "err", err)
+	}
+	g.lb, g.uplink, g.applied = nil, 0, nil
+	a.log.Info("north-south load balancer unloaded: not a gateway")
+}
+
+// close releases the load balancer when the agent stops. Its program
+// leaves the uplink with it: until the next agent sets it up again, VIP
+// packets meet only the tc uplink program.
+func (g *lbGateway) close() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.lb != nil {
+		g.lb.Close()
+		g.lb, g.uplink, g.applied = nil, 0, nil
+	}
+}
+
+// lbCollector exports the north-south load balancer's counters per
+// service at scrape time.
+type lbCollector struct {
+	g                            *lbGateway
+	packets, newFlows, noBackend *prometheus.Desc
+}
+
+func newLBCollector(g *lbGateway) *lbCollector {
+	l := []string{"service"}
+	return &lbCollector{g: g,
+		packets:   prometheus.NewDesc("meridian_agent_lb_packets_total", "Packets the gateway's XDP load balancer sent to a backend, by LbService ID.", l, nil),
+		newFlows:  prometheus.NewDesc("meridian_agent_lb_new_flows_total", "Flows the XDP load balancer placed with the Maglev table, by LbService ID.", l, nil),
+		noBackend: prometheus.NewDesc("meridian_agent_lb_no_backend_drops_total", "VIP packets dropped for want of a usable backend, by LbService ID.", l, nil),
+	}
+}
+
+func (c *lbCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.packets
+	ch <- c.newFlows
+	ch <- c.noBackend
+}
+
+func (c *lbCollector) Collect(ch chan<- prometheus.Metric) {
+	c.g.mu.Lock()
+	l := c.g.lb
+	c.g.mu.Unlock()
+	if l == nil {
+		return
+	}
+	st, err := l.Stats() // safe beside the reconcile: LB methods lock
+	if err != nil {
+		return
+	}
+	for id, s := range st.Services {
+		v := strconv.FormatUint(uint64(id), 10)
+		ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(s.Packets), v)
+		ch <- prometheus.MustNewConstMetric(c.newFlows, prometheus.CounterValue, float64(s.NewFlows), v)
+		ch <- prometheus.MustNewConstMetric(c.noBackend, prometheus.CounterValue, float64(s.NoBackend), v)
+	}
+}
 
 // checkOf converts a service's health check, with the protocol's
 // defaults; ok is false for a service without one.

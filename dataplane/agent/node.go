@@ -150,6 +150,7 @@ func (a *Agent) metricsRegistry() *prometheus.Registry {
 		reg.MustRegister(newDropCollector(a.dp))
 	}
 	reg.MustRegister(newDatapathCollector(a))
+	reg.MustRegister(newLBCollector(&a.nslb)) // gateways: the XDP load balancer (lb.go)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meridian_agent_desired_version", Help: "Version of the desired state received."},
 		func() float64 { a.mu.Lock(); defer a.mu.Unlock(); return float64(a.version) }))
 	return reg
