@@ -241,7 +241,7 @@ func (d *Desired) renderOutside(x *agentv1.Index, o *outside, ext *ExternalNetwo
 		}
 	}
 	var extSwitch *Row
-	mon := &monitorSources{}
+	mon := &monitorSources{lbs: o.lbs}
 	for _, vpc := range sortedIDs(x.VPCs) {
 		if len(eips[vpc]) == 0 && len(natgws[vpc]) == 0 && len(lbs[vpc]) == 0 {
 			continue

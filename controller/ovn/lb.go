@@ -81,7 +81,7 @@ func (d *Desired) renderInternalLBs(x *agentv1.Index, o *outside) {
 			switches[s.GetVpcId()] = append(switches[s.GetVpcId()], ls)
 		}
 	}
-	mon := &monitorSources{}
+	mon := &monitorSources{lbs: o.lbs}
 	for _, id := range sortedIDs(o.lbs) {
 		svc := o.lbs[id]
 		if !svc.GetInternal() || len(switches[svc.GetVpcId()]) == 0 {
@@ -220,7 +220,8 @@ func healthCheckOptions(hc *agentv1.HealthCheck) map[string]string {
 // family, and the addresses ports hold.
 type monitorSources struct {
 	src   map[monitorKey]netip.Addr
-	taken map[netip.Addr]bool // every port address; nil until needed
+	taken map[netip.Addr]bool // every port address and VIP; nil until needed
+	lbs   map[uint32]*agentv1.LbService
 }
 
 type monitorKey struct {
@@ -235,7 +236,7 @@ const maxMonitorProbe = 256
 
 // of returns the monitor source of a subnet for one family: its highest
 // address that is neither the network, the broadcast (IPv4) nor the
-// gateway address and that no port of the model holds. IPAM hands out the
+// gateway address and that no port (or VIP) of the model holds. IPAM hands out the
 // lowest free address first, so the top of a subnet is the last to be
 // taken.
 func (m *monitorSources) of(x *agentv1.Index, s *agentv1.Subnet, v4 bool) (netip.Addr, bool) {
@@ -266,6 +267,12 @@ func (m *monitorSources) of(x *agentv1.Index, s *agentv1.Subnet, v4 bool) (netip
 				if a, err := netip.ParseAddr(ip); err == nil {
 					m.taken[a.Unmap()] = true
 				}
+			}
+		}
+		// An internal VIP is an address of one of the VPC's subnets too.
+		for _, svc := range m.lbs {
+			if a, err := netip.ParseAddr(svc.GetVip()); err == nil {
+				m.taken[a.Unmap()] = true
 			}
 		}
 	}

@@ -147,6 +147,14 @@ func TestRenderLoadBalancerHealthChecks(t *testing.T) {
 			t.Errorf("an unmonitored backend must still be used: backends %q", got)
 		}
 	})
+	t.Run("nor a VIP", func(t *testing.T) {
+		o := lbFixture()
+		lbSvc(o, 8).Vip = "10.0.1.254"
+		lb := Render(o).Row(nbdb.LoadBalancerTable, "lb/7").Model.(*nbdb.LoadBalancer)
+		if got := lb.IPPortMappings["10.0.1.10"]; got != "mer-port-101:10.0.1.253" {
+			t.Errorf("mapping %q, want the source below the VIP 10.0.1.254", got)
+		}
+	})
 	t.Run("no backend left keeps the VIP, with none", func(t *testing.T) {
 		lb := render(func(s *agentv1.LbService) {
 			for _, b := range s.Backends {

@@ -189,5 +189,14 @@ func (s *StoreSource) Objects() (map[string]*agentv1.Object, int64) {
 			out[o.GetKey()] = o
 		}
 	}
+	// Every listener of a LoadBalancer resource compiles to an LbService
+	// object of its own ("lb/<listener id>"), with the backends' health
+	// folded in from the health records and node markers (res/ too, so
+	// the watch above sees them change).
+	for _, svc := range s.m.LbServices() {
+		if o := s.m.Object(model.LbServiceKey(svc.GetId())); o != nil {
+			out[o.GetKey()] = o
+		}
+	}
 	return out, s.rev
 }

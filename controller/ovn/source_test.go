@@ -94,7 +94,10 @@ func TestSourceGivesTheOutsideObjects(t *testing.T) {
 	eip := &mv1.ElasticIp{Name: "projects/p/elasticIps/e", Pool: pool.Name, Address: "203.0.113.7", Port: port.Name, PrivateIp: "10.0.1.5", Id: 7}
 	gw := &mv1.Node{Name: "nodes/g1", UnderlayIp: "192.0.2.1", Roles: []mv1.NodeRole{mv1.NodeRole_GATEWAY}}
 	worker := &mv1.Node{Name: "nodes/w1", UnderlayIp: "192.0.2.2", Roles: []mv1.NodeRole{mv1.NodeRole_COMPUTE}}
-	put(t, st, vpc, subnet, port, pool, eip, gw, worker)
+	lb := &mv1.LoadBalancer{Name: "projects/p/loadBalancers/web", Vpc: vpc.Name, Scheme: "internal", Subnet: subnet.Name,
+		Vip: "10.0.1.100", Id: 9, Listeners: []*mv1.LoadBalancerListener{{Id: 31, Name: "http", Protocol: "tcp", Port: 80,
+			Backends: []*mv1.LoadBalancerBackend{{Id: 1, Port: port.Name, Address: "10.0.1.5", TargetPort: 8080}}}}}
+	put(t, st, vpc, subnet, port, pool, eip, gw, worker, lb)
 
 	src := NewStoreSource(st, quiet())
 	ctx, cancel := context.WithCancel(testCtx(t))
@@ -111,13 +114,17 @@ func TestSourceGivesTheOutsideObjects(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 	<-changed
 	objs, _ := src.Objects()
-	for _, key := range []string{"eip/7", "gateway/g1", "port/105"} {
+	for _, key := range []string{"eip/7", "gateway/g1", "port/105", "lb/31"} {
 		if objs[key] == nil {
 			t.Errorf("source misses %s (has %d objects)", key, len(objs))
 		}
 	}
 	if objs["gateway/w1"] != nil {
 		t.Errorf("a compute node became a gateway object")
+	}
+	if svc := objs["lb/31"].GetLbService(); svc.GetVip() != "10.0.1.100" || len(svc.GetBackends()) != 1 ||
+		Render(objs).Row("Load_Balancer", "lb/31") == nil {
+		t.Errorf("listener 31: %v, rendered: %v", svc, Render(objs).Row("Load_Balancer", "lb/31") != nil)
 	}
 	// A node that loses the gateway role stops being one.
 	gw.Roles = []mv1.NodeRole{mv1.NodeRole_COMPUTE}
