@@ -92,9 +92,12 @@ func TestLoadBalancerDataPathOnRealOVN(t *testing.T) {
 		t.Helper()
 		got := map[string]int{}
 		for range n {
-			name, err := nameSeen(client.Netns, "10.0.1.100:80")
+			name, peer, err := nameSeen(client.Netns, "10.0.1.100:80")
 			if err != nil {
 				t.Fatalf("connection to the VIP: %v", err)
+			}
+			if peer != "10.0.1.10" {
+				t.Fatalf("backend %s saw the client as %q, want 10.0.1.10", name, peer)
 			}
 			got[name]++
 		}
@@ -167,7 +170,7 @@ func mapsEqualStr(a, b map[string]string) bool {
 	return true
 }
 
-// nameServer answers every connection with its name.
+// nameServer answers every connection with its name and the client's address.
 type nameServer struct {
 	l    net.Listener
 	once sync.Once
@@ -176,7 +179,8 @@ type nameServer struct {
 func (s *nameServer) close() { s.once.Do(func() { s.l.Close() }) }
 
 // serveName listens on addr in namespace ns and answers every connection
-// with name, until closed or the test ends.
+// with name and the address the connection came from ("name peer"), until
+// closed or the test ends.
 func serveName(t *testing.T, ns, addr, name string) *nameServer {
 	t.Helper()
 	s := &nameServer{}
@@ -195,22 +199,27 @@ func serveName(t *testing.T, ns, addr, name string) *nameServer {
 			if err != nil {
 				return
 			}
-			_, _ = io.WriteString(c, name)
+			peer, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+			_, _ = io.WriteString(c, name+" "+peer)
 			c.Close()
 		}
 	}()
 	return s
 }
 
-// nameSeen connects from namespace ns to addr and returns what the server
-// says.
-func nameSeen(ns, addr string) (string, error) { return peerSeen(ns, addr) }
+// nameSeen connects from namespace ns to addr and returns the name of the
+// server that answered and the client address it saw.
+func nameSeen(ns, addr string) (name, peer string, err error) {
+	got, err := peerSeen(ns, addr)
+	name, peer, _ = strings.Cut(got, " ")
+	return name, peer, err
+}
 
 func eventuallyConnects(t *testing.T, ns, addr string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		_, err := nameSeen(ns, addr)
+		_, _, err := nameSeen(ns, addr)
 		if err == nil {
 			return
 		}
@@ -228,7 +237,7 @@ func waitBackendGone(t *testing.T, ns, addr string) {
 	deadline := time.Now().Add(10 * time.Second)
 	ok := 0
 	for ok < 10 {
-		if _, err := nameSeen(ns, addr); err == nil {
+		if _, _, err := nameSeen(ns, addr); err == nil {
 			ok++
 			continue
 		}
@@ -238,4 +247,69 @@ func waitBackendGone(t *testing.T, ns, addr string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// TestNorthSouthLoadBalancerDataPathOnRealOVN: a north-south listener on a
+// real chassis that is also the gateway node (br-ex on the external
+// network's physnet, a fabric namespace on it as in
+// TestOutsideDataPathOnRealOVN). The fabric reaches the public VIP, its
+// connections spread over both backends, and the backends see the
+// fabric's own address (no SNAT on the way in).
+func TestNorthSouthLoadBalancerDataPathOnRealOVN(t *testing.T) {
+	stack := ovntest.Start(t, ovntest.Options{})
+	hv := stack.StartChassis("gw1")
+	hv.VsCtl("--may-exist", "add-br", "br-ex", "--", "set", "Bridge", "br-ex", "datapath_type=netdev")
+	hv.VsCtl("set", "Open_vSwitch", ".", "external_ids:ovn-bridge-mappings="+DefaultPhysicalNetwork+":br-ex")
+	fabric := plugFabric(t, hv, "02:aa:00:00:00:01", "172.16.0.1/24")
+	port := func(id uint32, ip string) *agentv1.Port {
+		return &agentv1.Port{Id: id, VpcId: 1, SubnetId: 11, Mac: "02:00:00:00:00:0" + itoa(id), Ips: []string{ip},
+			Node: "gw1", SecurityGroupIds: []uint32{21}, SourceDestCheck: true}
+	}
+	objs := withOutside(objects(
+		&agentv1.Vpc{Id: 1, Cidrs: []string{"10.0.0.0/16"}},
+		&agentv1.Subnet{Id: 11, VpcId: 1, Cidr: "10.0.1.0/24", GatewayIp: "10.0.1.1", Mtu: 1450},
+		port(1, "10.0.1.10"), port(2, "10.0.1.11"),
+		&agentv1.SecurityGroup{Id: 21, VpcId: 1, Rules: []*agentv1.Rule{rule(1, true, true, 0), rule(2, true, false, 0)}},
+	), &agentv1.Gateway{Node: "gw1", UnderlayIp: "127.0.0.1"},
+		&agentv1.LbService{Id: 9, VpcId: 1, Vni: 1, Name: "pub/https", Vip: "172.16.0.80", Port: 443, Protocol: 6,
+			Backends: []*agentv1.LbBackend{
+				{Id: 1, Address: "10.0.1.10", Port: 8443, Weight: 1, PortId: 1, Node: "gw1", Healthy: true},
+				{Id: 2, Address: "10.0.1.11", Port: 8443, Weight: 1, PortId: 2, Node: "gw1", Healthy: true},
+			}, HealthCheck: &agentv1.HealthCheck{Protocol: "tcp", IntervalMs: 1000}})
+	r := connect(t, stack.NB.Endpoint(), nil)
+	syncExt(t, r, objs)
+	w1 := hv.Plug(LogicalPortName(1), "02:00:00:00:00:01", "10.0.1.10/24", "10.0.1.1")
+	w2 := hv.Plug(LogicalPortName(2), "02:00:00:00:00:02", "10.0.1.11/24", "10.0.1.1")
+	hv.WaitUp(LogicalPortName(1))
+	hv.WaitUp(LogicalPortName(2))
+	eventually(t, "gw1 holds the gateway port", func() bool {
+		ch := stack.SBCtl("--bare", "--columns=chassis", "find", "Port_Binding", "logical_port=cr-"+GatewayPortName(1))
+		return ch != "" && ch == stack.SBCtl("--bare", "--columns=_uuid", "find", "Chassis", "name=gw1")
+	})
+	stack.NBCtl("--wait=hv", "sync")
+	serveName(t, w1.Netns, "0.0.0.0:8443", "10.0.1.10")
+	serveName(t, w2.Netns, "0.0.0.0:8443", "10.0.1.11")
+	t.Run("the health checks find both backends online", func(t *testing.T) {
+		eventually(t, "both monitors online", func() bool {
+			return stack.SBCtl("--bare", "--columns=status", "list", "Service_Monitor") == "online\n\nonline"
+		})
+	})
+	t.Run("the fabric's connections spread over both backends, which see its address", func(t *testing.T) {
+		eventuallyConnects(t, fabric, "172.16.0.80:443")
+		got := map[string]int{}
+		for range 30 {
+			name, peer, err := nameSeen(fabric, "172.16.0.80:443")
+			if err != nil {
+				t.Fatalf("connection to the VIP: %v", err)
+			}
+			if peer != "172.16.0.1" {
+				t.Fatalf("backend %s saw the fabric as %q, want 172.16.0.1", name, peer)
+			}
+			got[name]++
+		}
+		t.Logf("30 connections: %v", got)
+		if got["10.0.1.10"] == 0 || got["10.0.1.11"] == 0 {
+			t.Errorf("connections did not spread over both backends: %v", got)
+		}
+	})
 }
