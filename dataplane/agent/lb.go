@@ -141,10 +141,7 @@ func (g *lbGateway) setup(a *Agent, me *agentv1.Gateway) error {
 	} else if len(changes) > 0 {
 		a.log.Info("gateway sysctls set", "changes", changes)
 	}
-	mtu := uint32(l.Attrs().MTU)
-	if mtu < 576 {
-		mtu = 0
-	}
+	mtu := underlayMTU(a.cfg.UnderlayIP, l.Attrs().MTU)
 	if err := g.lb.Configure(lb.Config{UnderlayIP: a.cfg.UnderlayIP, MTU: mtu, RouterMAC: RouterMAC, FIB: true}); err != nil {
 		return err
 	}
@@ -165,6 +162,27 @@ func (g *lbGateway) setup(a *Agent, me *agentv1.Gateway) error {
 		a.log.Info("north-south load balancer attached", "uplink", name)
 	}
 	return nil
+}
+
+// underlayMTU is the MTU of the interface holding the node's underlay
+// address, where the encapsulated packets leave (the uplink's, fallback,
+// if none has it); 0 (the load balancer's default) if implausible.
+func underlayMTU(underlay netip.Addr, fallback int) uint32 {
+	mtu := fallback
+	if addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4); err == nil {
+		for _, ad := range addrs {
+			if a, ok := netip.AddrFromSlice(ad.IP); ok && a.Unmap() == underlay {
+				if l, err := netlink.LinkByIndex(ad.LinkIndex); err == nil {
+					mtu = l.Attrs().MTU
+				}
+				break
+			}
+		}
+	}
+	if mtu < 576 || mtu > 65535 {
+		return 0
+	}
+	return uint32(mtu)
 }
 
 // unload detaches and frees the load balancer; g.mu is held.
