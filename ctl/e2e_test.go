@@ -86,6 +86,29 @@ func TestEndToEnd(t *testing.T) {
 	}
 	expectLines(t, "delete outside", admin("delete", "-f", outside), len(odocs), " deleted")
 
+	// A load balancer (issue [5]): created, unchanged on a second apply
+	// (server defaults and the backend resolved from its address are not
+	// differences), shown with its VIP and backend health, removed.
+	const lbFile = "../examples/lb.yaml"
+	ldocs, err := parseDocuments(kindTable(), lbFile, mustRead(t, lbFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectLines(t, "apply lb", admin("apply", "-f", lbFile), len(ldocs), " created")
+	expectLines(t, "apply lb again", admin("apply", "-f", lbFile), len(ldocs), " unchanged")
+	out = admin("lb", "get", "projects/demo/loadBalancers/web")
+	for _, want := range []string{"198.51.100.40", "internet-facing", "LISTENER", "listener http tcp/80: 3 of 3 backends serving, http check every 1000ms GET /healthz",
+		"projects/demo/ports/web-3", "10.0.1.13:8080", "unknown"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("lb get does not show %q:\n%s", want, out)
+		}
+	}
+	t.Logf("meridianctl lb get:\n%s", out)
+	if out := admin("lb", "list", "--parent", "projects/demo"); !strings.Contains(out, "198.51.100.40") || !strings.Contains(out, "VIP") {
+		t.Errorf("lb list:\n%s", out)
+	}
+	expectLines(t, "delete lb", admin("delete", "-f", lbFile), len(ldocs), " deleted")
+
 	// Edit one rule: exactly that security group is updated, in its rules.
 	edited := filepath.Join(dir, "edited.yaml")
 	text := string(mustRead(t, topology))

@@ -11,8 +11,10 @@ package ctl
 
 import (
 	"fmt"
+	"io"
 	"strings"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/meridian-sdn/meridian/controller/resource"
@@ -26,6 +28,9 @@ type kindInfo struct {
 	Service protoreflect.FullName // the service serving the kind's standard methods
 	Flags   []convFlag            // convenience flags of create and update
 	Columns []column              // table columns after NAME
+	// Detail, if set, prints more of one resource below its table row
+	// (get and create in table format): a load balancer's backend health.
+	Detail func(w io.Writer, m proto.Message) error
 }
 
 // convFlag is a convenience flag that sets one top-level field, so the
@@ -136,6 +141,19 @@ func kindTable() []*kindInfo {
 				{"subnet", "subnets", "subnet whose outbound traffic it translates (repeatable)"},
 			},
 			Columns: []column{{Header: "VPC", Path: "vpc"}, {Header: "ELASTIC IPS", Path: "elastic_ips"}, {Header: "MAPPINGS", Path: "port_mappings", Count: true}, {Header: "OWNER", Path: "status.owner_node"}},
+		},
+		{
+			Kind: resource.KindLoadBalancer, Command: "load-balancer", Aliases: []string{"lb", "lbs", "loadbalancer", "loadbalancers"},
+			Service: "meridian.v1.LoadBalancerService",
+			Flags: []convFlag{
+				{"vpc", "vpc", "VPC of the load balancer (required, immutable)"},
+				{"scheme", "scheme", "internet-facing (default) or internal (immutable)"},
+				{"pool", "pool", "internet-facing: public address pool of the VIP (immutable)"},
+				{"subnet", "subnet", "internal: subnet of the VIP (immutable)"},
+				{"vip", "vip", "VIP to take (default: allocated; immutable)"},
+			},
+			Columns: []column{{Header: "SCHEME", Path: "scheme"}, {Header: "VIP", Path: "vip"}, {Header: "VPC", Path: "vpc"}, {Header: "LISTENERS", Path: "listeners", Count: true}},
+			Detail:  lbDetail,
 		},
 	}
 }

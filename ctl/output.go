@@ -75,7 +75,14 @@ func printResources(w io.Writer, format string, k *kindInfo, items []proto.Messa
 			}
 			fmt.Fprintln(tw, strings.Join(row, "\t"))
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		if single && len(items) == 1 && k.Detail != nil {
+			fmt.Fprintln(w)
+			return k.Detail(w, items[0])
+		}
+		return nil
 	}
 }
 

@@ -143,9 +143,9 @@ func DecideLbHealth(checked bool, in []LbBackendFacts) []LbBackendVerdict {
 		if v.State == LbStateUnknown {
 			v.Healthy = !knownHealthy
 			if knownHealthy {
-				v.Reason = "waiting for the first health check result"
+				v.Reason = "waiting for its first check result"
 			} else {
-				v.Reason = "no health check result yet: serving until there is one, since no backend is known healthy"
+				v.Reason = "no check result yet (serving: no backend is known healthy)"
 			}
 		}
 		if f.Draining && f.Node != "" {
