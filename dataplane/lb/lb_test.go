@@ -3,14 +3,17 @@ package lb
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
+	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
 	"github.com/meridian-sdn/meridian/lb/maglev"
 )
 
@@ -536,4 +539,67 @@ func FuzzXDP(f *testing.F) {
 			t.Fatalf("verdict %d", ret)
 		}
 	})
+}
+
+// TestSetServiceRejectsBadInput: invalid listeners get an error naming
+// the service and the problem, and change nothing: the installed service
+// forwards as before, no VIP is added.
+func TestSetServiceRejectsBadInput(t *testing.T) {
+	l := loadTest(t)
+	good := svcMsg(1, 80, 251, 1, 2, 3)
+	mustSet(t, l, good)
+	before := send(t, l, clientPkt(client, 40000))
+	bad := map[string]func(s *agentv1.LbService){
+		"IPv6 VIP":           func(s *agentv1.LbService) { s.Vip = "2001:db8::1" },
+		"no VIP":             func(s *agentv1.LbService) { s.Vip = "" },
+		"port 0":             func(s *agentv1.LbService) { s.Port = 0 },
+		"port 70000":         func(s *agentv1.LbService) { s.Port = 70000 },
+		"ICMP":               func(s *agentv1.LbService) { s.Protocol = 1 },
+		"VNI 0":              func(s *agentv1.LbService) { s.Vni = 0 },
+		"VNI 2^24":           func(s *agentv1.LbService) { s.Vni = 1 << 24 },
+		"table not prime":    func(s *agentv1.LbService) { s.MaglevSize = 250 },
+		"bad port MAC":       func(s *agentv1.LbService) { s.Backends[0].PortMac = "02:00" },
+		"bad node address":   func(s *agentv1.LbService) { s.Backends[1].NodeIp = "node-2" },
+		"weight 300":         func(s *agentv1.LbService) { s.Backends[2].Weight = 300 },
+		"backend id twice":   func(s *agentv1.LbService) { s.Backends[1].Id = s.Backends[0].Id },
+		"address:port twice": func(s *agentv1.LbService) { s.Backends[1].Address = s.Backends[0].Address },
+		"IPv6 backend":       func(s *agentv1.LbService) { s.Backends[0].Address = "2001:db8::5" },
+	}
+	for name, change := range bad {
+		for _, id := range []uint32{1, 2} { // an update and a new service
+			s := svcMsg(id, 80, 251, 4, 5, 6)
+			if id == 2 {
+				s.Port = 8080
+			}
+			change(s)
+			err := l.SetService(s)
+			if err == nil {
+				t.Errorf("%s (service %d): accepted", name, id)
+				continue
+			}
+			if !strings.Contains(err.Error(), fmt.Sprintf("service %d", id)) {
+				t.Errorf("%s: error %q does not name the service", name, err)
+			}
+		}
+	}
+	// Another service may not take the same VIP, port and protocol.
+	if err := l.SetService(svcMsg(3, 80, 251, 4)); err == nil || !strings.Contains(err.Error(), "already service 1") {
+		t.Errorf("duplicate VIP: %v", err)
+	}
+	if after := send(t, l, clientPkt(client, 40000)); after != before {
+		t.Errorf("flow moved from %v to %v after rejected updates", before, after)
+	}
+	n := nodeIndex(t, send(t, l, clientPkt(netip.MustParseAddr("198.51.100.77"), 1)))
+	if n < 1 || n > 3 {
+		t.Errorf("a new flow went to backend %d, not one of the installed service's", n)
+	}
+	p := clientPkt(client, 1)
+	p.dport = 8080
+	if ret, _ := run(t, l.objs.LbXdp, p.bytes(t)); ret != xdpPass {
+		t.Errorf("rejected service 2's VIP is matched (verdict %d)", ret)
+	}
+	st, _ := l.Stats()
+	if len(st.Services) != 1 {
+		t.Errorf("%d services installed, want 1", len(st.Services))
+	}
 }
