@@ -170,7 +170,8 @@ func TestLoadBalancerOnRealOVN(t *testing.T) {
 			append(ctNew, "--minimal")...)
 		if !strings.Contains(out, "ct_lb_mark") || !strings.Contains(out, `output("mer-port-101")`) {
 			t.Errorf("no ct_lb_mark delivering to mer-port-101:\n%s", out)
-		}		// The fabric finds the VIP: the gateway port answers ARP for it.
+		}
+		// The fabric finds the VIP: the gateway port answers ARP for it.
 		arp := stack.Trace(DefaultExternalSwitch, `inport == "meridian-ext-localnet" && eth.src == 02:aa:00:00:00:01 && eth.dst == ff:ff:ff:ff:ff:ff && `+
 			`arp.op == 1 && arp.sha == 02:aa:00:00:00:01 && arp.spa == 172.16.0.1 && arp.tha == 00:00:00:00:00:00 && arp.tpa == 172.16.0.80`, "--minimal")
 		if !strings.Contains(arp, "arp.op = 2;") || !strings.Contains(arp, "arp.spa = 172.16.0.80;") {
