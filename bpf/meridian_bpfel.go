@@ -61,11 +61,15 @@ type MeridianAclRuleKey struct {
 }
 
 type MeridianCtEntry struct {
-	_       structs.HostLayout
-	Expires uint64
-	State   uint8
-	Fin     uint8
-	Pad     [6]uint8
+	_         structs.HostLayout
+	Expires   uint64
+	State     uint8
+	Fin       uint8
+	Pad       [6]uint8
+	FlOn      uint32
+	FlPad     uint32
+	FlPackets [2]uint64
+	FlBytes   [2]uint64
 }
 
 type MeridianCtKey struct {
@@ -131,6 +135,39 @@ type MeridianEipRevKey struct {
 	_         structs.HostLayout
 	Vpc       uint32
 	PrivateIp uint32
+}
+
+type MeridianFlowEvent struct {
+	_       structs.HostLayout
+	Ts      uint64
+	Port    uint32
+	Vpc     uint32
+	Saddr   uint32
+	Daddr   uint32
+	Sport   uint16
+	Dport   uint16
+	Proto   uint8
+	Dir     uint8
+	Slot    uint8
+	Pad     uint8
+	AclRule uint32
+	SgRule  uint32
+	Len     uint32
+	Pad2    uint32
+}
+
+type MeridianFlowlogBucket struct {
+	_      structs.HostLayout
+	Credit uint64
+	Last   uint64
+}
+
+type MeridianFlowlogCfg struct {
+	_       structs.HostLayout
+	Traffic uint32
+	Sample  uint32
+	CostNs  uint64
+	BurstNs uint64
 }
 
 type MeridianGwSet struct {
@@ -207,7 +244,8 @@ type MeridianPortInfo struct {
 	Subnet   uint32
 	SgPolicy uint32
 	Mac      [6]uint8
-	Pad      [2]uint8
+	Flowlog  uint8
+	Pad      uint8
 }
 
 type MeridianPortIpKey struct {
@@ -311,6 +349,10 @@ const (
 	MeridianMapEgress                   = "egress"
 	MeridianMapEipByPrivate             = "eip_by_private"
 	MeridianMapEips                     = "eips"
+	MeridianMapFlowEvents               = "flow_events"
+	MeridianMapFlowlogBuckets           = "flowlog_buckets"
+	MeridianMapFlowlogCfgs              = "flowlog_cfgs"
+	MeridianMapFlowlogStats             = "flowlog_stats"
 	MeridianMapGateways                 = "gateways"
 	MeridianMapIpcacheSlots             = "ipcache_slots"
 	MeridianMapIpcacheVpcs              = "ipcache_vpcs"
@@ -392,36 +434,40 @@ type MeridianProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type MeridianMapSpecs struct {
-	AclIntervals  *ebpf.MapSpec `ebpf:"acl_intervals"`
-	AclMetas      *ebpf.MapSpec `ebpf:"acl_metas"`
-	AclProto      *ebpf.MapSpec `ebpf:"acl_proto"`
-	AclRules      *ebpf.MapSpec `ebpf:"acl_rules"`
-	Conntrack     *ebpf.MapSpec `ebpf:"conntrack"`
-	CtStats       *ebpf.MapSpec `ebpf:"ct_stats"`
-	DropEvents    *ebpf.MapSpec `ebpf:"drop_events"`
-	Drops         *ebpf.MapSpec `ebpf:"drops"`
-	Egress        *ebpf.MapSpec `ebpf:"egress"`
-	EipByPrivate  *ebpf.MapSpec `ebpf:"eip_by_private"`
-	Eips          *ebpf.MapSpec `ebpf:"eips"`
-	Gateways      *ebpf.MapSpec `ebpf:"gateways"`
-	IpcacheSlots  *ebpf.MapSpec `ebpf:"ipcache_slots"`
-	IpcacheVpcs   *ebpf.MapSpec `ebpf:"ipcache_vpcs"`
-	Nat           *ebpf.MapSpec `ebpf:"nat"`
-	NatAddrs      *ebpf.MapSpec `ebpf:"nat_addrs"`
-	NatCfg        *ebpf.MapSpec `ebpf:"nat_cfg"`
-	NatExhausted  *ebpf.MapSpec `ebpf:"nat_exhausted"`
-	NatSrc        *ebpf.MapSpec `ebpf:"nat_src"`
-	Natgws        *ebpf.MapSpec `ebpf:"natgws"`
-	NodeCfg       *ebpf.MapSpec `ebpf:"node_cfg"`
-	PortByIfindex *ebpf.MapSpec `ebpf:"port_by_ifindex"`
-	PortIps       *ebpf.MapSpec `ebpf:"port_ips"`
-	PortMaps      *ebpf.MapSpec `ebpf:"port_maps"`
-	PortMapsRev   *ebpf.MapSpec `ebpf:"port_maps_rev"`
-	Ports         *ebpf.MapSpec `ebpf:"ports"`
-	Routes        *ebpf.MapSpec `ebpf:"routes"`
-	SgPolicy      *ebpf.MapSpec `ebpf:"sg_policy"`
-	SgPorts       *ebpf.MapSpec `ebpf:"sg_ports"`
-	Subnets       *ebpf.MapSpec `ebpf:"subnets"`
+	AclIntervals   *ebpf.MapSpec `ebpf:"acl_intervals"`
+	AclMetas       *ebpf.MapSpec `ebpf:"acl_metas"`
+	AclProto       *ebpf.MapSpec `ebpf:"acl_proto"`
+	AclRules       *ebpf.MapSpec `ebpf:"acl_rules"`
+	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
+	CtStats        *ebpf.MapSpec `ebpf:"ct_stats"`
+	DropEvents     *ebpf.MapSpec `ebpf:"drop_events"`
+	Drops          *ebpf.MapSpec `ebpf:"drops"`
+	Egress         *ebpf.MapSpec `ebpf:"egress"`
+	EipByPrivate   *ebpf.MapSpec `ebpf:"eip_by_private"`
+	Eips           *ebpf.MapSpec `ebpf:"eips"`
+	FlowEvents     *ebpf.MapSpec `ebpf:"flow_events"`
+	FlowlogBuckets *ebpf.MapSpec `ebpf:"flowlog_buckets"`
+	FlowlogCfgs    *ebpf.MapSpec `ebpf:"flowlog_cfgs"`
+	FlowlogStats   *ebpf.MapSpec `ebpf:"flowlog_stats"`
+	Gateways       *ebpf.MapSpec `ebpf:"gateways"`
+	IpcacheSlots   *ebpf.MapSpec `ebpf:"ipcache_slots"`
+	IpcacheVpcs    *ebpf.MapSpec `ebpf:"ipcache_vpcs"`
+	Nat            *ebpf.MapSpec `ebpf:"nat"`
+	NatAddrs       *ebpf.MapSpec `ebpf:"nat_addrs"`
+	NatCfg         *ebpf.MapSpec `ebpf:"nat_cfg"`
+	NatExhausted   *ebpf.MapSpec `ebpf:"nat_exhausted"`
+	NatSrc         *ebpf.MapSpec `ebpf:"nat_src"`
+	Natgws         *ebpf.MapSpec `ebpf:"natgws"`
+	NodeCfg        *ebpf.MapSpec `ebpf:"node_cfg"`
+	PortByIfindex  *ebpf.MapSpec `ebpf:"port_by_ifindex"`
+	PortIps        *ebpf.MapSpec `ebpf:"port_ips"`
+	PortMaps       *ebpf.MapSpec `ebpf:"port_maps"`
+	PortMapsRev    *ebpf.MapSpec `ebpf:"port_maps_rev"`
+	Ports          *ebpf.MapSpec `ebpf:"ports"`
+	Routes         *ebpf.MapSpec `ebpf:"routes"`
+	SgPolicy       *ebpf.MapSpec `ebpf:"sg_policy"`
+	SgPorts        *ebpf.MapSpec `ebpf:"sg_ports"`
+	Subnets        *ebpf.MapSpec `ebpf:"subnets"`
 }
 
 // MeridianVariableSpecs contains global variables before they are loaded into the kernel.
@@ -450,36 +496,40 @@ func (o *MeridianObjects) Close() error {
 //
 // It can be passed to LoadMeridianObjects or ebpf.CollectionSpec.LoadAndAssign.
 type MeridianMaps struct {
-	AclIntervals  *ebpf.Map `ebpf:"acl_intervals"`
-	AclMetas      *ebpf.Map `ebpf:"acl_metas"`
-	AclProto      *ebpf.Map `ebpf:"acl_proto"`
-	AclRules      *ebpf.Map `ebpf:"acl_rules"`
-	Conntrack     *ebpf.Map `ebpf:"conntrack"`
-	CtStats       *ebpf.Map `ebpf:"ct_stats"`
-	DropEvents    *ebpf.Map `ebpf:"drop_events"`
-	Drops         *ebpf.Map `ebpf:"drops"`
-	Egress        *ebpf.Map `ebpf:"egress"`
-	EipByPrivate  *ebpf.Map `ebpf:"eip_by_private"`
-	Eips          *ebpf.Map `ebpf:"eips"`
-	Gateways      *ebpf.Map `ebpf:"gateways"`
-	IpcacheSlots  *ebpf.Map `ebpf:"ipcache_slots"`
-	IpcacheVpcs   *ebpf.Map `ebpf:"ipcache_vpcs"`
-	Nat           *ebpf.Map `ebpf:"nat"`
-	NatAddrs      *ebpf.Map `ebpf:"nat_addrs"`
-	NatCfg        *ebpf.Map `ebpf:"nat_cfg"`
-	NatExhausted  *ebpf.Map `ebpf:"nat_exhausted"`
-	NatSrc        *ebpf.Map `ebpf:"nat_src"`
-	Natgws        *ebpf.Map `ebpf:"natgws"`
-	NodeCfg       *ebpf.Map `ebpf:"node_cfg"`
-	PortByIfindex *ebpf.Map `ebpf:"port_by_ifindex"`
-	PortIps       *ebpf.Map `ebpf:"port_ips"`
-	PortMaps      *ebpf.Map `ebpf:"port_maps"`
-	PortMapsRev   *ebpf.Map `ebpf:"port_maps_rev"`
-	Ports         *ebpf.Map `ebpf:"ports"`
-	Routes        *ebpf.Map `ebpf:"routes"`
-	SgPolicy      *ebpf.Map `ebpf:"sg_policy"`
-	SgPorts       *ebpf.Map `ebpf:"sg_ports"`
-	Subnets       *ebpf.Map `ebpf:"subnets"`
+	AclIntervals   *ebpf.Map `ebpf:"acl_intervals"`
+	AclMetas       *ebpf.Map `ebpf:"acl_metas"`
+	AclProto       *ebpf.Map `ebpf:"acl_proto"`
+	AclRules       *ebpf.Map `ebpf:"acl_rules"`
+	Conntrack      *ebpf.Map `ebpf:"conntrack"`
+	CtStats        *ebpf.Map `ebpf:"ct_stats"`
+	DropEvents     *ebpf.Map `ebpf:"drop_events"`
+	Drops          *ebpf.Map `ebpf:"drops"`
+	Egress         *ebpf.Map `ebpf:"egress"`
+	EipByPrivate   *ebpf.Map `ebpf:"eip_by_private"`
+	Eips           *ebpf.Map `ebpf:"eips"`
+	FlowEvents     *ebpf.Map `ebpf:"flow_events"`
+	FlowlogBuckets *ebpf.Map `ebpf:"flowlog_buckets"`
+	FlowlogCfgs    *ebpf.Map `ebpf:"flowlog_cfgs"`
+	FlowlogStats   *ebpf.Map `ebpf:"flowlog_stats"`
+	Gateways       *ebpf.Map `ebpf:"gateways"`
+	IpcacheSlots   *ebpf.Map `ebpf:"ipcache_slots"`
+	IpcacheVpcs    *ebpf.Map `ebpf:"ipcache_vpcs"`
+	Nat            *ebpf.Map `ebpf:"nat"`
+	NatAddrs       *ebpf.Map `ebpf:"nat_addrs"`
+	NatCfg         *ebpf.Map `ebpf:"nat_cfg"`
+	NatExhausted   *ebpf.Map `ebpf:"nat_exhausted"`
+	NatSrc         *ebpf.Map `ebpf:"nat_src"`
+	Natgws         *ebpf.Map `ebpf:"natgws"`
+	NodeCfg        *ebpf.Map `ebpf:"node_cfg"`
+	PortByIfindex  *ebpf.Map `ebpf:"port_by_ifindex"`
+	PortIps        *ebpf.Map `ebpf:"port_ips"`
+	PortMaps       *ebpf.Map `ebpf:"port_maps"`
+	PortMapsRev    *ebpf.Map `ebpf:"port_maps_rev"`
+	Ports          *ebpf.Map `ebpf:"ports"`
+	Routes         *ebpf.Map `ebpf:"routes"`
+	SgPolicy       *ebpf.Map `ebpf:"sg_policy"`
+	SgPorts        *ebpf.Map `ebpf:"sg_ports"`
+	Subnets        *ebpf.Map `ebpf:"subnets"`
 }
 
 func (m *MeridianMaps) Close() error {
@@ -495,6 +545,10 @@ func (m *MeridianMaps) Close() error {
 		m.Egress,
 		m.EipByPrivate,
 		m.Eips,
+		m.FlowEvents,
+		m.FlowlogBuckets,
+		m.FlowlogCfgs,
+		m.FlowlogStats,
 		m.Gateways,
 		m.IpcacheSlots,
 		m.IpcacheVpcs,

@@ -102,7 +102,8 @@ struct port_info {
 	__u32 subnet;
 	__u32 sg_policy; /* compiled security-group policy id */
 	__u8  mac[6];
-	__u8  pad[2];
+	__u8  flowlog;   /* flow-log slot (flowlog.h); 0: no flow log */
+	__u8  pad;
 };
 
 struct port_ip_key {
@@ -145,6 +146,12 @@ struct ct_entry {
 	__u8  state;
 	__u8  fin;       /* bit 0: FIN seen from originator, bit 1: from replier */
 	__u8  pad[6];
+	/* Flow logs (flowlog.h): counted only while fl_on, i.e. for flows a
+	 * flow log sampled; [0] originator -> replier, [1] the replies. */
+	__u32 fl_on;
+	__u32 fl_pad;
+	__u64 fl_packets[2];
+	__u64 fl_bytes[2];
 };
 
 /* Remote address -> security identity. The prefixes of a VPC are turned

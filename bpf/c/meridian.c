@@ -212,7 +212,7 @@ struct pkt {
 	__u8  tcp_flags;
 	__u8  ttl;
 	__u8  ihl;     /* IPv4 header length in 32-bit words */
-	__u8  pad[2];
+	__u16 len;     /* IPv4 total length: bytes for flow-log counters */
 };
 
 struct arp_eth {
@@ -374,6 +374,7 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 	p->proto = ip->protocol;
 	p->ttl = ip->ttl;
 	p->ihl = ip->ihl;
+	p->len = tot;
 	l4 = (void *)ip + ihl;
 	tot -= ihl; /* L4 bytes the IP header claims */
 
@@ -432,7 +433,10 @@ static __always_inline __u32 parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 struct ct_result {
 	struct ct_entry *e; /* NULL: new flow */
 	__u8 reply;         /* packet travels replier -> originator */
+	__u8 fl;            /* new flow: a flow log took it (flowlog.h) */
 };
+
+#include "flowlog.h"
 
 static __always_inline void ct_fill_key(struct ct_key *k, struct pkt *p, int reverse)
 {
@@ -467,6 +471,7 @@ static __noinline void ct_lookup(struct pkt *p, struct ct_result *r)
 
 	r->e = NULL;
 	r->reply = 0;
+	r->fl = 0;
 	ct_fill_key(&k, p, 0);
 	e = bpf_map_lookup_elem(&conntrack, &k);
 	if (!e) {
@@ -531,6 +536,8 @@ static __noinline void ct_commit(struct pkt *p, struct ct_result *r)
 	if (e) {
 		ct_next(e, p, r->reply);
 		e->expires = now + ct_timeout(e->state);
+		if (e->fl_on)
+			flowlog_count(e, p, r->reply);
 		return;
 	}
 
@@ -553,6 +560,11 @@ static __noinline void ct_commit(struct pkt *p, struct ct_result *r)
 		break;
 	}
 	n.expires = now + ct_timeout(n.state);
+	if (r->fl) {
+		n.fl_on = 1;
+		n.fl_packets[0] = 1;
+		n.fl_bytes[0] = p->len;
+	}
 	ct_fill_key(&k, p, 0);
 	if (bpf_map_update_elem(&conntrack, &k, &n, BPF_ANY) == 0)
 		ct_stat(CT_STAT_INSERT);
@@ -849,6 +861,7 @@ static __always_inline int from_port(struct __sk_buff *skb)
 	struct ct_result ct;
 	struct pkt p = {};
 	__u32 *pid, port_id, reason, rule, dst_id = 0, node_ip = 0;
+	__u32 fl_acl_out = 0, fl_sg_out = 0, fl_acl_in = 0, fl_sg_in = 0; /* flowlog.h */
 	struct ethhdr *eth;
 	void *data, *data_end;
 	int cross;
@@ -894,10 +907,12 @@ static __always_inline int from_port(struct __sk_buff *skb)
 	ct_lookup(&p, &ct);
 	if (!acl_allows(sub->acl, DIR_EGRESS, p.daddr, &p, &rule))
 		return drop(port_id, DROP_ACL_EGRESS, &p, rule);
+	fl_acl_out = rule;
 	if (!ct.e) {
 		rule = sg_allows(port->sg_policy, DIR_EGRESS, p.daddr, &p);
 		if (!rule)
 			return drop(port_id, DROP_SG_EGRESS, &p, 0);
+		fl_sg_out = rule;
 	}
 
 	rk.vpc = p.vpc;
@@ -931,8 +946,10 @@ static __always_inline int from_port(struct __sk_buff *skb)
 			return drop(dst_id, DROP_UNKNOWN_SUBNET, &p, 0);
 		if (!acl_allows(dsub->acl, DIR_INGRESS, p.saddr, &p, &rule))
 			return drop(dst_id, DROP_ACL_INGRESS, &p, rule);
-		if (!ct.e && !sg_allows(dst->sg_policy, DIR_INGRESS, p.saddr, &p))
+		fl_acl_in = rule;
+		if (!ct.e && !(fl_sg_in = sg_allows(dst->sg_policy, DIR_INGRESS, p.saddr, &p)))
 			return drop(dst_id, DROP_SG_INGRESS, &p, 0);
+		flowlog_new(&p, &ct, port_id, port, dst_id, dst, fl_acl_out, fl_sg_out, fl_acl_in, fl_sg_in);
 		ct_commit(&p, &ct);
 		return deliver(skb, dst, dsub, cross);
 	}
@@ -944,6 +961,7 @@ static __always_inline int from_port(struct __sk_buff *skb)
 
 	if (!cfg || !cfg->vxlan_ifindex)
 		return drop(port_id, DROP_NO_ROUTE, &p, 0);
+	flowlog_new(&p, &ct, port_id, port, 0, NULL, fl_acl_out, fl_sg_out, 0, 0);
 	ct_commit(&p, &ct);
 	if (cross) {
 		data = skb_data(skb);
@@ -974,7 +992,7 @@ static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vpc, __u32 
 	struct ct_result ct;
 	struct pkt p = {};
 	struct ethhdr *eth;
-	__u32 reason, rule, dst_id;
+	__u32 reason, rule, dst_id, fl_sg_in = 0; /* fl_sg_in: flowlog.h */
 	void *data, *data_end;
 
 	pull_headers(skb);
@@ -1009,8 +1027,9 @@ static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vpc, __u32 
 	ct_lookup(&p, &ct);
 	if (!acl_allows(dsub->acl, DIR_INGRESS, p.saddr, &p, &rule))
 		return drop(dst_id, DROP_ACL_INGRESS, &p, rule);
-	if (!ct.e && !sg_allows(dst->sg_policy, DIR_INGRESS, p.saddr, &p))
+	if (!ct.e && !(fl_sg_in = sg_allows(dst->sg_policy, DIR_INGRESS, p.saddr, &p)))
 		return drop(dst_id, DROP_SG_INGRESS, &p, 0);
+	flowlog_new(&p, &ct, 0, NULL, dst_id, dst, 0, 0, rule, fl_sg_in);
 	ct_commit(&p, &ct);
 	return deliver(skb, dst, dsub, 0);
 }

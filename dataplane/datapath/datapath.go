@@ -95,7 +95,8 @@ func (d *Datapath) maps() []*ebpf.Map {
 		m.DropEvents, m.Drops, m.NodeCfg, m.PortByIfindex, m.PortIps, m.Ports, m.Routes,
 		m.IpcacheSlots, m.IpcacheVpcs, m.SgPolicy, m.SgPorts, m.Subnets,
 		m.Egress, m.Gateways, m.Eips, m.EipByPrivate, m.Natgws, m.NatSrc, m.NatAddrs, m.PortMaps,
-		m.PortMapsRev, m.Nat, m.NatExhausted, m.NatCfg}
+		m.PortMapsRev, m.Nat, m.NatExhausted, m.NatCfg,
+		m.FlowlogCfgs, m.FlowlogBuckets, m.FlowlogStats, m.FlowEvents}
 }
 
 // Hook is where a program is attached.

@@ -51,9 +51,12 @@ func TestLayoutsAgree(t *testing.T) {
 		"nat":             {bpf.MeridianNatKey{}, bpf.MeridianNatEntry{}},
 		"nat_exhausted":   {u32, u64},
 		"nat_cfg":         {u32, bpf.MeridianNatConfig{}},
+		"flowlog_cfgs":    {u32, bpf.MeridianFlowlogCfg{}},
+		"flowlog_buckets": {u32, bpf.MeridianFlowlogBucket{}},
+		"flowlog_stats":   {u32, u64},
 	}
 	for name, m := range spec.Maps {
-		if name == "drop_events" { // ring buffer: checked below
+		if name == "drop_events" || name == "flow_events" { // ring buffers: checked below
 			continue
 		}
 		l, ok := layouts[name]
@@ -83,6 +86,9 @@ func TestLayoutsAgree(t *testing.T) {
 	}
 	if got, want := binary.Size(bpf.MeridianDropEvent{}), sizeOf("drop_event"); got != want {
 		t.Errorf("drop_event: Go %d bytes, C %d", got, want)
+	}
+	if got, want := binary.Size(bpf.MeridianFlowEvent{}), sizeOf("flow_event"); got != want {
+		t.Errorf("flow_event: Go %d bytes, C %d", got, want)
 	}
 	if got, want := int(unsafe.Sizeof(fw.Bitmap{})), sizeOf("acl_bitmap"); got != want {
 		t.Errorf("fw.Bitmap is %d bytes, acl_bitmap %d", got, want)

@@ -99,6 +99,7 @@ func (d *Datapath) UpsertPort(p Port) error {
 		}
 	}
 	info := bpf.MeridianPortInfo{Ifindex: uint32(p.Ifindex), Vpc: p.VPC, Subnet: p.Subnet, SgPolicy: p.SGPolicy, Mac: mac}
+	info.Flowlog = old.Flowlog // set apart by SetPortFlowLog (flowlog.go)
 	if err := m.Ports.Update(p.ID, &info, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("upsert port %d: %w", p.ID, err)
 	}
