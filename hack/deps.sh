@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests and the demo need, only when one is
 # missing, so a warm machine pays nothing.
 set -euo pipefail
-pkgs=(iproute2 iputils-ping tcpdump tshark iperf3 netsniff-ng nftables netcat-openbsd curl ethtool ovn-central ovn-host openvswitch-switch frr)
+pkgs=(iproute2 iputils-ping tcpdump tshark iperf3 netsniff-ng wrk nftables netcat-openbsd curl ethtool ovn-central ovn-host openvswitch-switch frr)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

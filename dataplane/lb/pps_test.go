@@ -138,7 +138,7 @@ func BenchmarkForwardPPS(b *testing.B) {
 	}
 	b.Cleanup(func() { l.Close() })
 	mustSet(b, l, vethService(9, 17))
-	at := counterAt(b, tp)
+	at := counters{uplink: newCounter(b, xdpDrop), node: newCounter(b, xdpDrop)}
 	const window = 2 * time.Second
 
 	var drop, lbStatic, lbFIB, nft float64
@@ -197,12 +197,9 @@ func BenchmarkForwardPPS(b *testing.B) {
 
 type counters struct{ uplink, node *counter }
 
-func counterAt(tb testing.TB, tp *topo) counters {
-	return counters{uplink: newCounter(tb, xdpDrop), node: newCounter(tb, xdpDrop)}
-}
-
 // nftDNAT installs the load balancer a user would script here: DNAT of
-// vip:9/udp to one of three backend addresses (jhash of the flow), with
+// vip:9/udp and vip:80/tcp to one of three backend addresses (jhash of
+// the flow), with
 // the backends' addresses behind the underlay veth.
 func (tp *topo) nftDNAT(tb testing.TB) {
 	tb.Helper()
@@ -213,6 +210,7 @@ func (tp *topo) nftDNAT(tb testing.TB) {
 	chain pre {
 		type nat hook prerouting priority dstnat; policy accept;
 		ip daddr 203.0.113.10 udp dport 9 dnat to jhash ip saddr . udp sport mod 3 map { 0 : 172.31.251.11, 1 : 172.31.251.12, 2 : 172.31.251.13 }
+		ip daddr 203.0.113.10 tcp dport 80 dnat to jhash ip saddr . tcp sport mod 3 map { 0 : 172.31.251.11, 1 : 172.31.251.12, 2 : 172.31.251.13 }
 	}
 }
 `
