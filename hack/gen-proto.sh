@@ -16,8 +16,9 @@ protoc -I api \
   --go-grpc_out=api --go-grpc_opt=paths=source_relative \
   --grpc-gateway_out=api --grpc-gateway_opt=paths=source_relative \
   --grpc-gateway_opt=grpc_api_configuration=api/meridian/v1/http.yaml \
-  api/meridian/v1/resources.proto api/meridian/v1/service.proto api/meridian/v1/trace.proto
+  api/meridian/v1/resources.proto api/meridian/v1/service.proto api/meridian/v1/trace.proto \
+  api/meridian/v1/flowlog.proto
 protoc -I api \
   --go_out=api --go_opt=paths=source_relative \
   --go-grpc_out=api --go-grpc_opt=paths=source_relative \
-  api/agent/v1/agent.proto api/agent/v1/local.proto
+  api/agent/v1/agent.proto api/agent/v1/local.proto api/agent/v1/flowlog_local.proto

@@ -807,6 +807,7 @@ type Object struct {
 	//	*Object_PublicPool
 	//	*Object_BgpPeer
 	//	*Object_LbService
+	//	*Object_FlowLog
 	Body          isObject_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -973,6 +974,15 @@ func (x *Object) GetLbService() *LbService {
 	return nil
 }
 
+func (x *Object) GetFlowLog() *FlowLogConfig {
+	if x != nil {
+		if x, ok := x.Body.(*Object_FlowLog); ok {
+			return x.FlowLog
+		}
+	}
+	return nil
+}
+
 type isObject_Body interface {
 	isObject_Body()
 }
@@ -1029,6 +1039,10 @@ type Object_LbService struct {
 	LbService *LbService `protobuf:"bytes,14,opt,name=lb_service,json=lbService,proto3,oneof"`
 }
 
+type Object_FlowLog struct {
+	FlowLog *FlowLogConfig `protobuf:"bytes,15,opt,name=flow_log,json=flowLog,proto3,oneof"`
+}
+
 func (*Object_Vpc) isObject_Body() {}
 
 func (*Object_Subnet) isObject_Body() {}
@@ -1054,6 +1068,8 @@ func (*Object_PublicPool) isObject_Body() {}
 func (*Object_BgpPeer) isObject_Body() {}
 
 func (*Object_LbService) isObject_Body() {}
+
+func (*Object_FlowLog) isObject_Body() {}
 
 type Vpc struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2885,6 +2901,153 @@ func (x *HealthCheck) GetUnhealthyThreshold() uint32 {
 	return 0
 }
 
+// ---- Flow logs (issue [6]) ----
+//
+// FlowLogConfig is a flow log as a node applies it. Sent to every node
+// hosting a port of its VPC (key "flowlog/<id>"); the agent logs the local
+// ports in scope: port_id if set, else the ports of subnet_id if set, else
+// every port of vpc_id. A port in the scope of several flow logs is logged
+// by the narrowest (port, then subnet, then VPC; then the lowest id).
+type FlowLogConfig struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Id                  uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name                string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`       // projects/{p}/flowLogs/{f}
+	Project             string                 `protobuf:"bytes,3,opt,name=project,proto3" json:"project,omitempty"` // projects/{p}: the records' account-id
+	VpcId               uint32                 `protobuf:"varint,4,opt,name=vpc_id,json=vpcId,proto3" json:"vpc_id,omitempty"`
+	SubnetId            uint32                 `protobuf:"varint,5,opt,name=subnet_id,json=subnetId,proto3" json:"subnet_id,omitempty"`         // 0: the whole VPC
+	PortId              uint32                 `protobuf:"varint,6,opt,name=port_id,json=portId,proto3" json:"port_id,omitempty"`               // 0: the whole subnet or VPC
+	TrafficType         string                 `protobuf:"bytes,7,opt,name=traffic_type,json=trafficType,proto3" json:"traffic_type,omitempty"` // "ACCEPT", "REJECT" or "ALL"
+	FilePath            string                 `protobuf:"bytes,8,opt,name=file_path,json=filePath,proto3" json:"file_path,omitempty"`          // JSON lines on the node; "" = stream only
+	MaxFileBytes        uint64                 `protobuf:"varint,9,opt,name=max_file_bytes,json=maxFileBytes,proto3" json:"max_file_bytes,omitempty"`
+	Sampling            uint32                 `protobuf:"varint,10,opt,name=sampling,proto3" json:"sampling,omitempty"`                    // 1 in N new flows; 0 or 1 = all
+	RateLimit           uint32                 `protobuf:"varint,11,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"` // new flows logged per second on this node
+	Burst               uint32                 `protobuf:"varint,12,opt,name=burst,proto3" json:"burst,omitempty"`
+	AggregationInterval uint32                 `protobuf:"varint,13,opt,name=aggregation_interval,json=aggregationInterval,proto3" json:"aggregation_interval,omitempty"` // seconds
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *FlowLogConfig) Reset() {
+	*x = FlowLogConfig{}
+	mi := &file_agent_v1_agent_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FlowLogConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FlowLogConfig) ProtoMessage() {}
+
+func (x *FlowLogConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FlowLogConfig.ProtoReflect.Descriptor instead.
+func (*FlowLogConfig) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *FlowLogConfig) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *FlowLogConfig) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FlowLogConfig) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *FlowLogConfig) GetVpcId() uint32 {
+	if x != nil {
+		return x.VpcId
+	}
+	return 0
+}
+
+func (x *FlowLogConfig) GetSubnetId() uint32 {
+	if x != nil {
+		return x.SubnetId
+	}
+	return 0
+}
+
+func (x *FlowLogConfig) GetPortId() uint32 {
+	if x != nil {
+		return x.PortId
+	}
+	return 0
+}
+
+func (x *FlowLogConfig) GetTrafficType() string {
+	if x != nil {
+		return x.TrafficType
+	}
+	return ""
+}
+
+func (x *FlowLogConfig) GetFilePath() string {
+	if x != nil {
+		return x.FilePath
+	}
+	return ""
+}
+
+func (x *FlowLogConfig) GetMaxFileBytes() uint64 {
+	if x != nil {
+		return x.MaxFileBytes
+	}
+	return 0
+}
+
+func (x *FlowLogConfig) GetSampling() uint32 {
+	if x != nil {
+		return x.Sampling
+	}
+	return 0
+}
+
+func (x *FlowLogConfig) GetRateLimit() uint32 {
+	if x != nil {
+		return x.RateLimit
+	}
+	return 0
+}
+
+func (x *FlowLogConfig) GetBurst() uint32 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
+func (x *FlowLogConfig) GetAggregationInterval() uint32 {
+	if x != nil {
+		return x.AggregationInterval
+	}
+	return 0
+}
+
 var File_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_agent_v1_agent_proto_rawDesc = "" +
@@ -2950,7 +3113,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\ffrom_version\x18\x02 \x01(\x04R\vfromVersion\x12\x1a\n" +
 	"\bsnapshot\x18\x03 \x01(\bR\bsnapshot\x12*\n" +
 	"\aupserts\x18\x04 \x03(\v2\x10.agent.v1.ObjectR\aupserts\x12\x18\n" +
-	"\adeletes\x18\x05 \x03(\tR\adeletes\"\xbb\x05\n" +
+	"\adeletes\x18\x05 \x03(\tR\adeletes\"\xf1\x05\n" +
 	"\x06Object\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12!\n" +
 	"\x03vpc\x18\x02 \x01(\v2\r.agent.v1.VpcH\x00R\x03vpc\x12*\n" +
@@ -2972,7 +3135,8 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"publicPool\x12.\n" +
 	"\bbgp_peer\x18\r \x01(\v2\x11.agent.v1.BgpPeerH\x00R\abgpPeer\x124\n" +
 	"\n" +
-	"lb_service\x18\x0e \x01(\v2\x13.agent.v1.LbServiceH\x00R\tlbServiceB\x06\n" +
+	"lb_service\x18\x0e \x01(\v2\x13.agent.v1.LbServiceH\x00R\tlbService\x124\n" +
+	"\bflow_log\x18\x0f \x01(\v2\x17.agent.v1.FlowLogConfigH\x00R\aflowLogB\x06\n" +
 	"\x04body\"Q\n" +
 	"\x03Vpc\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
@@ -3159,7 +3323,23 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"timeout_ms\x18\x05 \x01(\rR\ttimeoutMs\x12+\n" +
 	"\x11healthy_threshold\x18\x06 \x01(\rR\x10healthyThreshold\x12/\n" +
-	"\x13unhealthy_threshold\x18\a \x01(\rR\x12unhealthyThreshold2\x8c\x01\n" +
+	"\x13unhealthy_threshold\x18\a \x01(\rR\x12unhealthyThreshold\"\x84\x03\n" +
+	"\rFlowLogConfig\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
+	"\aproject\x18\x03 \x01(\tR\aproject\x12\x15\n" +
+	"\x06vpc_id\x18\x04 \x01(\rR\x05vpcId\x12\x1b\n" +
+	"\tsubnet_id\x18\x05 \x01(\rR\bsubnetId\x12\x17\n" +
+	"\aport_id\x18\x06 \x01(\rR\x06portId\x12!\n" +
+	"\ftraffic_type\x18\a \x01(\tR\vtrafficType\x12\x1b\n" +
+	"\tfile_path\x18\b \x01(\tR\bfilePath\x12$\n" +
+	"\x0emax_file_bytes\x18\t \x01(\x04R\fmaxFileBytes\x12\x1a\n" +
+	"\bsampling\x18\n" +
+	" \x01(\rR\bsampling\x12\x1d\n" +
+	"\n" +
+	"rate_limit\x18\v \x01(\rR\trateLimit\x12\x14\n" +
+	"\x05burst\x18\f \x01(\rR\x05burst\x121\n" +
+	"\x14aggregation_interval\x18\r \x01(\rR\x13aggregationInterval2\x8c\x01\n" +
 	"\fAgentService\x12A\n" +
 	"\bRegister\x12\x19.agent.v1.RegisterRequest\x1a\x1a.agent.v1.RegisterResponse\x129\n" +
 	"\x04Sync\x12\x15.agent.v1.SyncRequest\x1a\x16.agent.v1.SyncResponse(\x010\x01B7Z5github.com/meridian-sdn/meridian/api/agent/v1;agentv1b\x06proto3"
@@ -3176,7 +3356,7 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_agent_v1_agent_proto_rawDescData
 }
 
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(*RegisterRequest)(nil),  // 0: agent.v1.RegisterRequest
 	(*RegisterResponse)(nil), // 1: agent.v1.RegisterResponse
@@ -3208,6 +3388,7 @@ var file_agent_v1_agent_proto_goTypes = []any{
 	(*LbService)(nil),        // 27: agent.v1.LbService
 	(*LbBackend)(nil),        // 28: agent.v1.LbBackend
 	(*HealthCheck)(nil),      // 29: agent.v1.HealthCheck
+	(*FlowLogConfig)(nil),    // 30: agent.v1.FlowLogConfig
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
 	3,  // 0: agent.v1.Ack.errors:type_name -> agent.v1.ObjectError
@@ -3231,21 +3412,22 @@ var file_agent_v1_agent_proto_depIdxs = []int32{
 	25, // 18: agent.v1.Object.public_pool:type_name -> agent.v1.PublicPool
 	26, // 19: agent.v1.Object.bgp_peer:type_name -> agent.v1.BgpPeer
 	27, // 20: agent.v1.Object.lb_service:type_name -> agent.v1.LbService
-	15, // 21: agent.v1.SecurityGroup.rules:type_name -> agent.v1.Rule
-	15, // 22: agent.v1.NetworkAcl.rules:type_name -> agent.v1.Rule
-	18, // 23: agent.v1.RouteTable.routes:type_name -> agent.v1.Route
-	23, // 24: agent.v1.NatGateway.port_mappings:type_name -> agent.v1.PortMapping
-	28, // 25: agent.v1.LbService.backends:type_name -> agent.v1.LbBackend
-	29, // 26: agent.v1.LbService.health_check:type_name -> agent.v1.HealthCheck
-	0,  // 27: agent.v1.AgentService.Register:input_type -> agent.v1.RegisterRequest
-	9,  // 28: agent.v1.AgentService.Sync:input_type -> agent.v1.SyncRequest
-	1,  // 29: agent.v1.AgentService.Register:output_type -> agent.v1.RegisterResponse
-	10, // 30: agent.v1.AgentService.Sync:output_type -> agent.v1.SyncResponse
-	29, // [29:31] is the sub-list for method output_type
-	27, // [27:29] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	30, // 21: agent.v1.Object.flow_log:type_name -> agent.v1.FlowLogConfig
+	15, // 22: agent.v1.SecurityGroup.rules:type_name -> agent.v1.Rule
+	15, // 23: agent.v1.NetworkAcl.rules:type_name -> agent.v1.Rule
+	18, // 24: agent.v1.RouteTable.routes:type_name -> agent.v1.Route
+	23, // 25: agent.v1.NatGateway.port_mappings:type_name -> agent.v1.PortMapping
+	28, // 26: agent.v1.LbService.backends:type_name -> agent.v1.LbBackend
+	29, // 27: agent.v1.LbService.health_check:type_name -> agent.v1.HealthCheck
+	0,  // 28: agent.v1.AgentService.Register:input_type -> agent.v1.RegisterRequest
+	9,  // 29: agent.v1.AgentService.Sync:input_type -> agent.v1.SyncRequest
+	1,  // 30: agent.v1.AgentService.Register:output_type -> agent.v1.RegisterResponse
+	10, // 31: agent.v1.AgentService.Sync:output_type -> agent.v1.SyncResponse
+	30, // [30:32] is the sub-list for method output_type
+	28, // [28:30] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -3272,6 +3454,7 @@ func file_agent_v1_agent_proto_init() {
 		(*Object_PublicPool)(nil),
 		(*Object_BgpPeer)(nil),
 		(*Object_LbService)(nil),
+		(*Object_FlowLog)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3279,7 +3462,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
