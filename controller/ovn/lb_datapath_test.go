@@ -1,10 +1,12 @@
 package ovn
 
 import (
+	"errors"
 	"io"
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -73,7 +75,7 @@ func TestLoadBalancerDataPathOnRealOVN(t *testing.T) {
 		}
 		return out
 	}
-	waitMonitors := func(want map[string]string) {
+	waitMonitors := func(t *testing.T, want map[string]string) {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
 		for {
@@ -88,30 +90,19 @@ func TestLoadBalancerDataPathOnRealOVN(t *testing.T) {
 		}
 	}
 	// spread opens n connections to the VIP and counts them by backend.
-	spread := func(n int) map[string]int {
+	spread := func(t *testing.T, n int) map[string]int {
 		t.Helper()
-		got := map[string]int{}
-		for range n {
-			name, peer, err := nameSeen(client.Netns, "10.0.1.100:80")
-			if err != nil {
-				t.Fatalf("connection to the VIP: %v", err)
-			}
-			if peer != "10.0.1.10" {
-				t.Fatalf("backend %s saw the client as %q, want 10.0.1.10", name, peer)
-			}
-			got[name]++
-		}
-		return got
+		return spreadOver(t, client.Netns, "10.0.1.100:80", "10.0.1.10", n)
 	}
 
 	t.Run("the health checks find every backend online", func(t *testing.T) {
-		waitMonitors(map[string]string{"10.0.2.12": "online", "10.0.2.13": "online", "10.0.2.14": "online"})
+		waitMonitors(t, map[string]string{"10.0.2.12": "online", "10.0.2.13": "online", "10.0.2.14": "online"})
 	})
 	t.Run("connections to the VIP spread over the three backends", func(t *testing.T) {
 		// The first connection after the flows land may be lost in the
 		// datapath's revalidation: wait for one to work.
 		eventuallyConnects(t, client.Netns, "10.0.1.100:80")
-		got := spread(30)
+		got := spread(t, 30)
 		t.Logf("30 connections: %v", got)
 		for addr := range backends {
 			if got[addr] == 0 {
@@ -134,12 +125,12 @@ func TestLoadBalancerDataPathOnRealOVN(t *testing.T) {
 	t.Run("a backend that stops listening goes offline and gets no new connection", func(t *testing.T) {
 		start := time.Now()
 		servers["10.0.2.14"].close()
-		waitMonitors(map[string]string{"10.0.2.12": "online", "10.0.2.13": "online", "10.0.2.14": "offline"})
+		waitMonitors(t, map[string]string{"10.0.2.12": "online", "10.0.2.13": "online", "10.0.2.14": "offline"})
 		t.Logf("offline in Service_Monitor %v after the listener closed", time.Since(start).Round(100*time.Millisecond))
 		// northd then takes it out of the flows; the datapath follows.
 		stack.NBCtl("--wait=hv", "sync")
 		waitBackendGone(t, client.Netns, "10.0.1.100:80")
-		got := spread(30)
+		got := spread(t, 30)
 		t.Logf("30 connections: %v", got)
 		if got["10.0.2.14"] != 0 || got["10.0.2.12"] == 0 || got["10.0.2.13"] == 0 {
 			t.Errorf("after 10.0.2.14 went offline: %v, want only the other two", got)
@@ -147,10 +138,10 @@ func TestLoadBalancerDataPathOnRealOVN(t *testing.T) {
 	})
 	t.Run("it comes back when it listens again", func(t *testing.T) {
 		servers["10.0.2.14"] = serveName(t, backends["10.0.2.14"].Netns, "0.0.0.0:8080", "10.0.2.14")
-		waitMonitors(map[string]string{"10.0.2.12": "online", "10.0.2.13": "online", "10.0.2.14": "online"})
+		waitMonitors(t, map[string]string{"10.0.2.12": "online", "10.0.2.13": "online", "10.0.2.14": "online"})
 		stack.NBCtl("--wait=hv", "sync")
 		deadline := time.Now().Add(10 * time.Second)
-		for spread(10)["10.0.2.14"] == 0 {
+		for spread(t, 10)["10.0.2.14"] == 0 {
 			if time.Now().After(deadline) {
 				t.Fatal("10.0.2.14 back online but gets no connection")
 			}
@@ -168,6 +159,42 @@ func mapsEqualStr(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// spreadOver opens n connections from namespace ns to addr and counts
+// them by the server that answered, checking each saw the client as
+// client. A connection that times out (a loaded machine) is retried, up
+// to 3 in all; one refused (the datapath sent it to a server that does
+// not listen) is a failure.
+func spreadOver(t *testing.T, ns, addr, client string, n int) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	retries := 0
+	for sum(got) < n {
+		name, peer, err := nameSeen(ns, addr)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("connection %d to %s refused: it went to a backend that does not listen (so far %v)", sum(got)+1, addr, got)
+		}
+		if err != nil {
+			if retries++; retries > 3 {
+				t.Fatalf("connection to %s: %v (so far %v)", addr, err, got)
+			}
+			continue
+		}
+		if peer != client {
+			t.Fatalf("backend %s saw the client as %q, want %s", name, peer, client)
+		}
+		got[name]++
+	}
+	return got
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
 }
 
 // nameServer answers every connection with its name and the client's address.
@@ -296,17 +323,7 @@ func TestNorthSouthLoadBalancerDataPathOnRealOVN(t *testing.T) {
 	})
 	t.Run("the fabric's connections spread over both backends, which see its address", func(t *testing.T) {
 		eventuallyConnects(t, fabric, "172.16.0.80:443")
-		got := map[string]int{}
-		for range 30 {
-			name, peer, err := nameSeen(fabric, "172.16.0.80:443")
-			if err != nil {
-				t.Fatalf("connection to the VIP: %v", err)
-			}
-			if peer != "172.16.0.1" {
-				t.Fatalf("backend %s saw the fabric as %q, want 172.16.0.1", name, peer)
-			}
-			got[name]++
-		}
+		got := spreadOver(t, fabric, "172.16.0.80:443", "172.16.0.1", 30)
 		t.Logf("30 connections: %v", got)
 		if got["10.0.1.10"] == 0 || got["10.0.1.11"] == 0 {
 			t.Errorf("connections did not spread over both backends: %v", got)
