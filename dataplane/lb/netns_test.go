@@ -31,7 +31,7 @@ type topo struct {
 	cli, gw, be        string // namespace names
 	c0MAC, g0MAC       net.HardwareAddr
 	g1MAC, b1MAC       net.HardwareAddr
-	g0, g1, b1         int // ifindexes, each in its namespace
+	c0, g0, g1, b1     int // ifindexes, each in its namespace
 	clientIP, gwUnder  net.IP
 	beUnder            net.IP
 	underlayMTU        int
@@ -105,7 +105,7 @@ func newTopo(tb testing.TB) *topo {
 	}
 	c0, g0, g1, b1 := linkOf(t.cli, "c0"), linkOf(t.gw, "g0"), linkOf(t.gw, "g1"), linkOf(t.be, "b1")
 	t.c0MAC, t.g0MAC, t.g1MAC, t.b1MAC = c0.Attrs().HardwareAddr, g0.Attrs().HardwareAddr, g1.Attrs().HardwareAddr, b1.Attrs().HardwareAddr
-	t.g0, t.g1, t.b1 = g0.Attrs().Index, g1.Attrs().Index, b1.Attrs().Index
+	t.c0, t.g0, t.g1, t.b1 = c0.Attrs().Index, g0.Attrs().Index, g1.Attrs().Index, b1.Attrs().Index
 	ipCmd(tb, "-n", t.cli, "neigh", "replace", "172.31.250.1", "lladdr", t.g0MAC.String(), "dev", "c0", "nud", "permanent")
 	ipCmd(tb, "-n", t.gw, "neigh", "replace", "172.31.251.2", "lladdr", t.b1MAC.String(), "dev", "g1", "nud", "permanent")
 	return t
