@@ -70,6 +70,9 @@ type MeridianCtEntry struct {
 	FlPad     uint32
 	FlPackets [2]uint64
 	FlBytes   [2]uint64
+	SvcVip    uint32
+	SvcPort   uint16
+	SvcPad    uint16
 }
 
 type MeridianCtKey struct {
@@ -186,6 +189,32 @@ type MeridianIpcacheSlot struct {
 	_        structs.HostLayout
 	Start    uint32
 	Identity uint32
+}
+
+type MeridianLbBackend struct {
+	_    structs.HostLayout
+	Addr uint32
+	Port uint16
+	Pad  uint16
+}
+
+type MeridianLbBackendKey struct {
+	_       structs.HostLayout
+	Svc     uint32
+	Backend uint32
+}
+
+type MeridianLbFlow struct {
+	_       structs.HostLayout
+	Svc     uint32
+	Backend uint32
+}
+
+type MeridianLbLocalKey struct {
+	_   structs.HostLayout
+	Svc uint32
+	Mac [6]uint8
+	Pad [2]uint8
 }
 
 type MeridianNatConfig struct {
@@ -334,6 +363,24 @@ type MeridianSubnetInfo struct {
 	Pad       [2]uint8
 }
 
+type MeridianSvcInfo struct {
+	_     structs.HostLayout
+	Id    uint32
+	Size  uint32
+	Flags uint32
+	Pad   uint32
+	Sig   uint64
+}
+
+type MeridianSvcKey struct {
+	_     structs.HostLayout
+	Vpc   uint32
+	Vip   uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -356,6 +403,10 @@ const (
 	MeridianMapGateways                 = "gateways"
 	MeridianMapIpcacheSlots             = "ipcache_slots"
 	MeridianMapIpcacheVpcs              = "ipcache_vpcs"
+	MeridianMapLbBackends               = "lb_backends"
+	MeridianMapLbFlows                  = "lb_flows"
+	MeridianMapLbLocal                  = "lb_local"
+	MeridianMapLbTables                 = "lb_tables"
 	MeridianMapNat                      = "nat"
 	MeridianMapNatAddrs                 = "nat_addrs"
 	MeridianMapNatCfg                   = "nat_cfg"
@@ -369,6 +420,7 @@ const (
 	MeridianMapPortMapsRev              = "port_maps_rev"
 	MeridianMapPorts                    = "ports"
 	MeridianMapRoutes                   = "routes"
+	MeridianMapServices                 = "services"
 	MeridianMapSgPolicy                 = "sg_policy"
 	MeridianMapSgPorts                  = "sg_ports"
 	MeridianMapSubnets                  = "subnets"
@@ -452,6 +504,10 @@ type MeridianMapSpecs struct {
 	Gateways       *ebpf.MapSpec `ebpf:"gateways"`
 	IpcacheSlots   *ebpf.MapSpec `ebpf:"ipcache_slots"`
 	IpcacheVpcs    *ebpf.MapSpec `ebpf:"ipcache_vpcs"`
+	LbBackends     *ebpf.MapSpec `ebpf:"lb_backends"`
+	LbFlows        *ebpf.MapSpec `ebpf:"lb_flows"`
+	LbLocal        *ebpf.MapSpec `ebpf:"lb_local"`
+	LbTables       *ebpf.MapSpec `ebpf:"lb_tables"`
 	Nat            *ebpf.MapSpec `ebpf:"nat"`
 	NatAddrs       *ebpf.MapSpec `ebpf:"nat_addrs"`
 	NatCfg         *ebpf.MapSpec `ebpf:"nat_cfg"`
@@ -465,6 +521,7 @@ type MeridianMapSpecs struct {
 	PortMapsRev    *ebpf.MapSpec `ebpf:"port_maps_rev"`
 	Ports          *ebpf.MapSpec `ebpf:"ports"`
 	Routes         *ebpf.MapSpec `ebpf:"routes"`
+	Services       *ebpf.MapSpec `ebpf:"services"`
 	SgPolicy       *ebpf.MapSpec `ebpf:"sg_policy"`
 	SgPorts        *ebpf.MapSpec `ebpf:"sg_ports"`
 	Subnets        *ebpf.MapSpec `ebpf:"subnets"`
@@ -514,6 +571,10 @@ type MeridianMaps struct {
 	Gateways       *ebpf.Map `ebpf:"gateways"`
 	IpcacheSlots   *ebpf.Map `ebpf:"ipcache_slots"`
 	IpcacheVpcs    *ebpf.Map `ebpf:"ipcache_vpcs"`
+	LbBackends     *ebpf.Map `ebpf:"lb_backends"`
+	LbFlows        *ebpf.Map `ebpf:"lb_flows"`
+	LbLocal        *ebpf.Map `ebpf:"lb_local"`
+	LbTables       *ebpf.Map `ebpf:"lb_tables"`
 	Nat            *ebpf.Map `ebpf:"nat"`
 	NatAddrs       *ebpf.Map `ebpf:"nat_addrs"`
 	NatCfg         *ebpf.Map `ebpf:"nat_cfg"`
@@ -527,6 +588,7 @@ type MeridianMaps struct {
 	PortMapsRev    *ebpf.Map `ebpf:"port_maps_rev"`
 	Ports          *ebpf.Map `ebpf:"ports"`
 	Routes         *ebpf.Map `ebpf:"routes"`
+	Services       *ebpf.Map `ebpf:"services"`
 	SgPolicy       *ebpf.Map `ebpf:"sg_policy"`
 	SgPorts        *ebpf.Map `ebpf:"sg_ports"`
 	Subnets        *ebpf.Map `ebpf:"subnets"`
@@ -552,6 +614,10 @@ func (m *MeridianMaps) Close() error {
 		m.Gateways,
 		m.IpcacheSlots,
 		m.IpcacheVpcs,
+		m.LbBackends,
+		m.LbFlows,
+		m.LbLocal,
+		m.LbTables,
 		m.Nat,
 		m.NatAddrs,
 		m.NatCfg,
@@ -565,6 +631,7 @@ func (m *MeridianMaps) Close() error {
 		m.PortMapsRev,
 		m.Ports,
 		m.Routes,
+		m.Services,
 		m.SgPolicy,
 		m.SgPorts,
 		m.Subnets,

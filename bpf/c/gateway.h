@@ -160,26 +160,15 @@ static __always_inline __u32 tuple_hash(__u32 a, __u32 b, __u16 pa, __u16 pb, __
 
 /* ---- workload node ---- */
 
-/* gateway_of returns the underlay address of the gateway a packet leaving
- * the VPC goes to, or 0 with the drop reason. Elastic IPs are stateless on
- * every gateway, so any live one will do; the flow hash keeps a flow on one
- * gateway (and its packets in order). NAT is stateful: its owner. */
-static __noinline __u32 gateway_of(struct pkt *p, __u32 *reason)
+static __noinline int svc_vip_source(struct pkt *p); /* service.h */
+
+/* live_gateway picks any live gateway by the flow's hash (elastic IPs and
+ * replies of north-south services, service.h), or returns 0. */
+static __noinline __u32 live_gateway(struct pkt *p, __u32 *reason)
 {
-	struct egress_key k = { .prefixlen = 64, .vpc = p->vpc, .ip = p->saddr };
-	struct egress_entry *e;
 	struct gw_set *g;
 	__u32 zero = 0, n;
 
-	*reason = DROP_NO_ROUTE;
-	e = bpf_map_lookup_elem(&egress, &k);
-	if (!e)
-		return 0;
-	if (e->kind == EGRESS_NAT) {
-		if (!e->node_ip)
-			*reason = DROP_NO_GATEWAY;
-		return e->node_ip;
-	}
 	*reason = DROP_NO_GATEWAY;
 	g = bpf_map_lookup_elem(&gateways, &zero);
 	if (!g)
@@ -192,6 +181,27 @@ static __noinline __u32 gateway_of(struct pkt *p, __u32 *reason)
 	n = tuple_hash(p->saddr, p->daddr, p->sport, p->dport, p->proto) % n;
 	asm volatile("%0 &= %1" : "+r"(n) : "i"(MAX_GATEWAYS - 1));
 	return g->node_ip[n];
+}
+
+/* gateway_of returns the underlay address of the gateway a packet leaving
+ * the VPC goes to, or 0 with the drop reason. Elastic IPs are stateless on
+ * every gateway, so any live one will do; the flow hash keeps a flow on one
+ * gateway (and its packets in order). NAT is stateful: its owner. */
+static __noinline __u32 gateway_of(struct pkt *p, __u32 *reason)
+{
+	struct egress_key k = { .prefixlen = 64, .vpc = p->vpc, .ip = p->saddr };
+	struct egress_entry *e;
+
+	*reason = DROP_NO_ROUTE;
+	e = bpf_map_lookup_elem(&egress, &k);
+	if (!e)
+		return 0;
+	if (e->kind == EGRESS_NAT) {
+		if (!e->node_ip)
+			*reason = DROP_NO_GATEWAY;
+		return e->node_ip;
+	}
+	return live_gateway(p, reason);
 }
 
 /* ---- gateway node: translation ---- */
@@ -905,6 +915,8 @@ static __noinline int gw_outbound(struct __sk_buff *skb, struct pkt *p, __u32 ou
 			return drop(0, reason, p, 0);
 		goto out;
 	}
+	if (svc_vip_source(p)) /* a north-south service's reply (DSR): as is */
+		goto out;
 	new_port = local;
 	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
 		prk.private_port = local;

@@ -69,6 +69,7 @@ enum drop_reason {
 	DROP_EIP_UNBOUND    = 20, /* elastic IP whose port is on no node */
 	DROP_NO_NAT         = 21, /* gateway: NAT gateway of the source not installed */
 	DROP_FIB            = 22, /* gateway: no route toward the fabric */
+	DROP_LB_NO_BACKEND  = 23, /* service VIP: no usable backend */
 };
 
 enum route_kind {
@@ -152,6 +153,11 @@ struct ct_entry {
 	__u32 fl_pad;
 	__u64 fl_packets[2];
 	__u64 fl_bytes[2];
+	/* Services (service.h): a flow whose destination was a service VIP
+	 * and was translated here; its replies get source svc_vip:svc_port. */
+	__u32 svc_vip;   /* 0: no reverse translation */
+	__u16 svc_port;  /* network order */
+	__u16 svc_pad;
 };
 
 /* Remote address -> security identity. The prefixes of a VPC are turned
@@ -403,4 +409,59 @@ struct nat_config {
 	__u64 tcp_closed;
 	__u64 udp;
 	__u64 icmp;
+};
+
+/* ---- Service load balancing (issue [5]); see bpf/c/service.h ---- */
+
+#define MAX_SVCS        4096
+#define MAX_LB_BACKENDS 65536
+#define MAX_LB_FLOWS    262144
+
+enum svc_flags {
+	SVC_INTERNAL  = 1, /* east-west VIP: translated at the client's port */
+	SVC_SOURCE_IP = 2, /* session persistence: the hash ignores ports */
+};
+
+/* A listener: {VNI, VIP, port, protocol}. */
+struct svc_key {
+	__u32 vpc;       /* VNI */
+	__u32 vip;
+	__u16 port;      /* network order */
+	__u8  proto;
+	__u8  pad;
+};
+
+struct svc_info {
+	__u32 id;        /* LbService.id: key of lb_tables, lb_backends, lb_local */
+	__u32 size;      /* entries of its Maglev table (prime) */
+	__u32 flags;     /* enum svc_flags */
+	__u32 pad;
+	__u64 sig;       /* agent only: signature of the table's inputs */
+};
+
+/* A backend an established flow may stay on (healthy, draining or not). */
+struct lb_backend_key {
+	__u32 svc;
+	__u32 backend;   /* LbBackend.id, as in the Maglev table's entries */
+};
+
+struct lb_backend {
+	__u32 addr;
+	__u16 port;      /* target port, network order */
+	__u16 pad;
+};
+
+/* North-south, on the backend's node: {service, inner destination MAC}
+ * -> the backend that port is. */
+struct lb_local_key {
+	__u32 svc;
+	__u8  mac[6];
+	__u8  pad[2];
+};
+
+/* East-west service entry, keyed by the client -> VIP tuple (ct_key):
+ * the backend the flow went to. */
+struct lb_flow {
+	__u32 svc;       /* an entry of another (replaced) service is stale */
+	__u32 backend;
 };

@@ -434,6 +434,8 @@ struct ct_result {
 	struct ct_entry *e; /* NULL: new flow */
 	__u8 reply;         /* packet travels replier -> originator */
 	__u8 fl;            /* new flow: a flow log took it (flowlog.h) */
+	__u16 svc_port;     /* service.h: the flow was translated from */
+	__u32 svc_vip;      /* svc_vip:svc_port (0: it was not) */
 };
 
 #include "flowlog.h"
@@ -538,6 +540,10 @@ static __noinline void ct_commit(struct pkt *p, struct ct_result *r)
 		e->expires = now + ct_timeout(e->state);
 		if (e->fl_on)
 			flowlog_count(e, p, r->reply);
+		if (r->svc_vip && !r->reply) { /* service.h: reverse translation */
+			e->svc_vip = r->svc_vip;
+			e->svc_port = r->svc_port;
+		}
 		return;
 	}
 
@@ -560,6 +566,13 @@ static __noinline void ct_commit(struct pkt *p, struct ct_result *r)
 		break;
 	}
 	n.expires = now + ct_timeout(n.state);
+	if (r->fl) {
+		n.fl_on = 1;
+		n.fl_packets[0] = 1;
+		n.fl_bytes[0] = p->len;
+	}
+	n.svc_vip = r->svc_vip; /* service.h: reverse translation */
+	n.svc_port = r->svc_port;
 	if (r->fl) {
 		n.fl_on = 1;
 		n.fl_packets[0] = 1;
@@ -850,6 +863,7 @@ static __always_inline int handle_arp(struct __sk_buff *skb, __u32 port_id, stru
 }
 
 #include "gateway.h"
+#include "service.h"
 
 static __always_inline int from_port(struct __sk_buff *skb)
 {
@@ -858,13 +872,13 @@ static __always_inline int from_port(struct __sk_buff *skb)
 	struct subnet_info *sub, *dsub = NULL;
 	struct route_entry *rt;
 	struct route_key rk = { .prefixlen = 64 };
-	struct ct_result ct;
+	struct ct_result ct = {};
 	struct pkt p = {};
 	__u32 *pid, port_id, reason, rule, dst_id = 0, node_ip = 0;
 	__u32 fl_acl_out = 0, fl_sg_out = 0, fl_acl_in = 0, fl_sg_in = 0; /* flowlog.h */
 	struct ethhdr *eth;
 	void *data, *data_end;
-	int cross;
+	int cross, svc;
 
 	pid = bpf_map_lookup_elem(&port_by_ifindex, &ifindex);
 	if (!pid)
@@ -904,7 +918,12 @@ static __always_inline int from_port(struct __sk_buff *skb)
 	    (bpf_ntohs(p.dport) & PROBE_PORT_MASK) == PROBE_PORT_MASK)
 		return TC_ACT_SHOT;
 
-	ct_lookup(&p, &ct);
+	/* east-west service VIP: backend chosen and DNAT (service.h) */
+	svc = svc_from_port(skb, &p, &ct, &reason);
+	if (svc < 0)
+		return drop(port_id, reason, &p, 0);
+	if (!svc)
+		ct_lookup(&p, &ct);
 	if (!acl_allows(sub->acl, DIR_EGRESS, p.daddr, &p, &rule))
 		return drop(port_id, DROP_ACL_EGRESS, &p, rule);
 	fl_acl_out = rule;
@@ -921,7 +940,8 @@ static __always_inline int from_port(struct __sk_buff *skb)
 	if (!rt) {
 		/* Outside every VPC route: to a gateway, if the source has
 		 * an elastic IP or sits behind a NAT gateway. */
-		node_ip = gateway_of(&p, &reason);
+		node_ip = svc_is_reply(&ct) ? live_gateway(&p, &reason) :
+					      gateway_of(&p, &reason);
 		if (!node_ip)
 			return drop(port_id, reason, &p, 0);
 		cross = 1;
@@ -951,6 +971,8 @@ static __always_inline int from_port(struct __sk_buff *skb)
 			return drop(dst_id, DROP_SG_INGRESS, &p, 0);
 		flowlog_new(&p, &ct, port_id, port, dst_id, dst, fl_acl_out, fl_sg_out, fl_acl_in, fl_sg_in);
 		ct_commit(&p, &ct);
+		if (svc_reply(skb, &p, &ct))
+			return drop(port_id, DROP_MALFORMED, &p, 0);
 		return deliver(skb, dst, dsub, cross);
 	}
 
@@ -963,6 +985,8 @@ static __always_inline int from_port(struct __sk_buff *skb)
 		return drop(port_id, DROP_NO_ROUTE, &p, 0);
 	flowlog_new(&p, &ct, port_id, port, 0, NULL, fl_acl_out, fl_sg_out, 0, 0);
 	ct_commit(&p, &ct);
+	if (svc_reply(skb, &p, &ct)) /* a north-south reply: source VIP */
+		return drop(port_id, DROP_MALFORMED, &p, 0);
 	if (cross) {
 		data = skb_data(skb);
 		data_end = skb_data_end(skb);
@@ -989,7 +1013,7 @@ static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vpc, __u32 
 	struct port_info *dst;
 	struct subnet_info *dsub;
 	struct route_entry *rt;
-	struct ct_result ct;
+	struct ct_result ct = {};
 	struct pkt p = {};
 	struct ethhdr *eth;
 	__u32 reason, rule, dst_id, fl_sg_in = 0; /* fl_sg_in: flowlog.h */
@@ -1007,11 +1031,21 @@ static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vpc, __u32 
 	reason = parse_ipv4(skb, &p);
 	if (reason)
 		return drop(0, reason, NULL, 0);
-
 	rk.ip = p.daddr;
 	rt = bpf_map_lookup_elem(&routes, &rk);
-	if (!rt) /* leaving the VPC: this node is a gateway, or it drops */
-		return gw_outbound(skb, &p, outer_src);
+	if (!rt) {
+		/* a north-south service VIP for a backend port here (service.h) */
+		reason = svc_from_overlay(skb, &p, &ct);
+		if (reason)
+			return drop(0, reason, &p, 0);
+		/* else leaving the VPC: this node is a gateway, or it drops */
+		if (!ct.svc_vip)
+			return gw_outbound(skb, &p, outer_src);
+		rk.ip = p.daddr;
+		rt = bpf_map_lookup_elem(&routes, &rk);
+		if (!rt)
+			return drop(0, DROP_NO_ROUTE, &p, 0);
+	}
 	if (rt->kind == ROUTE_DROP)
 		return drop(0, DROP_NO_ROUTE, &p, 0);
 	if (rt->kind != ROUTE_LOCAL)
@@ -1031,7 +1065,7 @@ static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vpc, __u32 
 		return drop(dst_id, DROP_SG_INGRESS, &p, 0);
 	flowlog_new(&p, &ct, 0, NULL, dst_id, dst, 0, 0, rule, fl_sg_in);
 	ct_commit(&p, &ct);
-	return deliver(skb, dst, dsub, 0);
+	return svc_deliver(skb, &p, &ct, dst); /* a service reply: source VIP */
 }
 
 SEC("tc")

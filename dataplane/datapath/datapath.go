@@ -96,7 +96,8 @@ func (d *Datapath) maps() []*ebpf.Map {
 		m.IpcacheSlots, m.IpcacheVpcs, m.SgPolicy, m.SgPorts, m.Subnets,
 		m.Egress, m.Gateways, m.Eips, m.EipByPrivate, m.Natgws, m.NatSrc, m.NatAddrs, m.PortMaps,
 		m.PortMapsRev, m.Nat, m.NatExhausted, m.NatCfg,
-		m.FlowlogCfgs, m.FlowlogBuckets, m.FlowlogStats, m.FlowEvents}
+		m.FlowlogCfgs, m.FlowlogBuckets, m.FlowlogStats, m.FlowEvents,
+		m.Services, m.LbTables, m.LbBackends, m.LbLocal, m.LbFlows}
 }
 
 // Hook is where a program is attached.

@@ -54,6 +54,11 @@ func TestLayoutsAgree(t *testing.T) {
 		"flowlog_cfgs":    {u32, bpf.MeridianFlowlogCfg{}},
 		"flowlog_buckets": {u32, bpf.MeridianFlowlogBucket{}},
 		"flowlog_stats":   {u32, u64},
+		"services":        {bpf.MeridianSvcKey{}, bpf.MeridianSvcInfo{}},
+		"lb_tables":       {u32, u32},
+		"lb_backends":     {bpf.MeridianLbBackendKey{}, bpf.MeridianLbBackend{}},
+		"lb_local":        {bpf.MeridianLbLocalKey{}, bpf.MeridianLbBackend{}},
+		"lb_flows":        {bpf.MeridianCtKey{}, bpf.MeridianLbFlow{}},
 	}
 	for name, m := range spec.Maps {
 		if name == "drop_events" || name == "flow_events" { // ring buffers: checked below
