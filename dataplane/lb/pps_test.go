@@ -112,10 +112,15 @@ func (tp *topo) rate(tb testing.TB, conf string, c *counter, window time.Duratio
 
 func attachIn(tb testing.TB, ns string, ifindex int, c *counter) link.Link {
 	tb.Helper()
+	return attachProg(tb, ns, ifindex, c.prog)
+}
+
+func attachProg(tb testing.TB, ns string, ifindex int, p *ebpf.Program) link.Link {
+	tb.Helper()
 	var ln link.Link
 	var err error
 	inNS(tb, ns, func() {
-		ln, err = link.AttachXDP(link.XDPOptions{Program: c.prog, Interface: ifindex, Flags: link.XDPDriverMode})
+		ln, err = link.AttachXDP(link.XDPOptions{Program: p, Interface: ifindex, Flags: link.XDPDriverMode})
 	})
 	if err != nil {
 		tb.Fatalf("attach XDP in %s: %v", ns, err)
@@ -128,6 +133,9 @@ func attachIn(tb testing.TB, ns string, ifindex int, c *counter) link.Link {
 // run, for each of
 //   - drop: XDP_DROP (with a counter) on the gateway's uplink veth: the
 //     most the path can take;
+//   - redirect: a program that only redirects the frames, unchanged, to
+//     the underlay veth (bpf_redirect), counted at the backend node: the
+//     veth-to-veth forwarding every XDP forwarder pays here;
 //   - lb: the load balancer on the uplink (static next hop) redirecting
 //     the encapsulated frames to the underlay veth, counted and dropped by
 //     XDP at the backend node;
@@ -169,7 +177,7 @@ func BenchmarkForwardPPS(b *testing.B) {
 		}
 		return r
 	}
-	var drop, lbStatic, lbFIB, nft result
+	var drop, fwd, lbStatic, lbFIB, nft result
 	add := func(to *result, r result) { to.trafgen += r.trafgen; to.inject += r.inject }
 	for range b.N {
 		// Floor: drop at the uplink.
@@ -177,8 +185,13 @@ func BenchmarkForwardPPS(b *testing.B) {
 		add(&drop, measure(at.uplink, true))
 		dl.Close()
 
-		// The load balancer, static next hop, then FIB.
+		// Bare forwarding: redirect to the underlay veth unchanged.
 		be := attachIn(b, tp.be, tp.b1, at.node)
+		rl := attachProg(b, tp.gw, tp.g0, redirectProgram(b, tp.g1))
+		add(&fwd, measure(at.node, true))
+		rl.Close()
+
+		// The load balancer, static next hop, then FIB.
 		for _, fib := range []bool{false, true} {
 			c := Config{UnderlayIP: netip.MustParseAddr("172.31.251.1"), MTU: 1550, RouterMAC: routerMAC,
 				NextHopMAC: tp.b1MAC, SourceMAC: tp.g1MAC, OutIfindex: tp.g1}
@@ -224,7 +237,11 @@ func BenchmarkForwardPPS(b *testing.B) {
 	b.ReportMetric(lbStatic.trafgen/drop.trafgen, "lb/drop")
 	b.ReportMetric(lbFIB.trafgen/drop.trafgen, "lb-fib/drop")
 	b.ReportMetric(lbStatic.trafgen/nft.trafgen, "lb/nft")
+	b.ReportMetric(fwd.trafgen/n/1e6, "Mpps-redirect")
+	b.ReportMetric(lbStatic.trafgen/fwd.trafgen, "lb/redirect")
 	b.ReportMetric(drop.inject/n/1e6, "Mpps-inj-drop")
+	b.ReportMetric(fwd.inject/n/1e6, "Mpps-inj-redirect")
+	b.ReportMetric(lbStatic.inject/fwd.inject, "inj-lb/redirect")
 	b.ReportMetric(lbStatic.inject/n/1e6, "Mpps-inj-lb")
 	b.ReportMetric(lbFIB.inject/n/1e6, "Mpps-inj-lb-fib")
 	b.ReportMetric(lbStatic.inject/drop.inject, "inj-lb/drop")
@@ -296,4 +313,24 @@ func (tp *topo) injectRate(tb testing.TB, frame []byte, n uint32, c *counter) fl
 		tb.Fatalf("none of %d injected frames counted", n)
 	}
 	return float64(got) / end.Sub(start).Seconds()
+}
+
+// redirectProgram is an XDP program that redirects every frame to ifindex.
+func redirectProgram(tb testing.TB, ifindex int) *ebpf.Program {
+	tb.Helper()
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:    ebpf.XDP,
+		License: "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R1, int32(ifindex)),
+			asm.Mov.Imm(asm.R2, 0),
+			asm.FnRedirect.Call(),
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		tb.Fatalf("redirect program: %v", err)
+	}
+	tb.Cleanup(func() { p.Close() })
+	return p
 }
