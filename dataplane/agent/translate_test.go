@@ -63,3 +63,39 @@ func TestRulesTranslateToFirewallModel(t *testing.T) {
 		t.Fatalf("ACL translated to %+v", acl)
 	}
 }
+
+func TestServiceTranslatesForThisNode(t *testing.T) {
+	s := &agentv1.LbService{Id: 4, Vni: 100, Vip: "10.0.9.9", Port: 80, Protocol: 6, Internal: true, SourceIpPersistence: true,
+		MaglevSize: 251, Backends: []*agentv1.LbBackend{
+			{Id: 1, Address: "10.0.1.20", Port: 8080, Weight: 2, Node: "n1", PortMac: "02:00:00:00:00:0b", Healthy: true},
+			{Id: 2, Address: "10.0.1.21", Port: 8080, Node: "n2", Healthy: true, Draining: true},
+			{Id: 3, Address: "10.0.1.22", Port: 8080, Weight: 1}, // unbound: left out
+			{Id: 5, Address: "fd00::5", Port: 8080, Weight: 1, Node: "n2"},
+		}}
+	got, ok, err := serviceOf(s, "n1")
+	if err != nil || !ok {
+		t.Fatalf("serviceOf: ok %v, %v", ok, err)
+	}
+	if got.ID != 4 || got.VPC != 100 || got.VIP != netip.MustParseAddr("10.0.9.9") || got.Port != 80 || got.Protocol != 6 ||
+		!got.Internal || !got.SourceIPPersistence || got.TableSize != 251 || len(got.Backends) != 2 {
+		t.Fatalf("translated to %+v", got)
+	}
+	b1, b2 := got.Backends[0], got.Backends[1]
+	if !b1.Local || b1.PortMAC.String() != "02:00:00:00:00:0b" || b1.Weight != 2 || !b1.Healthy ||
+		b2.Local || b2.Weight != 1 || !b2.Draining {
+		t.Fatalf("backends %+v, %+v", b1, b2)
+	}
+	if _, ok, err := serviceOf(&agentv1.LbService{Vip: "fd00::9", Port: 80, Protocol: 6}, "n1"); ok || err != nil {
+		t.Fatalf("IPv6 VIP: ok %v, err %v", ok, err)
+	}
+	for _, bad := range []*agentv1.LbService{
+		{Vip: "nope", Port: 80, Protocol: 6},
+		{Vip: "10.0.9.9", Port: 70000, Protocol: 6},
+		{Vip: "10.0.9.9", Port: 80, Protocol: 1},
+		{Vip: "10.0.9.9", Port: 80, Protocol: 6, Backends: []*agentv1.LbBackend{{Id: 1, Address: "10.0.1.1", Port: 1, Node: "n1", PortMac: "x"}}},
+	} {
+		if _, _, err := serviceOf(bad, "n1"); err == nil {
+			t.Errorf("%v: accepted", bad)
+		}
+	}
+}
