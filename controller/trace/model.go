@@ -48,6 +48,7 @@ type Model struct {
 	gateways   []*agentv1.Gateway // sorted by node
 	vpcPrefix  map[uint32][]netip.Prefix
 	gatewaySet map[string]bool
+	services   map[listener]*agentv1.LbService // load-balancer listeners (lb.go)
 }
 
 type vpcAddr struct {
@@ -117,6 +118,8 @@ func NewModel(objs Objects) *Model {
 		case *agentv1.Object_Gateway:
 			m.gateways = append(m.gateways, b.Gateway)
 			m.gatewaySet[b.Gateway.GetNode()] = true
+		case *agentv1.Object_LbService:
+			m.addService(b.LbService)
 		}
 	}
 	slices.SortFunc(m.gateways, func(a, b *agentv1.Gateway) int { return strings.Compare(a.GetNode(), b.GetNode()) })

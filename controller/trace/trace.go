@@ -184,6 +184,7 @@ func (m *Model) Trace(req Request) (*Result, error) {
 	switch {
 	case end.port != nil:
 		rw.fromPort(end.port, reply, true)
+		rw.unLoadBalance(w.lb) // the reply's source back to the VIP (lb.go)
 	case src != nil:
 		// The reply of a connection to the outside comes back from the
 		// fabric to the public address the gateway translated to.
@@ -255,6 +256,7 @@ type walk struct {
 	m    *Model
 	t    *Trace
 	done bool
+	lb   *lbChoice // the load-balancer translation of the packet, if any (lb.go)
 }
 
 func (w *walk) add(s Stage) { w.t.Stages = append(w.t.Stages, s) }
@@ -341,6 +343,12 @@ func (w *walk) fromPort(src *agentv1.Port, pkt Packet, est bool) endpoint {
 		w.add(spoof)
 	}
 
+	if !est {
+		var ok bool
+		if pkt, ok = w.loadBalance(node, src, pkt); !ok { // east-west VIP (lb.go)
+			return endpoint{}
+		}
+	}
 	w.conntrack(node, est)
 	if !w.acl(node, sub, fw.Egress, pkt) {
 		return endpoint{}
