@@ -48,8 +48,14 @@ func (d *Distributor) report(node string, r *agentv1.NodeReport) {
 	ns.report = r // freshly unmarshalled: ours
 	ws := d.healthChanges(node, r.GetBackendHealth())
 	d.mu.Unlock()
-	if len(ws) > 0 {
-		d.writeHealth(node, ws)
+	if len(ws) > 0 && !d.writeHealth(node, ws) {
+		// Forget the report, so the agent's next one (even an identical
+		// one) is folded again instead of being skipped as known.
+		d.mu.Lock()
+		if ns.report == r {
+			ns.report = nil
+		}
+		d.mu.Unlock()
 	}
 }
 

@@ -93,6 +93,10 @@ func TestNodeReportsReachTheAPI(t *testing.T) {
 	if err := gw.Connect(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// The stream's end marked the gateway away; its return unmarks it, in
+	// a store write that may land after Connect returns: wait for it, or
+	// converge below may compare against a revision before it.
+	waitFor(t, func() bool { return !awayMarked(t, api.Store, "gw1") })
 	api.Ok(c.Edge.UpdateBgpPeer(ctx, &mv1.UpdateBgpPeerRequest{BgpPeer: &mv1.BgpPeer{Name: peer.Name, Password: "rotated"},
 		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"password"}}}))
 	converge(t, e, gw, "gw1", api.Store.Revision())
@@ -155,6 +159,20 @@ func TestGatewayFailover(t *testing.T) {
 	if downMarked(t, st, "n1") {
 		t.Fatal("a compute node was marked down")
 	}
+}
+
+func awayMarked(t *testing.T, st store.Store, node string) bool {
+	t.Helper()
+	var ok bool
+	err := st.View(context.Background(), func(tx store.ReadTx) error {
+		var err error
+		_, ok, err = tx.Get(model.GatewayAwayKey(node))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
 }
 
 func downMarked(t *testing.T, st store.Store, node string) bool {

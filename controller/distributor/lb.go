@@ -62,7 +62,8 @@ func (d *Distributor) healthChanges(node string, hs []*agentv1.BackendHealth) []
 // writeHealth stores the changed records in one transaction. The model may
 // not have seen a previous write yet when the next report comes, so the
 // transaction compares with what is stored and writes only real changes.
-func (d *Distributor) writeHealth(node string, ws []healthWrite) {
+// It reports whether the records are stored.
+func (d *Distributor) writeHealth(node string, ws []healthWrite) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err := d.st.Update(ctx, func(tx store.Tx) error {
@@ -84,5 +85,7 @@ func (d *Distributor) writeHealth(node string, ws []healthWrite) {
 	})
 	if err != nil {
 		d.log.Error("storing backend health failed", "node", node, "records", len(ws), "err", err)
+		return false
 	}
+	return true
 }

@@ -72,9 +72,23 @@ func newLbSetup(t *testing.T, grace time.Duration) *lbSetup {
 
 func (s *lbSetup) converge(t *testing.T) {
 	t.Helper()
+	rev := readRevision(t, s.api.Store)
 	for id, a := range s.agents {
-		converge(t, s.e, a, id, s.api.Store.Revision())
+		if a.Connected() {
+			converge(t, s.e, a, id, rev)
+		}
 	}
+}
+
+// readRevision is the store revision as a read transaction sees it
+// (Store.Revision may lag a commit that reads already see).
+func readRevision(t *testing.T, st store.Store) int64 {
+	t.Helper()
+	var rev int64
+	if err := st.View(testCtx(t), func(tx store.ReadTx) error { rev = tx.Revision(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return rev
 }
 
 func (s *lbSetup) webKey() string { return fmt.Sprintf("lb/%d", s.web.Listeners[0].Id) }
@@ -173,10 +187,7 @@ func TestLbHealthReportsReachAPIAndNodes(t *testing.T) {
 	// The same state again, with another reason: nothing written. (The
 	// revision as a read transaction sees it: Store.Revision may lag a
 	// commit that reads already see.)
-	var rev int64
-	if err := s.api.Store.View(ctx, func(tx store.ReadTx) error { rev = tx.Revision(); return nil }); err != nil {
-		t.Fatal(err)
-	}
+	rev := readRevision(t, s.api.Store)
 	s.report(t, "n1", 0, false, "GET /: timeout")
 	s.report(t, "n1", 0, false, "GET /: connection refused")
 	// A node reporting on a backend it does not host: ignored.
@@ -242,12 +253,16 @@ func TestLbBackendNodeAway(t *testing.T) {
 	ctx := testCtx(t)
 	s.report(t, "n1", 0, true, "")
 	s.report(t, "n2", 1, true, "")
-	// Both unknown serve too: wait for the reports themselves to land.
+	// Both unknown serve too: wait for the reports themselves to land,
+	// and for every agent to have the result.
 	waitFor(t, func() bool {
 		st := s.status(t)
 		return st.Backends[0].State == "healthy" && st.Backends[1].State == "healthy"
 	})
-	waitFor(t, func() bool { return slices.Equal(s.healthy("gw1"), []bool{true, true}) })
+	s.converge(t)
+	if got := s.healthy("gw1"); !slices.Equal(got, []bool{true, true}) {
+		t.Fatalf("gw1 healthy %v after both reports", got)
+	}
 	start := time.Now()
 	s.agents["n2"].Disconnect()
 	waitFor(t, func() bool {
