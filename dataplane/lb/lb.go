@@ -20,10 +20,11 @@
 //	st, err := l.Stats()
 //	l.Close()                                       // detaches, frees everything
 //
-// SetService takes the agent protocol's LbService as it comes: the table is
-// built from the backends that are bound (node_ip set), healthy and not
-// draining, keyed "address:port" with their weights, exactly as every other
-// node builds it. Established connections stay on their backend while it is
+// SetService takes the agent protocol's LbService as it comes (north-south
+// listeners only: internal ones are refused): the table is built from the
+// backends that are bound (node_ip set), healthy and not draining, keyed
+// "address:port" with their weights (0 counts as 1), exactly as every
+// other node builds it. Established connections stay on their backend while it is
 // healthy (draining included) and move when it is removed, unbound or
 // unhealthy. A TCP SYN always takes the current table.
 //
@@ -310,6 +311,9 @@ func parseService(s *agentv1.LbService) (*parsed, error) {
 	if p := s.GetProtocol(); p != unix.IPPROTO_TCP && p != unix.IPPROTO_UDP {
 		return nil, fmt.Errorf("protocol %d is neither TCP (6) nor UDP (17)", p)
 	}
+	if s.GetInternal() {
+		return nil, errors.New("an internal (east-west) listener is served by the tc pipeline, not the uplink")
+	}
 	if s.GetVni() == 0 || s.GetVni() >= 1<<24 {
 		return nil, fmt.Errorf("VNI %d not in 1..16777215", s.GetVni())
 	}
@@ -347,7 +351,7 @@ func parseService(s *agentv1.LbService) (*parsed, error) {
 		}
 		pb := parsedBackend{id: b.GetId()}
 		pb.value.State = stateDown
-		if b.GetNode() != "" || b.GetNodeIp() != "" {
+		if b.GetNodeIp() != "" { // else unbound (no node yet): not used
 			nodeIP, err := netip.ParseAddr(b.GetNodeIp())
 			if err != nil || !nodeIP.Is4() {
 				return nil, fmt.Errorf("backend %d: node address %q is not IPv4", b.GetId(), b.GetNodeIp())

@@ -247,7 +247,7 @@ func TestBackendChangesMoveFlows(t *testing.T) {
 			case "unhealthy":
 				s2.Backends[1].Healthy = false
 			case "unbound":
-				s2.Backends[1].Node, s2.Backends[1].NodeIp = "", ""
+				s2.Backends[1].Node, s2.Backends[1].NodeIp, s2.Backends[1].PortMac = "", "", ""
 			case "draining":
 				s2.Backends[1].Draining = true
 			}
@@ -564,6 +564,7 @@ func TestSetServiceRejectsBadInput(t *testing.T) {
 		"backend id twice":   func(s *agentv1.LbService) { s.Backends[1].Id = s.Backends[0].Id },
 		"address:port twice": func(s *agentv1.LbService) { s.Backends[1].Address = s.Backends[0].Address },
 		"IPv6 backend":       func(s *agentv1.LbService) { s.Backends[0].Address = "2001:db8::5" },
+		"internal listener":  func(s *agentv1.LbService) { s.Internal = true },
 	}
 	for name, change := range bad {
 		for _, id := range []uint32{1, 2} { // an update and a new service
