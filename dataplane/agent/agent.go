@@ -92,6 +92,9 @@ type Agent struct {
 	sendMu sync.Mutex // one Send at a time on stream
 	bgp    bgpAgent   // gateway nodes' BGP speaker (bgp.go)
 	syncm  syncClock  // received vs applied updates, for the sync lag metric (metrics_datapath.go)
+
+	// dropSubs: drop events for meridianctl capture --drops (capture.go).
+	dropSubs dropHub
 	// health probes the load-balancer backends hosted here (lb.go); nil
 	// until Run, and in the OVN realization.
 	health    *health.Checker

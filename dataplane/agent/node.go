@@ -70,6 +70,7 @@ func (a *Agent) watchDrops(ctx context.Context) {
 			}
 			return
 		}
+		a.dropSubs.publish(ev)
 		a.log.Info("policy drop", "reason", ev.Reason.String(), "rule", ev.Rule, "port", ev.Port,
 			"direction", ev.Direction.String(), "vpc", ev.VPC, "proto", ev.Protocol,
 			"src", ev.Src.String()+":"+strconv.Itoa(int(ev.SrcPort)), "dst", ev.Dst.String()+":"+strconv.Itoa(int(ev.DstPort)))

@@ -1022,12 +1022,13 @@ type CapturedPacket struct {
 	Data              []byte                   `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`      // its first bytes (at most the snap length)
 	Direction         CapturedPacket_Direction `protobuf:"varint,4,opt,name=direction,proto3,enum=agent.v1.CapturedPacket_Direction" json:"direction,omitempty"`
 	// Dropped frames only.
-	DropReason    string `protobuf:"bytes,5,opt,name=drop_reason,json=dropReason,proto3" json:"drop_reason,omitempty"`          // the data path's reason, e.g. sg-ingress
-	DropRule      uint32 `protobuf:"varint,6,opt,name=drop_rule,json=dropRule,proto3" json:"drop_rule,omitempty"`               // the network ACL rule (its id) that denied; 0: default deny / no security-group rule allows
-	DropPort      uint32 `protobuf:"varint,7,opt,name=drop_port,json=dropPort,proto3" json:"drop_port,omitempty"`               // the port whose policy dropped it
-	DropDirection string `protobuf:"bytes,8,opt,name=drop_direction,json=dropDirection,proto3" json:"drop_direction,omitempty"` // egress or ingress (of drop_port's policy)
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DropReason     string `protobuf:"bytes,5,opt,name=drop_reason,json=dropReason,proto3" json:"drop_reason,omitempty"`                // the data path's reason, e.g. sg-ingress
+	DropRule       uint32 `protobuf:"varint,6,opt,name=drop_rule,json=dropRule,proto3" json:"drop_rule,omitempty"`                     // the network ACL rule (its id) that denied; 0: default deny / no security-group rule allows
+	DropPort       uint32 `protobuf:"varint,7,opt,name=drop_port,json=dropPort,proto3" json:"drop_port,omitempty"`                     // the port whose policy dropped it
+	DropDirection  string `protobuf:"bytes,8,opt,name=drop_direction,json=dropDirection,proto3" json:"drop_direction,omitempty"`       // egress or ingress (of drop_port's policy)
+	DropRuleNumber uint32 `protobuf:"varint,9,opt,name=drop_rule_number,json=dropRuleNumber,proto3" json:"drop_rule_number,omitempty"` // network ACL drops by a rule: its number in the ACL (drop_rule is its id)
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CapturedPacket) Reset() {
@@ -1114,6 +1115,13 @@ func (x *CapturedPacket) GetDropDirection() string {
 		return x.DropDirection
 	}
 	return ""
+}
+
+func (x *CapturedPacket) GetDropRuleNumber() uint32 {
+	if x != nil {
+		return x.DropRuleNumber
+	}
+	return 0
 }
 
 // CaptureResponse: the first message says where the capture runs and
@@ -1334,7 +1342,7 @@ const file_agent_v1_local_proto_rawDesc = "" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x0e\n" +
 	"\x02jt\x18\x02 \x01(\rR\x02jt\x12\x0e\n" +
 	"\x02jf\x18\x03 \x01(\rR\x02jf\x12\f\n" +
-	"\x01k\x18\x04 \x01(\rR\x01k\"\xf4\x02\n" +
+	"\x01k\x18\x04 \x01(\rR\x01k\"\x9e\x03\n" +
 	"\x0eCapturedPacket\x12.\n" +
 	"\x13timestamp_unix_nano\x18\x01 \x01(\x03R\x11timestampUnixNano\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\rR\x06length\x12\x12\n" +
@@ -1344,7 +1352,8 @@ const file_agent_v1_local_proto_rawDesc = "" +
 	"dropReason\x12\x1b\n" +
 	"\tdrop_rule\x18\x06 \x01(\rR\bdropRule\x12\x1b\n" +
 	"\tdrop_port\x18\a \x01(\rR\bdropPort\x12%\n" +
-	"\x0edrop_direction\x18\b \x01(\tR\rdropDirection\"B\n" +
+	"\x0edrop_direction\x18\b \x01(\tR\rdropDirection\x12(\n" +
+	"\x10drop_rule_number\x18\t \x01(\rR\x0edropRuleNumber\"B\n" +
 	"\tDirection\x12\x19\n" +
 	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tFROM_PORT\x10\x01\x12\v\n" +
