@@ -29,6 +29,8 @@ func dropProgram(tb testing.TB) *ebpf.Program {
 //     lookup, backend check, VXLAN encapsulation;
 //   - new: a SYN: the same, but the backend from the Maglev table and a
 //     connection-table write;
+//   - pass: a frame to the VIP's address on another port: what every
+//     packet that is not for a VIP pays (parse, VIP lookup, XDP_PASS);
 //   - drop: a program that only returns XDP_DROP, the floor.
 //
 // The load balancer runs through lb_xdp_bench, which takes the outer
@@ -42,7 +44,9 @@ func BenchmarkXDPPerPacket(b *testing.B) {
 	ack.payload = 0
 	syn := ack
 	syn.flags = fSYN
-	ackFrame, synFrame := ack.bytes(b), syn.bytes(b)
+	other := ack
+	other.dport = 81
+	ackFrame, synFrame, otherFrame := ack.bytes(b), syn.bytes(b), other.bytes(b)
 	if ret, _ := run(b, l.objs.LbXdp, ackFrame); ret != xdpTX { // the flow is in the table
 		b.Fatalf("verdict %d, want XDP_TX", ret)
 	}
@@ -57,7 +61,7 @@ func BenchmarkXDPPerPacket(b *testing.B) {
 		}
 		return float64(d.Nanoseconds())
 	}
-	var hit, fresh, floor float64
+	var hit, fresh, pass, floor float64
 	before, err := l.Stats()
 	if err != nil {
 		b.Fatal(err)
@@ -67,6 +71,7 @@ func BenchmarkXDPPerPacket(b *testing.B) {
 		floor += measure(drop, ackFrame, xdpDrop)
 		hit += measure(l.objs.LbXdpBench, ackFrame, xdpTX)
 		fresh += measure(l.objs.LbXdpBench, synFrame, xdpTX)
+		pass += measure(l.objs.LbXdp, otherFrame, xdpPass)
 	}
 	b.StopTimer()
 	after, err := l.Stats()
@@ -81,6 +86,7 @@ func BenchmarkXDPPerPacket(b *testing.B) {
 	n := float64(b.N)
 	b.ReportMetric(hit/n, "ns/hit")
 	b.ReportMetric(fresh/n, "ns/new-flow")
+	b.ReportMetric(pass/n, "ns/pass")
 	b.ReportMetric(floor/n, "ns/drop")
 	b.ReportMetric(hit/floor, "hit/drop")
 	b.ReportMetric(fresh/floor, "new/drop")
