@@ -279,10 +279,16 @@ func prepareLoadBalancer(c *txc, old, obj proto.Message) error {
 			kept[l.Id][b.Id] = true
 		}
 	}
-	// Health records of backends that are gone go with them.
+	// Health records of backends that are gone go with them, and all of a
+	// listener's when it stops checking: a result kept from then would
+	// count at once if checks came back.
+	checks := map[uint32]bool{}
+	for _, l := range lb.Listeners {
+		checks[l.Id] = l.HealthCheck != nil
+	}
 	for _, l := range o.Listeners {
 		for _, b := range l.Backends {
-			if !kept[l.Id][b.Id] {
+			if !kept[l.Id][b.Id] || !checks[l.Id] {
 				if err := c.tx.Delete(resource.LbHealthKey(l.Id, b.Id)); err != nil {
 					return err
 				}

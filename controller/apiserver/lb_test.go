@@ -291,6 +291,18 @@ func TestLoadBalancerStatusShowsHealth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Turning the check off drops the listener's records.
+	upd = apitest.Must[*v1.LoadBalancer](t)(e.User.LB.GetLoadBalancer(ctx, &v1.GetLoadBalancerRequest{Name: lb.Name}))
+	upd.Listeners[0].HealthCheck = nil
+	e.Ok(e.User.LB.UpdateLoadBalancer(ctx, &v1.UpdateLoadBalancerRequest{LoadBalancer: upd, UpdateMask: mask("listeners")}))
+	if err := e.Store.View(ctx, func(tx store.ReadTx) error {
+		if n, err := tx.Count(resource.LbHealthPrefix); err != nil || n != 0 {
+			t.Errorf("%d health records left after the check was removed (err %v)", n, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	e.Ok(e.User.LB.DeleteLoadBalancer(ctx, &v1.DeleteLoadBalancerRequest{Name: lb.Name}))
 	err = e.Store.View(ctx, func(tx store.ReadTx) error {
 		n, err := tx.Count(resource.LbHealthPrefix)
@@ -432,5 +444,39 @@ func TestLoadBalancerRejectedRequestsChangeNothing(t *testing.T) {
 	t.Logf("%d rejected load-balancer requests changed nothing", len(cases))
 	if got := poolAllocated(t, e); got != 1 {
 		t.Fatalf("pool allocated %d after the rejections, want 1", got)
+	}
+}
+
+// TestLoadBalancerWatch: load balancers stream to project members who
+// ask for the kind, and not to other organisations.
+func TestLoadBalancerWatch(t *testing.T) {
+	e := lbEnv(t)
+	ctx := apitest.Ctx(t)
+	from := e.Store.Revision()
+	w, err := e.User.Watch.Watch(ctx, &v1.WatchRequest{Kinds: []string{"LoadBalancer"}, FromRevision: from})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wb, err := e.UserB.Watch.Watch(ctx, &v1.WatchRequest{FromRevision: from})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb := apitest.Must[*v1.LoadBalancer](t)(createLB(ctx, e.User, "web", okLB()))
+	ev, err := w.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ev.GetResource().GetLoadBalancer(); got.GetName() != lb.Name || got.GetVip() != lb.Vip || ev.Type != v1.EventType_PUT {
+		t.Fatalf("watch event %v", ev)
+	}
+	// Another organisation's watch sees nothing of it: a project of its
+	// own changing afterwards is the first thing it gets.
+	e.Ok(e.Admin.Project.UpdateProject(ctx, &v1.UpdateProjectRequest{Project: &v1.Project{Name: apitest.ProjectB1, Description: "marker"}, UpdateMask: mask("description")}))
+	evb, err := wb.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evb.GetResource().GetProject().GetName() != apitest.ProjectB1 {
+		t.Fatalf("other organisation saw %v", evb)
 	}
 }
