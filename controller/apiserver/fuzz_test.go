@@ -139,3 +139,50 @@ func FuzzFilter(f *testing.F) {
 		}
 	})
 }
+
+// FuzzLoadBalancer: any load balancer, as a create and as the listeners of
+// an update, is accepted or refused with a proper status that changed
+// nothing; one created is deleted again with its VIP released.
+func FuzzLoadBalancer(f *testing.F) {
+	for _, seed := range []string{
+		`{"vpc":"projects/a1/vpcs/v","pool":"publicAddressPools/pub","listeners":[{"name":"http","protocol":"tcp","port":80,"backends":[{"port":"projects/a1/ports/p","targetPort":8080,"weight":3}],"healthCheck":{"protocol":"http","path":"/h"}}]}`,
+		`{"vpc":"projects/a1/vpcs/v","scheme":"internal","subnet":"projects/a1/vpcs/v/subnets/s","vip":"10.0.1.77","listeners":[{"name":"dns","protocol":"UDP","port":53,"sourceIpPersistence":true,"backends":[{"address":"10.0.1.10"}]}]}`,
+		`{"vpc":"projects/a1/vpcs/v","scheme":"internal","subnet":"projects/a1/vpcs/v2/subnets/s2","vip":"10.0.1.10","listeners":[{"name":"x","protocol":"tcp","port":1,"backends":[{"port":"projects/a1/ports/p2","weight":0}]}]}`,
+		`{"vpc":"projects/a1/vpcs/v","pool":"publicAddressPools/pub","vip":"203.0.113.0","listeners":[{"name":"a","protocol":"tcp","port":80},{"name":"a","protocol":"tcp","port":80}]}`,
+		`{"vpc":"projects/a1/vpcs/v","pool":"publicAddressPools/pub","listeners":[{"name":"a","protocol":"tcp","port":80,"healthCheck":{"protocol":"tcp","intervalMs":50,"timeoutMs":99999,"healthyThreshold":11}}]}`,
+		`{"vpc":"projects/b1/vpcs/v","scheme":"mystery"}`,
+	} {
+		f.Add([]byte(seed), true)
+		lb := &v1.LoadBalancer{}
+		if err := protojson.Unmarshal([]byte(seed), lb); err != nil {
+			f.Fatalf("seed %s: %v", seed, err)
+		}
+		b, _ := proto.Marshal(lb)
+		f.Add(b, false)
+	}
+	e := apitest.Seeded(f)
+	ctx := context.Background()
+	e.Ok(e.Admin.Edge.CreatePublicAddressPool(ctx, &v1.CreatePublicAddressPoolRequest{PublicAddressPoolId: "pub",
+		PublicAddressPool: &v1.PublicAddressPool{Cidrs: []string{"203.0.113.0/29"}}}))
+	e.Ok(e.Admin.LB.CreateLoadBalancer(ctx, &v1.CreateLoadBalancerRequest{Parent: a1, LoadBalancerId: "keep",
+		LoadBalancer: &v1.LoadBalancer{Vpc: apitest.VPC(a1), Pool: "publicAddressPools/pub"}}))
+	f.Fuzz(func(t *testing.T, data []byte, asJSON bool) {
+		lb := &v1.LoadBalancer{}
+		if !decode(data, asJSON, lb) {
+			return
+		}
+		ctx := apitest.Ctx(t)
+		before := e.StateT(t)
+		created, err := e.Admin.LB.CreateLoadBalancer(ctx, &v1.CreateLoadBalancerRequest{Parent: a1, LoadBalancerId: "f", LoadBalancer: lb})
+		checkOutcome(t, e, before, err)
+		before = e.StateT(t)
+		_, uerr := e.Admin.LB.UpdateLoadBalancer(ctx, &v1.UpdateLoadBalancerRequest{
+			LoadBalancer: &v1.LoadBalancer{Name: a1 + "/loadBalancers/keep", Listeners: lb.Listeners}, UpdateMask: mask("listeners")})
+		checkOutcome(t, e, before, uerr)
+		if err == nil {
+			if _, err := e.Admin.LB.DeleteLoadBalancer(ctx, &v1.DeleteLoadBalancerRequest{Name: created.Name}); err != nil {
+				t.Fatalf("delete the load balancer just created: %v", err)
+			}
+		}
+	})
+}
