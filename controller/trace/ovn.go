@@ -152,16 +152,53 @@ var (
 	outputLine = regexp.MustCompile(`/\* output to "([^"]+)", type "([^"]*)" \*/`)
 )
 
+// generatedBy are the OVN actions that replace the traced packet with one
+// OVN makes (an ARP or ND request for an unresolved next hop, an ICMP
+// error, a TCP reset): what follows them in a trace is that packet's way,
+// and the traced one goes no further.
+var generatedBy = map[string]string{
+	"arp":         "the router has no MAC for the destination and sends an ARP request instead (no port holds the address)",
+	"nd_ns":       "the router has no MAC for the destination and sends a neighbour solicitation instead (no port holds the address)",
+	"icmp4":       "answered with an ICMP error",
+	"icmp4_error": "answered with an ICMP error",
+	"icmp6":       "answered with an ICMPv6 error",
+	"icmp6_error": "answered with an ICMPv6 error",
+	"tcp_reset":   "answered with a TCP reset",
+	"sctp_abort":  "answered with an SCTP abort",
+	"reject":      "rejected",
+}
+
 // parseOVNTrace reads ovn-trace's detailed output: the ports the packet
 // leaves by (patch ports between a switch and a router only carry it on)
-// and, when it leaves by none, the logical flow that dropped it.
+// and, when it leaves by none, the logical flow that dropped it or the
+// packet OVN made instead of it.
 func parseOVNTrace(out string) (*OVNVerdict, error) {
 	if !strings.Contains(out, "ingress(dp=") {
 		return nil, fmt.Errorf("output not understood: %q", firstLine(out))
 	}
 	v := &OVNVerdict{}
 	var last []string // the last logical flow line's submatches
-	for _, line := range strings.Split(out, "\n") {
+	lines := strings.Split(out, "\n")
+	for i, line := range lines {
+		// Sections of the detailed output are a heading underlined with
+		// dashes: ingress(...), egress(...), ct_next(...), arp, ...
+		if i+1 < len(lines) && isUnderline(lines[i+1]) {
+			name := strings.TrimSpace(line)
+			if j := strings.IndexAny(name, "( "); j >= 0 {
+				name = name[:j]
+			}
+			if why, ok := generatedBy[name]; ok {
+				if len(v.Outputs) == 0 && v.DropStage == "" {
+					v.Verdict = "not delivered: " + why
+					if last != nil {
+						v.DropStage = last[1] + " priority " + last[3]
+						v.Verdict += " (" + v.DropStage + ")"
+					}
+				}
+				break
+			}
+			continue
+		}
 		if f := flowLine.FindStringSubmatch(line); f != nil {
 			last = f
 			continue
@@ -186,6 +223,11 @@ func parseOVNTrace(out string) (*OVNVerdict, error) {
 		v.Verdict = "drop: no logical flow outputs the packet"
 	}
 	return v, nil
+}
+
+func isUnderline(s string) bool {
+	s = strings.TrimSpace(s)
+	return len(s) > 0 && strings.Trim(s, "-") == ""
 }
 
 // aclTier names the Meridian ACL tier of a logical flow of an ACL stage:

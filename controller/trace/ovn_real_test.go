@@ -121,6 +121,8 @@ func TestOVNTraceAgreesWithTheModel(t *testing.T) {
 			"drop at ls_in_acl priority 2000 (ACL priority 1000: Meridian's default deny"},
 		{"dropped: the web group allows tcp/22 only from subnet a", tcp(portOS, portOA2, 22), false, "drop at ls_out_acl"},
 		{"dropped: ICMP leaves the web group but the client's group lets nothing in", Request{From: portOS, To: portOA, Protocol: fw.ProtoICMP, ICMPType: 8}, false, "drop at ls_out_acl"},
+		{"not delivered: an address of the VPC no port holds", tcp(portOA, "10.0.2.99", 22), false,
+			"not delivered: the router has no MAC for the destination and sends an ARP request instead"},
 		{"udp dropped: no group allows it in", Request{From: portOA, To: portOS, Protocol: fw.ProtoUDP, SrcPort: 40000, DstPort: 53}, false, "drop at ls_out_acl"},
 	}
 	for _, tc := range cases {
