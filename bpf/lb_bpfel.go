@@ -70,7 +70,7 @@ type LbLbVip struct {
 	Slot  uint32
 	Vni   uint32
 	Flags uint32
-	Pad   uint32
+	SvcId uint32
 }
 
 type LbLbVipKey struct {

@@ -75,7 +75,7 @@ struct lb_vip {
 	__u32 slot;  /* index in lb_rings and lb_svc_stats */
 	__u32 vni;
 	__u32 flags; /* LB_VIP_* */
-	__u32 pad;
+	__u32 svc_id; /* LbService.id: for the loader, after a restart */
 };
 
 enum lb_backend_state {

@@ -28,10 +28,14 @@
 // healthy (draining included) and move when it is removed, unbound or
 // unhealthy. A TCP SYN always takes the current table.
 //
-// Nothing is pinned: a restarted agent loads afresh, and the identical
-// Maglev tables keep established flows where they were (connections that
-// moved because of earlier backend changes may move back). An LB and its
-// methods are safe for concurrent use. There is no package state.
+// With Options.PinDir (a bpffs directory) the maps and the XDP links are
+// pinned: Close leaves the program forwarding, and a restarted agent's
+// Load reopens the same maps (connection table included) and picks its
+// bookkeeping up from them, so re-sending every LbService changes nothing
+// and no packet is lost across the restart. Without it, Close detaches
+// and a new Load starts empty (the identical Maglev tables still send
+// established flows where the table does). An LB and its methods are safe
+// for concurrent use. There is no package state.
 package lb
 
 import (
@@ -39,6 +43,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -55,6 +62,10 @@ type Options struct {
 	MaxServices   uint32 // listeners (LbService) at once; default 1024
 	MaxBackends   uint32 // backends over all services; default 65536
 	ConnTableSize uint32 // connection table entries (LRU); default 1,048,576
+	// PinDir, a directory on bpffs, pins the maps and links there (see
+	// the package comment); "" pins nothing. Maps pinned with other
+	// sizes must be removed first (Unpin).
+	PinDir string
 }
 
 // Mode is how Attach hooks the program.
@@ -108,6 +119,14 @@ type LB struct {
 	svcSlots slots
 	beSlots  slots
 	gens     []uint32 // per backend slot: generation last given out
+	// owners[slot] = (service id, backend id): only for recovering the
+	// bookkeeping from pinned maps; the program never reads it.
+	owners *ebpf.Map
+}
+
+// owner is a value of the owners map.
+type owner struct {
+	Service, Backend uint32
 }
 
 type service struct {
@@ -146,6 +165,18 @@ func Load(opts Options) (*LB, error) {
 	if opts.ConnTableSize == 0 {
 		opts.ConnTableSize = 1 << 20
 	}
+	if opts.PinDir != "" {
+		if err := os.MkdirAll(filepath.Join(opts.PinDir, "links"), 0o700); err != nil {
+			return nil, fmt.Errorf("lb: create pin directory %s: %w", opts.PinDir, err)
+		}
+		var fs unix.Statfs_t
+		if err := unix.Statfs(opts.PinDir, &fs); err != nil {
+			return nil, fmt.Errorf("lb: stat pin directory %s: %w", opts.PinDir, err)
+		}
+		if fs.Type != unix.BPF_FS_MAGIC {
+			return nil, fmt.Errorf("lb: pin directory %s is not on bpffs", opts.PinDir)
+		}
+	}
 	spec, err := bpf.LoadLb()
 	if err != nil {
 		return nil, fmt.Errorf("lb: load spec: %w", err)
@@ -161,6 +192,15 @@ func Load(opts Options) (*LB, error) {
 		}
 		m.MaxEntries = n
 	}
+	var mapOpts ebpf.MapOptions
+	if opts.PinDir != "" {
+		for name, m := range spec.Maps {
+			if !strings.HasPrefix(name, ".") { // data sections (none today) are per load
+				m.Pinning = ebpf.PinByName
+			}
+		}
+		mapOpts.PinPath = opts.PinDir
+	}
 	l := &LB{
 		links:    map[int]link.Link{},
 		opts:     opts,
@@ -170,17 +210,90 @@ func Load(opts Options) (*LB, error) {
 		beSlots:  slots{max: opts.MaxBackends},
 		gens:     make([]uint32, opts.MaxBackends),
 	}
-	if err := spec.LoadAndAssign(&l.objs, nil); err != nil {
+	if err := spec.LoadAndAssign(&l.objs, &ebpf.CollectionOptions{Maps: mapOpts}); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("lb: load programs: %w\n%+v", err, ve)
 		}
-		return nil, fmt.Errorf("lb: load programs: %w", err)
+		return nil, fmt.Errorf("lb: load programs (maps pinned with other sizes must be removed): %w", err)
+	}
+	ospec := &ebpf.MapSpec{Name: "lb_owners", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: opts.MaxBackends}
+	if opts.PinDir != "" {
+		ospec.Pinning = ebpf.PinByName
+	}
+	if l.owners, err = ebpf.NewMapWithOptions(ospec, mapOpts); err != nil {
+		l.objs.Close()
+		return nil, fmt.Errorf("lb: create owners map: %w", err)
+	}
+	if err := l.recover(); err != nil {
+		l.owners.Close()
+		l.objs.Close()
+		return nil, fmt.Errorf("lb: recover state from %s: %w", opts.PinDir, err)
 	}
 	return l, nil
 }
 
-// Close detaches the program from every interface and frees the maps.
+// recover rebuilds the bookkeeping from the maps (non-empty only when they
+// were pinned by an earlier LB): services from lb_vips, backend slots and
+// generations from lb_backends and the owners map. Backend slots whose
+// service is gone are freed.
+func (l *LB) recover() error {
+	var k bpf.LbLbVipKey
+	var v bpf.LbLbVip
+	svcUsed := map[uint32]bool{}
+	it := l.objs.LbVips.Iterate()
+	for it.Next(&k, &v) {
+		l.services[v.SvcId] = &service{slot: v.Slot + 1, key: k, backends: map[uint32]backendSlot{}}
+		l.vips[k] = v.SvcId
+		svcUsed[v.Slot] = true
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read VIPs: %w", err)
+	}
+	beUsed := map[uint32]bool{}
+	var slot uint32
+	var b bpf.LbLbBackend
+	var highest uint32
+	bit := l.objs.LbBackends.Iterate()
+	for bit.Next(&slot, &b) {
+		if b.Gen == 0 {
+			continue
+		}
+		l.gens[slot] = b.Gen
+		highest = max(highest, slot+1)
+		if b.State == stateFree {
+			continue
+		}
+		var o owner
+		if err := l.owners.Lookup(slot, &o); err != nil {
+			return fmt.Errorf("owner of backend slot %d: %w", slot, err)
+		}
+		svc, ok := l.services[o.Service]
+		if !ok {
+			if err := l.freeBackend(backendSlot{slot: slot, value: b}); err != nil {
+				return err
+			}
+			continue
+		}
+		svc.backends[o.Backend] = backendSlot{slot: slot, value: b}
+		beUsed[slot] = true
+	}
+	if err := bit.Err(); err != nil {
+		return fmt.Errorf("read backends: %w", err)
+	}
+	l.beSlots = slots{max: l.opts.MaxBackends}
+	l.beSlots.recover(highest, beUsed)
+	var svcHighest uint32
+	for s := range svcUsed {
+		svcHighest = max(svcHighest, s+1)
+	}
+	l.svcSlots.recover(svcHighest, svcUsed)
+	return nil
+}
+
+// Close releases the LB: without PinDir it detaches the program from every
+// interface and frees the maps; with PinDir, pinned links and maps stay and
+// forwarding goes on.
 func (l *LB) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -194,11 +307,20 @@ func (l *LB) Close() error {
 	if err := l.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("lb: close objects: %w", err))
 	}
+	if err := l.owners.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("lb: close owners map: %w", err))
+	}
 	return errors.Join(errs...)
 }
 
+func (l *LB) linkPin(ifindex int) string {
+	return filepath.Join(l.opts.PinDir, "links", fmt.Sprintf("xdp-%d", ifindex))
+}
+
 // Attach attaches the program to an interface (the uplink). Attaching to
-// an interface that already has it is a no-op.
+// an interface that already has it is a no-op. With PinDir, a link pinned
+// by an earlier LB is taken over and updated to this LB's program in
+// place (no gap); a new link is pinned.
 func (l *LB) Attach(ifindex int, mode Mode) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -213,27 +335,93 @@ func (l *LB) Attach(ifindex int, mode Mode) error {
 	default:
 		return fmt.Errorf("lb: attach to ifindex %d: unknown mode %d", ifindex, mode)
 	}
+	if l.opts.PinDir != "" {
+		ln, err := link.LoadPinnedLink(l.linkPin(ifindex), nil)
+		switch {
+		case err == nil:
+			if uerr := ln.Update(l.objs.LbXdp); uerr == nil {
+				l.links[ifindex] = ln
+				return nil
+			} else if err := ln.Unpin(); err != nil { // the device went away: start afresh
+				ln.Close()
+				return fmt.Errorf("lb: replace stale link of ifindex %d (update: %v): %w", ifindex, uerr, err)
+			}
+			ln.Close()
+		case !errors.Is(err, os.ErrNotExist):
+			return fmt.Errorf("lb: load pinned link of ifindex %d: %w", ifindex, err)
+		}
+	}
 	ln, err := link.AttachXDP(link.XDPOptions{Program: l.objs.LbXdp, Interface: ifindex, Flags: flags})
 	if err != nil {
 		return fmt.Errorf("lb: attach XDP to ifindex %d: %w", ifindex, err)
+	}
+	if l.opts.PinDir != "" {
+		if err := ln.Pin(l.linkPin(ifindex)); err != nil {
+			ln.Close()
+			return fmt.Errorf("lb: pin link of ifindex %d: %w", ifindex, err)
+		}
 	}
 	l.links[ifindex] = ln
 	return nil
 }
 
-// Detach removes the program from an interface; absent is not an error.
+// Detach removes the program from an interface (pinned or not); absent is
+// not an error.
 func (l *LB) Detach(ifindex int) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	ln, ok := l.links[ifindex]
+	if !ok && l.opts.PinDir != "" {
+		pinned, err := link.LoadPinnedLink(l.linkPin(ifindex), nil)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("lb: load pinned link of ifindex %d: %w", ifindex, err)
+		}
+		ln, ok = pinned, err == nil
+	}
 	if !ok {
 		return nil
 	}
 	delete(l.links, ifindex)
-	if err := ln.Close(); err != nil {
+	defer ln.Close()
+	if l.opts.PinDir != "" {
+		if err := ln.Unpin(); err != nil {
+			return fmt.Errorf("lb: unpin link of ifindex %d: %w", ifindex, err)
+		}
+	}
+	// A link whose device is gone cannot be detached and needs not be.
+	if err := ln.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) && !errors.Is(err, unix.ENODEV) &&
+		!errors.Is(err, link.ErrNotSupported) {
 		return fmt.Errorf("lb: detach from ifindex %d: %w", ifindex, err)
 	}
 	return nil
+}
+
+// Unpin removes every pin (maps and links): once this LB is closed the
+// program detaches and the maps are freed. For decommissioning a gateway
+// and for tests; a no-op without PinDir.
+func (l *LB) Unpin() error {
+	if l.opts.PinDir == "" {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var errs []error
+	pins, err := filepath.Glob(filepath.Join(l.opts.PinDir, "links", "xdp-*"))
+	if err != nil {
+		return fmt.Errorf("lb: list pinned links: %w", err)
+	}
+	for _, p := range pins {
+		if err := os.Remove(p); err != nil {
+			errs = append(errs, fmt.Errorf("lb: unpin link %s: %w", p, err))
+		}
+	}
+	for _, m := range []*ebpf.Map{l.objs.LbVips, l.objs.LbRings, l.objs.LbBackends, l.objs.LbConns,
+		l.objs.LbCfg, l.objs.LbStats, l.objs.LbSvcStats, l.owners} {
+		if err := m.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("lb: unpin map: %w", err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Configure writes this node's forwarding configuration.
@@ -447,6 +635,9 @@ func (l *LB) SetService(s *agentv1.LbService) error {
 		l.gens[sl]++
 		v := b.value
 		v.Gen = l.gens[sl]
+		if err := l.owners.Update(sl, owner{Service: id, Backend: b.id}, ebpf.UpdateAny); err != nil {
+			return fail(fmt.Errorf("record owner of backend %d: %w", b.id, err))
+		}
 		if err := l.objs.LbBackends.Update(sl, &v, ebpf.UpdateAny); err != nil {
 			return fail(fmt.Errorf("write backend %d: %w", b.id, err))
 		}
@@ -468,6 +659,7 @@ func (l *LB) SetService(s *agentv1.LbService) error {
 	}
 	vip := p.vip
 	vip.Slot = slot
+	vip.SvcId = id
 	if err := l.objs.LbVips.Update(&p.key, &vip, ebpf.UpdateAny); err != nil {
 		return fail(fmt.Errorf("write VIP: %w", err))
 	}
@@ -661,3 +853,15 @@ func (s *slots) get() (uint32, bool) {
 }
 
 func (s *slots) put(v uint32) { s.free = append(s.free, v) }
+
+// recover sets the allocator to: next = highest, every slot below it not
+// in used free (in index order).
+func (s *slots) recover(highest uint32, used map[uint32]bool) {
+	s.next = highest
+	s.free = nil
+	for i := uint32(0); i < highest; i++ {
+		if !used[i] {
+			s.free = append(s.free, i)
+		}
+	}
+}
