@@ -237,6 +237,37 @@ func TestLbHealthReportsReachAPIAndNodes(t *testing.T) {
 	slices.Sort(lat)
 	p50, p99 := lat[len(lat)/2], lat[len(lat)*99/100]
 	t.Logf("report -> LbBackend.healthy delta at the gateway: p50 %v, p99 %v, max %v (%d flips)", p50, p99, lat[len(lat)-1], len(lat))
+	// Baseline in the same run: an intent change (b2's weight through the
+	// API) to the same gateway, the path every other change takes.
+	var base []time.Duration
+	for i := range 10 {
+		weight := uint32(2 + i%2)
+		got := make(chan struct{}, 1)
+		s.agents["gw1"].SetOnResponse(func(r *agentv1.SyncResponse) {
+			for _, o := range r.GetUpserts() {
+				if o.GetKey() == s.webKey() && o.GetLbService().GetBackends()[1].GetWeight() == weight {
+					select {
+					case got <- struct{}{}:
+					default:
+					}
+				}
+			}
+		})
+		lb := apitest.Must[*mv1.LoadBalancer](t)(s.api.User.LB.GetLoadBalancer(ctx, &mv1.GetLoadBalancerRequest{Name: s.web.Name}))
+		lb.Listeners[0].Backends[1].Weight = &weight
+		start := time.Now()
+		s.api.Ok(s.api.User.LB.UpdateLoadBalancer(ctx, &mv1.UpdateLoadBalancerRequest{LoadBalancer: lb, UpdateMask: mask("listeners")}))
+		select {
+		case <-got:
+			base = append(base, time.Since(start))
+		case <-ctx.Done():
+			t.Fatalf("weight step %d: no delta", i)
+		}
+	}
+	s.agents["gw1"].SetOnResponse(nil)
+	slices.Sort(base)
+	t.Logf("baseline, API weight change -> delta at the gateway: p50 %v, max %v (%d changes); health/intent p50 ratio %.2f",
+		base[len(base)/2], base[len(base)-1], len(base), float64(p50)/float64(base[len(base)/2]))
 	// The target is "well under 100 ms"; the bound on the median keeps
 	// the test meaningful on a loaded CI machine, where single fsyncs of
 	// the store can take tens of milliseconds.
