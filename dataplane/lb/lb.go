@@ -24,18 +24,28 @@
 // listeners only: internal ones are refused): the table is built from the
 // backends that are bound (node_ip set), healthy and not draining, keyed
 // "address:port" with their weights (0 counts as 1), exactly as every
-// other node builds it. Established connections stay on their backend while it is
-// healthy (draining included) and move when it is removed, unbound or
-// unhealthy. A TCP SYN always takes the current table.
+// other node builds it. Established connections stay on their backend
+// while it is healthy (draining included) and move when it is removed,
+// unbound or unhealthy. A TCP SYN always takes the current table.
 //
 // With Options.PinDir (a bpffs directory) the maps and the XDP links are
 // pinned: Close leaves the program forwarding, and a restarted agent's
 // Load reopens the same maps (connection table included) and picks its
 // bookkeeping up from them, so re-sending every LbService changes nothing
-// and no packet is lost across the restart. Without it, Close detaches
+// and no packet is lost across the restart; services the agent no longer
+// has (ServiceIDs) are for it to delete. Without PinDir, Close detaches
 // and a new Load starts empty (the identical Maglev tables still send
-// established flows where the table does). An LB and its methods are safe
-// for concurrent use. There is no package state.
+// established flows where the table does).
+//
+// Forwarding: Config names this node's underlay address and how to reach
+// the backends' nodes: a static next hop (the uplink itself with XDP_TX,
+// or another interface with bpf_redirect) or the kernel's FIB per packet.
+// On a veth, frames sent with XDP_TX or a redirect arrive only if the
+// peer has an XDP program. Counters (Stats) say what was forwarded,
+// passed on and dropped, and why.
+//
+// An LB and its methods are safe for concurrent use. There is no package
+// state.
 package lb
 
 import (
@@ -45,6 +55,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -765,6 +776,19 @@ func (l *LB) DeleteService(id uint32) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ServiceIDs lists the services installed (after a restart with PinDir:
+// the ones recovered from the maps).
+func (l *LB) ServiceIDs() []uint32 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ids := make([]uint32, 0, len(l.services))
+	for id := range l.services {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // ServiceStats are one listener's counters.

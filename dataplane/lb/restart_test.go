@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -127,8 +128,8 @@ func TestRestartWithPinnedMaps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := st.Services[1]; !ok || len(st.Services) != 1 {
-		t.Fatalf("recovered services %v, want service 1", st.Services)
+	if _, ok := st.Services[1]; !ok || len(st.Services) != 1 || !slices.Equal(l2.ServiceIDs(), []uint32{1}) {
+		t.Fatalf("recovered services %v (%v), want service 1", st.Services, l2.ServiceIDs())
 	}
 	check := func(what string, moved func(f flow) bool) {
 		t.Helper()
