@@ -45,6 +45,13 @@ type lbGateway struct {
 	lb      *lb.LB                        // nil: not loaded
 	uplink  int                           // ifindex it is attached to (0: none)
 	applied map[uint32]*agentv1.LbService // by service ID, as last set
+	neighs  map[neighKey]bool             // managed neighbour entries this agent added
+}
+
+// neighKey is a next hop toward backend nodes: an address on a link.
+type neighKey struct {
+	link int
+	addr netip.Addr
 }
 
 // northSouth returns the north-south services of desired, by ID.
@@ -86,6 +93,7 @@ func (a *Agent) reconcileNorthSouth(desired map[string]*agentv1.Object, errs map
 		failAll(err)
 		return
 	}
+	g.resolveNextHops(a, svcs)
 	want := map[uint32]bool{}
 	for _, o := range svcs {
 		s := o.GetLbService()
@@ -164,6 +172,78 @@ func (g *lbGateway) setup(a *Agent, me *agentv1.Gateway) error {
 	return nil
 }
 
+// resolveNextHops keeps the next hops toward the services' backend nodes
+// resolved. The load balancer takes the outer MACs from the kernel's
+// neighbour table (bpf_fib_lookup) and drops a packet whose next hop has
+// no entry: nothing in XDP makes the kernel resolve one, and a gateway
+// may never have sent anything to a backend's node. A "managed" entry
+// (NTF_EXT_MANAGED) is one the kernel resolves at once and keeps
+// resolved. Entries added for nodes no longer needed are removed. g.mu is
+// held; failures are logged, not fatal: the first packets then fail over
+// to nothing, as before.
+func (g *lbGateway) resolveNextHops(a *Agent, svcs []*agentv1.Object) {
+	want := map[neighKey]bool{}
+	seen := map[string]bool{}
+	for _, o := range svcs {
+		for _, b := range o.GetLbService().GetBackends() {
+			if b.GetNodeIp() == "" || seen[b.GetNodeIp()] {
+				continue
+			}
+			seen[b.GetNodeIp()] = true
+			ip, err := netip.ParseAddr(b.GetNodeIp())
+			if err != nil || !ip.Is4() || ip == a.cfg.UnderlayIP {
+				continue
+			}
+			routes, err := netlink.RouteGet(ip.AsSlice())
+			if err != nil || len(routes) == 0 {
+				a.log.Warn("load balancer: no route to a backend's node", "node_ip", ip, "err", err)
+				continue
+			}
+			nh := ip
+			if gw, ok := netip.AddrFromSlice(routes[0].Gw); ok && routes[0].Gw != nil {
+				nh = gw.Unmap()
+			}
+			want[neighKey{link: routes[0].LinkIndex, addr: nh}] = true
+		}
+	}
+	if g.neighs == nil {
+		g.neighs = map[neighKey]bool{}
+	}
+	for k := range want {
+		if g.neighs[k] || managedNeigh(k) {
+			continue
+		}
+		n := &netlink.Neigh{LinkIndex: k.link, Family: netlink.FAMILY_V4, IP: k.addr.AsSlice(), State: netlink.NUD_NONE,
+			FlagsExt: netlink.NTF_EXT_MANAGED}
+		if err := netlink.NeighSet(n); err != nil {
+			a.log.Warn("load balancer: keep the next hop to backend nodes resolved", "next_hop", k.addr, "err", err)
+			continue
+		}
+		g.neighs[k] = true
+	}
+	for k := range g.neighs {
+		if !want[k] {
+			netlink.NeighDel(&netlink.Neigh{LinkIndex: k.link, Family: netlink.FAMILY_V4, IP: k.addr.AsSlice()})
+			delete(g.neighs, k)
+		}
+	}
+}
+
+// managedNeigh says whether k already has a managed entry (added by an
+// earlier agent: the kernel keeps them across restarts).
+func managedNeigh(k neighKey) bool {
+	ns, err := netlink.NeighList(k.link, netlink.FAMILY_V4)
+	if err != nil {
+		return false
+	}
+	for _, n := range ns {
+		if a, ok := netip.AddrFromSlice(n.IP); ok && a.Unmap() == k.addr && n.FlagsExt&netlink.NTF_EXT_MANAGED != 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // underlayMTU is the MTU of the interface holding the node's underlay
 // address, where the encapsulated packets leave (the uplink's, fallback,
 // if none has it); 0 (the load balancer's default) if implausible.
@@ -194,6 +274,10 @@ func (g *lbGateway) unload(a *Agent) {
 		a.log.Warn("north-south load balancer: close", "err", err)
 	}
 	g.lb, g.uplink, g.applied = nil, 0, nil
+	for k := range g.neighs {
+		netlink.NeighDel(&netlink.Neigh{LinkIndex: k.link, Family: netlink.FAMILY_V4, IP: k.addr.AsSlice()})
+	}
+	g.neighs = nil
 	a.log.Info("north-south load balancer unloaded: not a gateway")
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -138,8 +139,33 @@ func TestReconcileNorthSouth(t *testing.T) {
 		svc := func(id uint32, vip string, internal bool) *agentv1.Object {
 			return &agentv1.Object{Key: fmt.Sprintf("lb/%d", id), Body: &agentv1.Object_LbService{LbService: &agentv1.LbService{
 				Id: id, Name: "web/http", VpcId: 1, Vni: 100, Vip: vip, Port: 80, Protocol: 6, Internal: internal, MaglevSize: 251,
-				Backends: []*agentv1.LbBackend{{Id: 1, Address: "10.0.1.10", Port: 8080, Weight: 1, PortId: 1,
-					PortMac: "02:00:00:00:00:0a", Node: "g1", NodeIp: "192.0.2.101", Healthy: true}}}}}
+				Backends: []*agentv1.LbBackend{
+					{Id: 1, Address: "10.0.1.10", Port: 8080, Weight: 1, PortId: 1, PortMac: "02:00:00:00:00:0a", Node: "g1", NodeIp: "192.0.2.101", Healthy: true},
+					{Id: 2, Address: "10.0.1.20", Port: 8080, Weight: 1, PortId: 2, PortMac: "02:00:00:00:00:0b", Node: "n2", NodeIp: "192.0.2.102", Healthy: true},
+				}}}}
+		}
+		// The underlay, where node n2 (192.0.2.102) is a neighbour.
+		under := addVeth(t, "nund0")
+		if err := netlink.AddrAdd(under, &netlink.Addr{IPNet: &net.IPNet{IP: net.IP{192, 0, 2, 1}, Mask: net.CIDRMask(24, 32)}}); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range []string{"nund0", "nund0p"} {
+			if err := netlink.LinkSetUp(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: l}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		managed := func() bool {
+			t.Helper()
+			ns, err := netlink.NeighList(under.Attrs().Index, netlink.FAMILY_V4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range ns {
+				if n.IP.Equal(net.IP{192, 0, 2, 102}) && n.FlagsExt&netlink.NTF_EXT_MANAGED != 0 {
+					return true
+				}
+			}
+			return false
 		}
 		apply := func(desired map[string]*agentv1.Object) map[string]string {
 			t.Helper()
@@ -163,11 +189,14 @@ func TestReconcileNorthSouth(t *testing.T) {
 
 		w := outsideWorld("nup0", "g1", 1)
 		w["lb/10"] = svc(10, "198.51.100.50", false)
-		w["lb/11"] = svc(11, "10.0.1.80", true)     // east-west: not the gateway's XDP
+		w["lb/11"] = svc(11, "10.0.1.80", true)       // east-west: not the gateway's XDP
 		w["lb/12"] = svc(12, "not-an-address", false) // refused, alone
 		errs := apply(w)
 		if len(errs) != 1 || !strings.Contains(errs["lb/12"], "VIP") {
 			t.Fatalf("errors %v, want only lb/12's VIP", errs)
+		}
+		if !managed() {
+			t.Error("no managed neighbour entry for backend node 192.0.2.102: the load balancer's FIB lookups would fail")
 		}
 		if xdpProg() == 0 || uplinkPrograms(t, up.Attrs().Index) != 1 {
 			t.Fatalf("uplink: XDP program %d, %d tc programs; want both", xdpProg(), uplinkPrograms(t, up.Attrs().Index))
@@ -219,6 +248,9 @@ func TestReconcileNorthSouth(t *testing.T) {
 		}
 		if xdpProg() != 0 || a.nslb.lb != nil {
 			t.Fatalf("XDP program %d still on the uplink of a node that is no gateway", xdpProg())
+		}
+		if managed() {
+			t.Error("the managed neighbour entry outlived the load balancer")
 		}
 	})
 }
