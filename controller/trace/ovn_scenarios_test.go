@@ -2,6 +2,7 @@ package trace_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -126,39 +128,66 @@ func TestOVNTraceAgreesWithScenarioMatrices(t *testing.T) {
 				if ph.Apply != "" {
 					env.apply(t, ph.Apply)
 				}
-				synced := false
-				var disagree []string
 				exps := ph.Expectations()
-				for _, e := range exps {
-					args, err := flowArgs(sc, e.Flow)
-					if err != nil {
-						t.Fatalf("phase %s: %s: %v", ph.Name, e.Flow, err)
-					}
-					r, err := env.trace(t, args...)
-					if err != nil {
-						t.Fatalf("phase %s: %s: %v", ph.Name, e.Flow, err)
-					}
-					if !synced {
-						waitOVN(t, env, stack, r.GetRevision())
-						synced = true
-						if r, err = env.trace(t, args...); err != nil {
-							t.Fatalf("phase %s: %s: %v", ph.Name, e.Flow, err)
+				// One trace first, to learn the revision the OVN realization
+				// must reach; then every flow, four at a time (each runs an
+				// ovn-trace process, mostly waiting on its start-up).
+				first, err := flowArgs(sc, exps[0].Flow)
+				if err != nil {
+					t.Fatalf("phase %s: %s: %v", ph.Name, exps[0].Flow, err)
+				}
+				r0, err := env.trace(t, first...)
+				if err != nil {
+					t.Fatalf("phase %s: %s: %v", ph.Name, exps[0].Flow, err)
+				}
+				waitOVN(t, env, stack, r0.GetRevision())
+				results := make([]string, len(exps))
+				errs := make([]error, len(exps))
+				sem := make(chan struct{}, 4)
+				var wg sync.WaitGroup
+				for i, e := range exps {
+					wg.Add(1)
+					sem <- struct{}{}
+					go func() {
+						defer func() { <-sem; wg.Done() }()
+						args, err := flowArgs(sc, e.Flow)
+						if err != nil {
+							errs[i] = err
+							return
 						}
-					}
-					o := r.GetOvn()
+						r, err := env.trace(t, args...)
+						if err != nil {
+							errs[i] = err
+							return
+						}
+						o := r.GetOvn()
+						switch {
+						case o == nil:
+							errs[i] = errors.New("no ovn-trace verdict from an OVN node")
+						case o.GetError() != "":
+							errs[i] = errors.New("ovn-trace: " + o.GetError())
+						case !o.GetAgrees() || o.GetAllowed() != r.GetForward().GetAllowed():
+							results[i] = fmt.Sprintf("  %s: the model says %s (%s), ovn-trace %s",
+								e.Flow, word(r.GetForward().GetAllowed()), explainVerdict(r), o.GetVerdict())
+						case o.GetAllowed():
+							results[i] = "allowed"
+						default:
+							results[i] = "dropped"
+						}
+					}()
+				}
+				wg.Wait()
+				var disagree []string
+				for i, e := range exps {
 					switch {
-					case o == nil:
-						t.Fatalf("phase %s: %s: no ovn-trace verdict from an OVN node", ph.Name, e.Flow)
-					case o.GetError() != "":
-						t.Fatalf("phase %s: %s: ovn-trace: %s", ph.Name, e.Flow, o.GetError())
-					case !o.GetAgrees() || o.GetAllowed() != r.GetForward().GetAllowed():
-						disagree = append(disagree, fmt.Sprintf("  %s: the model says %s (%s), ovn-trace %s",
-							e.Flow, word(r.GetForward().GetAllowed()), explainVerdict(r), o.GetVerdict()))
+					case errs[i] != nil:
+						t.Fatalf("phase %s: %s: %v", ph.Name, e.Flow, errs[i])
+					case results[i] == "allowed":
+						allowed++
+					case results[i] != "dropped":
+						disagree = append(disagree, results[i])
 					}
 					total++
-					if o.GetAllowed() {
-						allowed++
-					}
 				}
 				if len(disagree) > 0 {
 					t.Errorf("phase %s: ovn-trace disagrees with the model on %d of %d first packets:\n%s",
