@@ -521,11 +521,11 @@ func decorateLoadBalancer(_ *Server, tx store.ReadTx, m proto.Message) error {
 			}
 			f := resource.LbBackendFacts{Node: node, Draining: b.Draining}
 			if node != "" {
-				if _, down, err := tx.Get(resource.NodeDownKey(node)); err != nil {
+				_, down, err := tx.Get(resource.NodeDownKey(node))
+				if err != nil {
 					return err
-				} else {
-					f.NodeDown = down
 				}
+				f.NodeDown = down
 				kv, ok, err := tx.Get(resource.LbHealthKey(l.Id, b.Id))
 				if err != nil {
 					return err
