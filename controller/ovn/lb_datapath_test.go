@@ -1,6 +1,7 @@
 package ovn
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"net"
@@ -109,6 +110,37 @@ func TestLoadBalancerDataPathOnRealOVN(t *testing.T) {
 				t.Errorf("backend %s got none of 30 connections: %v", addr, got)
 			}
 		}
+	})
+	t.Run("a draining backend keeps its connections and gets no new one", func(t *testing.T) {
+		held, greeting, err := dialHeld(client.Netns, "10.0.1.100:80")
+		if err != nil {
+			t.Fatalf("connection to the VIP: %v", err)
+		}
+		defer held.Close()
+		drained, _, _ := strings.Cut(greeting, " ")
+		objs := lbDataPathObjects()
+		for _, b := range objs["lb/7"].GetLbService().GetBackends() {
+			b.Draining = b.GetAddress() == drained
+		}
+		mustSync(t, r, objs)
+		stack.NBCtl("--wait=hv", "sync")
+		waitNoneTo(t, client.Netns, "10.0.1.100:80", drained)
+		if got := spread(t, 30); got[drained] != 0 {
+			t.Errorf("draining %s still got new connections: %v", drained, got)
+		}
+		// The held connection still reaches the draining backend.
+		if err := held.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(held, "still there?\n"); err != nil {
+			t.Fatalf("write on the held connection: %v", err)
+		}
+		echo, err := bufio.NewReader(held).ReadString('\n')
+		if err != nil || echo != "still there?\n" {
+			t.Errorf("the held connection to draining %s: %q, %v", drained, echo, err)
+		}
+		mustSync(t, r, lbDataPathObjects())
+		stack.NBCtl("--wait=hv", "sync")
 	})
 	t.Run("the backends' subnet keeps its gateway", func(t *testing.T) {
 		// A backend that forgot its gateway's MAC asks again: the answer
@@ -226,20 +258,56 @@ func serveName(t *testing.T, ns, addr, name string) *nameServer {
 			if err != nil {
 				return
 			}
-			peer, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-			_, _ = io.WriteString(c, name+" "+peer)
-			c.Close()
+			go func() {
+				// The greeting, then an echo of every line until the
+				// client closes: a held connection shows it still reaches
+				// this server.
+				defer c.Close()
+				peer, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+				if _, err := io.WriteString(c, name+" "+peer+"\n"); err != nil {
+					return
+				}
+				_, _ = io.Copy(c, c)
+			}()
 		}
 	}()
 	return s
 }
 
+// dialHeld connects from namespace ns to addr and returns the connection
+// with the server's greeting ("name peer").
+func dialHeld(ns, addr string) (net.Conn, string, error) {
+	var c net.Conn
+	err := plumbing.RunInNetns("/run/netns/"+ns, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp4", addr, time.Second)
+		return err
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	if err := c.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
+		c.Close()
+		return nil, "", err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		c.Close()
+		return nil, "", err
+	}
+	return c, strings.TrimSuffix(line, "\n"), nil
+}
+
 // nameSeen connects from namespace ns to addr and returns the name of the
 // server that answered and the client address it saw.
 func nameSeen(ns, addr string) (name, peer string, err error) {
-	got, err := peerSeen(ns, addr)
+	c, got, err := dialHeld(ns, addr)
+	if err != nil {
+		return "", "", err
+	}
+	c.Close()
 	name, peer, _ = strings.Cut(got, " ")
-	return name, peer, err
+	return name, peer, nil
 }
 
 func eventuallyConnects(t *testing.T, ns, addr string) {
@@ -254,6 +322,25 @@ func eventuallyConnects(t *testing.T, ns, addr string) {
 			t.Fatalf("no connection from %s to %s: %v", ns, addr, err)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitNoneTo waits until 10 connections in a row from ns to addr reach
+// another server than name.
+func waitNoneTo(t *testing.T, ns, addr, name string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for ok := 0; ok < 10; {
+		got, _, err := nameSeen(ns, addr)
+		if err == nil && got != name {
+			ok++
+			continue
+		}
+		ok = 0
+		if time.Now().After(deadline) {
+			t.Fatalf("connections from %s to %s still reach %s 10 s after it left the pool", ns, addr, name)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
