@@ -69,7 +69,7 @@ func (s *localServer) Capture(r *agentv1.CaptureRequest, stream agentv1.LocalAge
 	a.log.Info("capture ended", "where", where, "packets", sum.Packets, "dropped_buffer", sum.DroppedBuffer,
 		"dropped_kernel", sum.DroppedKernel, "ended_by", sum.EndedBy)
 	if err != nil {
-		return err
+		return err // the client went away: nobody to tell
 	}
 	return stream.Send(&agentv1.CaptureResponse{Summary: sum})
 }
@@ -195,7 +195,8 @@ func (c *socketSource) kernelDrops() uint64 {
 func (c *socketSource) close() { c.s.Close() }
 
 // runCapture moves packets from src to send through a bounded queue until
-// max packets (0: no limit), the context's end or an error of send.
+// max packets (0: no limit), the context's end or an error of send. The
+// summary is never nil; with an error of send it counts what was sent.
 func runCapture(ctx context.Context, src captureSource, max uint64, send func(*agentv1.CaptureResponse) error) (*agentv1.CaptureSummary, error) {
 	type item struct{ p *agentv1.CapturedPacket }
 	queue := make(chan item, captureQueueFrames)
@@ -260,12 +261,15 @@ func runCapture(ctx context.Context, src captureSource, max uint64, send func(*a
 	}
 	tick := time.NewTicker(captureFlushEvery)
 	defer tick.Stop()
+	gone := func(err error) (*agentv1.CaptureSummary, error) {
+		return &agentv1.CaptureSummary{Packets: sent, DroppedBuffer: dropped.Load(), EndedBy: "client gone: " + err.Error()}, err
+	}
 	for {
 		select {
 		case it, ok := <-queue:
 			if !ok {
 				if err := flush(); err != nil {
-					return nil, err
+					return gone(err)
 				}
 				sum := &agentv1.CaptureSummary{Packets: sent, DroppedBuffer: dropped.Load(), DroppedKernel: src.kernelDrops()}
 				select {
@@ -283,12 +287,12 @@ func runCapture(ctx context.Context, src captureSource, max uint64, send func(*a
 			batchBytes += len(it.p.Data)
 			if len(batch) >= captureBatchFrames || batchBytes >= captureBatchBytes {
 				if err := flush(); err != nil {
-					return nil, err
+					return gone(err)
 				}
 			}
 		case <-tick.C:
 			if err := flush(); err != nil {
-				return nil, err
+				return gone(err)
 			}
 		}
 	}

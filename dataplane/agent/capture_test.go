@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -48,7 +49,7 @@ const (
 	capDB  = "projects/cap/ports/db-1"
 )
 
-func newCaptureNode(t *testing.T, dp *datapath.Datapath) *captureNode {
+func newCaptureNode(t testing.TB, dp *datapath.Datapath) *captureNode {
 	t.Helper()
 	node, err := netns.Get()
 	if err != nil {
@@ -132,7 +133,7 @@ func newCaptureNode(t *testing.T, dp *datapath.Datapath) *captureNode {
 }
 
 // in runs fn on this (locked) thread inside the namespace at path.
-func (n *captureNode) in(t *testing.T, path string, fn func()) {
+func (n *captureNode) in(t testing.TB, path string, fn func()) {
 	t.Helper()
 	ns, err := netns.GetFromPath(path)
 	if err != nil {
@@ -181,7 +182,7 @@ type ctlRun struct {
 }
 
 // start runs meridianctl in the background and waits until its capture runs.
-func (n *captureNode) start(t *testing.T, ctx context.Context, args ...string) *ctlRun {
+func (n *captureNode) start(t testing.TB, ctx context.Context, args ...string) *ctlRun {
 	t.Helper()
 	r := &ctlRun{err: &readySignal{ready: make(chan struct{})}, done: make(chan error, 1)}
 	args = append(args, "--agent-socket", n.socket, "--config", "")
@@ -200,7 +201,7 @@ func (n *captureNode) start(t *testing.T, ctx context.Context, args ...string) *
 
 func (r *ctlRun) ready() chan struct{} { return r.err.ready }
 
-func (r *ctlRun) wait(t *testing.T) string {
+func (r *ctlRun) wait(t testing.TB) string {
 	t.Helper()
 	select {
 	case err := <-r.done:
@@ -614,5 +615,20 @@ func TestCaptureBoundedBuffer(t *testing.T) {
 	}
 	if max := captureQueueBytes/1500 + captureBatchFrames + 1; int(sum.Packets) > max {
 		t.Fatalf("%d frames passed a stuck client: the queue holds at most %d", sum.Packets, max)
+	}
+}
+
+// TestCaptureClientGone: a client that goes away while frames flow ends
+// the capture with the error and a summary; the source is closed.
+func TestCaptureClientGone(t *testing.T) {
+	src := &fastSource{n: 1000, size: 100, closed: make(chan struct{})}
+	sum, err := runCapture(context.Background(), src, 0, func(*agentv1.CaptureResponse) error { return io.ErrClosedPipe })
+	if !errors.Is(err, io.ErrClosedPipe) || sum == nil || !strings.HasPrefix(sum.EndedBy, "client gone") {
+		t.Fatalf("summary %+v, error %v", sum, err)
+	}
+	select {
+	case <-src.closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the source was not closed")
 	}
 }
