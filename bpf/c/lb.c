@@ -353,7 +353,15 @@ fail:
  * or draining), else the Maglev table's (written back to the connection
  * table when insert is set). A TCP SYN skips the connection table: it
  * starts a new connection, and a reused 5-tuple must follow today's
- * table, not where an old connection went (Katran does the same). */
+ * table, not where an old connection went (Katran does the same).
+ *
+ * Every TCP packet that misses is inserted, not only SYNs (like Katran):
+ * a mid-flow packet reaching this node after an ECMP change or a restart
+ * gets the same Maglev choice every node makes, and pinning it keeps the
+ * connection there through later backend changes. Inserting only on SYN
+ * would leave such flows hashing per packet, moved by any table change.
+ * UDP has no connection start: always inserted. The lookup on a hit
+ * marks the entry referenced for the LRU; nothing else is written. */
 static __always_inline __u32 lb_pick(const struct lb_vip *vip, struct lb_flow *flow, int skip_ct,
 				     int insert, struct lb_svc_counters *ss, struct lb_counters *st,
 				     struct lb_backend **out)
