@@ -366,12 +366,14 @@ func (d *Distributor) collect(ctx context.Context, ch <-chan store.WatchResponse
 	return nil
 }
 
+// nodeKey is one object key of one node's desired state.
+type nodeKey struct{ node, key string }
+
 // applyBatch applies a burst of store revisions to the model and turns the
 // result into one new desired version per affected node.
 func (d *Distributor) applyBatch(batch []store.WatchResponse) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	type nodeKey struct{ node, key string }
 	last := map[nodeKey]uint64{} // revision of the last change of each (node, key)
 	for _, resp := range batch {
 		for _, ev := range resp.Events {
@@ -395,6 +397,7 @@ func (d *Distributor) applyBatch(batch []store.WatchResponse) {
 	for ns, rev := range touched {
 		d.touched(ns, rev)
 	}
+	d.watchNewBackendHosts(last)
 	d.signalRev()
 }
 

@@ -18,6 +18,7 @@ package distributor
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
@@ -25,6 +26,23 @@ import (
 	"github.com/meridian-sdn/meridian/controller/resource"
 	"github.com/meridian-sdn/meridian/controller/store"
 )
+
+// watchNewBackendHosts arms the away timer of nodes that came to host a
+// load-balancer backend while their agent is not connected (a backend
+// added on a node whose agent is gone): otherwise only a stream's end arms
+// it, and such a backend would count as healthy forever. Called with d.mu
+// held.
+func (d *Distributor) watchNewBackendHosts(changed map[nodeKey]uint64) {
+	for nk := range changed {
+		if !strings.HasPrefix(nk.key, "lb/") {
+			continue
+		}
+		ns := d.nodes[nk.node]
+		if ns != nil && len(ns.subs) == 0 && ns.awayTimer == nil && d.model.HostsBackends(nk.node) {
+			d.watchGateway(nk.node, ns, d.cfg.GatewayGrace)
+		}
+	}
+}
 
 // healthWrite is one record to store.
 type healthWrite struct {

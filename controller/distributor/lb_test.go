@@ -322,6 +322,19 @@ func TestLbBackendNodeAway(t *testing.T) {
 	waitFor(t, func() bool {
 		return downMarked(t, s.api.Store, "n3") && !s.e.d.NodeState("n3")[db].GetLbService().GetBackends()[0].GetHealthy()
 	})
+	// A backend added on a node whose agent never came: marked down after
+	// the grace period too, not healthy forever.
+	a1 := apitest.ProjectA1
+	s.api.Ok(s.api.Admin.Node.CreateNode(ctx, &mv1.CreateNodeRequest{NodeId: "n4", Node: &mv1.Node{UnderlayIp: "192.0.2.4"}}))
+	s.api.Ok(s.api.User.Net.CreatePort(ctx, &mv1.CreatePortRequest{Parent: a1, PortId: "b4", Port: &mv1.Port{
+		Subnet: apitest.Subnet(a1), FixedIps: []string{"10.0.1.24"}, Node: "nodes/n4"}}))
+	lb := apitest.Must[*mv1.LoadBalancer](t)(s.api.User.LB.GetLoadBalancer(ctx, &mv1.GetLoadBalancerRequest{Name: s.web.Name}))
+	lb.Listeners[0].Backends = append(lb.Listeners[0].Backends, &mv1.LoadBalancerBackend{Port: a1 + "/ports/b4", TargetPort: 8080})
+	s.api.Ok(s.api.User.LB.UpdateLoadBalancer(ctx, &mv1.UpdateLoadBalancerRequest{LoadBalancer: lb, UpdateMask: mask("listeners")}))
+	waitFor(t, func() bool {
+		b := s.status(t).Backends[2]
+		return b.State == "unhealthy" && strings.Contains(b.Reason, "n4")
+	})
 }
 
 func mask(paths ...string) *fieldmaskpb.FieldMask { return &fieldmaskpb.FieldMask{Paths: paths} }
