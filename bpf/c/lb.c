@@ -54,7 +54,7 @@
 #define LB_MAX_SERVICES 1024 /* default; dataplane/lb sets it at load */
 #endif
 #define LB_MAX_BACKENDS 65536
-#define LB_CONNS        1048576
+#define LB_CONNS        262144 /* default; dataplane/lb sets it at load */
 
 #define LB_NO_BACKEND 0xffffffffU
 

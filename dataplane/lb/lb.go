@@ -72,7 +72,7 @@ import (
 type Options struct {
 	MaxServices   uint32 // listeners (LbService) at once; default 1024
 	MaxBackends   uint32 // backends over all services; default 65536
-	ConnTableSize uint32 // connection table entries (LRU); default 1,048,576
+	ConnTableSize uint32 // connection table entries (LRU, preallocated: ~96 B each); default 262,144
 	// PinDir, a directory on bpffs, pins the maps and links there (see
 	// the package comment); "" pins nothing. Maps pinned with other
 	// sizes must be removed first (Unpin).
@@ -174,7 +174,7 @@ func Load(opts Options) (*LB, error) {
 		opts.MaxBackends = 65536
 	}
 	if opts.ConnTableSize == 0 {
-		opts.ConnTableSize = 1 << 20
+		opts.ConnTableSize = 1 << 18
 	}
 	if opts.PinDir != "" {
 		if err := os.MkdirAll(filepath.Join(opts.PinDir, "links"), 0o700); err != nil {
