@@ -252,7 +252,13 @@ func (n *captureNode) traffic(t *testing.T) {
 	n.in(t, n.nsWeb, func() {
 		// Dialled on this thread: the sockets are made in web-1's namespace.
 		for _, port := range []string{"80", "22", "23"} {
-			c, err := net.DialTimeout("tcp4", "10.0.2.20:"+port, 700*time.Millisecond)
+			// Long enough for a loaded machine to connect; short enough
+			// that a dropped SYN is not sent again (after 1 s).
+			timeout := 700 * time.Millisecond
+			if port == "80" {
+				timeout = 5 * time.Second
+			}
+			c, err := net.DialTimeout("tcp4", "10.0.2.20:"+port, timeout)
 			if err == nil {
 				_, err = c.Write([]byte("hello"))
 				c.Close()
@@ -363,7 +369,7 @@ func TestCaptureReplaysLikeLive(t *testing.T) {
 		dir := t.TempDir()
 		webPcap, dbPcap, dropsPcap := filepath.Join(dir, "web.pcap"), filepath.Join(dir, "db.pcap"), filepath.Join(dir, "drops.pcapng")
 		ctx := context.Background()
-		const d = "--duration=3s"
+		const d = "--duration=6s" // the traffic takes about 1.5 s
 		web := n.start(t, ctx, "capture", "--port", capWeb, "--direction", "from-port", "-w", webPcap, d, "tcp")
 		db := n.start(t, ctx, "capture", "--port", "2", "--direction", "to-port", "-w", dbPcap, d)
 		drops := n.start(t, ctx, "capture", "--drops", "-w", dropsPcap, d)
