@@ -14,8 +14,10 @@
 // themselves.
 //
 // The distributor must not validate or change intent: the only resource it
-// writes is the Node record of an agent that registers, and the only other
-// key the liveness marker of a gateway whose agent is away (see edge.go). It does not compile
+// writes is the Node record of an agent that registers; the only other keys
+// are the liveness markers of gateways and load-balancer backend hosts whose
+// agent is away (see edge.go) and the backend health records folded from
+// agents' reports (see lb.go). It does not compile
 // anything itself (package model does) and it does not render OVN.
 package distributor
 

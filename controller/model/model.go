@@ -153,8 +153,9 @@ type Model struct {
 	// vpcAnnouncers: node ID -> its BGP peers with announce_vpc_prefixes;
 	// such a gateway holds every VPC object (for the CIDRs).
 	vpcAnnouncers map[string]set
-	// down holds gateway node IDs marked unavailable (GatewayDownKey):
-	// they keep their objects but own no NAT gateway.
+	// down holds node IDs marked unavailable (GatewayDownKey): gateways
+	// keep their objects but own no NAT gateway; backends hosted there are
+	// unhealthy.
 	down set
 	// away holds gateway node IDs whose agent just went (GatewayAwayKey):
 	// their Gateway objects say draining.
