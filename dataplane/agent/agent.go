@@ -93,6 +93,8 @@ type Agent struct {
 	bgp    bgpAgent   // gateway nodes' BGP speaker (bgp.go)
 	syncm  syncClock  // received vs applied updates, for the sync lag metric (metrics_datapath.go)
 
+	flowlogs *flowLogs // flow logs (flowlog.go); nil in the OVN realization
+
 	// dropSubs: drop events for meridianctl capture --drops (capture.go).
 	dropSubs dropHub
 	// health probes the load-balancer backends hosted here (lb.go); nil
@@ -138,6 +140,9 @@ func New(cfg Config) (*Agent, error) {
 		cfg: cfg, log: cfg.Log.With("node", cfg.Node), dp: dp, ovs: ovs, plumb: cfg.Plumber,
 		desired: map[string]*agentv1.Object{}, attach: map[string]*attachment{},
 		changed: make(chan struct{}, 1), errs: map[string]string{}, reportNow: make(chan struct{}, 1),
+	}
+	if dp != nil {
+		a.flowlogs = newFlowLogs(a.log, dp, cfg.Node)
 	}
 	st, err := loadState(a.statePath())
 	if err != nil {
@@ -199,6 +204,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	g := grpc.NewServer()
 	agentv1.RegisterLocalAgentServiceServer(g, &localServer{a: a})
+	agentv1.RegisterFlowLogLocalServiceServer(g, &flowLogServer{a: a})
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() { defer wg.Done(); g.Serve(lis) }()
@@ -209,6 +215,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.dp != nil { // OVN reports its drops itself
 		wg.Add(1)
 		go func() { defer wg.Done(); a.watchDrops(ctx) }()
+		wg.Add(1)
+		go func() { defer wg.Done(); a.flowlogs.run(ctx) }()
 	}
 	if a.cfg.Metrics != "" {
 		wg.Add(1)

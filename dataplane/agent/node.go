@@ -71,6 +71,9 @@ func (a *Agent) watchDrops(ctx context.Context) {
 			return
 		}
 		a.dropSubs.publish(ev)
+		if a.flowlogs != nil {
+			a.flowlogs.reject(ev)
+		}
 		a.log.Info("policy drop", "reason", ev.Reason.String(), "rule", ev.Rule, "port", ev.Port,
 			"direction", ev.Direction.String(), "vpc", ev.VPC, "proto", ev.Protocol,
 			"src", ev.Src.String()+":"+strconv.Itoa(int(ev.SrcPort)), "dst", ev.Dst.String()+":"+strconv.Itoa(int(ev.DstPort)))
@@ -149,6 +152,9 @@ func (a *Agent) metricsRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	if a.dp != nil { // the OVN realization has no eBPF counters
 		reg.MustRegister(newDropCollector(a.dp))
+	}
+	if a.flowlogs != nil {
+		reg.MustRegister(newFlowLogCollector(a.flowlogs))
 	}
 	reg.MustRegister(newDatapathCollector(a))
 	reg.MustRegister(newLBCollector(&a.nslb)) // gateways: the XDP load balancer (lb.go)

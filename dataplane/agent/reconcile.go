@@ -198,6 +198,9 @@ func (a *Agent) reconcile(desired map[string]*agentv1.Object, attach map[string]
 		next.Ports[pid] = true
 		next.Attached[pid] = ifindex[pid]
 	}
+	if a.flowlogs != nil { // flow logs of the local ports (flowlog.go)
+		a.flowlogs.apply(desired, v, next.Ports, fail)
+	}
 	for _, at := range attach {
 		if next.Ports[at.PortID] {
 			at.Ready, at.Error = true, ""

@@ -1,0 +1,926 @@
+package agent
+
+// Flow logs (issue [6], part 5): the agent's half. The data path announces
+// the new flows that flow logs chose (sampled and rate-limited in BPF,
+// bpf/c/flowlog.h) and counts their packets and bytes in their conntrack
+// entries; policy drops arrive as drop events. The agent keeps a table of
+// the flows it was told about, reads their counters at each aggregation
+// interval and when they end, and writes one record per flow and interval
+// as a JSON line (AWS VPC flow-log fields plus Meridian's: VPC, subnet,
+// direction, the deciding rule, the drop reason) to the flow log's file and
+// to whoever follows the stream on the local API.
+//
+// Why the agent samples rejected flows itself: drop events are sent for
+// every policy drop already (for the drop log and the metrics), so flow
+// logs add no data-path work for them. A flood of rejected packets costs the
+// drop-event ring what it cost before; the agent aggregates a rejected flow's
+// packets within the interval and admits new rejected flows through the same
+// sampling (by flow hash, so a flow is in or out as a whole) and rate limit.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
+	"github.com/meridian-sdn/meridian/dataplane/datapath"
+	"github.com/meridian-sdn/meridian/fw"
+)
+
+const (
+	// flowTableMax bounds the flows the agent tracks at once (accepted
+	// flows plus this interval's rejected ones): a flood can fill it, never
+	// grow it. Flows announced beyond it are counted and not logged.
+	flowTableMax = 100000
+	// flowTick is how often the table is looked at; records are written
+	// when a flow's interval is over, so this only bounds their delay.
+	flowTick = 250 * time.Millisecond
+	// defaultMaxFileBytes is where a flow-log file rotates (to path.1).
+	defaultMaxFileBytes = 100 << 20
+	// followerBuffer is how many batches a slow follower may lag before
+	// it misses records (counted, and told in the stream).
+	followerBuffer = 256
+)
+
+// FlowRecord is one flow-log record. The first fields are AWS VPC flow
+// logs' (version 2 and the v3/v5 ones that apply); the rest are Meridian's.
+type FlowRecord struct {
+	Version     int    `json:"version"`
+	AccountID   string `json:"account-id"`
+	InterfaceID string `json:"interface-id"`
+	SrcAddr     string `json:"srcaddr"`
+	DstAddr     string `json:"dstaddr"`
+	SrcPort     uint16 `json:"srcport"`
+	DstPort     uint16 `json:"dstport"`
+	Protocol    uint8  `json:"protocol"`
+	Packets     uint64 `json:"packets"`
+	Bytes       uint64 `json:"bytes"`
+	Start       int64  `json:"start"`
+	End         int64  `json:"end"`
+	Action      string `json:"action"`
+	LogStatus   string `json:"log-status"`
+	VPCID       string `json:"vpc-id"`
+	SubnetID    string `json:"subnet-id"`
+	Direction   string `json:"flow-direction"`
+	// Meridian's fields.
+	ReversePackets uint64 `json:"reverse-packets"`
+	ReverseBytes   uint64 `json:"reverse-bytes"`
+	Rule           string `json:"rule"`
+	ACL            string `json:"acl,omitempty"`
+	ACLRule        uint32 `json:"acl-rule,omitempty"` // rule number
+	SecurityGroup  string `json:"security-group,omitempty"`
+	SGRuleID       uint32 `json:"sg-rule-id,omitempty"`
+	DropReason     string `json:"drop-reason,omitempty"`
+	FlowEnded      bool   `json:"flow-ended,omitempty"`
+	Node           string `json:"node"`
+	FlowLog        string `json:"flow-log"`
+
+	subnet uint32 // the port's subnet, for the ACL's name
+}
+
+// flowLogCfg is one flow log applied on this node.
+type flowLogCfg struct {
+	cfg      *agentv1.FlowLogConfig
+	slot     uint8
+	interval time.Duration
+	accept   bool
+	reject   bool
+	w        *jsonlWriter // nil: stream only
+	bucket   tokenBucket  // admission of new rejected flows
+}
+
+// flowNames resolves the data path's numbers into API names.
+type flowNames struct {
+	ports   map[uint32]*agentv1.Port
+	subnets map[uint32]string
+	vpcs    map[uint32]string // by VNI (the data path's VPC key)
+	sgRule  map[uint32]string // rule id -> security group name
+	aclRule map[uint32]aclRuleName
+	aclOf   map[uint32]string // subnet id -> its network ACL's name
+}
+
+type aclRuleName struct {
+	acl    string
+	number uint32
+	allow  bool
+}
+
+type flowID struct {
+	port uint32
+	key  datapath.FlowKey
+}
+
+// trackedFlow is an accepted flow being logged.
+type trackedFlow struct {
+	cfg         *flowLogCfg
+	ev          datapath.FlowEvent
+	start       time.Time // first packet (first record) or the window's start
+	windowStart time.Time
+	seen        [2]uint64 // packets already reported
+	seenBytes   [2]uint64
+}
+
+type rejectID struct {
+	port   uint32
+	key    datapath.FlowKey
+	reason datapath.DropReason
+	rule   uint32
+}
+
+type rejectedFlow struct {
+	cfg     *flowLogCfg
+	ev      datapath.DropEvent
+	first   time.Time
+	last    time.Time
+	packets uint64
+	bytes   uint64
+}
+
+// flowFollower is a local-API stream.
+type flowFollower struct {
+	flowLog string // "" = all
+	port    string // "" = all
+	ch      chan []string
+	mu      sync.Mutex
+	dropped uint64
+}
+
+// flowLogs is the agent's flow-log machinery.
+type flowLogs struct {
+	log  *slog.Logger
+	dp   *datapath.Datapath
+	node string
+
+	mu        sync.Mutex
+	cfgs      map[uint32]*flowLogCfg // by FlowLogConfig id
+	bySlot    map[uint8]*flowLogCfg
+	portCfg   map[uint32]*flowLogCfg // local port -> the flow log logging it
+	names     flowNames
+	flows     map[flowID]*trackedFlow
+	rejects   map[rejectID]*rejectedFlow
+	followers map[*flowFollower]struct{}
+
+	// counters for /metrics
+	rejectLogged, rejectSampledOut, rejectLimited uint64
+	tableFull, records, writeErrors               uint64
+}
+
+func newFlowLogs(log *slog.Logger, dp *datapath.Datapath, node string) *flowLogs {
+	return &flowLogs{
+		log: log.With("component", "flowlogs"), dp: dp, node: node,
+		cfgs: map[uint32]*flowLogCfg{}, bySlot: map[uint8]*flowLogCfg{}, portCfg: map[uint32]*flowLogCfg{},
+		flows: map[flowID]*trackedFlow{}, rejects: map[rejectID]*rejectedFlow{},
+		followers: map[*flowFollower]struct{}{},
+	}
+}
+
+// validateFlowLogConfig checks what the controller validated already; an
+// agent must not trust a bad object into the data path either.
+func validateFlowLogConfig(c *agentv1.FlowLogConfig) error {
+	switch c.TrafficType {
+	case "ACCEPT", "REJECT", "ALL":
+	default:
+		return fmt.Errorf("traffic type %q: want ACCEPT, REJECT or ALL", c.TrafficType)
+	}
+	if c.FilePath != "" && !filepath.IsAbs(c.FilePath) {
+		return fmt.Errorf("file path %q is not absolute", c.FilePath)
+	}
+	if c.AggregationInterval == 0 || c.AggregationInterval > 600 {
+		return fmt.Errorf("aggregation interval %d s: want 1..600", c.AggregationInterval)
+	}
+	if c.VpcId == 0 {
+		return errors.New("no VPC")
+	}
+	return nil
+}
+
+// apply installs the node's flow logs: a data-path slot per flow log and,
+// on every local port, the slot of the narrowest flow log covering it.
+// localPorts are the ports the data path has installed. Errors are per
+// object key, like the rest of reconcile.
+func (f *flowLogs) apply(desired map[string]*agentv1.Object, v *agentv1.Index, localPorts map[uint32]bool, fail func(string, error)) {
+	var want []*agentv1.FlowLogConfig
+	for key, o := range desired {
+		c := o.GetFlowLog()
+		if c == nil {
+			continue
+		}
+		if err := validateFlowLogConfig(c); err != nil {
+			fail(key, fmt.Errorf("flow log %s: %w", c.Name, err))
+			continue
+		}
+		want = append(want, c)
+	}
+	sort.Slice(want, func(i, j int) bool { return want[i].Id < want[j].Id })
+
+	names := flowNames{ports: v.Ports, subnets: map[uint32]string{}, vpcs: map[uint32]string{},
+		sgRule: map[uint32]string{}, aclRule: map[uint32]aclRuleName{}, aclOf: map[uint32]string{}}
+	for id, s := range v.Subnets {
+		names.subnets[id] = s.Name
+		if a := v.NetworkACLs[s.NetworkAclId]; a != nil {
+			names.aclOf[id] = a.Name
+		}
+	}
+	vniOf := map[uint32]uint32{}
+	for id, x := range v.VPCs {
+		names.vpcs[x.Vni] = x.Name
+		vniOf[id] = x.Vni
+	}
+	for _, sg := range v.SecurityGroups {
+		for _, r := range sg.Rules {
+			names.sgRule[r.Id] = sg.Name
+		}
+	}
+	for _, a := range v.NetworkACLs {
+		for _, r := range a.Rules {
+			names.aclRule[r.Id] = aclRuleName{acl: a.Name, number: r.Number, allow: r.Allow}
+		}
+	}
+
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.names = names
+	next := map[uint32]*flowLogCfg{}
+	usedSlots := map[uint8]bool{}
+	for _, c := range want {
+		if old := f.cfgs[c.Id]; old != nil {
+			usedSlots[old.slot] = true
+		}
+	}
+	nextSlot := uint8(1)
+	for _, c := range want {
+		fc := f.cfgs[c.Id]
+		if fc == nil {
+			for nextSlot != 0 && usedSlots[nextSlot] {
+				nextSlot++
+			}
+			if nextSlot == 0 || int(nextSlot) > datapath.FlowLogSlots {
+				fail("flowlog/"+strconv.Itoa(int(c.Id)), fmt.Errorf("flow log %s: more than %d flow logs on this node", c.Name, datapath.FlowLogSlots))
+				continue
+			}
+			fc = &flowLogCfg{slot: nextSlot}
+			usedSlots[nextSlot] = true
+		}
+		if err := f.configure(fc, c); err != nil {
+			fail("flowlog/"+strconv.Itoa(int(c.Id)), fmt.Errorf("flow log %s: %w", c.Name, err))
+			continue
+		}
+		next[c.Id] = fc
+	}
+	// Flow logs that went away: slot off, file closed, their flows forgotten.
+	for id, fc := range f.cfgs {
+		if next[id] == fc {
+			continue
+		}
+		if err := f.dp.ClearFlowLogSlot(fc.slot); err != nil {
+			fail("flowlog/"+strconv.Itoa(int(id)), err)
+		}
+		fc.w.close()
+		f.forget(fc)
+	}
+	f.cfgs = next
+	f.bySlot = map[uint8]*flowLogCfg{}
+	for _, fc := range next {
+		f.bySlot[fc.slot] = fc
+	}
+
+	// Each local port gets the narrowest flow log covering it.
+	rank := func(c *agentv1.FlowLogConfig, p *agentv1.Port) int {
+		switch {
+		case c.PortId != 0:
+			if c.PortId == p.Id {
+				return 3
+			}
+		case c.SubnetId != 0:
+			if c.SubnetId == p.SubnetId {
+				return 2
+			}
+		case c.VpcId == p.VpcId:
+			return 1
+		}
+		return 0
+	}
+	portCfg := map[uint32]*flowLogCfg{}
+	for pid := range localPorts {
+		p := v.Ports[pid]
+		if p == nil {
+			continue
+		}
+		best, bestRank := (*flowLogCfg)(nil), 0
+		for _, c := range want { // by id: the lowest wins a tie
+			fc := next[c.Id]
+			if r := rank(c, p); fc != nil && r > bestRank {
+				best, bestRank = fc, r
+			}
+		}
+		var slot uint8
+		if best != nil {
+			slot = best.slot
+			portCfg[pid] = best
+		}
+		if err := f.dp.SetPortFlowLog(pid, slot); err != nil {
+			fail(fmt.Sprintf("port/%d", pid), fmt.Errorf("flow log: %w", err))
+		}
+	}
+	f.portCfg = portCfg
+}
+
+// configure (re)applies c to fc: data-path slot, file, bucket.
+func (f *flowLogs) configure(fc *flowLogCfg, c *agentv1.FlowLogConfig) error {
+	slot := datapath.FlowLogSlot{Sample: c.Sampling, Rate: c.RateLimit, Burst: c.Burst}
+	fc.accept = c.TrafficType != "REJECT"
+	fc.reject = c.TrafficType != "ACCEPT"
+	if fc.accept {
+		slot.Traffic |= datapath.FlowLogAccept
+	}
+	if fc.reject {
+		slot.Traffic |= datapath.FlowLogReject
+	}
+	if err := f.dp.SetFlowLogSlot(fc.slot, slot); err != nil {
+		return err
+	}
+	max := int64(c.MaxFileBytes)
+	if max <= 0 {
+		max = defaultMaxFileBytes
+	}
+	if fc.w == nil || fc.w.path != c.FilePath {
+		fc.w.close()
+		fc.w = nil
+		if c.FilePath != "" {
+			fc.w = &jsonlWriter{path: c.FilePath}
+		}
+	}
+	if fc.w != nil {
+		fc.w.max = max
+	}
+	if fc.cfg == nil || fc.cfg.RateLimit != c.RateLimit || fc.cfg.Burst != c.Burst {
+		fc.bucket = newTokenBucket(c.RateLimit, c.Burst)
+	}
+	fc.cfg = c
+	fc.interval = time.Duration(c.AggregationInterval) * time.Second
+	return nil
+}
+
+// forget drops the tracked flows of a flow log that went away.
+func (f *flowLogs) forget(fc *flowLogCfg) {
+	for id, t := range f.flows {
+		if t.cfg == fc {
+			delete(f.flows, id)
+		}
+	}
+	for id, r := range f.rejects {
+		if r.cfg == fc {
+			delete(f.rejects, id)
+		}
+	}
+}
+
+// run reads new-flow events and writes records until ctx is done.
+func (f *flowLogs) run(ctx context.Context) {
+	r, err := f.dp.FlowEvents()
+	if err != nil {
+		f.log.Error("flow events unavailable", "err", err)
+		return
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(flowTick)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				f.flush(time.Now(), true)
+				return
+			case now := <-t.C:
+				f.flush(now, false)
+			}
+		}
+	}()
+	for ctx.Err() == nil {
+		r.SetDeadline(time.Now().Add(500 * time.Millisecond))
+		ev, err := r.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				f.log.Error("read flow event", "err", err)
+			}
+			break
+		}
+		f.newFlow(ev)
+	}
+	r.Close()
+	wg.Wait()
+}
+
+// newFlow starts tracking an accepted flow the data path announced.
+func (f *flowLogs) newFlow(ev datapath.FlowEvent) {
+	now := time.Now()
+	start := now
+	if mono, err := datapath.MonotonicNow(); err == nil && mono >= ev.Mono {
+		start = now.Add(-(mono - ev.Mono))
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fc := f.bySlot[ev.Slot]
+	if fc == nil || !fc.accept {
+		return // a flow log removed while its events were in the ring
+	}
+	id := flowID{port: ev.Port, key: ev.Key}
+	if old := f.flows[id]; old != nil {
+		// The same 5-tuple again: the old flow ended and its entry was
+		// replaced; what it did since its last record is lost with it.
+		delete(f.flows, id)
+	} else if len(f.flows)+len(f.rejects) >= flowTableMax {
+		f.tableFull++
+		return
+	}
+	f.flows[id] = &trackedFlow{cfg: fc, ev: ev, start: start, windowStart: start}
+}
+
+// reject accounts a policy drop event to the flow log of its port.
+func (f *flowLogs) reject(ev datapath.DropEvent) {
+	now := time.Now()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fc := f.portCfg[ev.Port]
+	if fc == nil || !fc.reject {
+		return
+	}
+	key := datapath.FlowKey{VPC: ev.VPC, Src: ev.Src, Dst: ev.Dst, SrcPort: ev.SrcPort, DstPort: ev.DstPort, Protocol: ev.Protocol}
+	id := rejectID{port: ev.Port, key: key, reason: ev.Reason, rule: ev.Rule}
+	if r := f.rejects[id]; r != nil {
+		r.packets++
+		r.bytes += ipBytes(ev)
+		r.last = now
+		return
+	}
+	if n := fc.cfg.Sampling; n > 1 && flowHash(key)%uint64(n) != 0 {
+		f.rejectSampledOut++
+		return
+	}
+	if !fc.bucket.take(now) {
+		f.rejectLimited++
+		return
+	}
+	if len(f.flows)+len(f.rejects) >= flowTableMax {
+		f.tableFull++
+		return
+	}
+	f.rejectLogged++
+	f.rejects[id] = &rejectedFlow{cfg: fc, ev: ev, first: now, last: now, packets: 1, bytes: ipBytes(ev)}
+}
+
+// ipBytes is a dropped packet's IP length (its frame's, less Ethernet),
+// as accepted flows count theirs.
+func ipBytes(ev datapath.DropEvent) uint64 {
+	if ev.Length <= 14 {
+		return 0
+	}
+	return uint64(ev.Length - 14)
+}
+
+// flowHash picks rejected flows for sampling: the same flow always hashes
+// the same, so a sampled flow is logged with all its packets.
+func flowHash(k datapath.FlowKey) uint64 {
+	h := fnv.New64a()
+	b := k.Src.As4()
+	h.Write(b[:])
+	b = k.Dst.As4()
+	h.Write(b[:])
+	h.Write([]byte{byte(k.SrcPort >> 8), byte(k.SrcPort), byte(k.DstPort >> 8), byte(k.DstPort), k.Protocol,
+		byte(k.VPC >> 24), byte(k.VPC >> 16), byte(k.VPC >> 8), byte(k.VPC)})
+	return h.Sum64()
+}
+
+// flush writes the records of flows whose interval is over (all of them
+// when final) and forgets the flows that ended.
+func (f *flowLogs) flush(now time.Time, final bool) {
+	f.mu.Lock()
+	var due []flowID
+	var keys []datapath.FlowKey
+	for id, t := range f.flows {
+		if final || now.Sub(t.windowStart) >= t.cfg.interval {
+			due = append(due, id)
+			keys = append(keys, id.key)
+		}
+	}
+	f.mu.Unlock()
+
+	// Counters are read without the lock: one map lookup per due flow.
+	var cs []datapath.FlowCounters
+	var ok []bool
+	if len(keys) > 0 {
+		var err error
+		if cs, ok, err = f.dp.FlowCounters(keys); err != nil {
+			f.log.Warn("read flow counters", "err", err)
+			return
+		}
+	}
+
+	out := map[*flowLogCfg][]FlowRecord{}
+	f.mu.Lock()
+	for i, id := range due {
+		t := f.flows[id]
+		if t == nil {
+			continue // replaced or forgotten meanwhile
+		}
+		c := cs[i]
+		ended := !ok[i] || !c.Counting || c.Done
+		if ok[i] && c.Counting {
+			rec := f.acceptRecord(t, c, now, ended)
+			if rec.Packets > 0 || rec.ReversePackets > 0 || ended {
+				out[t.cfg] = append(out[t.cfg], rec)
+			}
+			t.seen, t.seenBytes = c.Packets, c.Bytes
+		} else if t.seen == [2]uint64{} {
+			// Gone before its first record (an LRU eviction or a reused
+			// key): say what the data path said when it began.
+			rec := f.acceptRecord(t, datapath.FlowCounters{Packets: [2]uint64{1, 0}, Bytes: [2]uint64{uint64(t.ev.Bytes), 0}}, now, true)
+			out[t.cfg] = append(out[t.cfg], rec)
+		}
+		if ended || final {
+			delete(f.flows, id)
+		} else {
+			t.windowStart, t.start = now, now
+		}
+	}
+	for id, r := range f.rejects {
+		if final || now.Sub(r.first) >= r.cfg.interval {
+			out[r.cfg] = append(out[r.cfg], f.rejectRecord(r, now))
+			delete(f.rejects, id)
+		}
+	}
+	var n uint64
+	for _, rs := range out {
+		n += uint64(len(rs))
+	}
+	f.records += n
+	followers := make([]*flowFollower, 0, len(f.followers))
+	for fl := range f.followers {
+		followers = append(followers, fl)
+	}
+	f.mu.Unlock()
+
+	for fc, rs := range out {
+		sort.Slice(rs, func(i, j int) bool { return rs[i].Start < rs[j].Start })
+		lines := make([]string, len(rs))
+		for i := range rs {
+			b, _ := json.Marshal(&rs[i]) // plain strings and numbers: cannot fail
+			lines[i] = string(b)
+		}
+		if fc.w != nil {
+			if err := fc.w.write(lines); err != nil {
+				f.mu.Lock()
+				f.writeErrors++
+				f.mu.Unlock()
+				f.log.Warn("write flow log", "flow_log", fc.cfg.Name, "path", fc.w.path, "err", err)
+			}
+		}
+		for _, fl := range followers {
+			fl.send(fc.cfg.Name, rs, lines)
+		}
+	}
+}
+
+// acceptRecord makes the record of an accepted flow's window from its
+// counters (the whole flow's so far; the record has what is new).
+func (f *flowLogs) acceptRecord(t *trackedFlow, c datapath.FlowCounters, now time.Time, ended bool) FlowRecord {
+	r := f.baseRecord(t.cfg, t.ev.Port, t.ev.Key, t.ev.Direction)
+	r.Packets = c.Packets[0] - t.seen[0]
+	r.Bytes = c.Bytes[0] - t.seenBytes[0]
+	r.ReversePackets = c.Packets[1] - t.seen[1]
+	r.ReverseBytes = c.Bytes[1] - t.seenBytes[1]
+	r.Start, r.End = t.start.Unix(), now.Unix()
+	r.Action = "ACCEPT"
+	r.FlowEnded = ended
+	var parts []string
+	if t.ev.SGRule != 0 {
+		r.SecurityGroup = f.names.sgRule[t.ev.SGRule]
+		r.SGRuleID = t.ev.SGRule
+		parts = append(parts, fmt.Sprintf("security group %s rule %d", orUnknown(r.SecurityGroup), t.ev.SGRule))
+	}
+	if t.ev.ACLRule != 0 {
+		a := f.names.aclRule[t.ev.ACLRule]
+		r.ACL, r.ACLRule = a.acl, a.number
+		parts = append(parts, fmt.Sprintf("network ACL %s rule %d", orUnknown(a.acl), a.number))
+	}
+	r.Rule = "allowed by " + joinAnd(parts)
+	if len(parts) == 0 {
+		r.Rule = "allowed"
+	}
+	return r
+}
+
+func (f *flowLogs) rejectRecord(rf *rejectedFlow, now time.Time) FlowRecord {
+	ev := rf.ev
+	r := f.baseRecord(rf.cfg, ev.Port, datapath.FlowKey{VPC: ev.VPC, Src: ev.Src, Dst: ev.Dst,
+		SrcPort: ev.SrcPort, DstPort: ev.DstPort, Protocol: ev.Protocol}, ev.Direction)
+	r.Packets, r.Bytes = rf.packets, rf.bytes
+	r.Start, r.End = rf.first.Unix(), now.Unix()
+	r.Action = "REJECT"
+	r.DropReason = ev.Reason.String()
+	switch ev.Reason {
+	case datapath.DropACLEgress, datapath.DropACLIngress:
+		r.ACL = f.names.aclOf[r.subnet]
+		if ev.Rule != 0 {
+			a := f.names.aclRule[ev.Rule]
+			r.ACL, r.ACLRule = orUnknown(a.acl), a.number
+			r.Rule = fmt.Sprintf("denied by network ACL %s rule %d", r.ACL, a.number)
+		} else {
+			r.Rule = fmt.Sprintf("no rule of network ACL %s matches (default deny)", orUnknown(r.ACL))
+		}
+	case datapath.DropSGEgress, datapath.DropSGIngress:
+		r.Rule = "no security-group rule allows it (default deny)"
+	default:
+		r.Rule = ev.Reason.String()
+	}
+	return r
+}
+
+func (f *flowLogs) baseRecord(fc *flowLogCfg, port uint32, k datapath.FlowKey, dir fw.Direction) FlowRecord {
+	r := FlowRecord{
+		Version: 2, AccountID: fc.cfg.Project, InterfaceID: strconv.Itoa(int(port)),
+		SrcAddr: k.Src.String(), DstAddr: k.Dst.String(), SrcPort: k.SrcPort, DstPort: k.DstPort, Protocol: k.Protocol,
+		LogStatus: "OK", VPCID: f.names.vpcs[k.VPC], Direction: dir.String(), Node: f.node, FlowLog: fc.cfg.Name,
+	}
+	if p := f.names.ports[port]; p != nil {
+		r.InterfaceID = p.Name
+		r.SubnetID = f.names.subnets[p.SubnetId]
+		r.subnet = p.SubnetId
+	}
+	if k.Protocol == fw.ProtoICMP {
+		// conntrack keys echo by identifier; flow logs show no ports for
+		// ICMP (AWS shows 0 too)
+		r.SrcPort, r.DstPort = 0, 0
+	}
+	return r
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "(unknown)"
+	}
+	return s
+}
+
+func joinAnd(parts []string) string {
+	switch len(parts) {
+	case 0:
+		return ""
+	case 1:
+		return parts[0]
+	}
+	return parts[0] + " and " + parts[1]
+}
+
+// send hands a batch to a follower without ever blocking the writer.
+func (fl *flowFollower) send(flowLog string, rs []FlowRecord, lines []string) {
+	if fl.flowLog != "" && fl.flowLog != flowLog {
+		return
+	}
+	var out []string
+	for i, r := range rs {
+		if fl.port == "" || fl.port == r.InterfaceID {
+			out = append(out, lines[i])
+		}
+	}
+	if len(out) == 0 {
+		return
+	}
+	select {
+	case fl.ch <- out:
+	default:
+		fl.mu.Lock()
+		fl.dropped += uint64(len(out))
+		fl.mu.Unlock()
+	}
+}
+
+func (f *flowLogs) follow(flowLog, port string) (*flowFollower, func()) {
+	fl := &flowFollower{flowLog: flowLog, port: port, ch: make(chan []string, followerBuffer)}
+	f.mu.Lock()
+	f.followers[fl] = struct{}{}
+	f.mu.Unlock()
+	return fl, func() {
+		f.mu.Lock()
+		delete(f.followers, fl)
+		f.mu.Unlock()
+	}
+}
+
+// flowLogServer is the local API's flow-log stream.
+type flowLogServer struct {
+	agentv1.UnimplementedFlowLogLocalServiceServer
+	a *Agent
+}
+
+func (s *flowLogServer) FollowFlowLogs(r *agentv1.FollowFlowLogsRequest, st agentv1.FlowLogLocalService_FollowFlowLogsServer) error {
+	if s.a.flowlogs == nil {
+		return status.Error(codes.FailedPrecondition, "flow logs need the eBPF data path; this node uses the OVN realization")
+	}
+	fl, stop := s.a.flowlogs.follow(r.FlowLog, r.Port)
+	defer stop()
+	var sent uint64
+	for {
+		select {
+		case <-st.Context().Done():
+			return nil
+		case lines := <-fl.ch:
+			resp := &agentv1.FollowFlowLogsResponse{}
+			for _, l := range lines {
+				resp.Records = append(resp.Records, &agentv1.FlowRecord{Json: l})
+			}
+			fl.mu.Lock()
+			resp.Dropped = fl.dropped - sent
+			sent = fl.dropped
+			fl.mu.Unlock()
+			if err := st.Send(resp); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// jsonlWriter appends JSON lines to a file, rotating it to path.1 when it
+// would grow past max, so a flow log never fills the node's disk with more
+// than twice max.
+type jsonlWriter struct {
+	path string
+	max  int64
+	mu   sync.Mutex
+	f    *os.File
+	size int64
+}
+
+func (w *jsonlWriter) open() error {
+	if err := os.MkdirAll(filepath.Dir(w.path), 0o755); err != nil {
+		return fmt.Errorf("flow log directory: %w", err)
+	}
+	f, err := os.OpenFile(w.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("open flow log: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("stat flow log: %w", err)
+	}
+	w.f, w.size = f, st.Size()
+	return nil
+}
+
+func (w *jsonlWriter) write(lines []string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		if err := w.open(); err != nil {
+			return err
+		}
+	}
+	bw := bufio.NewWriter(w.f)
+	for _, l := range lines {
+		n := int64(len(l) + 1)
+		if w.size > 0 && w.size+n > w.max {
+			if err := bw.Flush(); err != nil {
+				return fmt.Errorf("write flow log: %w", err)
+			}
+			if err := w.rotate(); err != nil {
+				return err
+			}
+			bw.Reset(w.f)
+		}
+		bw.WriteString(l)
+		bw.WriteByte('\n')
+		w.size += n
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("write flow log: %w", err)
+	}
+	return nil
+}
+
+func (w *jsonlWriter) rotate() error {
+	w.f.Close()
+	w.f = nil
+	if err := os.Rename(w.path, w.path+".1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("rotate flow log: %w", err)
+	}
+	return w.open()
+}
+
+func (w *jsonlWriter) close() {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f != nil {
+		w.f.Close()
+		w.f = nil
+	}
+}
+
+// tokenBucket limits new rejected flows per second (the data path has its
+// own for accepted ones). Zero rate: no limit.
+type tokenBucket struct {
+	rate, burst float64
+	tokens      float64
+	last        time.Time
+}
+
+func newTokenBucket(rate, burst uint32) tokenBucket {
+	if burst == 0 {
+		burst = rate
+	}
+	return tokenBucket{rate: float64(rate), burst: float64(burst), tokens: float64(burst)}
+}
+
+func (b *tokenBucket) take(now time.Time) bool {
+	if b.rate == 0 {
+		return true
+	}
+	if !b.last.IsZero() {
+		b.tokens += now.Sub(b.last).Seconds() * b.rate
+		if b.tokens > b.burst {
+			b.tokens = b.burst
+		}
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// flowLogCollector exports the flow-log counters on /metrics.
+type flowLogCollector struct {
+	f        *flowLogs
+	newFlows *prometheus.Desc
+	rejects  *prometheus.Desc
+	records  *prometheus.Desc
+	tracked  *prometheus.Desc
+	full     *prometheus.Desc
+	werr     *prometheus.Desc
+}
+
+func newFlowLogCollector(f *flowLogs) *flowLogCollector {
+	return &flowLogCollector{
+		f: f,
+		newFlows: prometheus.NewDesc("meridian_agent_flowlog_new_flows_total",
+			"New accepted flows at ports with flow logs, by what the data path did: logged, sampled_out, rate_limited, ring_full.",
+			[]string{"outcome"}, nil),
+		rejects: prometheus.NewDesc("meridian_agent_flowlog_rejected_flows_total",
+			"New rejected flows at ports with flow logs, by what the agent did: logged, sampled_out, rate_limited.",
+			[]string{"outcome"}, nil),
+		records: prometheus.NewDesc("meridian_agent_flowlog_records_total", "Flow-log records written.", nil, nil),
+		tracked: prometheus.NewDesc("meridian_agent_flowlog_tracked_flows", "Flows the agent is logging now.", nil, nil),
+		full: prometheus.NewDesc("meridian_agent_flowlog_table_full_total",
+			"Flows not logged because the agent's flow table was full.", nil, nil),
+		werr: prometheus.NewDesc("meridian_agent_flowlog_write_errors_total", "Failed writes of flow-log files.", nil, nil),
+	}
+}
+
+func (c *flowLogCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.newFlows, c.rejects, c.records, c.tracked, c.full, c.werr} {
+		ch <- d
+	}
+}
+
+func (c *flowLogCollector) Collect(ch chan<- prometheus.Metric) {
+	if st, err := c.f.dp.FlowLogStats(); err == nil {
+		for outcome, v := range map[string]uint64{"logged": st.Emitted, "sampled_out": st.SampledOut,
+			"rate_limited": st.RateLimited, "ring_full": st.RingFull} {
+			ch <- prometheus.MustNewConstMetric(c.newFlows, prometheus.CounterValue, float64(v), outcome)
+		}
+	}
+	c.f.mu.Lock()
+	rl, rs, rr := c.f.rejectLogged, c.f.rejectSampledOut, c.f.rejectLimited
+	records, tracked, full, werr := c.f.records, len(c.f.flows)+len(c.f.rejects), c.f.tableFull, c.f.writeErrors
+	c.f.mu.Unlock()
+	for outcome, v := range map[string]uint64{"logged": rl, "sampled_out": rs, "rate_limited": rr} {
+		ch <- prometheus.MustNewConstMetric(c.rejects, prometheus.CounterValue, float64(v), outcome)
+	}
+	ch <- prometheus.MustNewConstMetric(c.records, prometheus.CounterValue, float64(records))
+	ch <- prometheus.MustNewConstMetric(c.tracked, prometheus.GaugeValue, float64(tracked))
+	ch <- prometheus.MustNewConstMetric(c.full, prometheus.CounterValue, float64(full))
+	ch <- prometheus.MustNewConstMetric(c.werr, prometheus.CounterValue, float64(werr))
+}
