@@ -72,6 +72,10 @@ type Config struct {
 	// NAT gateways it owns move to another gateway (default
 	// DefaultGatewayGrace; negative: never).
 	GatewayGrace time.Duration
+	// MaglevSize is the Maglev table size of every LbService (default
+	// resource.LbDefaultMaglevSize, 65537). Smaller primes are for tests
+	// that build many tables; production keeps the default.
+	MaglevSize uint32
 }
 
 // Distributor serves AgentService and tracks every node's sync state.
@@ -153,6 +157,9 @@ func New(cfg Config) (*Distributor, error) {
 	if cfg.GatewayGrace == 0 {
 		cfg.GatewayGrace = DefaultGatewayGrace
 	}
+	if cfg.MaglevSize != 0 && !prime(cfg.MaglevSize) {
+		return nil, fmt.Errorf("distributor: Config.MaglevSize %d is not prime (Maglev needs a prime table size)", cfg.MaglevSize)
+	}
 	if cfg.Authorize == nil {
 		cfg.Authorize = SystemAdminOnly
 	}
@@ -162,12 +169,20 @@ func New(cfg Config) (*Distributor, error) {
 		st:        cfg.Store,
 		ready:     make(chan struct{}),
 		stopping:  make(chan struct{}),
-		model:     model.New(cfg.Logger),
+		model:     newModel(cfg),
 		nodes:     map[string]*nodeState{},
 		revSignal: make(chan struct{}),
 	}
 	d.svc = &service{d: d}
 	return d, nil
+}
+
+func newModel(cfg Config) *model.Model {
+	m := model.New(cfg.Logger)
+	if cfg.MaglevSize != 0 {
+		m.SetMaglevSize(cfg.MaglevSize)
+	}
+	return m
 }
 
 // Register adds the agent service to a gRPC server.
@@ -238,7 +253,7 @@ func (d *Distributor) revision() int64 {
 // reload rebuilds the model from a fresh listing and brings every node's
 // desired state to it, recording changes at the listing's revision.
 func (d *Distributor) reload(ctx context.Context) error {
-	m := model.New(d.cfg.Logger)
+	m := newModel(d.cfg)
 	var rev int64
 	err := d.st.View(ctx, func(tx store.ReadTx) error {
 		rev = tx.Revision()

@@ -107,3 +107,16 @@ func (d *Distributor) writeHealth(node string, ws []healthWrite) bool {
 	}
 	return true
 }
+
+// prime reports whether n is prime (trial division: table sizes are small).
+func prime(n uint32) bool {
+	if n < 2 {
+		return false
+	}
+	for i := uint32(2); uint64(i)*uint64(i) <= uint64(n); i++ {
+		if n%i == 0 {
+			return false
+		}
+	}
+	return true
+}

@@ -338,3 +338,24 @@ func TestLbBackendNodeAway(t *testing.T) {
 }
 
 func mask(paths ...string) *fieldmaskpb.FieldMask { return &fieldmaskpb.FieldMask{Paths: paths} }
+
+// TestMaglevSizeConfig: a smaller prime table size reaches the LbServices;
+// a size that is not prime is refused.
+func TestMaglevSizeConfig(t *testing.T) {
+	st, _ := openStore(t)
+	if _, err := New(Config{Store: st, Logger: quiet(), MaglevSize: 65536}); err == nil || !strings.Contains(err.Error(), "not prime") {
+		t.Fatalf("non-prime size: %v", err)
+	}
+	d, err := New(Config{Store: st, Logger: quiet(), MaglevSize: 251})
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, st, vpc(vpcA, 1), node("n1", "192.0.2.1"), &mv1.LoadBalancer{Name: proj + "/loadBalancers/l", Id: 1, Vpc: vpcA, Scheme: "internal",
+		Vip: "10.0.1.100", Listeners: []*mv1.LoadBalancerListener{{Id: 7, Name: "x", Protocol: "tcp", Port: 80}}})
+	if err := d.reload(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.model.Object("lb/7").GetLbService().GetMaglevSize(); got != 251 {
+		t.Fatalf("maglev size %d, want 251", got)
+	}
+}
