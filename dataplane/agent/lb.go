@@ -7,10 +7,18 @@ package agent
 // uplink (the interface the tc uplink program of nat.go serves too: XDP
 // runs first and passes every packet that is not for a VIP on to tc). It
 // is loaded with the first north-south service and kept while the node is
-// a gateway, so its connection table survives service changes; every
+// a gateway, so its connection table survives service changes. Its maps
+// and link are pinned beside the data path's: an agent restart leaves it
+// forwarding, connection table included, and the next agent takes it over
+// (a node that stops being a gateway unpins and detaches it). Every
 // north-south LbService is set in it, and BGP announces the VIPs it serves
 // (bgp.go) like elastic IPs, from every gateway, so the fabric spreads
 // flows over the gateways with ECMP (the Maglev tables are identical).
+//
+// Every node: the tc pipeline serves the LbServices sent to it
+// (datapath.Service, translated by serviceOf): east-west VIPs at the
+// client's port, the DNAT of north-south flows on their backend's node,
+// and the replies' way out on gateways.
 //
 // Health checks: this node probes the backends whose ports it hosts
 // (package dataplane/health), from the subnet gateway's address on the
@@ -23,6 +31,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -37,6 +47,44 @@ import (
 	"github.com/meridian-sdn/meridian/dataplane/lb"
 	"github.com/meridian-sdn/meridian/dataplane/plumbing"
 )
+
+// reconcileServices installs every LbService of desired in the tc
+// pipeline and removes the installed ones desired no longer has. A
+// service the data path refuses is its object's error and keeps what was
+// installed for it, if anything.
+func (a *Agent) reconcileServices(desired map[string]*agentv1.Object, fail func(string, error)) {
+	keep := map[uint32]bool{}
+	keys := make([]string, 0)
+	for k, o := range desired {
+		if o.GetLbService() != nil {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	for _, key := range keys {
+		s := desired[key].GetLbService()
+		keep[s.GetId()] = true
+		svc, ok, err := serviceOf(s, a.cfg.Node)
+		if err == nil && ok {
+			err = a.dp.UpsertService(svc)
+		}
+		if err != nil {
+			fail(key, err)
+		}
+	}
+	have, err := a.dp.ServiceIDs()
+	if err != nil {
+		fail("services", err)
+		return
+	}
+	for _, id := range have {
+		if !keep[id] {
+			if err := a.dp.DeleteService(id); err != nil {
+				fail(fmt.Sprintf("lb/%d", id), err)
+			}
+		}
+	}
+}
 
 // lbGateway is a gateway's north-south load balancer and what was set in
 // it. The reconcile loop changes it; /metrics reads its counters.
@@ -76,11 +124,22 @@ func (a *Agent) reconcileNorthSouth(desired map[string]*agentv1.Object, errs map
 	defer g.mu.Unlock()
 	me := desired["gateway/"+a.cfg.Node].GetGateway()
 	svcs := northSouth(desired)
+	// An earlier agent's load balancer may still forward from its pins.
+	pinned := false
+	if dir := a.lbPinDir(); dir != "" {
+		_, err := os.Stat(filepath.Join(dir, "links"))
+		pinned = err == nil
+	}
 	if me == nil || a.dp == nil {
+		if g.lb == nil && pinned {
+			if err := g.load(a); err != nil {
+				a.log.Warn("north-south load balancer: remove what an earlier agent left", "err", err)
+			}
+		}
 		g.unload(a)
 		return
 	}
-	if len(svcs) == 0 && g.lb == nil {
+	if len(svcs) == 0 && g.lb == nil && !pinned {
 		return
 	}
 	failAll := func(err error) {
@@ -109,7 +168,9 @@ func (a *Agent) reconcileNorthSouth(desired map[string]*agentv1.Object, errs map
 		}
 		g.applied[s.GetId()] = s
 	}
-	for id := range g.applied {
+	// ServiceIDs includes what the pinned maps held at Load: services
+	// removed while no agent ran go now.
+	for _, id := range g.lb.ServiceIDs() {
 		if !want[id] {
 			if err := g.lb.DeleteService(id); err != nil {
 				errs[fmt.Sprintf("lb/%d", id)] = err.Error()
@@ -135,12 +196,9 @@ func (g *lbGateway) setup(a *Agent, me *agentv1.Gateway) error {
 		return fmt.Errorf("uplink %s: %w", name, err)
 	}
 	if g.lb == nil {
-		x, err := lb.Load(lb.Options{})
-		if err != nil {
-			return fmt.Errorf("load the XDP load balancer: %w", err)
+		if err := g.load(a); err != nil {
+			return err
 		}
-		g.lb, g.applied = x, map[uint32]*agentv1.LbService{}
-		a.log.Info("north-south load balancer loaded")
 	}
 	// The outer packet's next hop comes from the routing table, looked up
 	// as if forwarded from the uplink, which must therefore forward.
@@ -210,7 +268,11 @@ func (g *lbGateway) resolveNextHops(a *Agent, svcs []*agentv1.Object) {
 		g.neighs = map[neighKey]bool{}
 	}
 	for k := range want {
-		if g.neighs[k] || managedNeigh(k) {
+		if g.neighs[k] {
+			continue
+		}
+		if managedNeigh(k) { // an earlier agent's: ours to remove too
+			g.neighs[k] = true
 			continue
 		}
 		n := &netlink.Neigh{LinkIndex: k.link, Family: netlink.FAMILY_V4, IP: k.addr.AsSlice(), State: netlink.NUD_NONE,
@@ -265,10 +327,36 @@ func underlayMTU(underlay netip.Addr, fallback int) uint32 {
 	return uint32(mtu)
 }
 
+// lbPinDir is where the load balancer's maps and link are pinned, beside
+// the data path's, so that an agent restart keeps it forwarding with its
+// connection table; "" (no bpffs configured) pins nothing.
+func (a *Agent) lbPinDir() string {
+	if a.cfg.BPFFS == "" {
+		return ""
+	}
+	return filepath.Join(a.cfg.BPFFS, "lb")
+}
+
+// load loads the load balancer, taking over the pinned one of an earlier
+// agent if any (its services, backends and connections); g.mu is held.
+func (g *lbGateway) load(a *Agent) error {
+	x, err := lb.Load(lb.Options{PinDir: a.lbPinDir()})
+	if err != nil {
+		return fmt.Errorf("load the XDP load balancer: %w", err)
+	}
+	g.lb, g.applied = x, map[uint32]*agentv1.LbService{}
+	a.log.Info("north-south load balancer loaded", "recovered_services", len(x.ServiceIDs()))
+	return nil
+}
+
 // unload detaches and frees the load balancer; g.mu is held.
 func (g *lbGateway) unload(a *Agent) {
 	if g.lb == nil {
 		return
+	}
+	// Without its pins, closing it detaches the program and frees the maps.
+	if err := g.lb.Unpin(); err != nil {
+		a.log.Warn("north-south load balancer: unpin", "err", err)
 	}
 	if err := g.lb.Close(); err != nil {
 		a.log.Warn("north-south load balancer: close", "err", err)
@@ -281,9 +369,8 @@ func (g *lbGateway) unload(a *Agent) {
 	a.log.Info("north-south load balancer unloaded: not a gateway")
 }
 
-// close releases the load balancer when the agent stops. Its program
-// leaves the uplink with it: until the next agent sets it up again, VIP
-// packets meet only the tc uplink program.
+// close releases the load balancer when the agent stops. Pinned, it goes
+// on forwarding with its tables until the next agent takes it over.
 func (g *lbGateway) close() {
 	g.mu.Lock()
 	defer g.mu.Unlock()

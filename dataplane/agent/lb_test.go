@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -120,8 +121,9 @@ func TestPlanBGPAnnouncesVIPs(t *testing.T) {
 	}
 }
 
-// TestReconcileNorthSouth: on a gateway the XDP load balancer is attached
-// to the uplink beside the tc uplink program, serves the north-south
+// TestReconcileNorthSouth: every listener is set in the tc pipeline; on a
+// gateway the XDP load balancer is attached to the uplink beside the tc
+// uplink program, serves the north-south
 // listeners (counted on /metrics), drops removed ones, reports bad ones as
 // their objects' errors, and leaves the uplink when the node stops being
 // a gateway.
@@ -132,9 +134,9 @@ func TestReconcileNorthSouth(t *testing.T) {
 		if err := netlink.LinkSetUp(up); err != nil {
 			t.Fatal(err)
 		}
-		a := &Agent{cfg: Config{Node: "g1", UnderlayIP: netip.MustParseAddr("192.0.2.101")},
+		a := &Agent{cfg: Config{Node: "g1", UnderlayIP: netip.MustParseAddr("192.0.2.101"), BPFFS: dp.PinDir()},
 			log: slog.New(slog.NewTextHandler(io.Discard, nil)), dp: dp}
-		defer a.nslb.close()
+		defer func() { a.nslb.close() }()
 		attach := map[string]*attachment{"1": {Port: "1", PortID: 1, HostIf: port.Attrs().Name}}
 		svc := func(id uint32, vip string, internal bool) *agentv1.Object {
 			return &agentv1.Object{Key: fmt.Sprintf("lb/%d", id), Body: &agentv1.Object_LbService{LbService: &agentv1.LbService{
@@ -198,6 +200,10 @@ func TestReconcileNorthSouth(t *testing.T) {
 		if !managed() {
 			t.Error("no managed neighbour entry for backend node 192.0.2.102: the load balancer's FIB lookups would fail")
 		}
+		// Every listener is in the tc pipeline, east-west ones too.
+		if ids, err := dp.ServiceIDs(); err != nil || !slices.Equal(ids, []uint32{10, 11}) {
+			t.Fatalf("services in the tc pipeline %v, %v; want 10 and 11", ids, err)
+		}
 		if xdpProg() == 0 || uplinkPrograms(t, up.Attrs().Index) != 1 {
 			t.Fatalf("uplink: XDP program %d, %d tc programs; want both", xdpProg(), uplinkPrograms(t, up.Attrs().Index))
 		}
@@ -225,6 +231,20 @@ func TestReconcileNorthSouth(t *testing.T) {
 			t.Errorf("metrics %v", names)
 		}
 
+		// The agent restarts: its load balancer forwards meanwhile, from
+		// its pins, and the next agent takes it over with its services.
+		a.nslb.close()
+		if xdpProg() == 0 {
+			t.Fatal("the XDP program left the uplink with the agent")
+		}
+		a = &Agent{cfg: a.cfg, log: a.log, dp: dp, applied: a.applied}
+		if errs := apply(w); len(errs) != 1 {
+			t.Fatalf("errors after the restart: %v", errs)
+		}
+		if ids := a.nslb.lb.ServiceIDs(); !slices.Equal(ids, []uint32{10}) {
+			t.Fatalf("services after the restart %v, want 10", ids)
+		}
+
 		// The same state again changes nothing; a listener goes away.
 		prog := xdpProg()
 		delete(w, "lb/12")
@@ -234,6 +254,9 @@ func TestReconcileNorthSouth(t *testing.T) {
 		delete(w, "lb/10")
 		if errs := apply(w); len(errs) != 0 {
 			t.Fatalf("errors: %v", errs)
+		}
+		if ids, err := dp.ServiceIDs(); err != nil || !slices.Equal(ids, []uint32{11}) {
+			t.Fatalf("services in the tc pipeline %v, %v; want 11 only", ids, err)
 		}
 		if st, _ := a.nslb.lb.Stats(); len(st.Services) != 0 || xdpProg() != prog {
 			t.Fatalf("services %v, XDP program %d (was %d): want none, the same program", st.Services, xdpProg(), prog)
@@ -251,6 +274,9 @@ func TestReconcileNorthSouth(t *testing.T) {
 		}
 		if managed() {
 			t.Error("the managed neighbour entry outlived the load balancer")
+		}
+		if pins, _ := filepath.Glob(filepath.Join(dp.PinDir(), "lb", "links", "*")); len(pins) != 0 {
+			t.Errorf("pinned links left: %v", pins)
 		}
 	})
 }

@@ -249,6 +249,9 @@ func (a *Agent) reconcile(desired map[string]*agentv1.Object, attach map[string]
 	// it adds the VPC CIDRs to next.Routes.
 	a.reconcileOutside(desired, v, vni, prev.NAT, &next, fail)
 
+	// Load-balancer listeners in the tc pipeline (lb.go).
+	a.reconcileServices(desired, fail)
+
 	// Removals: what prev had and next does not.
 	for rk := range prev.Routes {
 		if !next.Routes[rk] {
