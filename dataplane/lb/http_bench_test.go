@@ -2,7 +2,6 @@ package lb
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"net/netip"
@@ -14,6 +13,40 @@ import (
 )
 
 var wrkRate = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+
+// backendNode makes the backend node namespace a DSR backend: a VXLAN
+// device (VNI 7) with the backend port's MAC (the inner destination the
+// load balancer writes) decapsulates, the VIP and three more backend
+// addresses (for nft) are local, replies are routed back through the
+// gateway, and an HTTP server answers "ok" on port 80 of every address.
+// b1 gets an XDP_PASS program: frames redirected into g1 arrive only so.
+// It returns the port MAC.
+func (tp *topo) backendNode(tb testing.TB) string {
+	tb.Helper()
+	portMAC := "02:4d:52:00:01:01"
+	ipCmd(tb, "-n", tp.be, "link", "add", "vx0", "address", portMAC, "type", "vxlan", "id", "7", "dstport", "4789",
+		"local", "172.31.251.2", "dev", "b1", "nolearning")
+	ipCmd(tb, "-n", tp.be, "link", "set", "vx0", "up")
+	for _, a := range []string{"203.0.113.10/32", "172.31.251.11/32", "172.31.251.12/32", "172.31.251.13/32"} {
+		ipCmd(tb, "-n", tp.be, "addr", "add", a, "dev", "lo")
+	}
+	ipCmd(tb, "-n", tp.be, "route", "add", "172.31.250.0/24", "via", "172.31.251.1")
+	nsExec(tb, tp.be, "sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.vx0.rp_filter=0")
+	var ln net.Listener
+	var err error
+	inNS(tb, tp.be, func() { ln, err = net.Listen("tcp4", ":80") })
+	if err != nil {
+		tb.Fatalf("listen in the backend node: %v", err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	tb.Cleanup(func() { srv.Close() })
+	recv := attachIn(tb, tp.be, tp.b1, newCounter(tb, xdpPass))
+	tb.Cleanup(func() { recv.Close() })
+	return portMAC
+}
 
 // wrk runs wrk in the client namespace against the VIP and returns
 // requests per second.
@@ -56,34 +89,7 @@ func BenchmarkHTTPRequests(b *testing.B) {
 		}
 	}
 	tp := newTopo(b)
-	portMAC := "02:4d:52:00:01:01"
-	// The backend node: a VXLAN device with the backend port's MAC (the
-	// inner destination), the VIP and the nft backends' addresses local,
-	// replies routed back through the gateway.
-	ipCmd(b, "-n", tp.be, "link", "add", "vx0", "address", portMAC, "type", "vxlan", "id", "7", "dstport", "4789",
-		"local", "172.31.251.2", "dev", "b1", "nolearning")
-	ipCmd(b, "-n", tp.be, "link", "set", "vx0", "up")
-	for _, a := range []string{"203.0.113.10/32", "172.31.251.11/32", "172.31.251.12/32", "172.31.251.13/32"} {
-		ipCmd(b, "-n", tp.be, "addr", "add", a, "dev", "lo")
-	}
-	ipCmd(b, "-n", tp.be, "route", "add", "172.31.250.0/24", "via", "172.31.251.1")
-	nsExec(b, tp.be, "sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.vx0.rp_filter=0")
-	var ln net.Listener
-	var err error
-	inNS(b, tp.be, func() { ln, err = net.Listen("tcp4", ":80") })
-	if err != nil {
-		b.Fatalf("listen in the backend node: %v", err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Write([]byte("ok\n"))
-	}), ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			b.Errorf("serve: %v", err)
-		}
-	}()
-	b.Cleanup(func() { srv.Close() })
-
+	portMAC := tp.backendNode(b)
 	l, err := Load(Options{MaxServices: 4, MaxBackends: 64, ConnTableSize: 65536})
 	if err != nil {
 		b.Fatalf("load (needs root and BPF): %v", err)
@@ -98,9 +104,6 @@ func BenchmarkHTTPRequests(b *testing.B) {
 		NextHopMAC: tp.b1MAC, SourceMAC: tp.g1MAC, OutIfindex: tp.g1}); err != nil {
 		b.Fatal(err)
 	}
-	// b1 receives frames redirected into g1 only with an XDP program.
-	recv := attachIn(b, tp.be, tp.b1, newCounter(b, xdpPass))
-	defer recv.Close()
 	const d = 3 * time.Second
 
 	var lbRate, nftRate float64
