@@ -3,11 +3,18 @@ package ctl
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/gopacket/pcapgo"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
 )
@@ -119,5 +126,53 @@ func TestPcapngSinkComments(t *testing.T) {
 	}
 	if got := dropComment(&agentv1.CapturedPacket{DropReason: "acl-egress", DropRule: 70, DropRuleNumber: 100, DropPort: 1, DropDirection: "egress"}); got != "drop reason=acl-egress rule=70 (#100) port=1 direction=egress" {
 		t.Fatal(got)
+	}
+}
+
+// notHereAgent is an agent's local API on which no port is attached.
+type notHereAgent struct {
+	agentv1.UnimplementedLocalAgentServiceServer
+}
+
+func (notHereAgent) Capture(r *agentv1.CaptureRequest, _ agentv1.LocalAgentService_CaptureServer) error {
+	return status.Errorf(codes.NotFound, "port %s is not attached on node node-1", r.Port)
+}
+
+// TestCaptureNamesThePortsNode: a port the local agent does not have is
+// looked up through the API, and the error says which node it is on.
+func TestCaptureNamesThePortsNode(t *testing.T) {
+	grpcAddr, _ := startController(t)
+	sdir, err := os.MkdirTemp("", "mcapctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sdir) })
+	socket := filepath.Join(sdir, "agent.sock")
+	lis, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	agentv1.RegisterLocalAgentServiceServer(g, notHereAgent{})
+	go g.Serve(lis)
+	t.Cleanup(g.Stop)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	run := func(args ...string) error {
+		full := append([]string{"--config=", "--endpoint", grpcAddr, "--token", "demo-admin-token"}, args...)
+		return Run(ctx, full, Streams{In: strings.NewReader(""), Out: io.Discard, Err: io.Discard}, func(string) string { return "" })
+	}
+	if err := run("apply", "-f", "../examples/topology.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	err = run("capture", "--port", "projects/demo/ports/web-2", "--agent-socket", socket)
+	if err == nil || !strings.Contains(err.Error(), "not attached on node node-1: the port is on nodes/node-2: run meridianctl capture there") {
+		t.Fatalf("capture of another node's port: %v", err)
+	}
+	t.Logf("error: %v", err)
+	err = run("capture", "--port", "projects/demo/ports/nope", "--agent-socket", socket)
+	if err == nil || !strings.Contains(err.Error(), "does not know it either") {
+		t.Fatalf("capture of an unknown port: %v", err)
 	}
 }
