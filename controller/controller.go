@@ -131,7 +131,14 @@ func New(cfg Config, log *slog.Logger, agents AgentsFactory) (*Controller, error
 	c.api.Register(c.grpc)
 	traces := trace.NewService(st, log.With("component", "trace"))
 	if cfg.OVNSouthbound != "" {
-		traces.WithOVN(&trace.OVNTracer{SB: cfg.OVNSouthbound})
+		tracer := &trace.OVNTracer{SB: cfg.OVNSouthbound}
+		if cfg.OVNExternal != nil {
+			tracer.ExternalSwitch = cfg.OVNExternal.Switch
+			if tracer.ExternalSwitch == "" {
+				tracer.ExternalSwitch = ovn.DefaultExternalSwitch
+			}
+		}
+		traces.WithOVN(tracer)
 	}
 	traces.Register(c.grpc)
 	if c.agents != nil {

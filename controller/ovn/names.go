@@ -98,3 +98,7 @@ func LBName(svc uint32) string { return "mer-lb-" + itoa(svc) }
 // subnet send off-subnet traffic to (for tools building packets, like the
 // controller's ovn-trace).
 func RouterMAC(subnet uint32) string { return routerMAC(subnet) }
+
+// GatewayMAC is the MAC of a VPC router's gateway port on the external
+// network, which the fabric sends the VPC's public addresses' traffic to.
+func GatewayMAC(vpc uint32) string { return gatewayMAC(vpc) }

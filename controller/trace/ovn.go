@@ -38,6 +38,11 @@ type OVNTracer struct {
 	Binary string
 	// Timeout bounds one run (default DefaultOVNTraceTimeout).
 	Timeout time.Duration
+	// ExternalSwitch is the OVN realization's external switch
+	// (ovn.ExternalNetwork.Switch): traces from an outside address enter
+	// OVN by its localnet port. "" means the realization has no external
+	// network, and such traces get no ovn-trace.
+	ExternalSwitch string
 }
 
 // OVNVerdict is ovn-trace's verdict on one packet.
@@ -72,6 +77,45 @@ func (m *Model) OVNSource(req Request) (*agentv1.Port, error) {
 	return src, nil
 }
 
+// OVNOutside returns, for a trace from an outside address to a public
+// address of a VPC, the VPC, when some gateway node is of the OVN
+// realization (they all hold the VPC's gateway port); else an error
+// wrapping ErrNotOVN that says why not.
+func (m *Model) OVNOutside(req Request, pkt Packet) (uint32, error) {
+	if _, err := netip.ParseAddr(req.From); err != nil {
+		return 0, fmt.Errorf("%w: the source is a port", ErrNotOVN)
+	}
+	var vpc uint32
+	switch {
+	case m.eipByAddr[pkt.Dst] != nil:
+		vpc = m.eipByAddr[pkt.Dst].GetVpcId()
+	case m.ngwByAddr[pkt.Dst] != nil:
+		vpc = m.ngwByAddr[pkt.Dst].GetVpcId()
+	}
+	if vpc == 0 {
+		return 0, fmt.Errorf("%w: %s is no public address of a VPC", ErrNotOVN, pkt.Dst)
+	}
+	for _, g := range m.gateways {
+		if p := m.x.Peers[g.GetNode()]; p != nil && p.GetRealization() == "ovn" {
+			return vpc, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: no gateway node is an OVN node", ErrNotOVN)
+}
+
+// fabricMAC is the source MAC of a traced packet from the fabric: any
+// unicast MAC does (the localnet port has no port security); this one is
+// locally administered and says where it comes from.
+const fabricMAC = "02:fa:b0:00:00:01"
+
+// OutsideMicroflow returns the ovn-trace datapath and microflow of a
+// packet from the fabric to a public address of VPC vpc: in by the
+// external switch's localnet port, to the VPC gateway port's MAC.
+func OutsideMicroflow(extSwitch string, vpc uint32, pkt Packet) (datapath, microflow string) {
+	return extSwitch, fmt.Sprintf("inport == %q && eth.src == %s && eth.dst == %s && ",
+		extSwitch+"-localnet", fabricMAC, ovn.GatewayMAC(vpc)) + l4Match(pkt)
+}
+
 // Microflow returns the logical switch and the ovn-trace microflow of a
 // packet src sends: from its logical switch port, with its MAC, to the
 // destination port's MAC when the destination is on the same subnet,
@@ -90,9 +134,14 @@ func (m *Model) Microflow(src *agentv1.Port, pkt Packet) (datapath, microflow st
 			dstMAC = p.GetMac()
 		}
 	}
+	return ovn.SwitchName(s.GetId()), fmt.Sprintf("inport == %q && eth.src == %s && eth.dst == %s && ",
+		ovn.LogicalPortName(src.GetId()), src.GetMac(), dstMAC) + l4Match(pkt), nil
+}
+
+// l4Match is the IP part of a microflow.
+func l4Match(pkt Packet) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "inport == %q && eth.src == %s && eth.dst == %s && ip4.src == %s && ip4.dst == %s && ip.ttl == 64",
-		ovn.LogicalPortName(src.GetId()), src.GetMac(), dstMAC, pkt.Src, pkt.Dst)
+	fmt.Fprintf(&b, "ip4.src == %s && ip4.dst == %s && ip.ttl == 64", pkt.Src, pkt.Dst)
 	switch pkt.Protocol {
 	case fw.ProtoTCP:
 		fmt.Fprintf(&b, " && tcp && tcp.src == %d && tcp.dst == %d && tcp.flags == 0x%x", pkt.SrcPort, pkt.DstPort, pkt.TCPFlags)
@@ -103,7 +152,7 @@ func (m *Model) Microflow(src *agentv1.Port, pkt Packet) (datapath, microflow st
 	default:
 		fmt.Fprintf(&b, " && ip.proto == %d", pkt.Protocol)
 	}
-	return ovn.SwitchName(s.GetId()), b.String(), nil
+	return b.String()
 }
 
 // ctNew is one --ct flag per conntrack action a trace may meet (each use
@@ -117,6 +166,20 @@ func (o *OVNTracer) Trace(ctx context.Context, m *Model, src *agentv1.Port, pkt 
 	if err != nil {
 		return nil, fmt.Errorf("ovn-trace: %w", err)
 	}
+	return o.run(ctx, dp, mf)
+}
+
+// TraceOutside runs ovn-trace on a packet from the fabric to a public
+// address of VPC vpc (see Model.OVNOutside).
+func (o *OVNTracer) TraceOutside(ctx context.Context, vpc uint32, pkt Packet) (*OVNVerdict, error) {
+	if o.ExternalSwitch == "" {
+		return nil, errors.New("ovn-trace: the OVN realization has no external network")
+	}
+	dp, mf := OutsideMicroflow(o.ExternalSwitch, vpc, pkt)
+	return o.run(ctx, dp, mf)
+}
+
+func (o *OVNTracer) run(ctx context.Context, dp, mf string) (*OVNVerdict, error) {
 	timeout := o.Timeout
 	if timeout <= 0 {
 		timeout = DefaultOVNTraceTimeout

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -31,7 +32,7 @@ const (
 //
 //	subnet a 10.0.1.0/24: ovn-a (client), ovn-a2 (web), ovn-nosg (no group) on o1; ebpf-a on e1
 //	subnet b 10.0.2.0/24, network ACL back (ingress 100 deny tcp/80, 200 allow all): ovn-srv (web) on o2
-//	web SG:    ingress tcp/22 from 10.0.1.0/24, egress all;  client SG: egress all
+//	web SG:    ingress tcp/22 from 10.0.1.0/24, tcp/443 from anywhere, egress all;  client SG: egress all
 func ovnFixture() Objects {
 	all := func(id uint32, ingress bool) *agentv1.Rule {
 		return &agentv1.Rule{Id: id, Allow: true, Ingress: ingress, IcmpType: -1, IcmpCode: -1}
@@ -52,6 +53,7 @@ func ovnFixture() Objects {
 		obj("sg/41", &agentv1.SecurityGroup{Id: 41, Name: sgWeb, VpcId: 1, Rules: []*agentv1.Rule{
 			{Id: 201, Allow: true, Ingress: true, Protocol: 6, PortMin: 22, PortMax: 22, Cidr: "10.0.1.0/24", IcmpType: -1, IcmpCode: -1},
 			all(202, false),
+			{Id: 204, Allow: true, Ingress: true, Protocol: 6, PortMin: 443, PortMax: 443, Cidr: "0.0.0.0/0", IcmpType: -1, IcmpCode: -1},
 		}}),
 		obj("sg/42", &agentv1.SecurityGroup{Id: 42, Name: sgCli, VpcId: 1, Rules: []*agentv1.Rule{all(203, false)}}),
 		port(51, portOA, 11, "10.0.1.11", "o1", 42),
@@ -72,12 +74,17 @@ func ovnFixture() Objects {
 
 func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
 
+// testExternal is the OVN realization's external network in these tests.
+var testExternal = ovn.ExternalNetwork{CIDR: netip.MustParsePrefix("172.16.0.0/24"),
+	RouterRange: netip.MustParsePrefix("172.16.0.128/25"), NextHop: netip.MustParseAddr("172.16.0.1")}
+
 // syncOVN realizes objs in a real OVN control plane, as the controller's
 // OVN reconciler does, and waits for ovn-northd's logical flows.
 func syncOVN(t *testing.T, objs Objects) *ovntest.Stack {
 	t.Helper()
 	stack := ovntest.Start(t, ovntest.Options{})
-	r, err := ovn.NewReconciler(ovn.Config{NB: stack.NB.Endpoint(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ext := testExternal
+	r, err := ovn.NewReconciler(ovn.Config{NB: stack.NB.Endpoint(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), External: &ext})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,6 +159,62 @@ func TestOVNTraceAgreesWithTheModel(t *testing.T) {
 				t.Errorf("API form: agrees=%v, text %d bytes without detail", p.GetAgrees(), len(p.GetText()))
 			}
 		})
+	}
+}
+
+// TestOVNTraceFromTheOutside: a packet from the fabric to an elastic IP
+// whose gateway node is an OVN node enters OVN by the external switch's
+// localnet port, and ovn-trace agrees with the model on allowed and
+// dropped ones.
+func TestOVNTraceFromTheOutside(t *testing.T) {
+	objs := ovnFixture()
+	for _, o := range []*agentv1.Object{
+		obj("gateway/o1", &agentv1.Gateway{Node: "o1", UnderlayIp: "192.0.2.21"}),
+		obj("eip/61", &agentv1.ElasticIp{Id: 61, Name: pfx + "elasticIps/srv", Address: "172.16.0.50", VpcId: 1, Vni: 100, PortId: 54,
+			PrivateIp: "10.0.2.22", PortNode: "o2", PortNodeIp: "192.0.2.22"}),
+	} {
+		objs[o.GetKey()] = o
+	}
+	stack := syncOVN(t, objs)
+	m := NewModel(objs)
+	tracer := &OVNTracer{SB: stack.SB.Endpoint(), ExternalSwitch: ovn.DefaultExternalSwitch}
+	for _, tc := range []struct {
+		dport   uint16
+		allowed bool
+		ovn     string
+	}{
+		{443, true, "output to mer-port-54"},
+		{22, false, "drop at ls_out_acl priority 2000 (ACL priority 1000: Meridian's default deny"},
+		{80, false, "a network ACL rule"},
+	} {
+		req := Request{From: "192.168.5.5", To: "172.16.0.50", Protocol: fw.ProtoTCP, SrcPort: 40000, DstPort: tc.dport}
+		res, err := m.Trace(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Forward.Allowed != tc.allowed {
+			t.Fatalf("tcp/%d: model allowed=%v, want %v: %s", tc.dport, res.Forward.Allowed, tc.allowed, stageNames(&res.Forward))
+		}
+		vpc, err := m.OVNOutside(req, res.Forward.Packet)
+		if err != nil || vpc != 1 {
+			t.Fatalf("OVNOutside = %d, %v", vpc, err)
+		}
+		v, err := tracer.TraceOutside(testContext(t), vpc, res.Forward.Packet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Allowed != tc.allowed || !strings.Contains(v.Verdict, tc.ovn) || v.Datapath != ovn.DefaultExternalSwitch {
+			t.Errorf("tcp/%d: ovn-trace allowed=%v %q on %s, want %v with %q\n%s", tc.dport, v.Allowed, v.Verdict, v.Datapath, tc.allowed, tc.ovn, v.Text)
+		}
+	}
+	// Not an OVN matter: a public address no VPC has, a gateway of the
+	// eBPF realization.
+	if _, err := m.OVNOutside(Request{From: "192.168.5.5"}, Packet{Dst: netip.MustParseAddr("172.16.0.99")}); !errors.Is(err, ErrNotOVN) {
+		t.Errorf("unknown public address: %v", err)
+	}
+	objs["node/o1"] = obj("node/o1", &agentv1.PeerNode{Node: "o1", UnderlayIp: "192.0.2.21", Realization: "ebpf"})
+	if _, err := NewModel(objs).OVNOutside(Request{From: "192.168.5.5"}, Packet{Dst: netip.MustParseAddr("172.16.0.50")}); !errors.Is(err, ErrNotOVN) {
+		t.Errorf("eBPF gateway: %v", err)
 	}
 }
 

@@ -192,14 +192,19 @@ func (s *Service) Trace(ctx context.Context, in *v1.TraceRequest) (*v1.TraceResp
 }
 
 // ovnTrace runs ovn-trace on the forward packet when the source is a port
-// on an OVN node; nil when it is not. A failure is reported in the result
+// on an OVN node, or an outside address sending to a public address of a
+// VPC whose gateways are OVN nodes; nil otherwise. A failure is reported in the result
 // (the model trace stands on its own), and logged.
 func (s *Service) ovnTrace(ctx context.Context, m *Model, req Request, res *Result, detail bool) *v1.OvnTrace {
-	src, err := m.OVNSource(req)
-	if err != nil {
+	var v *OVNVerdict
+	var err error
+	if src, perr := m.OVNSource(req); perr == nil {
+		v, err = s.ovn.Trace(ctx, m, src, res.Forward.Packet)
+	} else if vpc, oerr := m.OVNOutside(req, res.Forward.Packet); oerr == nil && s.ovn.ExternalSwitch != "" {
+		v, err = s.ovn.TraceOutside(ctx, vpc, res.Forward.Packet)
+	} else {
 		return nil
 	}
-	v, err := s.ovn.Trace(ctx, m, src, res.Forward.Packet)
 	if err != nil {
 		s.log.Warn("trace: ovn-trace failed", "from", req.From, "err", err)
 		return &v1.OvnTrace{Error: err.Error()}
