@@ -602,6 +602,9 @@ func (l *LB) SetService(s *agentv1.LbService) error {
 	fresh := []uint32{} // slots taken by this call: given back on failure
 	fail := func(err error) error {
 		for _, sl := range fresh {
+			// Best effort: a slot left marked in use would be taken
+			// for this service's backend by a later recovery.
+			l.objs.LbBackends.Update(sl, &bpf.LbLbBackend{Gen: l.gens[sl], State: stateFree}, ebpf.UpdateAny)
 			l.beSlots.put(sl)
 		}
 		if old == nil && svc.slot != 0 {
