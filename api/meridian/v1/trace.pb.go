@@ -43,8 +43,8 @@ type TraceRequest struct {
 	// Also trace the reply of the connection the packet opens, as an
 	// established packet (conntrack), if the packet gets through.
 	Reply bool `protobuf:"varint,10,opt,name=reply,proto3" json:"reply,omitempty"`
-	// Include ovn-trace's full output in TraceResponse.ovn.text (only for a
-	// source port on a node of the OVN realization, see OvnTrace).
+	// Include ovn-trace's full output in TraceResponse.ovn.text (when OVN
+	// traces the packet at all, see TraceResponse.ovn).
 	OvnDetail     bool `protobuf:"varint,11,opt,name=ovn_detail,json=ovnDetail,proto3" json:"ovn_detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -333,9 +333,11 @@ type TraceResponse struct {
 	// reply.
 	Allowed  bool  `protobuf:"varint,3,opt,name=allowed,proto3" json:"allowed,omitempty"`
 	Revision int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"` // the store revision of the model traced
-	// ovn-trace's verdict on the same packet (forward only), when the source
-	// is a port on a node of the OVN realization and the controller knows the
-	// OVN southbound database (ovn_southbound); unset otherwise.
+	// ovn-trace's verdict on the same packet (forward only), when the
+	// controller knows the OVN southbound database (ovn_southbound) and the
+	// source is a port on a node of the OVN realization, or an outside
+	// address sending to a public address of a VPC whose gateway nodes are
+	// OVN nodes (with ovn_external); unset otherwise.
 	Ovn           *OvnTrace `protobuf:"bytes,5,opt,name=ovn,proto3" json:"ovn,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -411,7 +413,7 @@ func (x *TraceResponse) GetOvn() *OvnTrace {
 // northd made of Meridian's NB rows, not Meridian's model.
 type OvnTrace struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Datapath      string                 `protobuf:"bytes,1,opt,name=datapath,proto3" json:"datapath,omitempty"`                    // the logical switch the packet enters ("mer-subnet-7")
+	Datapath      string                 `protobuf:"bytes,1,opt,name=datapath,proto3" json:"datapath,omitempty"`                    // the logical switch the packet enters ("mer-subnet-7", or the external switch)
 	Microflow     string                 `protobuf:"bytes,2,opt,name=microflow,proto3" json:"microflow,omitempty"`                  // the packet as ovn-trace was given it
 	Allowed       bool                   `protobuf:"varint,3,opt,name=allowed,proto3" json:"allowed,omitempty"`                     // it leaves by a port other than a router's patch
 	Outputs       []string               `protobuf:"bytes,4,rep,name=outputs,proto3" json:"outputs,omitempty"`                      // logical ports it leaves by ("mer-port-9", "<switch>-localnet")
