@@ -73,6 +73,11 @@ const (
 //     backend's to-lport ACLs see the backend address.
 //   - Draining or an offline backend leaves established connections on
 //     their conntrack entry (OVN 23.03 flushes nothing), as in eBPF.
+//   - A north-south listener hangs on the router only: clients inside the
+//     VPC reaching its public VIP (hairpin) are not translated at their
+//     switch and are untested.
+//   - With no usable backend the VIP stays with an empty backend list, so
+//     OVN drops its packets instead of routing them untranslated.
 func (d *Desired) renderInternalLBs(x *agentv1.Index, o *outside) {
 	switches := map[uint32][]*Row{} // vpc -> its switches
 	for _, id := range sortedIDs(x.Subnets) {
