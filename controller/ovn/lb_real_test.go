@@ -179,6 +179,14 @@ func TestLoadBalancerOnRealOVN(t *testing.T) {
 		}
 	})
 
+	t.Run("a listener with no usable backend drops its packets", func(t *testing.T) {
+		o := lbOnOVNFixture()
+		for _, b := range lbSvc(o, 8).Backends {
+			b.Draining = true
+		}
+		syncExt(t, r, o)
+		waitFlow(t, stack, "mer-subnet-11", "ls_in_lb", "match=(ct.new && ip4.dst == 10.0.1.101 && udp.dst == 53), action=(drop;)")
+	})
 	t.Run("taking the listeners away leaves no row, monitor or flow", func(t *testing.T) {
 		o := lbOnOVNFixture()
 		for _, k := range []string{"lb/7", "lb/8", "lb/9"} {
