@@ -421,6 +421,9 @@ func (s *lineSink) packet(p *agentv1.CapturedPacket) error {
 		line += " " + dir
 	}
 	line += " " + summarize(p.Data) + fmt.Sprintf(", length %d", p.Length)
+	if len(p.Data) < int(p.Length) {
+		line += fmt.Sprintf(" (%d captured)", len(p.Data))
+	}
 	if p.DropReason != "" {
 		line += " [" + dropComment(p) + "]"
 	}

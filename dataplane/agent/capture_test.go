@@ -486,11 +486,14 @@ func (n *captureNode) meridianctl(t *testing.T, args ...string) (string, error) 
 }
 
 // TestCaptureLiveLinesAndCancel: without -w each frame is one decoded line;
-// -c ends the capture; Ctrl-C (the context) ends one cleanly.
+// -s cuts frames but keeps their length; -c ends the capture; Ctrl-C (the
+// context) ends one cleanly.
 func TestCaptureLiveLinesAndCancel(t *testing.T) {
 	inPrivateNetns(t, func(dp *datapath.Datapath) {
 		n := newCaptureNode(t, dp)
-		run := n.start(t, context.Background(), "capture", "--port", capWeb, "--direction", "to-port", "-c", "3", "udp", "port", "7000")
+		// -s 42 keeps the UDP header (14 + 20 + 8 bytes); the length
+		// printed is still the frame's own.
+		run := n.start(t, context.Background(), "capture", "--port", capWeb, "--direction", "to-port", "-c", "3", "-s", "42", "udp", "port", "7000")
 		n.in(t, n.nsDB, func() {
 			u, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 0, 2, 20), Port: 5555}, &net.UDPAddr{IP: net.IPv4(10, 0, 1, 10), Port: 7000})
 			if err != nil {
@@ -508,7 +511,7 @@ func TestCaptureLiveLinesAndCancel(t *testing.T) {
 			t.Fatalf("want 3 lines and the count's summary, got %q", out)
 		}
 		for _, l := range lines {
-			if !strings.Contains(l, " to-port 10.0.2.20:5555 -> 10.0.1.10:7000 UDP, length 52") {
+			if !strings.HasSuffix(l, " to-port 10.0.2.20:5555 -> 10.0.1.10:7000 UDP, length 52 (42 captured)") {
 				t.Fatalf("line %q", l)
 			}
 		}
