@@ -105,8 +105,10 @@ type Config struct {
 	// kernel's routing and neighbour tables toward each backend's node
 	// (bpf_fib_lookup, as if forwarded from the uplink: the uplink needs
 	// IPv4 forwarding on, as on any gateway). Without it, or when the
-	// lookup fails (no route, neighbour not resolved yet), the static
-	// next hop below is used; with neither, the packet is dropped
+	// lookup fails (no route; or the next hop's neighbour entry not
+	// resolved: XDP cannot resolve it, so something else must — the
+	// node's own overlay traffic usually does), the static next hop
+	// below is used; with neither, the packet is dropped
 	// (Stats.FIBFailed).
 	FIB bool
 	// NextHopMAC and SourceMAC are the static next hop: the outer
