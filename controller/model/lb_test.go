@@ -163,3 +163,27 @@ func TestLbPlacement(t *testing.T) {
 	}
 	assertSameAsFull(t, m, tx)
 }
+
+// TestLbNamesThatLookLikeListeners: resources whose names contain
+// "/listeners/" are not taken for listeners.
+func TestLbNamesThatLookLikeListeners(t *testing.T) {
+	tx := newMemTx()
+	const p = "projects/listeners"
+	for _, msg := range []proto.Message{
+		node("n1", "192.0.2.1"), vpc(p+"/vpcs/listeners", 1, "10.0.0.0/16"),
+		subnet(p+"/vpcs/listeners/subnets/s", 2, "10.0.1.0/24", "", ""),
+		port(p+"/ports/listeners", 3, p+"/vpcs/listeners/subnets/s", "nodes/n1", "10.0.1.10"),
+		&mv1.LoadBalancer{Name: p + "/loadBalancers/listeners", Id: 4, Vpc: p + "/vpcs/listeners", Scheme: "internal", Vip: "10.0.1.100",
+			Listeners: []*mv1.LoadBalancerListener{{Id: 5, Name: "listeners", Protocol: "tcp", Port: 80,
+				Backends: []*mv1.LoadBalancerBackend{{Id: 6, Port: p + "/ports/listeners", Address: "10.0.1.10"}}}}},
+	} {
+		tx.put(t, msg)
+	}
+	m := loadModel(t, tx)
+	if got := keysOf(m.NodeState("n1")); !slices.Equal(got, []string{"lb/5", "port/3", "subnet/2", "vpc/1"}) {
+		t.Fatalf("n1 holds %v", got)
+	}
+	if b := m.Object("lb/5").GetLbService().GetBackends(); len(b) != 1 || b[0].GetPortId() != 3 || b[0].GetNode() != "n1" {
+		t.Fatalf("backends %v", b)
+	}
+}

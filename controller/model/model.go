@@ -666,7 +666,9 @@ func (m *Model) recompile(ref string, c *changeSet) {
 	var obj *agentv1.Object
 	var deps []string
 	var place *lbPlace
-	if strings.Contains(ref, listenersSeg) {
+	// collectionOf, not a substring test: a project or load balancer may
+	// well be called "listeners".
+	if collectionOf(ref) == "listeners" {
 		obj, deps, place = m.compileListener(ref)
 	} else {
 		obj, deps = m.compile(ref)
