@@ -19,8 +19,8 @@ const (
 // Load balancers (issue [5]) in OVN. Row mapping:
 //
 //	LbService L      Load_Balancer "mer-lb-L": vips "vip:port" -> "backend:port,..." (the
-//	                 backends not draining, bound to a node, and healthy unless a health check
-//	                 decides), protocol tcp/udp, selection_fields ip_src (source-IP
+//	                 backends not draining, bound to a node and healthy), protocol tcp/udp,
+//	                 selection_fields ip_src (source-IP
 //	                 persistence) or ip_src, ip_dst, tp_src, tp_dst (the 5-tuple)
 //	internal         on every Logical_Switch of its VPC (load_balancer): translated at the
 //	                 client's switch, as the eBPF path translates at the client's port; and on
@@ -34,16 +34,18 @@ const (
 //	                 Service_Monitor per backend and ovn-controller on the backend's chassis
 //	                 probes it
 //
-// Health is decided the OVN-native way: with a health check, every backend
-// not draining is in vips, whatever LbBackend.healthy says, and
-// ovn-northd leaves out of the ct_lb_mark action those whose
-// Service_Monitor is offline. The checker is ovn-controller on the
-// backend's own chassis, as the eBPF design has the backend's node check
-// it, and the verdict reaches the flows without a trip through the
-// controller's store and NB; Meridian agents do not probe ports of OVN
-// nodes (the veth they would inject on is not theirs), so no report would
-// ever come for them. Without a health check a backend is healthy, as
-// LbBackend.healthy then always says.
+// Health is decided the OVN-native way: the health check becomes a
+// Load_Balancer_Health_Check, ovn-controller on the backend's own chassis
+// probes it (as the eBPF design has the backend's node check it), and
+// ovn-northd leaves out of the ct_lb_mark action the backends whose
+// Service_Monitor is offline, so a verdict reaches the flows without a
+// trip through the controller's store and NB. vips hold the backends not
+// draining, bound to a node and healthy by LbBackend.healthy, which for
+// OVN nodes only says what OVN cannot see: Meridian's agents do not probe
+// ports of OVN nodes (no report: resource.DecideLbHealth keeps them
+// serving), but a backend whose node's agent is away past the grace period
+// is unhealthy there, and OVN would keep it: the monitor of a chassis
+// that died stays as its ovn-controller last wrote it.
 //
 // The monitor source is not the subnet gateway's address (what the eBPF
 // agents use): for every source address ovn-northd installs a priority-110
@@ -141,7 +143,7 @@ func (d *Desired) renderLB(x *agentv1.Index, svc *agentv1.LbService, mon *monito
 	for _, b := range svc.GetBackends() {
 		a, err := netip.ParseAddr(b.GetAddress())
 		if err != nil || a.Unmap().Is4() != vipAddr.Is4() || !validPort(b.GetPort()) ||
-			b.GetDraining() || b.GetNode() == "" || (hc == nil && !b.GetHealthy()) {
+			b.GetDraining() || b.GetNode() == "" || !b.GetHealthy() {
 			continue
 		}
 		a = a.Unmap()

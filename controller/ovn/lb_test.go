@@ -34,7 +34,7 @@ func lbFixture() map[string]*agentv1.Object {
 			Protocol: 6, Internal: true, MaglevSize: 251,
 			Backends: []*agentv1.LbBackend{
 				{Id: 1, Address: "10.0.1.10", Port: 8080, Weight: 1, PortId: 101, Node: "n1", Healthy: true},
-				{Id: 2, Address: "10.0.2.11", Port: 8080, Weight: 1, PortId: 104, Node: "n2"}, // unhealthy by report: OVN decides
+				{Id: 2, Address: "10.0.2.11", Port: 8080, Weight: 1, PortId: 104, Node: "n2", Healthy: true},
 				{Id: 3, Address: "10.0.2.254", Port: 8080, Weight: 1, PortId: 105, Node: "n2", Healthy: true, Draining: true},
 				{Id: 4, Address: "10.0.1.11", Port: 8080, Weight: 1, PortId: 102, Healthy: true}, // unbound
 			},
@@ -124,13 +124,22 @@ func TestRenderLoadBalancerHealthChecks(t *testing.T) {
 			t.Errorf("options = %v, want %v", hc.Options, want)
 		}
 	})
-	t.Run("without a health check the reported health decides and nothing is monitored", func(t *testing.T) {
-		lb := render(func(s *agentv1.LbService) { s.HealthCheck = nil })
+	t.Run("without a health check nothing is monitored", func(t *testing.T) {
+		lb := render(func(s *agentv1.LbService) { s.HealthCheck = nil; s.Backends[1].Healthy = false })
 		if got := lb.Vips["10.0.1.100:80"]; got != "10.0.1.10:8080" {
 			t.Errorf("backends = %q, want only the healthy 10.0.1.10:8080", got)
 		}
 		if len(lb.IPPortMappings) != 0 || len(lb.HealthCheck) != 0 {
 			t.Errorf("mappings %v / health check %v without a health check", lb.IPPortMappings, lb.HealthCheck)
+		}
+	})
+	t.Run("with a health check, a backend the model finds unhealthy (its node away) is left out too", func(t *testing.T) {
+		lb := render(func(s *agentv1.LbService) { s.Backends[1].Healthy = false })
+		if got := lb.Vips["10.0.1.100:80"]; got != "10.0.1.10:8080" {
+			t.Errorf("backends = %q, want only 10.0.1.10:8080", got)
+		}
+		if _, ok := lb.IPPortMappings["10.0.2.11"]; ok {
+			t.Errorf("a backend left out is still monitored: %v", lb.IPPortMappings)
 		}
 	})
 	t.Run("the monitor source is never the gateway or a port's address", func(t *testing.T) {
