@@ -1,6 +1,8 @@
 package lb
 
 import (
+	"fmt"
+	"net/netip"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -90,4 +92,63 @@ func BenchmarkXDPPerPacket(b *testing.B) {
 	b.ReportMetric(floor/n, "ns/drop")
 	b.ReportMetric(hit/floor, "hit/drop")
 	b.ReportMetric(fresh/floor, "new/drop")
+}
+
+// BenchmarkXDPPerPacketFIB is BenchmarkXDPPerPacket's hit with the outer
+// headers from bpf_fib_lookup (Config.FIB) instead of a static next hop:
+// test runs inside the gateway namespace of the veth topology, so the
+// lookup finds the route and neighbour of the backend node (and the
+// program redirects to the underlay veth). Both in the same run.
+func BenchmarkXDPPerPacketFIB(b *testing.B) {
+	tp := newTopo(b)
+	l, err := Load(Options{MaxServices: 4, MaxBackends: 64, ConnTableSize: 4096})
+	if err != nil {
+		b.Fatalf("load (needs root and BPF): %v", err)
+	}
+	b.Cleanup(func() { l.Close() })
+	mustSet(b, l, vethService(80, 6))
+	underlayIP := netip.MustParseAddr("172.31.251.1")
+	static := Config{UnderlayIP: underlayIP, MTU: 1550, RouterMAC: routerMAC,
+		NextHopMAC: tp.b1MAC, SourceMAC: tp.g1MAC, OutIfindex: tp.g1}
+	fib := Config{UnderlayIP: underlayIP, MTU: 1550, RouterMAC: routerMAC, FIB: true}
+	ack := clientPkt(netip.AddrFrom4([4]byte(tp.clientIP)), 40000)
+	ack.payload = 0
+	frame := ack.bytes(b)
+	const repeat = 1_000_000
+	measure := func(c Config) float64 {
+		if err := l.Configure(c); err != nil {
+			b.Fatal(err)
+		}
+		var d float64
+		inNS(b, tp.gw, func() {
+			// Received on lo (a test run's default), whose forwarding
+			// the topology turned on with the rest.
+			ret, dur, rerr := l.objs.LbXdpBench.Benchmark(frame, repeat, nil)
+			err = rerr
+			if err == nil && ret != xdpRedirect {
+				err = fmt.Errorf("verdict %d, want XDP_REDIRECT", ret)
+			}
+			if err == nil {
+				var st Stats
+				if st, err = l.Stats(); err == nil && st.FIBFailed != 0 {
+					err = fmt.Errorf("FIB lookups failed: %+v", st)
+				}
+			}
+			d = float64(dur.Nanoseconds())
+		})
+		if err != nil {
+			b.Fatalf("test run: %v", err)
+		}
+		return d
+	}
+	var st, fb float64
+	b.ResetTimer()
+	for range b.N {
+		st += measure(static)
+		fb += measure(fib)
+	}
+	n := float64(b.N)
+	b.ReportMetric(st/n, "ns/hit-static")
+	b.ReportMetric(fb/n, "ns/hit-fib")
+	b.ReportMetric(fb/st, "fib/static")
 }
