@@ -145,6 +145,11 @@ func prepareProject(c *txc, old, obj proto.Message) error {
 				c.vs.add("project.quota."+name, "must not be negative")
 			}
 		}
+		// A listener's Maglev table has 65537 entries: beyond a few
+		// thousand backends it cannot honour weights (or hold them all).
+		if q.LoadBalancerBackends > lbMaxBackendsQuota {
+			c.vs.add("project.quota.load_balancer_backends", "at most %d backends per listener (Maglev table of 65537 entries), got %d", lbMaxBackendsQuota, q.LoadBalancerBackends)
+		}
 	}
 	return nil
 }

@@ -57,6 +57,9 @@ const (
 	lbMinTimeoutMs  = 50
 	lbMaxThreshold  = 10
 	lbMaxWeight     = 256
+	// lbMaxBackendsQuota caps the backends-per-listener quota: 4096
+	// backends still get ~16 Maglev entries each.
+	lbMaxBackendsQuota = 4096
 )
 
 func (s *Server) lbHooks(hs map[*resource.Kind]*hooks) {

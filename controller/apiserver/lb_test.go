@@ -346,6 +346,12 @@ func TestLoadBalancerAuthzAndQuota(t *testing.T) {
 	if after := e.State(); after != before {
 		t.Fatalf("over-quota requests changed state")
 	}
+	_, err = e.Admin.Project.UpdateProject(ctx, &v1.UpdateProjectRequest{Project: &v1.Project{Name: a1,
+		Quota: &v1.Quota{LoadBalancerBackends: 70000}}, UpdateMask: mask("quota")})
+	apitest.WantCode(t, err, codes.InvalidArgument, "project.quota.load_balancer_backends")
+	if after := e.State(); after != before {
+		t.Fatalf("over-quota requests changed state")
+	}
 	p := apitest.Must[*v1.Project](t)(e.User.Project.GetProject(ctx, &v1.GetProjectRequest{Name: a1}))
 	if p.Usage.LoadBalancers != 1 {
 		t.Fatalf("usage %v", p.Usage)
