@@ -28,6 +28,10 @@
 #pragma once
 
 #define FLOWLOG_SLOTS 256
+/* Events are submitted without waking the reader (it polls every 100 ms)
+ * until this much is waiting: a wakeup per new flow would cost a context
+ * switch per connection. */
+#define FLOWLOG_WAKEUP_BYTES (64 << 10)
 
 /* flowlog_cfg.traffic bits */
 #define FLOWLOG_ACCEPT 1
@@ -185,7 +189,8 @@ static __noinline int fl_emit(__u32 port, __u32 slot_dir, struct pkt *p,
 	ev->slot = slot;
 	ev->acl_rule = acl_rule;
 	ev->sg_rule = sg_rule;
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, bpf_ringbuf_query(&flow_events, BPF_RB_AVAIL_DATA) > FLOWLOG_WAKEUP_BYTES ?
+				       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	fl_stat(FL_STAT_EMITTED);
 	return 1;
 }

@@ -49,6 +49,9 @@ const (
 	// flowTick is how often the table is looked at; records are written
 	// when a flow's interval is over, so this only bounds their delay.
 	flowTick = 250 * time.Millisecond
+	// flowPoll is how often the new-flow ring is read when the data path
+	// did not wake the reader.
+	flowPoll = 100 * time.Millisecond
 	// defaultMaxFileBytes is where a flow-log file rotates (to path.1).
 	defaultMaxFileBytes = 100 << 20
 	// followerBuffer is how many batches a slow follower may lag before
@@ -412,10 +415,13 @@ func (f *flowLogs) run(ctx context.Context) {
 			}
 		}
 	}()
+	// The data path wakes the reader only when much is waiting
+	// (bpf/c/flowlog.h): otherwise each deadline reads what came since.
+	r.SetDeadline(time.Now().Add(flowPoll))
 	for ctx.Err() == nil {
-		r.SetDeadline(time.Now().Add(500 * time.Millisecond))
 		ev, err := r.Read()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
+			r.SetDeadline(time.Now().Add(flowPoll))
 			continue
 		}
 		if err != nil {

@@ -32,7 +32,7 @@ type flowWorkload struct {
 	node netns.NsHandle
 }
 
-func newFlowWorkload(t *testing.T, host, mac, addr, gw string) *flowWorkload {
+func newFlowWorkload(t testing.TB, host, mac, addr, gw string) *flowWorkload {
 	t.Helper()
 	must := func(what string, err error) {
 		t.Helper()
@@ -72,7 +72,7 @@ func newFlowWorkload(t *testing.T, host, mac, addr, gw string) *flowWorkload {
 
 // in runs fn with the thread in the workload's namespace: sockets made in
 // fn belong to the workload.
-func (w *flowWorkload) in(t *testing.T, fn func()) {
+func (w *flowWorkload) in(t testing.TB, fn func()) {
 	t.Helper()
 	if err := netns.Set(w.ns); err != nil {
 		t.Fatal(err)
@@ -108,7 +108,7 @@ func flowLogWorld(path string, sampling, rate, burst uint32) map[string]*agentv1
 // startFlowLogAgent installs world into dp with the two workloads' host
 // interfaces and runs the flow-log reader, the drop watcher and /metrics
 // (served from the test's namespace through handler).
-func startFlowLogAgent(t *testing.T, dp *datapath.Datapath, world map[string]*agentv1.Object, handler *atomic.Pointer[http.Handler]) *Agent {
+func startFlowLogAgent(t testing.TB, dp *datapath.Datapath, world map[string]*agentv1.Object, handler *atomic.Pointer[http.Handler]) *Agent {
 	t.Helper()
 	a := &Agent{
 		cfg: Config{Node: "n1", StateDir: t.TempDir()}, log: slog.New(slog.NewTextHandler(io.Discard, nil)), dp: dp,
