@@ -55,6 +55,16 @@ type LbLbFlow struct {
 	Pad   [3]uint8
 }
 
+type LbLbNexthop struct {
+	_       structs.HostLayout
+	NodeIp  uint32
+	Ifindex uint32
+	Expires uint64
+	Smac    [6]uint8
+	Dmac    [6]uint8
+	Pad     [4]uint8
+}
+
 type LbLbSvcCounters struct {
 	_           structs.HostLayout
 	Packets     uint64
@@ -88,6 +98,7 @@ const (
 	LbMapLbBackends  = "lb_backends"
 	LbMapLbCfg       = "lb_cfg"
 	LbMapLbConns     = "lb_conns"
+	LbMapLbNexthops  = "lb_nexthops"
 	LbMapLbRings     = "lb_rings"
 	LbMapLbStats     = "lb_stats"
 	LbMapLbSvcStats  = "lb_svc_stats"
@@ -149,6 +160,7 @@ type LbMapSpecs struct {
 	LbBackends *ebpf.MapSpec `ebpf:"lb_backends"`
 	LbCfg      *ebpf.MapSpec `ebpf:"lb_cfg"`
 	LbConns    *ebpf.MapSpec `ebpf:"lb_conns"`
+	LbNexthops *ebpf.MapSpec `ebpf:"lb_nexthops"`
 	LbRings    *ebpf.MapSpec `ebpf:"lb_rings"`
 	LbStats    *ebpf.MapSpec `ebpf:"lb_stats"`
 	LbSvcStats *ebpf.MapSpec `ebpf:"lb_svc_stats"`
@@ -184,6 +196,7 @@ type LbMaps struct {
 	LbBackends *ebpf.Map `ebpf:"lb_backends"`
 	LbCfg      *ebpf.Map `ebpf:"lb_cfg"`
 	LbConns    *ebpf.Map `ebpf:"lb_conns"`
+	LbNexthops *ebpf.Map `ebpf:"lb_nexthops"`
 	LbRings    *ebpf.Map `ebpf:"lb_rings"`
 	LbStats    *ebpf.Map `ebpf:"lb_stats"`
 	LbSvcStats *ebpf.Map `ebpf:"lb_svc_stats"`
@@ -195,6 +208,7 @@ func (m *LbMaps) Close() error {
 		m.LbBackends,
 		m.LbCfg,
 		m.LbConns,
+		m.LbNexthops,
 		m.LbRings,
 		m.LbStats,
 		m.LbSvcStats,

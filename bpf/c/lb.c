@@ -131,6 +131,20 @@ struct lb_config {
 	__u8  pad[2];
 };
 
+/* FIB mode's next hop toward a backend's node, per CPU and backend slot:
+ * bpf_fib_lookup costs ~40 ns a packet, so its answer is reused for
+ * LB_NH_TTL_NS (a route or neighbour change takes effect within that). */
+struct lb_nexthop {
+	__u32 node_ip; /* the lookup's destination: a reused slot misses */
+	__u32 ifindex;
+	__u64 expires; /* bpf_ktime_get_coarse_ns deadline */
+	__u8  smac[6];
+	__u8  dmac[6];
+	__u8  pad[4];
+};
+
+#define LB_NH_TTL_NS (100ULL * 1000 * 1000)
+
 struct lb_svc_counters {
 	__u64 packets;   /* forwarded */
 	__u64 bytes;     /* forwarded, inner frame bytes */
@@ -220,6 +234,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct lb_config);
 } lb_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct lb_nexthop);
+} lb_nexthops SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -413,7 +434,7 @@ static __always_inline __u32 lb_pick(const struct lb_vip *vip, struct lb_flow *f
 /* ---- VXLAN encapsulation ---- */
 
 static __always_inline int lb_encap(struct xdp_md *ctx, const struct lb_config *cfg,
-				    const struct lb_backend *b, __u32 vni, __u32 hash,
+				    const struct lb_backend *b, __u32 slot, __u32 vni, __u32 hash,
 				    struct lb_counters *st, struct lb_svc_counters *ss)
 {
 	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
@@ -432,7 +453,16 @@ static __always_inline int lb_encap(struct xdp_md *ctx, const struct lb_config *
 	mac_copy(smac, cfg->src_mac);
 	mac_copy(dmac, cfg->dst_mac);
 	if (cfg->flags & LB_CFG_FIB) {
+		struct lb_nexthop *nh = bpf_map_lookup_elem(&lb_nexthops, &slot);
+		__u64 now = bpf_ktime_get_coarse_ns();
 		struct bpf_fib_lookup fl = {};
+
+		if (nh && nh->node_ip == b->node_ip && now < nh->expires) {
+			mac_copy(smac, nh->smac);
+			mac_copy(dmac, nh->dmac);
+			out = nh->ifindex;
+			goto resolved;
+		}
 
 		fl.family = AF_INET;
 		fl.ipv4_src = cfg->src_ip;
@@ -447,11 +477,19 @@ static __always_inline int lb_encap(struct xdp_md *ctx, const struct lb_config *
 			mac_copy(smac, fl.smac);
 			mac_copy(dmac, fl.dmac);
 			out = fl.ifindex;
+			if (nh) {
+				nh->node_ip = b->node_ip;
+				nh->ifindex = fl.ifindex;
+				nh->expires = now + LB_NH_TTL_NS;
+				mac_copy(nh->smac, fl.smac);
+				mac_copy(nh->dmac, fl.dmac);
+			}
 		} else if (!(dmac[0] | dmac[1] | dmac[2] | dmac[3] | dmac[4] | dmac[5])) {
 			stat(st, LB_STAT_FIB_FAIL);
 			return XDP_DROP;
 		}
 	}
+resolved:
 
 	if (bpf_xdp_adjust_head(ctx, -(int)LB_ENCAP_LEN))
 		goto fail;
@@ -521,7 +559,7 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 	struct lb_config *cfg;
 	struct lb_counters *st;
 	struct lb_vip *vip;
-	__u32 zero = 0, ihl, tot, hash, slot;
+	__u32 zero = 0, ihl, tot, hash, slot, bslot;
 	__u16 *ports;
 	int syn = 0, relay = 0;
 
@@ -630,7 +668,8 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 
-	if (lb_pick(vip, &flow, syn, !relay, ss, st, &b) == LB_NO_BACKEND || !b) {
+	bslot = lb_pick(vip, &flow, syn, !relay, ss, st, &b);
+	if (bslot == LB_NO_BACKEND || !b) {
 		ss->no_backend++;
 		stat(st, LB_STAT_NO_BACKEND);
 		return XDP_DROP;
@@ -640,7 +679,7 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 		stat(st, LB_STAT_ICMP_RELAYED);
 	}
 	hash = lb_flow_hash(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto);
-	return lb_encap(ctx, cfg, b, vip->vni, hash, st, ss);
+	return lb_encap(ctx, cfg, b, bslot, vip->vni, hash, st, ss);
 malformed:
 	stat(st, LB_STAT_MALFORMED);
 	return XDP_PASS;

@@ -104,9 +104,10 @@ type Config struct {
 	// FIB takes the outer MACs and the egress interface from the
 	// kernel's routing and neighbour tables toward each backend's node
 	// (bpf_fib_lookup, as if forwarded from the uplink: the uplink needs
-	// IPv4 forwarding on, as on any gateway). Without it, or when the
-	// lookup fails (no route; or the next hop's neighbour entry not
-	// resolved: XDP cannot resolve it, so something else must — the
+	// IPv4 forwarding on, as on any gateway; each CPU reuses an answer
+	// for 100 ms, so route and neighbour changes apply within that).
+	// When the lookup fails (no route; or the next hop's neighbour entry
+	// not resolved: XDP cannot resolve it, so something else must — the
 	// node's own overlay traffic usually does), the static next hop
 	// below is used; with neither, the packet is dropped
 	// (Stats.FIBFailed).
@@ -197,7 +198,8 @@ func Load(opts Options) (*LB, error) {
 	for name, n := range map[string]uint32{
 		bpf.LbMapLbVips: opts.MaxServices, bpf.LbMapLbRings: opts.MaxServices,
 		bpf.LbMapLbSvcStats: opts.MaxServices, bpf.LbMapLbBackends: opts.MaxBackends,
-		bpf.LbMapLbConns: opts.ConnTableSize,
+		bpf.LbMapLbNexthops: opts.MaxBackends,
+		bpf.LbMapLbConns:    opts.ConnTableSize,
 	} {
 		m, ok := spec.Maps[name]
 		if !ok {
@@ -429,7 +431,7 @@ func (l *LB) Unpin() error {
 		}
 	}
 	for _, m := range []*ebpf.Map{l.objs.LbVips, l.objs.LbRings, l.objs.LbBackends, l.objs.LbConns,
-		l.objs.LbCfg, l.objs.LbStats, l.objs.LbSvcStats, l.owners} {
+		l.objs.LbCfg, l.objs.LbStats, l.objs.LbSvcStats, l.objs.LbNexthops, l.owners} {
 		if err := m.Unpin(); err != nil {
 			errs = append(errs, fmt.Errorf("lb: unpin map: %w", err))
 		}

@@ -116,6 +116,35 @@ func TestXDPOnVethForwardsToBackendNode(t *testing.T) {
 	if st.Packets < 3 || st.FIBFailed != 0 || st.Services[1].NewFlows < 3 {
 		t.Errorf("counters %+v", st)
 	}
+	// The next hop changes (here its neighbour entry): within the 100 ms
+	// the program reuses a FIB answer, packets follow.
+	moved := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x77}
+	ipCmd(t, "-n", tp.gw, "neigh", "replace", "172.31.251.2", "lladdr", moved.String(), "dev", "g1", "nud", "permanent")
+	time.Sleep(150 * time.Millisecond)
+	done := make(chan error, 1)
+	go func() {
+		done <- inNSErr(tp.cli, func() {
+			d := net.Dialer{Timeout: 500 * time.Millisecond, LocalAddr: &net.TCPAddr{IP: tp.clientIP, Port: 41100}}
+			if c, err := d.Dial("tcp4", "203.0.113.10:80"); err == nil {
+				c.Close()
+			}
+		})
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	frame, err := readUntil(ctx, fd, func(b []byte) bool {
+		e, err := decodeEncap(b)
+		return err == nil && len(e.inner) >= 14+20+20 && binary.BigEndian.Uint16(e.inner[14+20:]) == 41100
+	})
+	cancel()
+	if derr := <-done; derr != nil {
+		t.Fatal(derr)
+	}
+	if err != nil {
+		t.Fatalf("after the next hop changed, nothing arrived: %v", err)
+	}
+	if e := parseEncap(t, frame); !bytes.Equal(e.outerEth.DstMAC, moved) {
+		t.Errorf("150 ms after the neighbour changed, outer destination %s, want %s", e.outerEth.DstMAC, moved)
+	}
 	// Not for a VIP: the gateway's own stack still answers.
 	nsExec(t, tp.cli, "ping", "-c", "1", "-W", "2", "172.31.250.1")
 }
