@@ -45,6 +45,7 @@ func BenchmarkCaptureIperf3(b *testing.B) {
 	}
 	inPrivateNetns(b, func(dp *datapath.Datapath) {
 		n := newCaptureNode(b, dp)
+		defer n.close()
 		srv := exec.Command("nsenter", "--net="+n.nsDB, "iperf3", "-s", "-p", "80")
 		if err := srv.Start(); err != nil {
 			b.Fatal(err)

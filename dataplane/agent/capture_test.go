@@ -42,6 +42,7 @@ type captureNode struct {
 	nsWeb  string // workload namespace paths
 	nsDB   string
 	node   netns.NsHandle
+	stops  []func()
 }
 
 const (
@@ -112,7 +113,7 @@ func newCaptureNode(t testing.TB, dp *datapath.Datapath) *captureNode {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); a.watchDrops(ctx) }()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	n.stops = append(n.stops, func() { cancel(); wg.Wait() })
 
 	sdir, err := os.MkdirTemp("", "mcap")
 	if err != nil {
@@ -128,8 +129,17 @@ func newCaptureNode(t testing.TB, dp *datapath.Datapath) *captureNode {
 	agentv1.RegisterLocalAgentServiceServer(g, &localServer{a: a})
 	done := make(chan struct{})
 	go func() { defer close(done); g.Serve(lis) }()
-	t.Cleanup(func() { g.Stop(); <-done })
+	n.stops = append(n.stops, func() { g.Stop(); <-done })
 	return n
+}
+
+// close stops the agent's server and drop reader; the tests defer it inside
+// inPrivateNetns, so both end before the data path closes.
+func (n *captureNode) close() {
+	for i := len(n.stops) - 1; i >= 0; i-- {
+		n.stops[i]()
+	}
+	n.stops = nil
 }
 
 // in runs fn on this (locked) thread inside the namespace at path.
@@ -366,6 +376,7 @@ func TestCaptureReplaysLikeLive(t *testing.T) {
 	}
 	inPrivateNetns(t, func(dp *datapath.Datapath) {
 		n := newCaptureNode(t, dp)
+		defer n.close()
 		dir := t.TempDir()
 		webPcap, dbPcap, dropsPcap := filepath.Join(dir, "web.pcap"), filepath.Join(dir, "db.pcap"), filepath.Join(dir, "drops.pcapng")
 		ctx := context.Background()
@@ -491,6 +502,7 @@ func (n *captureNode) meridianctl(t *testing.T, args ...string) (string, error) 
 func TestCaptureLiveLinesAndCancel(t *testing.T) {
 	inPrivateNetns(t, func(dp *datapath.Datapath) {
 		n := newCaptureNode(t, dp)
+		defer n.close()
 		// -s 42 keeps the UDP header (14 + 20 + 8 bytes); the length
 		// printed is still the frame's own.
 		run := n.start(t, context.Background(), "capture", "--port", capWeb, "--direction", "to-port", "-c", "3", "-s", "42", "udp", "port", "7000")
@@ -538,6 +550,7 @@ func TestCaptureLiveLinesAndCancel(t *testing.T) {
 func TestCaptureBadInput(t *testing.T) {
 	inPrivateNetns(t, func(dp *datapath.Datapath) {
 		n := newCaptureNode(t, dp)
+		defer n.close()
 		dir := t.TempDir()
 		for _, tc := range []struct {
 			name string
