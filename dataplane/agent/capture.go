@@ -299,7 +299,9 @@ func runCapture(ctx context.Context, src captureSource, max uint64, send func(*a
 }
 
 // dropHub fans the data path's drop events (one ring, one reader:
-// watchDrops) out to the captures that want them. Its zero value is ready.
+// watchDrops) out to the captures that want them. A second reader of the
+// ring would take events from the first: anything else that wants drop
+// events subscribes here too. Its zero value is ready.
 type dropHub struct {
 	mu   sync.Mutex
 	subs map[*dropSub]struct{}
