@@ -47,6 +47,7 @@ func BenchmarkCaptureIperf3(b *testing.B) {
 		n := newCaptureNode(b, dp)
 		defer n.close()
 		srv := exec.Command("nsenter", "--net="+n.nsDB, "iperf3", "-s", "-p", "80")
+		srv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // not left behind if the benchmark dies
 		if err := srv.Start(); err != nil {
 			b.Fatal(err)
 		}

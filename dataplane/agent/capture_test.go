@@ -75,17 +75,17 @@ func newCaptureNode(t testing.TB, dp *datapath.Datapath) *captureNode {
 		{capWeb, "02:00:00:00:01:0a", "10.0.1.10/24", "10.0.1.1", 1, &n.nsWeb},
 		{capDB, "02:00:00:00:02:14", "10.0.2.20/24", "10.0.2.1", 2, &n.nsDB},
 	} {
-		name := fmt.Sprintf("mcap%d-%d", os.Getpid(), w.id)
-		ns, err := netns.NewNamed(name) // enters it
+		// An unnamed namespace, known by the path of the test's own open
+		// descriptor: it goes with the process even if the test dies.
+		ns, err := netns.New() // enters it
 		if err != nil {
-			t.Fatalf("create workload namespace %s: %v", name, err)
+			t.Fatalf("create workload namespace: %v", err)
 		}
-		ns.Close()
-		t.Cleanup(func() { netns.DeleteNamed(name) })
+		t.Cleanup(func() { ns.Close() })
 		if err := netns.Set(node); err != nil {
 			t.Fatalf("back to the node namespace: %v", err)
 		}
-		*w.path = "/run/netns/" + name
+		*w.path = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(ns))
 		mac, _ := net.ParseMAC(w.mac)
 		spec := WorkloadSpec{HostName: hostIfName(w.id), NetnsPath: *w.path, IfName: "eth0", MAC: mac,
 			Addrs: []netip.Prefix{netip.MustParsePrefix(w.addr)}, Gateway: netip.MustParseAddr(w.gw), MTU: 1500}
