@@ -452,10 +452,12 @@ func TestLoadBalancer(t *testing.T) {
 		// keeps it on its backend, and forwarding never stops.
 		gw := carrier()
 		t.Logf("the long-lived connection is served by %s through %s: restarting its agent", longName, gw)
+		stopping := time.Now()
 		if err := r.Restart(ctx, gw+"-agent"); err != nil {
 			t.Fatal(err)
 		}
 		restarted := time.Now()
+		t.Logf("%s's agent stopped and serving again in %v", gw, restarted.Sub(stopping).Round(time.Millisecond))
 		got, err := askOn(long, longBR, false)
 		if err != nil || got != longName {
 			t.Fatalf("long-lived connection across %s's restart: %q, %v; want %s", gw, got, err, longName)
