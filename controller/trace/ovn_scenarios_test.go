@@ -73,7 +73,9 @@ var syncedRevision = regexp.MustCompile(`(?m)^meridian_ovn_synced_revision (\S+)
 // to NB and ovn-northd turned it into logical flows.
 func waitOVN(t *testing.T, env *ctlEnv, stack *ovntest.Stack, rev int64) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	// Generous: on a loaded machine the reconciler and northd share two
+	// CPUs with everything else.
+	deadline := time.Now().Add(45 * time.Second)
 	for {
 		resp, err := http.Get("http://" + env.http + "/metrics")
 		if err == nil {
@@ -86,7 +88,7 @@ func waitOVN(t *testing.T, env *ctlEnv, stack *ovntest.Stack, rev int64) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the OVN realization did not reach revision %d in 20 s (%v)", rev, err)
+			t.Fatalf("the OVN realization did not reach revision %d in 45 s (%v)", rev, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
