@@ -235,15 +235,18 @@ func runCapture(ctx context.Context, src captureSource, max uint64, send func(*a
 			}
 		}
 	}()
-	// Closing the source is what unblocks the reader.
+	// Closing the source is what unblocks the reader. Its kernel drop
+	// count is read just before: a closed socket has none to give.
 	stop := make(chan struct{})
 	defer close(stop)
+	kernelDrops := make(chan uint64, 1)
 	go func() {
 		select {
 		case <-ctx.Done():
 		case <-readerDone:
 		case <-stop:
 		}
+		kernelDrops <- src.kernelDrops()
 		src.close()
 	}()
 
@@ -271,7 +274,9 @@ func runCapture(ctx context.Context, src captureSource, max uint64, send func(*a
 				if err := flush(); err != nil {
 					return gone(err)
 				}
-				sum := &agentv1.CaptureSummary{Packets: sent, DroppedBuffer: dropped.Load(), DroppedKernel: src.kernelDrops()}
+				// The queue closes once the reader is done, so the
+				// closer has run (or is about to).
+				sum := &agentv1.CaptureSummary{Packets: sent, DroppedBuffer: dropped.Load(), DroppedKernel: <-kernelDrops}
 				select {
 				case sum.EndedBy = <-endedBy:
 				default:

@@ -604,8 +604,17 @@ func (s *fastSource) next() (*agentv1.CapturedPacket, error) {
 	s.sent.Add(1)
 	return &agentv1.CapturedPacket{Data: make([]byte, s.size), Length: uint32(s.size)}, nil
 }
-func (s *fastSource) kernelDrops() uint64 { return 0 }
-func (s *fastSource) close()              { s.once.Do(func() { close(s.closed) }) }
+
+// kernelDrops: like a socket, 7 while open and nothing to say once closed.
+func (s *fastSource) kernelDrops() uint64 {
+	select {
+	case <-s.closed:
+		return 0
+	default:
+		return 7
+	}
+}
+func (s *fastSource) close() { s.once.Do(func() { close(s.closed) }) }
 
 // TestCaptureBoundedBuffer: a client that does not read makes the agent
 // drop and count frames, never hold more than its queue's bound.
@@ -632,8 +641,8 @@ func TestCaptureBoundedBuffer(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("summary %+v", sum)
-	if sum.DroppedBuffer == 0 || sum.Packets+sum.DroppedBuffer != uint64(src.n) || int(sum.Packets) != sent {
-		t.Fatalf("summary %+v (sent %d): want drops, and sent + dropped = %d", sum, sent, src.n)
+	if sum.DroppedBuffer == 0 || sum.Packets+sum.DroppedBuffer != uint64(src.n) || int(sum.Packets) != sent || sum.DroppedKernel != 7 {
+		t.Fatalf("summary %+v (sent %d): want drops, sent + dropped = %d, and the source's 7 kernel drops", sum, sent, src.n)
 	}
 	if max := captureQueueBytes/1500 + captureBatchFrames + 1; int(sum.Packets) > max {
 		t.Fatalf("%d frames passed a stuck client: the queue holds at most %d", sum.Packets, max)
