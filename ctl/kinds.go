@@ -155,6 +155,7 @@ func kindTable() []*kindInfo {
 			Columns: []column{{Header: "SCHEME", Path: "scheme"}, {Header: "VIP", Path: "vip"}, {Header: "VPC", Path: "vpc"}, {Header: "LISTENERS", Path: "listeners", Count: true}},
 			Detail:  lbDetail,
 		},
+		flowLogKind, // flowlogs_cmd.go
 	}
 }
 

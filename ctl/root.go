@@ -98,6 +98,7 @@ MERIDIAN_TOKEN, overridden by --endpoint and --token.`,
 	}
 	root.AddCommand(a.applyCommand(), a.deleteFileCommand(), a.whoamiCommand(), a.auditCommand(), a.watchCommand(), a.traceCommand())
 	root.AddCommand(a.replayCommand())
+	root.AddCommand(newFlowLogsCmd()) // flowlogs_cmd.go
 	root.AddCommand(a.captureCommand())
 	return root
 }

@@ -57,6 +57,7 @@ func (s *Server) buildHooks() map[*resource.Kind]*hooks {
 	hs := s.coreHooks()
 	s.edgeHooks(hs)
 	s.lbHooks(hs)
+	s.flowLogHooks(hs) // flowlog.go
 	return hs
 }
 

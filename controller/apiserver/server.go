@@ -96,6 +96,7 @@ func (s *Server) Register(g *grpc.Server) {
 	v1.RegisterAuditServiceServer(g, s)
 	v1.RegisterWatchServiceServer(g, s)
 	v1.RegisterIdentityServiceServer(g, s)
+	v1.RegisterFlowLogServiceServer(g, &flowLogService{s: s}) // flowlog.go
 }
 
 // quota returns the project's effective quota: its own values, defaults where zero.

@@ -69,6 +69,10 @@ func (m *Model) compile(ref string) (*agentv1.Object, []string) {
 		if e := m.eips[ref]; e != nil && e.GetId() != 0 {
 			return m.compileEIP(e)
 		}
+	case "flowLogs":
+		if f := m.flowLogs[ref]; f != nil && f.GetId() != 0 {
+			return m.compileFlowLog(f)
+		}
 	case "natGateways":
 		if n := m.ngws[ref]; n != nil && n.GetId() != 0 {
 			return m.compileNGW(n)

@@ -170,6 +170,10 @@ type Model struct {
 	health     map[uint32]map[uint32]resource.LbHealth // listener ID -> backend ID -> record
 	maglevSize uint32
 
+	// Flow logs (issue [6]), see flowlog.go.
+	flowLogs    map[string]*mv1.FlowLog
+	vpcFlowLogs map[string]set // vpc -> flow logs in it
+
 	// Materialised per-node desired state (as keys) and its reverse.
 	nodeKeys map[string]set // node ID -> object keys
 	holders  map[string]set // object key -> node IDs
@@ -228,6 +232,8 @@ func (m *Model) reset() {
 	m.sgNodes = map[string]map[string]int{}
 	m.nodeKeys = map[string]set{}
 	m.holders = map[string]set{}
+	m.flowLogs = map[string]*mv1.FlowLog{}
+	m.vpcFlowLogs = map[string]set{}
 }
 
 // modelKinds are the resource kinds the model reads. Others (projects, ...)
@@ -238,6 +244,7 @@ func modelKinds() []*resource.Kind {
 		resource.KindSubnet, resource.KindSecurityGroup, resource.KindPort,
 		resource.KindPublicAddressPool, resource.KindBgpPeer, resource.KindElasticIp, resource.KindNatGateway,
 		resource.KindLoadBalancer,
+		resource.KindFlowLog,
 	}
 }
 
@@ -310,6 +317,9 @@ func (m *Model) Load(tx store.ReadTx) error {
 		refs = append(refs, resource.KindNode.NameOf("", id), gatewayRef(id))
 	}
 	refs = m.edgeRefs(refs)
+	for n := range m.flowLogs {
+		refs = append(refs, n)
+	}
 	for _, r := range refs {
 		m.recompile(r, &discard)
 	}
@@ -445,6 +455,8 @@ func idOf(msg proto.Message) uint32 {
 		return r.GetId()
 	case *mv1.LoadBalancer:
 		return r.GetId()
+	case *mv1.FlowLog:
+		return r.GetId()
 	}
 	return 0
 }
@@ -481,6 +493,8 @@ func (m *Model) get(k *resource.Kind, name string) proto.Message {
 		msg, ok = m.ngws[name]
 	case resource.KindLoadBalancer:
 		msg, ok = m.lbs[name]
+	case resource.KindFlowLog:
+		msg, ok = m.flowLogs[name]
 	}
 	if !ok {
 		return nil
@@ -514,6 +528,8 @@ func (m *Model) set(k *resource.Kind, name string, msg proto.Message) {
 		setOrDelete(m.ngws, name, msg)
 	case resource.KindLoadBalancer:
 		setOrDelete(m.lbs, name, msg)
+	case resource.KindFlowLog:
+		setOrDelete(m.flowLogs, name, msg)
 	}
 }
 
@@ -655,6 +671,8 @@ func (m *Model) indexDelta(k *resource.Kind, name string, d int, c *changeSet) {
 			setOp(m.sgRemoteOf, g, name)
 			c.check(m.resKey[g])
 		}
+	case resource.KindFlowLog:
+		m.indexFlowLog(name, setOp, c)
 	default:
 		m.indexEdge(k, name, d, setOp, c)
 	}
@@ -774,6 +792,7 @@ func (m *Model) computeNodeKeys(n string) set {
 		}
 	}
 	m.edgeNodeKeys(n, put)
+	m.flowLogNodeKeys(n, put)
 	return out
 }
 
@@ -821,6 +840,8 @@ func (m *Model) holds(n, key string) bool {
 				return true
 			}
 		}
+	case "flowlog":
+		return m.holdsFlowLog(n, ref)
 	default:
 		return m.holdsEdge(n, kind, ref)
 	}
@@ -871,6 +892,8 @@ func (m *Model) candidates(key string, out set) {
 		for vpc := range m.nodeVpcs[nodeID(ref)] {
 			vpcNodes(vpc)
 		}
+	case "flowlog":
+		m.candidatesFlowLog(ref, out)
 	default:
 		m.candidatesEdge(kind, ref, out)
 	}

@@ -61,12 +61,15 @@ var (
 	KindLoadBalancer = &Kind{Name: "LoadBalancer", Collection: "loadBalancers", Parent: KindProject, new: func() proto.Message { return &v1.LoadBalancer{} }}
 )
 
+// KindFlowLog: flow logs (issue [6]), after what they name.
+var KindFlowLog = &Kind{Name: "FlowLog", Collection: "flowLogs", Parent: KindProject, new: func() proto.Message { return &v1.FlowLog{} }}
+
 // Kinds lists every kind in dependency order. An elastic IP and a NAT
 // gateway name each other (kept in step by the API server); the elastic IP
 // comes first because the NAT gateway's port mappings depend on it.
 func Kinds() []*Kind {
 	return []*Kind{KindProject, KindNode, KindPublicAddressPool, KindBgpPeer, KindVpc, KindNetworkAcl, KindRouteTable,
-		KindSubnet, KindSecurityGroup, KindPort, KindElasticIp, KindNatGateway, KindLoadBalancer}
+		KindSubnet, KindSecurityGroup, KindPort, KindElasticIp, KindNatGateway, KindLoadBalancer, KindFlowLog}
 }
 
 // ByName finds a kind by its message name, case-insensitively, also

@@ -57,7 +57,8 @@ type FlowLog struct {
 	// Seconds a record covers at most (AWS: 60 or 600 s; here 1..600):
 	// long flows get a record per interval. Default 60.
 	AggregationInterval uint32 `protobuf:"varint,17,opt,name=aggregation_interval,json=aggregationInterval,proto3" json:"aggregation_interval,omitempty"`
-	Id                  uint32 `protobuf:"varint,18,opt,name=id,proto3" json:"id,omitempty"` // output only
+	Id                  uint32 `protobuf:"varint,18,opt,name=id,proto3" json:"id,omitempty"`  // output only
+	Vpc                 string `protobuf:"bytes,19,opt,name=vpc,proto3" json:"vpc,omitempty"` // output only: the VPC of resource
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -195,6 +196,13 @@ func (x *FlowLog) GetId() uint32 {
 		return x.Id
 	}
 	return 0
+}
+
+func (x *FlowLog) GetVpc() string {
+	if x != nil {
+		return x.Vpc
+	}
+	return ""
 }
 
 type CreateFlowLogRequest struct {
@@ -597,7 +605,7 @@ var File_meridian_v1_flowlog_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_flowlog_proto_rawDesc = "" +
 	"\n" +
-	"\x19meridian/v1/flowlog.proto\x12\vmeridian.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd8\x04\n" +
+	"\x19meridian/v1/flowlog.proto\x12\vmeridian.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x04\n" +
 	"\aFlowLog\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\x12;\n" +
@@ -617,7 +625,8 @@ const file_meridian_v1_flowlog_proto_rawDesc = "" +
 	"rate_limit\x18\x0f \x01(\rR\trateLimit\x12\x14\n" +
 	"\x05burst\x18\x10 \x01(\rR\x05burst\x121\n" +
 	"\x14aggregation_interval\x18\x11 \x01(\rR\x13aggregationInterval\x12\x0e\n" +
-	"\x02id\x18\x12 \x01(\rR\x02id\x1a9\n" +
+	"\x02id\x18\x12 \x01(\rR\x02id\x12\x10\n" +
+	"\x03vpc\x18\x13 \x01(\tR\x03vpc\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa4\x01\n" +
