@@ -286,8 +286,17 @@ func (r *Run) buildFabric(ctx context.Context, topo Topology) error {
 		if err != nil {
 			return err
 		}
-		if err := r.wireNode(fh, br.Index, fmt.Sprintf("n%d", i), ns, netip.PrefixFrom(ip, r.st.Subnet.Bits()), topo.underlayMTU()); err != nil {
+		port := fmt.Sprintf("n%d", i)
+		if err := r.wireNode(fh, br.Index, port, ns, netip.PrefixFrom(ip, r.st.Subnet.Bits()), topo.underlayMTU()); err != nil {
 			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		// The fabric stands in for a switch: a frame an XDP program
+		// redirects into a node's uplink (the load balancer's VXLAN) must
+		// reach it, and a veth drops redirected frames unless its peer
+		// runs NAPI (GRO on, or an XDP program) — a physical NIC has no
+		// such limit.
+		if out, err := Exec(ctx, fabric, "ethtool", "-K", port, "gro", "on"); err != nil {
+			return fmt.Errorf("node %s: GRO on fabric port %s: %w (%s)", n.Name, port, err, out)
 		}
 		if err := r.record(func(st *State) {
 			st.Nodes = append(st.Nodes, NodeState{Name: n.Name, Netns: ns, Underlay: ip})

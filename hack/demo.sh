@@ -10,8 +10,12 @@
 # top-of-rack router running FRR and an "internet" host behind it; an
 # elastic IP for the workload, announced by the gateway's agent over BGP:
 # the router's kernel routing table shows it, and the internet host pings
-# and fetches a page from the workload through it. Everything is torn down
-# on exit.
+# and fetches a page from the workload through it.
+# Part 4 (the L4 load balancer): a load balancer with a public VIP over three
+# web servers on two nodes; the gateway's XDP program spreads the internet
+# host's connections over them with Maglev; the VIP is learned by the router
+# over BGP; a stopped web server fails its health check and gets no new
+# connection. Everything is torn down on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="$PWD/bin"
@@ -107,6 +111,11 @@ nsx "$inet" ip addr add 100.64.0.10/24 dev eth0; nsx "$gw_ns" ip addr add 172.31
 for l in inet0 gw-1; do nsx "$tor" ip link set "$l" up; done
 nsx "$inet" ip link set eth0 up; nsx "$gw_ns" ip link set ext0 up
 nsx "$inet" ip route add default via 100.64.0.1; nsx "$gw_ns" ip route add default via 172.31.1.1
+# The internet host's packets must carry complete checksums, as any packet
+# off a real wire does: a veth otherwise hands on TCP with only the
+# pseudo-header summed (checksum offload), which XDP cannot see and the
+# load balancer's backend would then drop.
+nsx "$inet" ethtool -K eth0 tx off >/dev/null
 nsx "$tor" sysctl -qw net.ipv4.ip_forward=1
 # FRR drops to the frr user: its directory must be reachable by it.
 frr=$(mktemp -d /tmp/meridian-demo-frr.XXXXXX)
@@ -128,9 +137,13 @@ for d in zebra bgpd; do
   [ "$d" = zebra ] && for _ in $(seq 50); do [ -S "$frr/zserv.api" ] && break; sleep 0.05; done
 done
 vty() { vtysh --vty_socket "$frr" -d bgpd -c "$@"; }
-mkdir -p "$work/www"; echo "hello from web-1 (10.0.1.11)" >"$work/www/index.html"
-nsenter --net="/run/netns/$web_ns" -- /usr/bin/python3 -m http.server 80 --bind 0.0.0.0 --directory "$work/www" >/dev/null 2>"$work/http.log" &
-pids3+=($!)
+declare -A web_pid
+for i in 1 2 3; do
+  mkdir -p "$work/www-$i"; echo "hello from web-$i (10.0.1.1$i)" >"$work/www-$i/index.html"
+  nsenter --net="/run/netns/me2e-$run_id-web-$i" -- /usr/bin/python3 -m http.server 80 --bind 0.0.0.0 \
+    --directory "$work/www-$i" >/dev/null 2>"$work/http-$i.log" &
+  pids3+=($!); web_pid[$i]=$!
+done
 ctl3() { "$bin/meridianctl" --config= --endpoint "unix:$e2e_run/controller.sock" \
   --token "$(sed -n 's/.*"token": "\([0-9a-f]*\)".*/\1/p' "$e2e_run/state.json")" "$@"; }
 
@@ -172,13 +185,51 @@ nsx "$inet" ping -c 3 -i 0.2 -W 2 198.51.100.10 | tail -n 2
 nsx "$inet" curl -s --max-time 3 http://198.51.100.10/
 
 step "web-1 saw the internet host's real address (its web server's log)"
-tail -n 1 "$work/http.log"
+tail -n 1 "$work/http-1.log"
 
 step "disassociate: the route is withdrawn from the ToR, the elastic IP stops answering"
 ctl3 elastic-ip update projects/demo/elasticIps/web-1 --port "" >/dev/null
 for _ in $(seq 100); do nsx "$tor" ip route show 198.51.100.10 | grep -q . || break; sleep 0.1; done
 echo "ToR routes from BGP: $(nsx "$tor" ip route show proto bgp | wc -l)"
 nsx "$inet" curl -s --max-time 1 http://198.51.100.10/ || echo "curl: no answer (as expected)"
+
+step "part 4: the L4 load balancer. A public VIP over web-1, web-2 (node-1) and web-3 (node-2), HTTP health checks"
+cat >"$work/lb.yaml" <<DOCS
+kind: LoadBalancer
+name: projects/demo/loadBalancers/web
+vpc: projects/demo/vpcs/prod
+scheme: internet-facing
+pool: publicAddressPools/internet
+vip: 198.51.100.40
+listeners:
+- name: http
+  protocol: tcp
+  port: 80
+  healthCheck: {protocol: http, path: /, intervalMs: 500, timeoutMs: 400, healthyThreshold: 2, unhealthyThreshold: 2}
+  backends:
+  - {port: projects/demo/ports/web-1}
+  - {port: projects/demo/ports/web-2}
+  - {port: projects/demo/ports/web-3}
+DOCS
+cat "$work/lb.yaml"
+ctl3 apply -f "$work/lb.yaml"
+for _ in $(seq 100); do nsx "$tor" ip route show 198.51.100.40 | grep -q bgp && break; sleep 0.1; done
+nsx "$tor" ip route show 198.51.100.40
+for _ in $(seq 100); do [ "$(ctl3 lb get projects/demo/loadBalancers/web | grep -c ' healthy')" -ge 3 ] && break; sleep 0.1; done
+
+step "meridianctl lb get: the VIP and each backend's health, as the nodes hosting them report it"
+ctl3 lb get projects/demo/loadBalancers/web
+
+step "internet host -> VIP 198.51.100.40: 30 new connections (curl), spread by Maglev over the three web servers"
+for _ in $(seq 30); do nsx "$inet" curl -s --max-time 2 http://198.51.100.40/ || echo "(no answer)"; done | sort | uniq -c
+
+step "stop web-3's server: its health check fails (2 x 500 ms), it leaves every table"
+kill "${web_pid[3]}"; wait "${web_pid[3]}" 2>/dev/null || true
+for _ in $(seq 100); do ctl3 lb get projects/demo/loadBalancers/web | grep -q -i unhealthy && break; sleep 0.1; done
+ctl3 lb get projects/demo/loadBalancers/web
+
+step "30 new connections again: none goes to web-3"
+for _ in $(seq 30); do nsx "$inet" curl -s --max-time 2 http://198.51.100.40/ || echo "(no answer)"; done | sort | uniq -c
 
 step "tear down"
 for p in "${pids3[@]}"; do kill "$p" 2>/dev/null || true; done
