@@ -363,6 +363,12 @@ type MeridianSubnetInfo struct {
 	Pad       [2]uint8
 }
 
+type MeridianSvcAddrKey struct {
+	_   structs.HostLayout
+	Vpc uint32
+	Vip uint32
+}
+
 type MeridianSvcInfo struct {
 	_     structs.HostLayout
 	Id    uint32
@@ -424,6 +430,7 @@ const (
 	MeridianMapSgPolicy                 = "sg_policy"
 	MeridianMapSgPorts                  = "sg_ports"
 	MeridianMapSubnets                  = "subnets"
+	MeridianMapSvcAddrs                 = "svc_addrs"
 	MeridianProgMeridianFromOverlay     = "meridian_from_overlay"
 	MeridianProgMeridianFromOverlayMark = "meridian_from_overlay_mark"
 	MeridianProgMeridianFromPort        = "meridian_from_port"
@@ -525,6 +532,7 @@ type MeridianMapSpecs struct {
 	SgPolicy       *ebpf.MapSpec `ebpf:"sg_policy"`
 	SgPorts        *ebpf.MapSpec `ebpf:"sg_ports"`
 	Subnets        *ebpf.MapSpec `ebpf:"subnets"`
+	SvcAddrs       *ebpf.MapSpec `ebpf:"svc_addrs"`
 }
 
 // MeridianVariableSpecs contains global variables before they are loaded into the kernel.
@@ -592,6 +600,7 @@ type MeridianMaps struct {
 	SgPolicy       *ebpf.Map `ebpf:"sg_policy"`
 	SgPorts        *ebpf.Map `ebpf:"sg_ports"`
 	Subnets        *ebpf.Map `ebpf:"subnets"`
+	SvcAddrs       *ebpf.Map `ebpf:"svc_addrs"`
 }
 
 func (m *MeridianMaps) Close() error {
@@ -635,6 +644,7 @@ func (m *MeridianMaps) Close() error {
 		m.SgPolicy,
 		m.SgPorts,
 		m.Subnets,
+		m.SvcAddrs,
 	)
 }
 

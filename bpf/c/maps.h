@@ -459,6 +459,12 @@ struct lb_local_key {
 	__u8  pad[2];
 };
 
+/* East-west VIP address {VNI, VIP} -> listeners on it, for proxy ARP. */
+struct svc_addr_key {
+	__u32 vpc;
+	__u32 vip;
+};
+
 /* East-west service entry, keyed by the client -> VIP tuple (ct_key):
  * the backend the flow went to. */
 struct lb_flow {

@@ -811,9 +811,11 @@ static __always_inline int port_has_ip(__u32 port, __u32 ip)
 	return bpf_map_lookup_elem(&port_ips, &k) != NULL;
 }
 
+static __always_inline int svc_is_vip(__u32 vpc, __u32 addr); /* service.h */
+
 /* handle_arp answers ARP requests from a port for its gateway and, as a
- * proxy, for any address routed in the VPC: the data path is L3 only, so
- * every neighbour resolves to the router MAC. */
+ * proxy, for any address routed in the VPC and any east-west service VIP:
+ * the data path is L3 only, so every neighbour resolves to the router MAC. */
 static __always_inline int handle_arp(struct __sk_buff *skb, __u32 port_id, struct port_info *port)
 {
 	void *data = skb_data(skb);
@@ -842,7 +844,7 @@ static __always_inline int handle_arp(struct __sk_buff *skb, __u32 port_id, stru
 	/* Never claim the asker's own address: that would be a conflict. */
 	if (tpa == spa || port_has_ip(port_id, tpa))
 		return drop(port_id, DROP_ARP, NULL, 0);
-	if (tpa != sub->gateway_ip) {
+	if (tpa != sub->gateway_ip && !svc_is_vip(port->vpc, tpa)) {
 		struct route_entry *rt;
 
 		rk.ip = tpa;

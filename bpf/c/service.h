@@ -81,6 +81,24 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_flows SEC(".maps");
 
+/* Addresses of east-west listeners, so that proxy ARP answers for a VIP
+ * inside a client's subnet (the agent keeps the count). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SVCS);
+	__type(key, struct svc_addr_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} svc_addrs SEC(".maps");
+
+static __always_inline int svc_is_vip(__u32 vpc, __u32 addr)
+{
+	struct svc_addr_key k = { .vpc = vpc, .vip = addr };
+
+	return bpf_map_lookup_elem(&svc_addrs, &k) != NULL;
+}
+
 static __always_inline struct svc_info *svc_lookup(__u32 vpc, __u32 addr, __u16 port, __u8 proto)
 {
 	struct svc_key k = { .vpc = vpc, .vip = addr, .port = port, .proto = proto };

@@ -97,7 +97,7 @@ func (d *Datapath) maps() []*ebpf.Map {
 		m.Egress, m.Gateways, m.Eips, m.EipByPrivate, m.Natgws, m.NatSrc, m.NatAddrs, m.PortMaps,
 		m.PortMapsRev, m.Nat, m.NatExhausted, m.NatCfg,
 		m.FlowlogCfgs, m.FlowlogBuckets, m.FlowlogStats, m.FlowEvents,
-		m.Services, m.LbTables, m.LbBackends, m.LbLocal, m.LbFlows}
+		m.Services, m.LbTables, m.LbBackends, m.LbLocal, m.LbFlows, m.SvcAddrs}
 }
 
 // Hook is where a program is attached.

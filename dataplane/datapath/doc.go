@@ -260,10 +260,11 @@
 // unchanged (no NAT): replies never cross the XDP load balancer (direct
 // server return).
 //
+// Proxy ARP answers for an east-west VIP (svc_addrs: {VPC, VIP} while a
+// listener uses it), so a VIP may lie inside a client's subnet.
+//
 // Not done: ICMP errors about service flows are not translated; a
-// client reaching a VIP whose backend is itself (hairpin: needs SNAT);
-// proxy ARP does not answer for VIPs, so an internal VIP must lie
-// outside the clients' subnets (it is reached through the gateway); a
+// client reaching a VIP whose backend is itself (hairpin: needs SNAT); a
 // flow that reaches a backend directly with the same tuple as a
 // translated one shares its conntrack entry.
 //

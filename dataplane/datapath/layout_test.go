@@ -59,6 +59,7 @@ func TestLayoutsAgree(t *testing.T) {
 		"lb_backends":     {bpf.MeridianLbBackendKey{}, bpf.MeridianLbBackend{}},
 		"lb_local":        {bpf.MeridianLbLocalKey{}, bpf.MeridianLbBackend{}},
 		"lb_flows":        {bpf.MeridianCtKey{}, bpf.MeridianLbFlow{}},
+		"svc_addrs":       {bpf.MeridianSvcAddrKey{}, u32},
 	}
 	for name, m := range spec.Maps {
 		if name == "drop_events" || name == "flow_events" { // ring buffers: checked below

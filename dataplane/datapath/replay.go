@@ -286,7 +286,8 @@ var (
 		{"anti-spoofing and parsing", []DropReason{DropMalformed, DropSpoofMAC, DropSpoofIP, DropNotIPv4, DropFragment, DropARP}},
 		{"egress network ACL", []DropReason{DropACLEgress}},
 		{"egress security groups", []DropReason{DropSGEgress}},
-		{"route", []DropReason{DropNoRoute, DropTTLExceeded, DropNoGateway, DropEIPUnbound, DropNoNATGateway, DropNATExhausted, DropNATProtocol, DropFIB}},
+		{"route", []DropReason{DropNoRoute, DropTTLExceeded, DropNoGateway, DropEIPUnbound, DropNoNATGateway, DropNATExhausted, DropNATProtocol, DropFIB,
+			DropLBNoBackend}}, // a service VIP with no backend: nowhere to route it
 		{"ingress network ACL", []DropReason{DropACLIngress}},
 		{"ingress security groups", []DropReason{DropSGIngress}},
 	}

@@ -274,6 +274,9 @@ func (d *Datapath) UpsertService(s Service) error {
 			return fmt.Errorf("upsert service %d: remove old listener: %w", s.ID, err)
 		}
 	}
+	if err := d.syncServiceAddrs(s.key(), oldKey); err != nil {
+		return fmt.Errorf("upsert service %d: %w", s.ID, err)
+	}
 	if err := deleteWhere(m.LbBackends, func(k bpf.MeridianLbBackendKey) bool { return k.Svc == s.ID && !keep[k] }); err != nil {
 		return fmt.Errorf("upsert service %d: prune backends: %w", s.ID, err)
 	}
@@ -320,8 +323,17 @@ func (d *Datapath) swapTable(id uint32, table []uint32) error {
 // entries until they expire. Deleting an absent service is not an error.
 func (d *Datapath) DeleteService(id uint32) error {
 	m := &d.objs.MeridianMaps
+	key, _, had, err := d.installedService(id)
+	if err != nil {
+		return fmt.Errorf("delete service %d: %w", id, err)
+	}
 	if err := deleteWhereValue(m.Services, func(_ bpf.MeridianSvcKey, v bpf.MeridianSvcInfo) bool { return v.Id == id }); err != nil {
 		return fmt.Errorf("delete service %d: %w", id, err)
+	}
+	if had {
+		if err := d.syncServiceAddrs(key); err != nil {
+			return fmt.Errorf("delete service %d: %w", id, err)
+		}
 	}
 	if err := deleteIgnoreMissing(m.LbTables, id); err != nil {
 		return fmt.Errorf("delete service %d: table: %w", id, err)
@@ -331,6 +343,41 @@ func (d *Datapath) DeleteService(id uint32) error {
 	}
 	if err := deleteWhere(m.LbLocal, func(k bpf.MeridianLbLocalKey) bool { return k.Svc == id }); err != nil {
 		return fmt.Errorf("delete service %d: local backends: %w", id, err)
+	}
+	return nil
+}
+
+// syncServiceAddrs sets the proxy-ARP entry of the addresses of listeners
+// keys: present while an east-west listener uses the address.
+func (d *Datapath) syncServiceAddrs(keys ...bpf.MeridianSvcKey) error {
+	count := map[bpf.MeridianSvcAddrKey]uint32{}
+	for _, k := range keys {
+		if k.Vip != 0 {
+			count[bpf.MeridianSvcAddrKey{Vpc: k.Vpc, Vip: k.Vip}] = 0
+		}
+	}
+	var k bpf.MeridianSvcKey
+	var v bpf.MeridianSvcInfo
+	it := d.objs.Services.Iterate()
+	for it.Next(&k, &v) {
+		ak := bpf.MeridianSvcAddrKey{Vpc: k.Vpc, Vip: k.Vip}
+		if n, ok := count[ak]; ok && v.Flags&svcInternal != 0 {
+			count[ak] = n + 1
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list services: %w", err)
+	}
+	for ak, n := range count {
+		var err error
+		if n == 0 {
+			err = deleteIgnoreMissing(d.objs.SvcAddrs, ak)
+		} else {
+			err = d.objs.SvcAddrs.Update(ak, n, ebpf.UpdateAny)
+		}
+		if err != nil {
+			return fmt.Errorf("proxy ARP for VIP %v: %w", addrOf(ak.Vip), err)
+		}
 	}
 	return nil
 }

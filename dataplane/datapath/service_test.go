@@ -519,3 +519,49 @@ func TestServiceNorthSouthGateway(t *testing.T) {
 		})
 	})
 }
+
+// An east-west VIP inside a client's subnet is reached directly (no
+// gateway): proxy ARP answers for it while a listener uses it, even though
+// the VPC CIDR around it has no port there.
+func TestServiceVIPAnsweredByProxyARP(t *testing.T) {
+	f := newServiceFixture(t)
+	if err := f.d.UpsertVPCPrefix(100, netip.MustParsePrefix("10.0.0.0/16")); err != nil {
+		t.Fatal(err)
+	}
+	inSubnet := ip("10.0.1.99")
+	req := arpFrame(t, portA.MAC, 1, portA.IPs[0], inSubnet)
+	f.expectDrop(t, portA, req, portA.ID, DropARP)
+
+	s := eastWest(backendB, backendC)
+	s.VIP = inSubnet
+	f.upsertService(t, s)
+	udp := s
+	udp.ID, udp.Protocol = 10, fw.ProtoUDP // a second listener on the address
+	f.upsertService(t, udp)
+	ret, out := f.fromPort(t, portA, req)
+	if ret != actRedirect {
+		t.Fatalf("ARP for the VIP: verdict %d, want the proxy's answer", ret)
+	}
+	if !bytes.Equal(out[22:28], routerMAC) || !bytes.Equal(out[28:32], inSubnet.AsSlice()) {
+		t.Fatalf("ARP answer says %v is at %v", out[28:32], out[22:28])
+	}
+	f.toService(t, portA, frame{srcMAC: portA.MAC, src: portA.IPs[0], dst: inSubnet, proto: fw.ProtoTCP, sport: 3, dport: 80, flags: "S"},
+		goChoice(t, s, portA.IPs[0], 3))
+
+	if err := f.d.DeleteService(s.ID); err != nil {
+		t.Fatal(err)
+	}
+	if ret, _ := f.fromPort(t, portA, req); ret != actRedirect {
+		t.Fatal("ARP for the VIP unanswered while the UDP listener remains")
+	}
+	ns := udp
+	ns.Internal = false // a north-south listener's address is no neighbour
+	f.upsertService(t, ns)
+	f.expectDrop(t, portA, req, portA.ID, DropARP)
+	if err := f.d.DeleteService(udp.ID); err != nil {
+		t.Fatal(err)
+	}
+	if n := countEntries(t, f.d.objs.SvcAddrs); n != 0 {
+		t.Fatalf("svc_addrs has %d entries with no listener", n)
+	}
+}
