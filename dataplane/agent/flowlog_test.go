@@ -441,3 +441,40 @@ func TestFlowLogFlood(t *testing.T) {
 		}
 	})
 }
+
+// TestFlowLogFileRotation: a flow-log file that would pass its size cap is
+// rotated to path.1 (one generation kept), so a flow log takes at most
+// twice the cap on the node's disk; every line stays whole.
+func TestFlowLogFileRotation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "f.jsonl")
+	w := &jsonlWriter{path: path, max: 100}
+	line := `{"n":"0123456789012345678901234567890123456789"}` // 48 bytes + newline
+	for i := range 5 {
+		if err := w.write([]string{line}); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	w.close()
+	cur, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := os.ReadFile(path + ".1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 2 lines (98 bytes) fit; the 3rd and 5th rotate: path.1 holds lines
+	// 3-4, path line 5.
+	if len(cur) != 49 || len(old) != 98 {
+		t.Fatalf("after 5 lines: %d bytes in the file, %d in .1; want 49 and 98", len(cur), len(old))
+	}
+	// A reopened writer appends and counts what is there.
+	w = &jsonlWriter{path: path, max: 100}
+	if err := w.write([]string{line, line}); err != nil {
+		t.Fatal(err)
+	}
+	w.close()
+	if cur, _ = os.ReadFile(path); len(cur) != 49 {
+		t.Fatalf("after reopening: %d bytes, want 49 (rotated once more)", len(cur))
+	}
+}
