@@ -179,9 +179,13 @@ func (s Service) key() bpf.MeridianSvcKey {
 
 // installedService finds the key and value of service id in the services
 // map (a service may have changed its VIP: the key is not derived from id).
-func (d *Datapath) installedService(id uint32) (bpf.MeridianSvcKey, bpf.MeridianSvcInfo, bool, error) {
+// hint is where it probably is: a re-apply finds it with one lookup.
+func (d *Datapath) installedService(id uint32, hint bpf.MeridianSvcKey) (bpf.MeridianSvcKey, bpf.MeridianSvcInfo, bool, error) {
 	var k bpf.MeridianSvcKey
 	var v bpf.MeridianSvcInfo
+	if d.objs.Services.Lookup(hint, &v) == nil && v.Id == id {
+		return hint, v, true, nil
+	}
 	it := d.objs.Services.Iterate()
 	for it.Next(&k, &v) {
 		if v.Id == id {
@@ -214,7 +218,7 @@ func (d *Datapath) UpsertService(s Service) error {
 		table = t
 	}
 	m := &d.objs.MeridianMaps
-	oldKey, old, hadOld, err := d.installedService(s.ID)
+	oldKey, old, hadOld, err := d.installedService(s.ID, s.key())
 	if err != nil {
 		return fmt.Errorf("upsert service %d: %w", s.ID, err)
 	}
@@ -274,14 +278,38 @@ func (d *Datapath) UpsertService(s Service) error {
 			return fmt.Errorf("upsert service %d: remove old listener: %w", s.ID, err)
 		}
 	}
-	if err := d.syncServiceAddrs(s.key(), oldKey); err != nil {
-		return fmt.Errorf("upsert service %d: %w", s.ID, err)
+	if !hadOld || oldKey != s.key() || old.Flags&svcInternal != info.Flags&svcInternal {
+		if err := d.syncServiceAddrs(s.key(), oldKey); err != nil {
+			return fmt.Errorf("upsert service %d: %w", s.ID, err)
+		}
 	}
-	if err := deleteWhere(m.LbBackends, func(k bpf.MeridianLbBackendKey) bool { return k.Svc == s.ID && !keep[k] }); err != nil {
+	if err := pruneBatched(m.LbBackends, func(k *bpf.MeridianLbBackendKey, _ *bpf.MeridianLbBackend) bool { return k.Svc == s.ID && !keep[*k] }); err != nil {
 		return fmt.Errorf("upsert service %d: prune backends: %w", s.ID, err)
 	}
-	if err := deleteWhere(m.LbLocal, func(k bpf.MeridianLbLocalKey) bool { return k.Svc == s.ID && !local[k] }); err != nil {
+	if err := pruneBatched(m.LbLocal, func(k *bpf.MeridianLbLocalKey, _ *bpf.MeridianLbBackend) bool { return k.Svc == s.ID && !local[*k] }); err != nil {
 		return fmt.Errorf("upsert service %d: prune local backends: %w", s.ID, err)
+	}
+	return nil
+}
+
+// pruneBatched deletes the entries of m that stale selects, reading the
+// table in batches: the agent upserts every service on each reconcile,
+// and a walk of lb_backends per service would otherwise cost a system
+// call per backend of every service. The agent is the only writer, so
+// the walk sees the whole table.
+func pruneBatched[K comparable, V any](m *ebpf.Map, stale func(*K, *V) bool) error {
+	var keys []K
+	if err := walkBatched(m, func(k *K, v *V) {
+		if stale(k, v) {
+			keys = append(keys, *k)
+		}
+	}); err != nil {
+		return fmt.Errorf("walk %v: %w", m, err)
+	}
+	for _, k := range keys {
+		if err := deleteIgnoreMissing(m, k); err != nil {
+			return fmt.Errorf("delete from %v: %w", m, err)
+		}
 	}
 	return nil
 }
@@ -323,7 +351,7 @@ func (d *Datapath) swapTable(id uint32, table []uint32) error {
 // entries until they expire. Deleting an absent service is not an error.
 func (d *Datapath) DeleteService(id uint32) error {
 	m := &d.objs.MeridianMaps
-	key, _, had, err := d.installedService(id)
+	key, _, had, err := d.installedService(id, bpf.MeridianSvcKey{})
 	if err != nil {
 		return fmt.Errorf("delete service %d: %w", id, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/meridian-sdn/meridian/bpf"
 	"github.com/meridian-sdn/meridian/fw"
 	"github.com/meridian-sdn/meridian/lb/maglev"
 )
@@ -352,6 +353,11 @@ func TestServiceTableRebuiltOnlyOnChange(t *testing.T) {
 	if ids, err := f.d.ServiceIDs(); err != nil || len(ids) != 1 {
 		t.Fatalf("services after a VIP change: %v, %v", ids, err)
 	}
+	var n uint32
+	if err := f.d.objs.SvcAddrs.Lookup(bpf.MeridianSvcAddrKey{Vpc: 100, Vip: be32(moved.VIP)}, &n); err != nil || n != 1 ||
+		countEntries(t, f.d.objs.SvcAddrs) != 1 {
+		t.Fatalf("proxy ARP after a VIP change: new VIP count %d (%v), %d entries", n, err, countEntries(t, f.d.objs.SvcAddrs))
+	}
 	f.expectDrop(t, portA, frame{srcMAC: portA.MAC, src: portA.IPs[0], dst: svcVIP, proto: fw.ProtoTCP, sport: 1, dport: 80, flags: "S"}.bytes(t),
 		portA.ID, DropNoRoute)
 	sick := moved
@@ -365,7 +371,8 @@ func TestServiceTableRebuiltOnlyOnChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, n := range map[string]int{"services": countEntries(t, f.d.objs.Services), "lb_tables": countEntries(t, f.d.objs.LbTables),
-		"lb_backends": countEntries(t, f.d.objs.LbBackends), "lb_local": countEntries(t, f.d.objs.LbLocal)} {
+		"lb_backends": countEntries(t, f.d.objs.LbBackends), "lb_local": countEntries(t, f.d.objs.LbLocal),
+		"svc_addrs": countEntries(t, f.d.objs.SvcAddrs)} {
 		if n != 0 {
 			t.Fatalf("%s has %d entries after delete", name, n)
 		}
