@@ -413,6 +413,10 @@ const (
 	MeridianMapLbFlows                  = "lb_flows"
 	MeridianMapLbLocal                  = "lb_local"
 	MeridianMapLbTables                 = "lb_tables"
+	MeridianMapLtBuckets                = "lt_buckets"
+	MeridianMapLtCurs                   = "lt_curs"
+	MeridianMapLtEvents                 = "lt_events"
+	MeridianMapLtFilters                = "lt_filters"
 	MeridianMapNat                      = "nat"
 	MeridianMapNatAddrs                 = "nat_addrs"
 	MeridianMapNatCfg                   = "nat_cfg"
@@ -437,6 +441,7 @@ const (
 	MeridianProgMeridianFromPortTest    = "meridian_from_port_test"
 	MeridianProgMeridianFromUplink      = "meridian_from_uplink"
 	MeridianProgMeridianFromUplinkTest  = "meridian_from_uplink_test"
+	MeridianVarLtActive                 = "lt_active"
 )
 
 // LoadMeridian returns the embedded CollectionSpec for Meridian.
@@ -515,6 +520,10 @@ type MeridianMapSpecs struct {
 	LbFlows        *ebpf.MapSpec `ebpf:"lb_flows"`
 	LbLocal        *ebpf.MapSpec `ebpf:"lb_local"`
 	LbTables       *ebpf.MapSpec `ebpf:"lb_tables"`
+	LtBuckets      *ebpf.MapSpec `ebpf:"lt_buckets"`
+	LtCurs         *ebpf.MapSpec `ebpf:"lt_curs"`
+	LtEvents       *ebpf.MapSpec `ebpf:"lt_events"`
+	LtFilters      *ebpf.MapSpec `ebpf:"lt_filters"`
 	Nat            *ebpf.MapSpec `ebpf:"nat"`
 	NatAddrs       *ebpf.MapSpec `ebpf:"nat_addrs"`
 	NatCfg         *ebpf.MapSpec `ebpf:"nat_cfg"`
@@ -539,6 +548,7 @@ type MeridianMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type MeridianVariableSpecs struct {
+	LtActive *ebpf.VariableSpec `ebpf:"lt_active"`
 }
 
 // MeridianObjects contains all objects after they have been loaded into the kernel.
@@ -583,6 +593,10 @@ type MeridianMaps struct {
 	LbFlows        *ebpf.Map `ebpf:"lb_flows"`
 	LbLocal        *ebpf.Map `ebpf:"lb_local"`
 	LbTables       *ebpf.Map `ebpf:"lb_tables"`
+	LtBuckets      *ebpf.Map `ebpf:"lt_buckets"`
+	LtCurs         *ebpf.Map `ebpf:"lt_curs"`
+	LtEvents       *ebpf.Map `ebpf:"lt_events"`
+	LtFilters      *ebpf.Map `ebpf:"lt_filters"`
 	Nat            *ebpf.Map `ebpf:"nat"`
 	NatAddrs       *ebpf.Map `ebpf:"nat_addrs"`
 	NatCfg         *ebpf.Map `ebpf:"nat_cfg"`
@@ -627,6 +641,10 @@ func (m *MeridianMaps) Close() error {
 		m.LbFlows,
 		m.LbLocal,
 		m.LbTables,
+		m.LtBuckets,
+		m.LtCurs,
+		m.LtEvents,
+		m.LtFilters,
 		m.Nat,
 		m.NatAddrs,
 		m.NatCfg,
@@ -652,6 +670,7 @@ func (m *MeridianMaps) Close() error {
 //
 // It can be passed to LoadMeridianObjects or ebpf.CollectionSpec.LoadAndAssign.
 type MeridianVariables struct {
+	LtActive *ebpf.Variable `ebpf:"lt_active"`
 }
 
 // MeridianPrograms contains all programs after they have been loaded into the kernel.

@@ -227,6 +227,8 @@ struct arp_eth {
 	__u8   tpa[4];
 } __attribute__((packed));
 
+#include "livetrace.h"
+
 /* Read skb->data / data_end with a single load each: left to itself clang
  * may compute &skb->data_end as a pointer and dereference it later, which
  * the verifier rejects ("dereference of modified ctx ptr"). */
@@ -288,6 +290,7 @@ static __noinline int drop_frame(struct __sk_buff *skb, __u32 port, __u32 reason
 	__u64 one = 1, *cnt;
 	__u32 len;
 
+	LT_DROP(skb, port, reason, rule); /* livetrace.h */
 	cnt = bpf_map_lookup_elem(&drops, &k);
 	if (cnt)
 		*cnt += 1; /* per-CPU value: no atomics needed */
@@ -882,6 +885,7 @@ static __always_inline int from_port(struct __sk_buff *skb)
 	void *data, *data_end;
 	int cross, svc;
 
+	LT_BEGIN(skb); /* livetrace.h */
 	pid = bpf_map_lookup_elem(&port_by_ifindex, &ifindex);
 	if (!pid)
 		return drop(0, DROP_UNKNOWN_PORT, NULL, 0);
@@ -907,8 +911,10 @@ static __always_inline int from_port(struct __sk_buff *skb)
 	reason = parse_ipv4(skb, &p);
 	if (reason)
 		return drop(port_id, reason, NULL, 0);
+	LT_MATCH(&p, LT_PROG_PORT, port_id);
 	if (!port_has_ip(port_id, p.saddr))
 		return drop(port_id, DROP_SPOOF_IP, NULL, 0);
+	LT(LT_SPOOF, port_id, 0, 0);
 	sub = bpf_map_lookup_elem(&subnets, &port->subnet);
 	if (!sub)
 		return drop(port_id, DROP_UNKNOWN_SUBNET, NULL, 0);
@@ -926,8 +932,10 @@ static __always_inline int from_port(struct __sk_buff *skb)
 		return drop(port_id, reason, &p, 0);
 	if (!svc)
 		ct_lookup(&p, &ct);
+	LT(LT_CT, port_id, ct.e ? ct.e->state : 0, ct.reply);
 	if (!acl_allows(sub->acl, DIR_EGRESS, p.daddr, &p, &rule))
 		return drop(port_id, DROP_ACL_EGRESS, &p, rule);
+	LT(LT_ACL_EGRESS, port_id, rule, sub->acl);
 	fl_acl_out = rule;
 	if (!ct.e) {
 		rule = sg_allows(port->sg_policy, DIR_EGRESS, p.daddr, &p);
@@ -935,6 +943,7 @@ static __always_inline int from_port(struct __sk_buff *skb)
 			return drop(port_id, DROP_SG_EGRESS, &p, 0);
 		fl_sg_out = rule;
 	}
+	LT(LT_SG_EGRESS, port_id, fl_sg_out, ct.e != NULL);
 
 	rk.vpc = p.vpc;
 	rk.ip = p.daddr;
@@ -959,6 +968,7 @@ static __always_inline int from_port(struct __sk_buff *skb)
 	} else {
 		return drop(port_id, DROP_NO_ROUTE, &p, 0);
 	}
+	LT(LT_ROUTE, port_id, rt ? rt->kind : 0, dst ? dst_id : node_ip);
 	if (cross && p.ttl <= 1)
 		return drop(port_id, DROP_TTL_EXCEEDED, &p, 0);
 
@@ -969,12 +979,15 @@ static __always_inline int from_port(struct __sk_buff *skb)
 		if (!acl_allows(dsub->acl, DIR_INGRESS, p.saddr, &p, &rule))
 			return drop(dst_id, DROP_ACL_INGRESS, &p, rule);
 		fl_acl_in = rule;
+		LT(LT_ACL_INGRESS, dst_id, rule, dsub->acl);
 		if (!ct.e && !(fl_sg_in = sg_allows(dst->sg_policy, DIR_INGRESS, p.saddr, &p)))
 			return drop(dst_id, DROP_SG_INGRESS, &p, 0);
+		LT(LT_SG_INGRESS, dst_id, fl_sg_in, ct.e != NULL);
 		flowlog_new(&p, &ct, port_id, port, dst_id, dst, fl_acl_out, fl_sg_out, fl_acl_in, fl_sg_in);
 		ct_commit(&p, &ct);
 		if (svc_reply(skb, &p, &ct))
 			return drop(port_id, DROP_MALFORMED, &p, 0);
+		LT(LT_DELIVER, dst_id, 0, 0);
 		return deliver(skb, dst, dsub, cross);
 	}
 
@@ -1003,6 +1016,7 @@ static __always_inline int from_port(struct __sk_buff *skb)
 	tk.tunnel_ttl = 64;
 	if (bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), BPF_F_ZERO_CSUM_TX) < 0)
 		return drop(port_id, DROP_NO_ROUTE, &p, 0);
+	LT(LT_TUNNEL, port_id, node_ip, p.vpc);
 	return bpf_redirect(cfg->vxlan_ifindex, 0);
 }
 
@@ -1021,6 +1035,7 @@ static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vpc, __u32 
 	__u32 reason, rule, dst_id, fl_sg_in = 0; /* fl_sg_in: flowlog.h */
 	void *data, *data_end;
 
+	LT_BEGIN(skb); /* livetrace.h */
 	pull_headers(skb);
 	data = skb_data(skb);
 	data_end = skb_data_end(skb);
@@ -1033,6 +1048,7 @@ static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vpc, __u32 
 	reason = parse_ipv4(skb, &p);
 	if (reason)
 		return drop(0, reason, NULL, 0);
+	LT_MATCH(&p, LT_PROG_OVERLAY, 0);
 	rk.ip = p.daddr;
 	rt = bpf_map_lookup_elem(&routes, &rk);
 	if (!rt) {
@@ -1056,17 +1072,22 @@ static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vpc, __u32 
 	dst = bpf_map_lookup_elem(&ports, &dst_id);
 	if (!dst || dst->vpc != vpc)
 		return drop(0, DROP_NOT_LOCAL, &p, 0);
+	LT(LT_ROUTE, 0, ROUTE_LOCAL, dst_id);
 	dsub = bpf_map_lookup_elem(&subnets, &dst->subnet);
 	if (!dsub)
 		return drop(dst_id, DROP_UNKNOWN_SUBNET, &p, 0);
 
 	ct_lookup(&p, &ct);
+	LT(LT_CT, dst_id, ct.e ? ct.e->state : 0, ct.reply);
 	if (!acl_allows(dsub->acl, DIR_INGRESS, p.saddr, &p, &rule))
 		return drop(dst_id, DROP_ACL_INGRESS, &p, rule);
+	LT(LT_ACL_INGRESS, dst_id, rule, dsub->acl);
 	if (!ct.e && !(fl_sg_in = sg_allows(dst->sg_policy, DIR_INGRESS, p.saddr, &p)))
 		return drop(dst_id, DROP_SG_INGRESS, &p, 0);
+	LT(LT_SG_INGRESS, dst_id, fl_sg_in, ct.e != NULL);
 	flowlog_new(&p, &ct, 0, NULL, dst_id, dst, 0, 0, rule, fl_sg_in);
 	ct_commit(&p, &ct);
+	LT(LT_DELIVER, dst_id, 0, 0);
 	return svc_deliver(skb, &p, &ct, dst); /* a service reply: source VIP */
 }
 
@@ -1079,13 +1100,13 @@ int meridian_from_overlay(struct __sk_buff *skb)
 	 * leave it to whatever is chained after us. */
 	if (bpf_skb_get_tunnel_key(skb, &tk, sizeof(tk), 0) < 0)
 		return TCX_NEXT;
-	return from_overlay(skb, tk.tunnel_id, bpf_htonl(tk.remote_ipv4));
+	return lt_end(skb, from_overlay(skb, tk.tunnel_id, bpf_htonl(tk.remote_ipv4)));
 }
 
 SEC("tc")
 int meridian_from_port(struct __sk_buff *skb)
 {
-	return from_port(skb);
+	return lt_end(skb, from_port(skb));
 }
 
 SEC("tc")
@@ -1120,13 +1141,13 @@ static __always_inline int export_tunnel(struct __sk_buff *skb, int verdict)
 SEC("tc")
 int meridian_from_overlay_mark(struct __sk_buff *skb)
 {
-	return export_tunnel(skb, from_overlay(skb, skb->mark, skb->cb[0]));
+	return export_tunnel(skb, lt_end(skb, from_overlay(skb, skb->mark, skb->cb[0])));
 }
 
 SEC("tc")
 int meridian_from_port_test(struct __sk_buff *skb)
 {
-	return export_tunnel(skb, from_port(skb));
+	return export_tunnel(skb, lt_end(skb, from_port(skb)));
 }
 
 SEC("tc")

@@ -60,9 +60,13 @@ func TestLayoutsAgree(t *testing.T) {
 		"lb_local":        {bpf.MeridianLbLocalKey{}, bpf.MeridianLbBackend{}},
 		"lb_flows":        {bpf.MeridianCtKey{}, bpf.MeridianLbFlow{}},
 		"svc_addrs":       {bpf.MeridianSvcAddrKey{}, u32},
+		"lt_filters":      {u32, ltFilter{}}, // livetrace.h
+		"lt_buckets":      {u32, ltBucket{}},
+		"lt_curs":         {u32, [4]uint32{}},
+		".bss":            {u32, u32}, // lt_active
 	}
 	for name, m := range spec.Maps {
-		if name == "drop_events" || name == "flow_events" { // ring buffers: checked below
+		if name == "drop_events" || name == "flow_events" || name == "lt_events" { // ring buffers: checked below
 			continue
 		}
 		l, ok := layouts[name]
@@ -92,6 +96,9 @@ func TestLayoutsAgree(t *testing.T) {
 	}
 	if got, want := binary.Size(bpf.MeridianDropEvent{}), sizeOf("drop_event"); got != want {
 		t.Errorf("drop_event: Go %d bytes, C %d", got, want)
+	}
+	if got, want := binary.Size(ltEvent{}), sizeOf("lt_event"); got != want {
+		t.Errorf("lt_event: Go %d bytes, C %d", got, want)
 	}
 	if got, want := binary.Size(bpf.MeridianFlowEvent{}), sizeOf("flow_event"); got != want {
 		t.Errorf("flow_event: Go %d bytes, C %d", got, want)

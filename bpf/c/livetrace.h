@@ -1,0 +1,291 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Live trace (issue [6], part 2): real packets matching a filter report the
+ * path the data plane actually took, stage by stage, on a ring buffer of
+ * their own (lt_events), at the decision points the model trace
+ * (controller/trace) reports.
+ *
+ * Cost when no trace runs: lt_active is a global variable (a load from the
+ * .bss map's value, no helper call), tested at the entry of each program
+ * and at each hook. Only when it is non-zero does a program look up its
+ * per-CPU scratch (lt_cur) and, after parsing, compare the packet with the
+ * first lt_active slots of lt_filters.
+ *
+ * A matching packet is marked in this CPU's lt_cur for the rest of the
+ * program run (tc programs run to completion on one CPU); every hook then
+ * writes an lt_event with the same {id, pkt}. The drop hook in drop_frame
+ * names the reason and the rule, as the drop counters and drop events do.
+ * A per-CPU token bucket per filter slot bounds the packets traced (all
+ * stages of a packet or none), so a busy flow cannot flood the ring:
+ * packets over the budget are counted in lt_buckets, not traced.
+ *
+ * Across nodes the agent installs the same filter on every node asked; a
+ * packet sent over VXLAN matches again in meridian_from_overlay on the
+ * receiving node (filters with port 0 only: there the packet comes from no
+ * port of this node).
+ */
+#pragma once
+
+#define LT_MAX_FILTERS 16
+
+/* Where the traced packet entered (lt_event.prog). */
+enum lt_prog {
+	LT_PROG_PORT    = 1, /* meridian_from_port */
+	LT_PROG_OVERLAY = 2, /* meridian_from_overlay */
+};
+
+/* Stages; mirrored by datapath.TraceStage. Never renumber. */
+enum lt_stage {
+	LT_ENTRY       = 1,  /* matched: port, prog, the packet's tuple */
+	LT_SPOOF       = 2,  /* anti-spoofing passed */
+	LT_CT          = 3,  /* a: ct state (0: new flow), b: 1 reply */
+	LT_ACL_EGRESS  = 4,  /* passed; a: rule id (0: no ACL), b: ACL id */
+	LT_SG_EGRESS   = 5,  /* a: rule id that allowed, b: 1 established (skipped) */
+	LT_ROUTE       = 6,  /* a: route kind (0: outside, to a gateway), b: port or node */
+	LT_ACL_INGRESS = 7,  /* as LT_ACL_EGRESS, at the destination port */
+	LT_SG_INGRESS  = 8,  /* as LT_SG_EGRESS, at the destination port */
+	LT_TUNNEL      = 9,  /* a: remote node (network order), b: VNI */
+	LT_DELIVER     = 10, /* port: the destination port */
+	LT_DROP        = 11, /* port: counted at; a: reason, b: rule (0: none) */
+	LT_END         = 12, /* a: the program's tc verdict */
+};
+
+struct lt_filter {
+	__u32 id;        /* trace id; 0: slot unused */
+	__u32 port;      /* from this port only; 0: any port, and the overlay */
+	__u32 vpc;       /* 0: any */
+	__u32 saddr;     /* network order, compared under smask */
+	__u32 smask;
+	__u32 daddr;
+	__u32 dmask;
+	__u16 sport;     /* network order; 0: any */
+	__u16 dport;
+	__u8  proto;     /* 0: any */
+	__u8  pad[3];
+	__u32 pad2;
+	__u64 cost_ns;   /* token-bucket credit one traced packet costs per CPU */
+	__u64 burst_ns;  /* most credit a CPU's bucket holds */
+};
+
+struct lt_bucket {
+	__u64 credit;
+	__u64 last;
+	__u64 traced;    /* packets traced on this CPU */
+	__u64 capped;    /* packets that matched but found the bucket empty */
+};
+
+/* The packet being traced on this CPU (id 0: none). */
+struct lt_cur {
+	__u32 id;
+	__u32 pkt;
+	__u32 seq;
+	__u32 pad;
+};
+
+struct lt_event {
+	__u64 ts;        /* bpf_ktime_get_ns */
+	__u32 id;        /* the filter's trace id */
+	__u32 pkt;       /* random per traced packet: groups its events */
+	__u32 seq;       /* order of the event within the packet */
+	__u8  stage;     /* enum lt_stage */
+	__u8  prog;      /* LT_ENTRY: enum lt_prog */
+	__u8  proto;     /* LT_ENTRY: the packet */
+	__u8  tcp_flags;
+	__u32 port;
+	__u32 a;
+	__u32 b;
+	__u32 vpc;       /* LT_ENTRY: the packet, network order */
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u32 pad;
+};
+
+/* Non-zero while a trace runs: the number of filter slots to look at. */
+volatile __u32 lt_active;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LT_MAX_FILTERS);
+	__type(key, __u32);
+	__type(value, struct lt_filter);
+} lt_filters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LT_MAX_FILTERS);
+	__type(key, __u32);
+	__type(value, struct lt_bucket);
+} lt_buckets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lt_cur);
+} lt_curs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18);
+} lt_events SEC(".maps");
+
+/* lt_reset forgets the previous program run's packet on this CPU. */
+static __noinline void lt_reset(void)
+{
+	__u32 zero = 0;
+	struct lt_cur *c = bpf_map_lookup_elem(&lt_curs, &zero);
+
+	if (c)
+		c->id = 0;
+}
+
+/* lt_emit writes one event of the traced packet; the caller fills the
+ * packet fields of LT_ENTRY. Returns NULL if no packet is traced here. */
+static __always_inline struct lt_event *lt_emit(__u32 stage, __u32 port, __u32 a, __u32 b)
+{
+	__u32 zero = 0;
+	struct lt_cur *c = bpf_map_lookup_elem(&lt_curs, &zero);
+	struct lt_event *ev;
+
+	if (!c || !c->id)
+		return NULL;
+	ev = bpf_ringbuf_reserve(&lt_events, sizeof(*ev), 0);
+	if (!ev)
+		return NULL;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->ts = bpf_ktime_get_ns();
+	ev->id = c->id;
+	ev->pkt = c->pkt;
+	ev->seq = c->seq++;
+	ev->stage = stage;
+	ev->port = port;
+	ev->a = a;
+	ev->b = b;
+	return ev;
+}
+
+/* lt_stage is a hook: one event for the packet traced on this CPU. */
+static __noinline void lt_stage(__u32 stage, __u32 port, __u32 a, __u32 b)
+{
+	struct lt_event *ev = lt_emit(stage, port, a, b);
+
+	if (ev)
+		bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline int lt_take(__u32 slot, struct lt_filter *f)
+{
+	struct lt_bucket *b = bpf_map_lookup_elem(&lt_buckets, &slot);
+	__u64 now, credit;
+
+	if (!b)
+		return 0;
+	if (f->cost_ns) {
+		now = bpf_ktime_get_ns();
+		credit = b->credit + (now - b->last);
+		if (credit > f->burst_ns)
+			credit = f->burst_ns;
+		b->last = now;
+		if (credit < f->cost_ns) {
+			b->credit = credit;
+			b->capped++;
+			return 0;
+		}
+		b->credit = credit - f->cost_ns;
+	}
+	b->traced++;
+	return 1;
+}
+
+/* lt_fill_entry writes the packet into its LT_ENTRY event. A real
+ * function so that struct lt_event is in the object's BTF, for the Go
+ * mirror's layout test. */
+static __noinline void lt_fill_entry(struct lt_event *ev, struct pkt *p, __u32 prog)
+{
+	ev->prog = prog;
+	ev->proto = p->proto;
+	ev->tcp_flags = p->tcp_flags;
+	ev->vpc = p->vpc;
+	ev->saddr = p->saddr;
+	ev->daddr = p->daddr;
+	ev->sport = p->sport;
+	ev->dport = p->dport;
+	if (p->proto == IPPROTO_ICMP) { /* type and code, as drop events */
+		ev->sport = 0;
+		ev->dport = bpf_htons(((__u16)p->pport[0] << 8) | p->pport[1]);
+	}
+}
+
+/* lt_match marks the packet if a filter takes it and writes its LT_ENTRY
+ * event. port is the port it came from (0: the overlay). */
+static __noinline void lt_match(struct pkt *p, __u32 prog, __u32 port)
+{
+	__u32 zero = 0, n = lt_active;
+	struct lt_cur *c = bpf_map_lookup_elem(&lt_curs, &zero);
+	struct lt_event *ev;
+
+	if (!c)
+		return;
+#pragma unroll
+	for (int i = 0; i < LT_MAX_FILTERS; i++) {
+		struct lt_filter *f;
+		__u32 key = i;
+
+		if (key >= n)
+			return;
+		f = bpf_map_lookup_elem(&lt_filters, &key);
+		if (!f || !f->id)
+			continue;
+		if (f->port != port || (f->vpc && f->vpc != p->vpc) ||
+		    ((p->saddr ^ f->saddr) & f->smask) || ((p->daddr ^ f->daddr) & f->dmask) ||
+		    (f->proto && f->proto != p->proto) ||
+		    (f->sport && f->sport != p->sport) || (f->dport && f->dport != p->dport))
+			continue;
+		if (!lt_take(key, f))
+			return;
+		c->id = f->id;
+		c->pkt = bpf_get_prandom_u32();
+		c->seq = 0;
+		ev = lt_emit(LT_ENTRY, port, 0, 0);
+		if (!ev)
+			return;
+		lt_fill_entry(ev, p, prog);
+		bpf_ringbuf_submit(ev, 0);
+		return;
+	}
+}
+
+#ifdef MERIDIAN_NO_LIVETRACE
+/* A build without the hooks, the baseline of BenchmarkLiveTraceOff. */
+#define LT_BEGIN(skb)                    do { } while (0)
+#define LT_MATCH(p, prog, port)          do { } while (0)
+#define LT(stage, port, a, b)            do { } while (0)
+#define LT_DROP(skb, port, reason, rule) do { } while (0)
+#define lt_end(skb, verdict)             (verdict)
+#else
+/* The hooks. Each costs a load and a branch while no trace runs.
+ *
+ * LT_DROP, in drop_frame, only notes the drop in the skb's control block
+ * (cb[2..4]: reason, rule, port; the test entries use cb[0..1]) and
+ * lt_end writes it: drop_frame is the last frame of the deepest call
+ * chains (gateway hairpin), with no stack left for another call. */
+#define LT_BEGIN(skb)                  do { if (lt_active) { (skb)->cb[2] = 0; lt_reset(); } } while (0)
+#define LT_MATCH(p, prog, port)        do { if (lt_active) lt_match(p, prog, port); } while (0)
+#define LT(stage, port, a, b)          do { if (lt_active) lt_stage(stage, port, a, b); } while (0)
+#define LT_DROP(skb, port, reason, rule) \
+	do { if (lt_active) { (skb)->cb[2] = reason; (skb)->cb[3] = rule; (skb)->cb[4] = port; } } while (0)
+
+/* lt_end reports the drop, if the run ended in one, and the program's
+ * verdict, and passes the verdict on. */
+static __always_inline int lt_end(struct __sk_buff *skb, int verdict)
+{
+	if (lt_active) {
+		if (skb->cb[2])
+			lt_stage(LT_DROP, skb->cb[4], skb->cb[2], skb->cb[3]);
+		lt_stage(LT_END, 0, verdict, 0);
+	}
+	return verdict;
+}
+#endif
