@@ -100,6 +100,7 @@ MERIDIAN_TOKEN, overridden by --endpoint and --token.`,
 	root.AddCommand(a.replayCommand())
 	root.AddCommand(newFlowLogsCmd()) // flowlogs_cmd.go
 	root.AddCommand(a.captureCommand())
+	root.AddCommand(a.liveTraceCommand())
 	return root
 }
 

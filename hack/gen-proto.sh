@@ -21,4 +21,5 @@ protoc -I api \
 protoc -I api \
   --go_out=api --go_opt=paths=source_relative \
   --go-grpc_out=api --go-grpc_opt=paths=source_relative \
-  api/agent/v1/agent.proto api/agent/v1/local.proto api/agent/v1/flowlog_local.proto
+  api/agent/v1/agent.proto api/agent/v1/local.proto api/agent/v1/flowlog_local.proto \
+  api/agent/v1/livetrace_local.proto

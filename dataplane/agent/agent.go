@@ -204,6 +204,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	g := grpc.NewServer()
 	agentv1.RegisterLocalAgentServiceServer(g, &localServer{a: a})
+	agentv1.RegisterLiveTraceLocalServiceServer(g, newLiveTraceServer(a)) // livetrace.go
 	agentv1.RegisterFlowLogLocalServiceServer(g, &flowLogServer{a: a})
 	var wg sync.WaitGroup
 	wg.Add(3)
