@@ -267,3 +267,43 @@ func TestLiveTraceNamesTheModelsRule(t *testing.T) {
 		}
 	})
 }
+
+// TestLiveTraceFilter: a request becomes this node's filter — the port's
+// own packets on its node, its VPC's packets from the overlay on another —
+// and bad requests are refused with the field named.
+func TestLiveTraceFilter(t *testing.T) {
+	world := metricsWorld()
+	world["port/2"].GetPort().Node = "n2"
+	a := &Agent{cfg: Config{Node: "n1"}, desired: world}
+	for _, c := range []struct {
+		name string
+		req  *agentv1.LiveTraceRequest
+		want datapath.TraceFilter
+	}{
+		{"local port", &agentv1.LiveTraceRequest{Port: "web-1", Dst: "10.0.2.20", Protocol: 6, DstPort: 22},
+			datapath.TraceFilter{Port: 1, VPC: 100, Dst: netip.MustParsePrefix("10.0.2.20/32"), Protocol: 6, DstPort: 22}},
+		{"port by id", &agentv1.LiveTraceRequest{Port: "1", Src: "10.0.1.0/24"},
+			datapath.TraceFilter{Port: 1, VPC: 100, Src: netip.MustParsePrefix("10.0.1.0/24")}},
+		{"port on another node", &agentv1.LiveTraceRequest{Port: "db-1", Rate: 5},
+			datapath.TraceFilter{VPC: 100, Rate: 5}},
+		{"overlay only", &agentv1.LiveTraceRequest{Vni: 7}, datapath.TraceFilter{VPC: 7}},
+	} {
+		got, _, err := a.traceFilter(c.req)
+		if err != nil || got != c.want {
+			t.Errorf("%s: %+v, %v; want %+v", c.name, got, err, c.want)
+		}
+	}
+	for _, c := range []struct {
+		req  *agentv1.LiveTraceRequest
+		want string
+	}{
+		{&agentv1.LiveTraceRequest{Port: "nope"}, "port nope is not in node n1's desired state"},
+		{&agentv1.LiveTraceRequest{Src: "10.0.0.300"}, `src "10.0.0.300"`},
+		{&agentv1.LiveTraceRequest{Dst: "fd00::1"}, `dst "fd00::1": want an IPv4`},
+		{&agentv1.LiveTraceRequest{DstPort: 70000}, "out of range"},
+	} {
+		if _, _, err := a.traceFilter(c.req); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want an error with %q", c.req, err, c.want)
+		}
+	}
+}
