@@ -167,13 +167,27 @@ func (n *liveNode) dial(t *testing.T, ctx context.Context, port int) {
 // db-1:port, and returns the packet the data path traced.
 func (n *liveNode) liveTrace(t *testing.T, port int) *agentv1.LiveTracePacket {
 	t.Helper()
+	out := n.liveTraceOutput(t, port, "-o", "json")
+	var p agentv1.LiveTracePacket
+	line, _, _ := strings.Cut(out, "\n")
+	if err := protojson.Unmarshal([]byte(line), &p); err != nil {
+		t.Fatalf("meridianctl output %q: %v", out, err)
+	}
+	return &p
+}
+
+// liveTraceOutput runs meridianctl live-trace with extra args for one
+// packet while web-1 dials db-1:port, and returns what it printed.
+func (n *liveNode) liveTraceOutput(t *testing.T, port int, extra ...string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	errs := &traceReady{ready: make(chan struct{})}
 	var out strings.Builder
 	done := make(chan error, 1)
 	args := []string{"live-trace", "--port", "web-1", "--dst", "10.0.2.20", "-p", "tcp", "--dport", fmt.Sprint(port),
-		"--count", "1", "-o", "json", "--agent-socket", n.socket, "--config", ""}
+		"--count", "1", "--agent-socket", n.socket, "--config", ""}
+	args = append(args, extra...)
 	go func() {
 		done <- ctl.Run(ctx, args, ctl.Streams{In: strings.NewReader(""), Out: &out, Err: errs}, func(string) string { return "" })
 	}()
@@ -190,15 +204,10 @@ func (n *liveNode) liveTrace(t *testing.T, port int) *agentv1.LiveTracePacket {
 	if ctx.Err() != nil {
 		t.Fatalf("meridianctl %v: no packet traced in 20 s\n%s", args, errs)
 	}
-	var p agentv1.LiveTracePacket
-	line, _, _ := strings.Cut(out.String(), "\n")
-	if err := protojson.Unmarshal([]byte(line), &p); err != nil {
-		t.Fatalf("meridianctl output %q: %v\n%s", out.String(), err, errs)
-	}
 	if !strings.Contains(errs.String(), "1 packets traced") {
 		t.Errorf("summary on stderr: %q", errs.String())
 	}
-	return &p
+	return out.String()
 }
 
 // TestLiveTraceNamesTheModelsRule: a flow dropped by a security group and
@@ -263,6 +272,10 @@ func TestLiveTraceNamesTheModelsRule(t *testing.T) {
 					t.Errorf("stages differ:\nlive  %s\nmodel %s", strings.Join(ls, " "), strings.Join(ms, " "))
 				}
 				t.Logf("live: %s; model: %s", got, want)
+				table := n.liveTraceOutput(t, c.port)
+				if want := fmt.Sprintf("live verdict: DROPPED at %s by %s rule %s (%s)", c.wantStage, c.wantObject, c.wantRule, mt.Reason); !strings.Contains(table, want) {
+					t.Errorf("table output lacks %q:\n%s", want, table)
+				}
 			})
 		}
 	})
