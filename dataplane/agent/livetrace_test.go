@@ -273,6 +273,7 @@ func TestLiveTraceNamesTheModelsRule(t *testing.T) {
 				}
 				t.Logf("live: %s; model: %s", got, want)
 				table := n.liveTraceOutput(t, c.port)
+				t.Logf("meridianctl live-trace:\n%s", table)
 				if want := fmt.Sprintf("live verdict: DROPPED at %s by %s rule %s (%s)", c.wantStage, c.wantObject, c.wantRule, mt.Reason); !strings.Contains(table, want) {
 					t.Errorf("table output lacks %q:\n%s", want, table)
 				}
