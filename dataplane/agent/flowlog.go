@@ -183,6 +183,8 @@ type flowLogs struct {
 	dueBuf  []flowID
 	keyBuf  []datapath.FlowKey
 	lineBuf []byte
+	endBuf  []int
+	outBuf  map[*flowLogCfg][]FlowRecord // emptied, not freed, after each flush
 
 	// counters for /metrics
 	rejectLogged, rejectSampledOut, rejectLimited uint64
@@ -572,7 +574,11 @@ func (f *flowLogs) flush(now time.Time, final bool) {
 		}
 	}
 
-	out := map[*flowLogCfg][]FlowRecord{}
+	out := f.outBuf
+	if out == nil {
+		out = map[*flowLogCfg][]FlowRecord{}
+		f.outBuf = out
+	}
 	f.mu.Lock()
 	for i, id := range due {
 		t := f.flows[id]
@@ -617,32 +623,39 @@ func (f *flowLogs) flush(now time.Time, final bool) {
 	f.mu.Unlock()
 
 	for fc, rs := range out {
+		if len(rs) == 0 {
+			delete(out, fc) // none this time: forget the flow log's buffer
+			continue
+		}
 		sort.Slice(rs, func(i, j int) bool { return rs[i].Start < rs[j].Start })
-		// All the lines in one buffer and one string: a line is a slice
-		// of it, not an allocation of its own.
-		buf := f.lineBuf[:0]
-		ends := make([]int, len(rs))
+		// All the lines, each ending in a newline, in one reused buffer;
+		// strings only for followers, as one string a line is a slice of.
+		buf, ends := f.lineBuf[:0], f.endBuf[:0]
 		for i := range rs {
-			buf = appendRecordJSON(buf, &rs[i])
-			ends[i] = len(buf)
+			buf = append(appendRecordJSON(buf, &rs[i]), '\n')
+			ends = append(ends, len(buf))
 		}
-		f.lineBuf = buf
-		all := string(buf)
-		lines := make([]string, len(rs))
-		for i, from := 0, 0; i < len(rs); i++ {
-			lines[i], from = all[from:ends[i]], ends[i]
-		}
+		f.lineBuf, f.endBuf = buf, ends
 		if fc.w != nil {
-			if err := fc.w.write(lines); err != nil {
+			if err := fc.w.writeLines(buf, ends); err != nil {
 				f.mu.Lock()
 				f.writeErrors++
 				f.mu.Unlock()
 				f.log.Warn("write flow log", "flow_log", fc.cfg.Name, "path", fc.w.path, "err", err)
 			}
 		}
-		for _, fl := range followers {
-			fl.send(fc.cfg.Name, rs, lines)
+		if len(followers) > 0 {
+			all := string(buf)
+			lines := make([]string, len(rs))
+			for i, from := 0, 0; i < len(rs); i++ {
+				lines[i], from = all[from:ends[i]-1], ends[i]
+			}
+			for _, fl := range followers {
+				fl.send(fc.cfg.Name, rs, lines)
+			}
 		}
+		clear(rs) // no strings kept alive until the next flush
+		out[fc] = rs[:0]
 	}
 }
 
@@ -834,6 +847,18 @@ func (w *jsonlWriter) open() error {
 }
 
 func (w *jsonlWriter) write(lines []string) error {
+	var buf []byte
+	ends := make([]int, len(lines))
+	for i, l := range lines {
+		buf = append(append(buf, l...), '\n')
+		ends[i] = len(buf)
+	}
+	return w.writeLines(buf, ends)
+}
+
+// writeLines writes the lines buf[ends[i-1]:ends[i]], each ending in a
+// newline.
+func (w *jsonlWriter) writeLines(buf []byte, ends []int) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.f == nil {
@@ -842,8 +867,11 @@ func (w *jsonlWriter) write(lines []string) error {
 		}
 	}
 	bw := bufio.NewWriter(w.f)
-	for _, l := range lines {
-		n := int64(len(l) + 1)
+	from := 0
+	for _, end := range ends {
+		l := buf[from:end]
+		from = end
+		n := int64(len(l))
 		if w.size > 0 && w.size+n > w.max {
 			if err := bw.Flush(); err != nil {
 				return fmt.Errorf("write flow log: %w", err)
@@ -853,8 +881,7 @@ func (w *jsonlWriter) write(lines []string) error {
 			}
 			bw.Reset(w.f)
 		}
-		bw.WriteString(l)
-		bw.WriteByte('\n')
+		bw.Write(l)
 		w.size += n
 	}
 	if err := bw.Flush(); err != nil {
