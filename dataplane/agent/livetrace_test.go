@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -142,18 +143,35 @@ func (r *traceReady) String() string {
 // (each SYN of each attempt is a packet the trace may take).
 func (n *liveNode) dial(t *testing.T, ctx context.Context, port int) {
 	t.Helper()
+	// dial runs in subtests too, on a goroutine of their own: lock the
+	// thread and put back whatever namespace it was in. (Setting it to the
+	// node namespace on an unlocked thread leaked that namespace to
+	// whatever goroutine ran there next: a later test's HTTP dial to
+	// 127.0.0.1 found no route.) A thread that cannot go back stays locked,
+	// and Go retires it.
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer orig.Close()
 	ns, err := netns.GetFromPath(n.nsWeb)
 	if err != nil {
+		runtime.UnlockOSThread()
 		t.Fatal(err)
 	}
 	defer ns.Close()
 	if err := netns.Set(ns); err != nil {
+		runtime.UnlockOSThread()
 		t.Fatal(err)
 	}
 	defer func() {
-		if err := netns.Set(n.node); err != nil {
-			t.Fatalf("back to the node namespace: %v", err)
+		if err := netns.Set(orig); err != nil {
+			t.Errorf("back to the namespace the thread was in: %v", err)
+			return
 		}
+		runtime.UnlockOSThread()
 	}()
 	for ctx.Err() == nil {
 		c, err := net.DialTimeout("tcp4", fmt.Sprintf("10.0.2.20:%d", port), 300*time.Millisecond)
