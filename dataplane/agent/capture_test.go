@@ -161,19 +161,25 @@ func (n *captureNode) in(t testing.TB, path string, fn func()) {
 	fn()
 }
 
-// readySignal is a writer that closes ready when the CLI says the capture runs.
+// readySignal is a writer (a CLI's stderr) that closes ready once what was
+// written contains mark: the CLI says its capture or trace runs.
 type readySignal struct {
+	mark  string
 	mu    sync.Mutex
 	buf   bytes.Buffer
 	ready chan struct{}
 	once  sync.Once
 }
 
+func newReadySignal(mark string) *readySignal {
+	return &readySignal{mark: mark, ready: make(chan struct{})}
+}
+
 func (r *readySignal) Write(p []byte) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.buf.Write(p)
-	if strings.Contains(r.buf.String(), "capturing on") {
+	if strings.Contains(r.buf.String(), r.mark) {
 		r.once.Do(func() { close(r.ready) })
 	}
 	return len(p), nil
@@ -194,7 +200,7 @@ type ctlRun struct {
 // start runs meridianctl in the background and waits until its capture runs.
 func (n *captureNode) start(t testing.TB, ctx context.Context, args ...string) *ctlRun {
 	t.Helper()
-	r := &ctlRun{err: &readySignal{ready: make(chan struct{})}, done: make(chan error, 1)}
+	r := &ctlRun{err: newReadySignal("capturing on"), done: make(chan error, 1)}
 	args = append(args, "--agent-socket", n.socket, "--config", "")
 	go func() {
 		r.done <- ctl.Run(ctx, args, ctl.Streams{In: strings.NewReader(""), Out: &r.out, Err: r.err}, func(string) string { return "" })

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -115,30 +114,6 @@ func newLiveNode(t *testing.T, dp *datapath.Datapath) *liveNode {
 	return n
 }
 
-// traceReady is a writer that closes ready when the CLI says it traces.
-type traceReady struct {
-	mu    sync.Mutex
-	buf   strings.Builder
-	ready chan struct{}
-	once  sync.Once
-}
-
-func (r *traceReady) Write(p []byte) (int, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.buf.Write(p)
-	if strings.Contains(r.buf.String(), "tracing on node") {
-		r.once.Do(func() { close(r.ready) })
-	}
-	return len(p), nil
-}
-
-func (r *traceReady) String() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.buf.String()
-}
-
 // dial opens TCP connections from web-1 to db-1:port until ctx ends
 // (each SYN of each attempt is a packet the trace may take).
 func (n *liveNode) dial(t *testing.T, ctx context.Context, port int) {
@@ -200,7 +175,7 @@ func (n *liveNode) liveTraceOutput(t *testing.T, port int, extra ...string) stri
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	errs := &traceReady{ready: make(chan struct{})}
+	errs := newReadySignal("tracing on node")
 	var out strings.Builder
 	done := make(chan error, 1)
 	args := []string{"live-trace", "--port", "web-1", "--dst", "10.0.2.20", "-p", "tcp", "--dport", fmt.Sprint(port),
