@@ -52,16 +52,22 @@ import (
 // pipeline and removes the installed ones desired no longer has. A
 // service the data path refuses is its object's error and keeps what was
 // installed for it, if anything.
-func (a *Agent) reconcileServices(desired map[string]*agentv1.Object, fail func(string, error)) {
-	keep := map[uint32]bool{}
-	keys := make([]string, 0)
+// lbServiceKeys returns the keys of the load-balancer services in desired,
+// sorted, so that work over them (and its errors) comes in a stable order.
+func lbServiceKeys(desired map[string]*agentv1.Object) []string {
+	var keys []string
 	for k, o := range desired {
 		if o.GetLbService() != nil {
 			keys = append(keys, k)
 		}
 	}
 	slices.Sort(keys)
-	for _, key := range keys {
+	return keys
+}
+
+func (a *Agent) reconcileServices(desired map[string]*agentv1.Object, fail func(string, error)) {
+	keep := map[uint32]bool{}
+	for _, key := range lbServiceKeys(desired) {
 		s := desired[key].GetLbService()
 		keep[s.GetId()] = true
 		svc, ok, err := serviceOf(s, a.cfg.Node)
@@ -452,14 +458,7 @@ func checkOf(hc *agentv1.HealthCheck) (health.Check, bool, error) {
 func healthTargets(node string, desired map[string]*agentv1.Object, v *agentv1.Index, hostIf map[uint32]string,
 	errs map[string]string) []health.Target {
 	var out []health.Target
-	keys := make([]string, 0, len(desired))
-	for k, o := range desired {
-		if o.GetLbService() != nil {
-			keys = append(keys, k)
-		}
-	}
-	slices.Sort(keys)
-	for _, key := range keys {
+	for _, key := range lbServiceKeys(desired) {
 		s := desired[key].GetLbService()
 		check, ok, err := checkOf(s.GetHealthCheck())
 		if err != nil {
