@@ -594,12 +594,18 @@ func TestCaptureBadInput(t *testing.T) {
 	})
 }
 
-// fastSource produces n frames of size bytes as fast as it can.
+// fastSource produces n frames of size bytes as fast as it can; spent is
+// closed once it has produced them all.
 type fastSource struct {
 	n, size int
 	sent    atomic.Int64
+	spent   chan struct{}
 	closed  chan struct{}
 	once    sync.Once
+}
+
+func newFastSource(n, size int) *fastSource {
+	return &fastSource{n: n, size: size, spent: make(chan struct{}), closed: make(chan struct{})}
 }
 
 func (s *fastSource) next() (*agentv1.CapturedPacket, error) {
@@ -607,7 +613,9 @@ func (s *fastSource) next() (*agentv1.CapturedPacket, error) {
 		<-s.closed
 		return nil, io.EOF
 	}
-	s.sent.Add(1)
+	if s.sent.Add(1) == int64(s.n) {
+		close(s.spent)
+	}
 	return &agentv1.CapturedPacket{Data: make([]byte, s.size), Length: uint32(s.size)}, nil
 }
 
@@ -625,7 +633,7 @@ func (s *fastSource) close() { s.once.Do(func() { close(s.closed) }) }
 // TestCaptureBoundedBuffer: a client that does not read makes the agent
 // drop and count frames, never hold more than its queue's bound.
 func TestCaptureBoundedBuffer(t *testing.T) {
-	src := &fastSource{n: 20000, size: 1500, closed: make(chan struct{})}
+	src := newFastSource(20000, 1500)
 	release := make(chan struct{})
 	var sent int
 	send := func(m *agentv1.CaptureResponse) error {
@@ -635,10 +643,11 @@ func TestCaptureBoundedBuffer(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
-		for src.sent.Load() < int64(src.n) {
-			time.Sleep(time.Millisecond)
-		}
+		<-src.spent
 		close(release)
+		// The unstuck client now takes what the queue held; a window for
+		// it, since nothing announces an empty queue (the summary must
+		// count those frames as sent, the rest as dropped).
 		time.Sleep(200 * time.Millisecond)
 		cancel()
 	}()
@@ -658,7 +667,7 @@ func TestCaptureBoundedBuffer(t *testing.T) {
 // TestCaptureClientGone: a client that goes away while frames flow ends
 // the capture with the error and a summary; the source is closed.
 func TestCaptureClientGone(t *testing.T) {
-	src := &fastSource{n: 1000, size: 100, closed: make(chan struct{})}
+	src := newFastSource(1000, 100)
 	sum, err := runCapture(context.Background(), src, 0, func(*agentv1.CaptureResponse) error { return io.ErrClosedPipe })
 	if !errors.Is(err, io.ErrClosedPipe) || sum == nil || !strings.HasPrefix(sum.EndedBy, "client gone") {
 		t.Fatalf("summary %+v, error %v", sum, err)

@@ -398,25 +398,25 @@ func TestFlowLogFlood(t *testing.T) {
 		})
 		elapsed := time.Since(start)
 		// Records of the flood's flows are written when their 1 s interval
-		// ends; wait for the writer to be past that.
-		time.Sleep(2500 * time.Millisecond)
-		close(stop)
-		wg.Wait()
-		after := scrape(t, srv.URL+"/metrics")
-
-		recs := readRecords(t, path)
-		// A flow that spans two aggregation intervals has a record in
-		// each (as in AWS flow logs): count flows, not lines.
-		accepted := 0
-		flowsSeen := map[string]bool{}
-		for _, r := range recs {
-			// db-1's kernel answers the sweep with ICMP port
-			// unreachables: one more flow (ICMP errors share a key)
-			if r.Action == "ACCEPT" {
-				accepted++
-				flowsSeen[fmt.Sprintf("%s %d %s %d %d", r.SrcAddr, r.SrcPort, r.DstAddr, r.DstPort, r.Protocol)] = true
+		// ends: wait (up to 10 s) until the file holds every flow the data
+		// path announced; the checks below say what is missing if not.
+		var (
+			after     map[string]float64
+			recs      []FlowRecord
+			accepted  int
+			flowsSeen map[string]bool
+		)
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			after = scrape(t, srv.URL+"/metrics")
+			recs = readRecords(t, path)
+			accepted, flowsSeen = acceptedFlows(recs)
+			logged := after[`meridian_agent_flowlog_new_flows_total{outcome="logged"}`] - before[`meridian_agent_flowlog_new_flows_total{outcome="logged"}`]
+			if (logged > 0 && float64(len(flowsSeen)) == logged) || time.Now().After(deadline) {
+				break
 			}
 		}
+		close(stop)
+		wg.Wait()
 		d := func(k string) float64 { return after[k] - before[k] }
 		logged := d(`meridian_agent_flowlog_new_flows_total{outcome="logged"}`)
 		sampledOut := d(`meridian_agent_flowlog_new_flows_total{outcome="sampled_out"}`)
@@ -481,4 +481,21 @@ func TestFlowLogFileRotation(t *testing.T) {
 	if cur, _ = os.ReadFile(path); len(cur) != 49 {
 		t.Fatalf("after reopening: %d bytes, want 49 (rotated once more)", len(cur))
 	}
+}
+
+// acceptedFlows counts the ACCEPT records and the flows they are of: a flow
+// that spans two aggregation intervals has a record in each (as in AWS flow
+// logs), so checks against what the data path logged count flows, not lines.
+// (db-1's kernel answers a UDP sweep with ICMP port unreachables: one more
+// flow, as ICMP errors share their flow's key.)
+func acceptedFlows(recs []FlowRecord) (int, map[string]bool) {
+	accepted := 0
+	flows := map[string]bool{}
+	for _, r := range recs {
+		if r.Action == "ACCEPT" {
+			accepted++
+			flows[fmt.Sprintf("%s %d %s %d %d", r.SrcAddr, r.SrcPort, r.DstAddr, r.DstPort, r.Protocol)] = true
+		}
+	}
+	return accepted, flows
 }
