@@ -399,7 +399,8 @@ func TestFlowLogFlood(t *testing.T) {
 		elapsed := time.Since(start)
 		// Records of the flood's flows are written when their 1 s interval
 		// ends: wait (up to 10 s) until the file holds every flow the data
-		// path announced; the checks below say what is missing if not.
+		// path announced and the agent has counted its lines; the checks
+		// below say what is missing if not.
 		var (
 			after     map[string]float64
 			recs      []FlowRecord
@@ -411,7 +412,9 @@ func TestFlowLogFlood(t *testing.T) {
 			recs = readRecords(t, path)
 			accepted, flowsSeen = acceptedFlows(recs)
 			logged := after[`meridian_agent_flowlog_new_flows_total{outcome="logged"}`] - before[`meridian_agent_flowlog_new_flows_total{outcome="logged"}`]
-			if (logged > 0 && float64(len(flowsSeen)) == logged) || time.Now().After(deadline) {
+			// records_total moves just after the lines are written.
+			written := after["meridian_agent_flowlog_records_total"] >= float64(accepted)
+			if (logged > 0 && float64(len(flowsSeen)) == logged && written) || time.Now().After(deadline) {
 				break
 			}
 		}
