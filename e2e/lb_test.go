@@ -375,6 +375,21 @@ func TestLoadBalancer(t *testing.T) {
 	}
 	d := waitBackends(ctx, t, r, 15*time.Second, "three healthy backends", allHealthy(lbWebs[:3]...))
 	t.Logf("three backends healthy in the API %v later", d.Round(time.Millisecond))
+	// The API shows health as soon as the store has it; the gateways'
+	// tables follow a distribution later (a backend not yet known healthy
+	// does not serve while others are): wait until each has answered once.
+	served := map[string]int{}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		for w, c := range spread(r, 6) {
+			served[w] += c
+		}
+		if served[lbWebs[0]] > 0 && served[lbWebs[1]] > 0 && served[lbWebs[2]] > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not every backend answers 5 s after the API shows them healthy: %v", served)
+		}
+	}
 
 	t.Run("spread", func(t *testing.T) {
 		seen := spread(r, 60)
