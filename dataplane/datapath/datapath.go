@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -18,6 +19,11 @@ import (
 type Datapath struct {
 	pinDir string
 	objs   bpf.MeridianObjects
+
+	// fq reads flow-log counters in batches (flowlog.go); loaded on first
+	// use, so nodes without flow logs do not load it.
+	fqMu sync.Mutex
+	fq   *bpf.FlowqueryObjects
 }
 
 // Open loads the programs and opens the maps pinned in pinDir, creating and
@@ -53,6 +59,12 @@ func Open(pinDir string) (*Datapath, error) {
 
 // Close releases the file descriptors; pinned maps and links stay.
 func (d *Datapath) Close() error {
+	d.fqMu.Lock()
+	if d.fq != nil {
+		d.fq.Close()
+		d.fq = nil
+	}
+	d.fqMu.Unlock()
 	if err := d.objs.Close(); err != nil {
 		return fmt.Errorf("close data path: %w", err)
 	}

@@ -230,28 +230,116 @@ type FlowCounters struct {
 	Counting bool
 }
 
-// FlowCounters reads the counters of the flows named by keys, one lookup
-// each; ok[i] is false when a flow's conntrack entry is gone.
+// FlowCounters reads the counters of the flows named by keys; ok[i] is
+// false when a flow's conntrack entry is gone. A few keys are looked up one
+// by one; more go through the batched query (bpf/c/flowquery.c): three
+// system calls per flowQueryMax keys instead of one per key.
 func (d *Datapath) FlowCounters(keys []FlowKey) (out []FlowCounters, ok []bool, err error) {
-	now, err := monotonicNow()
-	if err != nil {
-		return nil, nil, err
-	}
 	out = make([]FlowCounters, len(keys))
 	ok = make([]bool, len(keys))
+	if len(keys) < flowQueryMin {
+		return out, ok, d.flowCountersEach(keys, out, ok)
+	}
+	d.fqMu.Lock()
+	defer d.fqMu.Unlock()
+	if d.fq == nil {
+		if err := d.loadFlowQuery(); err != nil {
+			return nil, nil, err
+		}
+	}
+	for from := 0; from < len(keys); from += flowQueryMax {
+		to := min(from+flowQueryMax, len(keys))
+		if err := d.flowQuery(keys[from:to], out[from:to], ok[from:to]); err != nil {
+			return nil, nil, err
+		}
+	}
+	return out, ok, nil
+}
+
+const (
+	// flowQueryMax is FQ_MAX in bpf/c/flowquery.c.
+	flowQueryMax = 4096
+	// flowQueryMin: below this many keys, lookups one by one cost fewer
+	// system calls than the batch's three.
+	flowQueryMin = 4
+)
+
+func (d *Datapath) flowCountersEach(keys []FlowKey, out []FlowCounters, ok []bool) error {
+	now, err := monotonicNow()
+	if err != nil {
+		return err
+	}
 	for i, k := range keys {
 		var e bpf.MeridianCtEntry
 		if err := d.objs.Conntrack.Lookup(k.raw(), &e); err != nil {
 			if errors.Is(err, ebpf.ErrKeyNotExist) {
 				continue
 			}
-			return nil, nil, fmt.Errorf("read flow counters of %v: %w", k, err)
+			return fmt.Errorf("read flow counters of %v: %w", k, err)
 		}
 		ok[i] = true
 		out[i] = FlowCounters{Packets: e.FlPackets, Bytes: e.FlBytes, Counting: e.FlOn != 0,
 			Done: e.Expires < now || e.State == ctStateClosed}
 	}
-	return out, ok, nil
+	return nil
+}
+
+// loadFlowQuery loads the batched query with the data path's conntrack.
+func (d *Datapath) loadFlowQuery() error {
+	spec, err := bpf.LoadFlowquery()
+	if err != nil {
+		return fmt.Errorf("load flow query spec: %w", err)
+	}
+	var objs bpf.FlowqueryObjects
+	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"conntrack": d.objs.Conntrack}}
+	if err := spec.LoadAndAssign(&objs, opts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return fmt.Errorf("load flow query program: %w\n%+v", err, ve)
+		}
+		return fmt.Errorf("load flow query program: %w", err)
+	}
+	d.fq = &objs
+	return nil
+}
+
+// flowQuery reads up to flowQueryMax keys' counters with d.fq (fqMu held).
+func (d *Datapath) flowQuery(keys []FlowKey, out []FlowCounters, ok []bool) error {
+	n := len(keys)
+	idx := make([]uint32, n)
+	slots := make([]bpf.FlowqueryFqSlot, n)
+	for i, k := range keys {
+		idx[i] = uint32(i)
+		slots[i].Key = bpf.FlowqueryCtKey(k.raw())
+	}
+	if _, err := d.fq.FqSlots.BatchUpdate(idx, slots, nil); err != nil {
+		return fmt.Errorf("write %d flow keys: %w", n, err)
+	}
+	args := bpf.FlowqueryFqArgs{N: uint32(n)}
+	ret, err := d.fq.MeridianFlowQuery.Run(&ebpf.RunOptions{Context: args, ContextOut: &args})
+	if err != nil {
+		return fmt.Errorf("query %d flows: %w", n, err)
+	}
+	if ret != 0 {
+		return fmt.Errorf("query %d flows: program returned %d", n, int32(ret))
+	}
+	var cursor ebpf.MapBatchCursor
+	got, err := d.fq.FqSlots.BatchLookup(&cursor, idx, slots, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("read %d flow counters: %w", n, err)
+	}
+	if got != n {
+		return fmt.Errorf("read flow counters: %d of %d slots", got, n)
+	}
+	for i := range slots {
+		s := &slots[i]
+		if s.Found == 0 {
+			continue
+		}
+		ok[i] = true
+		out[i] = FlowCounters{Packets: s.Packets, Bytes: s.Bytes, Counting: s.Counting != 0, Done: s.Done != 0}
+	}
+	return nil
 }
 
 // ctStateClosed is enum ct_state's CT_CLOSED.
