@@ -18,7 +18,7 @@ package agent
 // sampling (by flow hash, so a flow is in or out as a whole) and rate limit.
 
 import (
-	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -112,7 +113,8 @@ type flowNames struct {
 	vpcs    map[uint32]string // by VNI (the data path's VPC key)
 	sgRule  map[uint32]string // rule id -> security group name
 	aclRule map[uint32]aclRuleName
-	aclOf   map[uint32]string // subnet id -> its network ACL's name
+	aclOf   map[uint32]string    // subnet id -> its network ACL's name
+	allowed map[[2]uint32]string // {SG rule, ACL rule} -> record's rule text
 }
 
 type aclRuleName struct {
@@ -240,7 +242,7 @@ func (f *flowLogs) apply(desired map[string]*agentv1.Object, v *agentv1.Index, l
 	sort.Slice(want, func(i, j int) bool { return want[i].Id < want[j].Id })
 
 	names := flowNames{ports: v.Ports, subnets: map[uint32]string{}, vpcs: map[uint32]string{},
-		sgRule: map[uint32]string{}, aclRule: map[uint32]aclRuleName{}, aclOf: map[uint32]string{}}
+		sgRule: map[uint32]string{}, aclRule: map[uint32]aclRuleName{}, aclOf: map[uint32]string{}, allowed: map[[2]uint32]string{}}
 	for id, s := range v.Subnets {
 		names.subnets[id] = s.Name
 		if a := v.NetworkACLs[s.NetworkAclId]; a != nil {
@@ -627,7 +629,7 @@ func (f *flowLogs) flush(now time.Time, final bool) {
 			delete(out, fc) // none this time: forget the flow log's buffer
 			continue
 		}
-		sort.Slice(rs, func(i, j int) bool { return rs[i].Start < rs[j].Start })
+		slices.SortFunc(rs, func(a, b FlowRecord) int { return cmp.Compare(a.Start, b.Start) })
 		// All the lines, each ending in a newline, in one reused buffer;
 		// strings only for followers, as one string a line is a slice of.
 		buf, ends := f.lineBuf[:0], f.endBuf[:0]
@@ -670,23 +672,45 @@ func (f *flowLogs) acceptRecord(t *trackedFlow, c datapath.FlowCounters, now tim
 	r.Start, r.End = t.start.Unix(), now.Unix()
 	r.Action = "ACCEPT"
 	r.FlowEnded = ended
-	var parts []string
 	if t.ev.SGRule != 0 {
 		r.SecurityGroup = f.names.sgRule[t.ev.SGRule]
 		r.SGRuleID = t.ev.SGRule
-		parts = append(parts, "security group "+orUnknown(r.SecurityGroup)+" rule "+strconv.FormatUint(uint64(t.ev.SGRule), 10))
 	}
 	if t.ev.ACLRule != 0 {
 		a := f.names.aclRule[t.ev.ACLRule]
 		r.ACL, r.ACLRule = a.acl, a.number
-		parts = append(parts, "network ACL "+orUnknown(a.acl)+" rule "+strconv.FormatUint(uint64(a.number), 10))
 	}
-	r.Rule = "allowed by " + joinAnd(parts)
-	if len(parts) == 0 {
-		r.Rule = "allowed"
-	}
+	r.Rule = f.allowedBy(t.ev.SGRule, t.ev.ACLRule, r.SecurityGroup, r.ACL, r.ACLRule)
 	return r
 }
+
+// allowedBy is the rule text of an accepted flow, made once per pair of
+// rules (f.mu held): flows are many, the rules that allow them are few.
+func (f *flowLogs) allowedBy(sgRule, aclRule uint32, sg, acl string, aclNumber uint32) string {
+	k := [2]uint32{sgRule, aclRule}
+	if s, ok := f.names.allowed[k]; ok {
+		return s
+	}
+	var parts []string
+	if sgRule != 0 {
+		parts = append(parts, "security group "+orUnknown(sg)+" rule "+strconv.FormatUint(uint64(sgRule), 10))
+	}
+	if aclRule != 0 {
+		parts = append(parts, "network ACL "+orUnknown(acl)+" rule "+strconv.FormatUint(uint64(aclNumber), 10))
+	}
+	s := "allowed"
+	if len(parts) > 0 {
+		s = "allowed by " + joinAnd(parts)
+	}
+	if len(f.names.allowed) < allowedByMax {
+		f.names.allowed[k] = s
+	}
+	return s
+}
+
+// allowedByMax bounds the rule-text cache (a node with more distinct pairs
+// of rules allowing its logged flows builds the rest each time).
+const allowedByMax = 4096
 
 func (f *flowLogs) rejectRecord(rf *rejectedFlow, now time.Time) FlowRecord {
 	ev := rf.ev
@@ -716,7 +740,7 @@ func (f *flowLogs) rejectRecord(rf *rejectedFlow, now time.Time) FlowRecord {
 
 func (f *flowLogs) baseRecord(fc *flowLogCfg, port uint32, k datapath.FlowKey, dir fw.Direction) FlowRecord {
 	r := FlowRecord{
-		Version: 2, AccountID: fc.cfg.Project, InterfaceID: strconv.Itoa(int(port)),
+		Version: 2, AccountID: fc.cfg.Project,
 		SrcAddr: k.Src.String(), DstAddr: k.Dst.String(), SrcPort: k.SrcPort, DstPort: k.DstPort, Protocol: k.Protocol,
 		LogStatus: "OK", VPCID: f.names.vpcs[k.VPC], Direction: dir.String(), Node: f.node, FlowLog: fc.cfg.Name,
 	}
@@ -724,6 +748,8 @@ func (f *flowLogs) baseRecord(fc *flowLogCfg, port uint32, k datapath.FlowKey, d
 		r.InterfaceID = p.Name
 		r.SubnetID = f.names.subnets[p.SubnetId]
 		r.subnet = p.SubnetId
+	} else {
+		r.InterfaceID = strconv.Itoa(int(port))
 	}
 	if k.Protocol == fw.ProtoICMP {
 		// conntrack keys echo by identifier; flow logs show no ports for
@@ -857,7 +883,8 @@ func (w *jsonlWriter) write(lines []string) error {
 }
 
 // writeLines writes the lines buf[ends[i-1]:ends[i]], each ending in a
-// newline.
+// newline: as few writes as the size cap allows (one per flush, unless the
+// file rotates meanwhile), since buf already holds them all in a row.
 func (w *jsonlWriter) writeLines(buf []byte, ends []int) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -866,26 +893,26 @@ func (w *jsonlWriter) writeLines(buf []byte, ends []int) error {
 			return err
 		}
 	}
-	bw := bufio.NewWriter(w.f)
-	from := 0
-	for _, end := range ends {
-		l := buf[from:end]
-		from = end
-		n := int64(len(l))
-		if w.size > 0 && w.size+n > w.max {
-			if err := bw.Flush(); err != nil {
-				return fmt.Errorf("write flow log: %w", err)
-			}
+	from := 0 // buf[from:] is not written yet
+	for i := 0; i < len(ends); {
+		// Take lines while they fit under the cap (at least one line
+		// into an empty file, however long).
+		j := i
+		for j < len(ends) && (w.size+int64(ends[j]-from) <= w.max || (w.size == 0 && j == i)) {
+			j++
+		}
+		if j == i {
 			if err := w.rotate(); err != nil {
 				return err
 			}
-			bw.Reset(w.f)
+			continue
 		}
-		bw.Write(l)
-		w.size += n
-	}
-	if err := bw.Flush(); err != nil {
-		return fmt.Errorf("write flow log: %w", err)
+		n, err := w.f.Write(buf[from:ends[j-1]])
+		w.size += int64(n)
+		if err != nil {
+			return fmt.Errorf("write flow log: %w", err)
+		}
+		from, i = ends[j-1], j
 	}
 	return nil
 }

@@ -110,6 +110,23 @@ func flowLogWorld(path string, sampling, rate, burst uint32) map[string]*agentv1
 // (served from the test's namespace through handler).
 func startFlowLogAgent(t testing.TB, dp *datapath.Datapath, world map[string]*agentv1.Object, handler *atomic.Pointer[http.Handler]) *Agent {
 	t.Helper()
+	a := newFlowLogAgent(t, dp, world)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); a.flowlogs.run(ctx) }()
+	go func() { defer wg.Done(); a.watchDrops(ctx) }()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	if handler != nil {
+		h := promhttp.HandlerFor(a.metricsRegistry(), promhttp.HandlerOpts{})
+		handler.Store(&h)
+	}
+	return a
+}
+
+// newFlowLogAgent is startFlowLogAgent's agent with nothing running.
+func newFlowLogAgent(t testing.TB, dp *datapath.Datapath, world map[string]*agentv1.Object) *Agent {
+	t.Helper()
 	a := &Agent{
 		cfg: Config{Node: "n1", StateDir: t.TempDir()}, log: slog.New(slog.NewTextHandler(io.Discard, nil)), dp: dp,
 		desired: map[string]*agentv1.Object{}, changed: make(chan struct{}, 1), errs: map[string]string{},
@@ -128,16 +145,6 @@ func startFlowLogAgent(t testing.TB, dp *datapath.Datapath, world map[string]*ag
 	a.reconcileOnce()
 	if len(a.errs) != 0 {
 		t.Fatalf("reconcile errors: %v", a.errs)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); a.flowlogs.run(ctx) }()
-	go func() { defer wg.Done(); a.watchDrops(ctx) }()
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	if handler != nil {
-		h := promhttp.HandlerFor(a.metricsRegistry(), promhttp.HandlerOpts{})
-		handler.Store(&h)
 	}
 	return a
 }

@@ -1,8 +1,10 @@
 package datapath
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"testing"
@@ -290,5 +292,40 @@ func TestFlowCountersBatched(t *testing.T) {
 	gotC, gotOK, err = f.d.FlowCounters(keys[:10])
 	if err != nil || !gotOK[0] || gotC[0].Packets != [2]uint64{99, 1} || !gotC[0].Counting {
 		t.Fatalf("after an update: %+v found %v err %v", gotC[0], gotOK[0], err)
+	}
+}
+
+// TestDecodeFlowEvent: the hand decoder reads struct flow_event as
+// binary.Read of the generated Go type does, for arbitrary bytes.
+func TestDecodeFlowEvent(t *testing.T) {
+	if got := binary.Size(bpf.MeridianFlowEvent{}); got != flowEventSize {
+		t.Fatalf("struct flow_event is %d bytes, the decoder reads %d", got, flowEventSize)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 1000 {
+		b := make([]byte, flowEventSize)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		got, err := decodeFlowEvent(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var raw bpf.MeridianFlowEvent
+		if err := binary.Read(bytes.NewReader(b), binary.NativeEndian, &raw); err != nil {
+			t.Fatal(err)
+		}
+		want := FlowEvent{
+			Key: FlowKey{VPC: raw.Vpc, Src: addrOf(raw.Saddr), Dst: addrOf(raw.Daddr),
+				SrcPort: be16(raw.Sport), DstPort: be16(raw.Dport), Protocol: raw.Proto},
+			Port: raw.Port, Slot: raw.Slot, Direction: fw.Direction(raw.Dir),
+			ACLRule: raw.AclRule, SGRule: raw.SgRule, Bytes: raw.Len, Mono: time.Duration(raw.Ts),
+		}
+		if got != want {
+			t.Fatalf("% x: decoded %+v, binary.Read %+v", b, got, want)
+		}
+	}
+	if _, err := decodeFlowEvent(make([]byte, flowEventSize-1)); err == nil {
+		t.Fatal("a short event decoded")
 	}
 }
