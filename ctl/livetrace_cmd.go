@@ -38,14 +38,19 @@ func (a *app) liveTraceCommand() *cobra.Command {
 		Long: `live-trace marks the real packets that match a filter and reports, stage by
 stage, what the eBPF programs did with them: conntrack, network ACL and
 security-group rules, route, tunnel to which node, delivery, or the drop with
-its reason and rule. The stages have the names of meridianctl trace's, so
+its reason and rule; on a gateway, the public address a packet from the
+fabric was for (gateway), the translation (nat: elastic IP, NAT gateway,
+port mapping) and the exit toward the fabric (uplink); for a load-balancer
+VIP, the backend chosen (load-balancer). The stages have the names of meridianctl trace's, so
 the two can be read side by side: trace says what the model means, live-trace
 what the data plane did.
 
 The agent of each node given by --agent-socket (repeat it; default the local
 agent) installs the filter: on the port's node it takes the packets the port
 sends, on other nodes the packets of the port's VPC that arrive over VXLAN
-(after decapsulation), so a packet is followed across nodes. Nothing is sent:
+(after decapsulation) and, on a gateway, those that arrive from the fabric
+for an elastic IP, port mapping or NAT flow of that VPC (as they arrived:
+--dst is the public address there), so a packet is followed across nodes. Nothing is sent:
 run the traffic (or wait for it). Each node traces at most --rate packets per
 second of the filter (matching packets over it are counted, not traced).
 
@@ -55,6 +60,9 @@ plane agrees with it.
 
 eBPF nodes only (OVN: ovn-trace).`,
 		Example: `  meridianctl live-trace --port projects/p/ports/web-1 --dst 10.0.2.20 -p tcp --dport 22 --count 1
+  # from the internet to web-1's elastic IP, on a gateway and on web-1's node
+  meridianctl live-trace --vni 100 --src 203.0.113.2 -p tcp \
+      --agent-socket /run/meridian/agent.sock --agent-socket /tmp/gw1.sock
   meridianctl live-trace --port projects/p/ports/web-1 --dst 10.0.2.20 -p tcp --dport 22 --model \
       --agent-socket /run/meridian/agent.sock --agent-socket /tmp/node2.sock --duration 30s`,
 		Args: cobra.NoArgs,
@@ -252,11 +260,22 @@ func printLivePacket(w io.Writer, p *agentv1.LiveTracePacket, model *v1.PacketTr
 		last := p.Stages[len(p.Stages)-1]
 		verdict = fmt.Sprintf("DROPPED at %s by %s rule %s (%s)", last.Stage, dash(last.Object), dash(last.Rule), p.DropReason)
 	}
+	if why := liveVerdicts[verdict]; why != "" {
+		verdict += " (" + why + ")"
+	}
 	fmt.Fprintf(w, "live verdict: %s\n", verdict)
 	if model != nil {
 		fmt.Fprintf(w, "model: %s\n", CompareLive(model, p))
 	}
 	fmt.Fprintln(w)
+}
+
+// liveVerdicts explains the verdicts of packets that end neither delivered
+// nor dropped on the node that traced them.
+var liveVerdicts = map[string]string{
+	"TUNNELED":  "sent over VXLAN to another node: traced there by the same filter",
+	"TO_FABRIC": "left the gateway toward the fabric: beyond Meridian from here",
+	"TO_HOST":   "not for a public address this gateway serves: left to the host's stack",
 }
 
 // CompareLive says whether a traced packet ended as the model trace says:

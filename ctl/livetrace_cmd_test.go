@@ -50,3 +50,39 @@ func TestCompareLive(t *testing.T) {
 		}
 	}
 }
+
+// TestPrintLivePacketGateway: a packet traced on a gateway prints its
+// gateway, nat and uplink stages with their objects, where it came from,
+// and a verdict that says where it went; a drop at the gateway names the
+// NAT gateway and the reason.
+func TestPrintLivePacketGateway(t *testing.T) {
+	ngw := "projects/p/natGateways/out"
+	out := &agentv1.LiveTracePacket{Node: "gw1", Packet: "tcp 10.0.2.20:40000 -> 203.0.113.2:443 [SYN]", Entered: "overlay", Verdict: "TO_FABRIC",
+		Stages: []*agentv1.LiveTraceStage{
+			{Stage: "source", Verdict: "pass", Detail: "arrived over VXLAN (VNI 100) on node gw1"},
+			{Stage: "nat", Verdict: "pass", Object: ngw, Rule: "10.0.2.20:40000 -> 198.51.100.20:61234", Detail: "source rewritten"},
+			{Stage: "uplink", Verdict: "deliver", Object: "eth1", Rule: "next hop 203.0.113.254", Detail: "leaves toward the fabric"},
+		}}
+	in := &agentv1.LiveTracePacket{Node: "gw1", Packet: "tcp 203.0.113.2:5555 -> 198.51.100.20:9999 [SYN]", Entered: "uplink", Verdict: "DROPPED",
+		DropReason: "NAT_NO_FLOW", Stages: []*agentv1.LiveTraceStage{
+			{Stage: "source", Verdict: "pass", Object: "203.0.113.2"},
+			{Stage: "gateway", Verdict: "pass", Object: ngw, Rule: "NAT gateway address 198.51.100.20"},
+			{Stage: "gateway", Verdict: "drop", Object: ngw, Detail: "dropped at the gateway: nat-no-flow"},
+		}}
+	var b strings.Builder
+	printLivePacket(&b, out, nil)
+	printLivePacket(&b, in, nil)
+	got := b.String()
+	for _, want := range []string{
+		"(from overlay)",
+		"nat     pass     " + ngw + "  10.0.2.20:40000 -> 198.51.100.20:61234",
+		"uplink  deliver  eth1",
+		"live verdict: TO_FABRIC (left the gateway toward the fabric: beyond Meridian from here)",
+		"(from uplink)",
+		"live verdict: DROPPED at gateway by " + ngw + " rule - (NAT_NO_FLOW)",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q:\n%s", want, got)
+		}
+	}
+}

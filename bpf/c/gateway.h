@@ -231,11 +231,17 @@ struct xlate {
 	__u16 new_port;
 	__u8  proto;
 	__u8  dst;
-	__u8  pad[2];
+	__u8  kind;  /* live trace: enum lt_nat (| LT_NAT_DST); 0: the caller reports */
+	__u8  pad;
 };
 
 static __noinline int nat_rewrite(struct __sk_buff *skb, struct xlate *x)
 {
+	/* live trace: reported before it is done (a failure drops the packet
+	 * and says so), and before x is read into registers: nothing kept
+	 * across the call */
+	if (x->kind)
+		LT_X(LT_NAT, x->kind, LT_AP(x->old_ip, x->old_port), LT_AP(x->new_ip, x->new_port), 0, 0);
 	__u32 proto = x->proto, dst = x->dst, l4off = x->l4off;
 	__u32 old_ip = x->old_ip, new_ip = x->new_ip;
 	__u32 old_port = x->old_port, new_port = x->new_port;
@@ -363,7 +369,7 @@ struct nat_req {
 	__u16 remote;    /* in: remote port */
 	__u32 new_ip;    /* out */
 	__u16 new_port;  /* out */
-	__u16 pad;
+	__u16 fresh;     /* out: 1 a new flow took the port (live trace) */
 };
 
 static __noinline __u32 nat_outbound(struct __sk_buff *skb, struct pkt *p, struct nat_req *q)
@@ -506,6 +512,7 @@ static __noinline __u32 nat_outbound(struct __sk_buff *skb, struct pkt *p, struc
 		}
 		q->new_ip = addr;
 		q->new_port = port;
+		q->fresh = 1;
 		return 0;
 	}
 exhausted:
@@ -524,12 +531,14 @@ static __noinline int fib_out(struct __sk_buff *skb)
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	void *data = skb_data(skb), *data_end = skb_data_end(skb);
+	__u32 daddr;
 	long rc;
 
 	eth = data;
 	ip = data + ETH_HLEN;
 	if ((void *)(ip + 1) > data_end)
 		return TC_ACT_SHOT;
+	daddr = ip->daddr; /* the lookup writes the next hop over fl.ipv4_dst */
 	fl.family = AF_INET;
 	fl.l4_protocol = ip->protocol;
 	fl.tos = ip->tos;
@@ -537,6 +546,9 @@ static __noinline int fib_out(struct __sk_buff *skb)
 	fl.ipv4_src = ip->saddr;
 	fl.ipv4_dst = ip->daddr;
 	rc = bpf_fib_lookup(skb, &fl, sizeof(fl), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		LT_X(LT_GW_OUT, rc != BPF_FIB_LKUP_RET_SUCCESS, LT_AP(fl.ipv4_src, 0), LT_AP(daddr, 0),
+		     fl.ifindex, fl.ipv4_dst);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		data = skb_data(skb);
 		data_end = skb_data_end(skb);
@@ -581,6 +593,7 @@ static __always_inline int to_port(struct __sk_buff *skb, __u32 vpc, __u32 node_
 	tk.tunnel_ttl = 64;
 	if (bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), BPF_F_ZERO_CSUM_TX) < 0)
 		return drop(0, DROP_NO_ROUTE, NULL, 0);
+	LT(LT_TUNNEL, 0, node_ip, vpc);
 	return bpf_redirect(cfg->vxlan_ifindex, 0);
 }
 
@@ -792,6 +805,59 @@ static __noinline __u32 icmp_error_out(struct __sk_buff *skb, struct pkt *p)
 	return 0;
 }
 
+/* gw_trace_match: while a trace runs, whether a filter takes a packet
+ * that arrived on the uplink (livetrace.h, LT_PROG_UPLINK). The filter sees
+ * the packet as it arrived, in the VPC of the entry it is for (a port
+ * mapping, an elastic IP, a NAT gateway's flow; 0: none), so that a filter
+ * for a port's VPC follows a packet from the internet to the port. Parsed
+ * again here rather than in gw_inbound, which is on from_overlay's deepest
+ * call chain (hairpin): this one is called by meridian_from_uplink only. */
+static __noinline void gw_trace_match(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	struct portmap_key pk = {};
+	struct portmap_entry *pm;
+	struct eip_entry *e;
+	struct nat_entry *r;
+	struct ethhdr *eth;
+	void *data, *data_end;
+	__u16 local = 0, remote = 0;
+
+	pull_headers(skb);
+	data = skb_data(skb);
+	data_end = skb_data_end(skb);
+	eth = data;
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return;
+	if (parse_ipv4(skb, &p))
+		return;
+	if (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) {
+		pk.addr = p.daddr;
+		pk.port = p.dport;
+		pk.proto = p.proto;
+		pm = bpf_map_lookup_elem(&port_maps, &pk);
+		if (pm) {
+			p.vpc = pm->vpc;
+			goto match;
+		}
+	}
+	e = bpf_map_lookup_elem(&eips, &p.daddr);
+	if (e) {
+		p.vpc = e->vpc;
+		goto match;
+	}
+	if (nat_ports(&p, 0, &local, &remote)) {
+		struct nat_key rk = { .saddr = p.saddr, .daddr = p.daddr, .sport = remote,
+				      .dport = local, .proto = p.proto };
+
+		r = bpf_map_lookup_elem(&nat, &rk);
+		if (r)
+			p.vpc = r->vpc;
+	}
+match:
+	lt_match(&p, LT_PROG_UPLINK, 0);
+}
+
 /* gw_inbound handles a packet arriving from the fabric (uplink) or turned
  * around by gw_outbound (hairpin). Packets not addressed to a public address
  * this gateway serves are not ours: TCX_NEXT, the host handles them (BGP,
@@ -809,6 +875,7 @@ static __noinline int gw_inbound(struct __sk_buff *skb, __u32 from_uplink)
 	__u32 daddr, *natgw = NULL, reason, l4off, vpc, node_ip, new_ip;
 	__u16 local = 0, remote = 0, new_port;
 	__u8 mac[8] __attribute__((aligned(8)));
+	__u8 kind; /* live trace: enum lt_nat */
 
 	pull_headers(skb);
 	data = skb_data(skb);
@@ -821,12 +888,18 @@ static __noinline int gw_inbound(struct __sk_buff *skb, __u32 from_uplink)
 	e = bpf_map_lookup_elem(&eips, &daddr);
 	if (!e) {
 		natgw = bpf_map_lookup_elem(&nat_addrs, &daddr);
-		if (!natgw)
-			return from_uplink ? TCX_NEXT : drop(0, DROP_NO_ROUTE, NULL, 0);
+		if (!natgw) {
+			if (!from_uplink)
+				return drop(0, DROP_NO_ROUTE, NULL, 0);
+			LT_X(LT_GW_IN, LT_GW_NONE, LT_AP(ip->saddr, 0), LT_AP(daddr, 0), 0, 0);
+			return TCX_NEXT;
+		}
 	}
 	reason = parse_ipv4(skb, &p);
 	if (reason)
 		return drop(0, reason, NULL, 0);
+	LT_X(LT_GW_IN, e ? LT_GW_EIP : LT_GW_NATGW, LT_AP(p.saddr, p.sport), LT_AP(daddr, p.dport),
+	     e ? e->vpc : *natgw, 0);
 	if (is_icmp_error(&p))
 		return icmp_error_in(skb, &p);
 	l4off = ETH_HLEN + p.ihl * 4;
@@ -846,6 +919,7 @@ static __noinline int gw_inbound(struct __sk_buff *skb, __u32 from_uplink)
 			local = p.dport;
 			new_port = pm->private_port;
 			mac_copy(mac, pm->mac);
+			kind = LT_NAT_PORTMAP;
 			goto translate;
 		}
 	}
@@ -856,6 +930,8 @@ static __noinline int gw_inbound(struct __sk_buff *skb, __u32 from_uplink)
 		node_ip = e->node_ip;
 		new_ip = e->private_ip;
 		mac_copy(mac, e->mac);
+		local = p.dport; /* unchanged: for the live trace's report */
+		kind = LT_NAT_EIP;
 		goto translate;
 	}
 	/* a NAT gateway address: replies of its flows only */
@@ -881,13 +957,15 @@ static __noinline int gw_inbound(struct __sk_buff *skb, __u32 from_uplink)
 		new_ip = r->addr;
 		new_port = r->port;
 		mac_copy(mac, r->mac);
+		kind = LT_NAT_NATGW;
 	}
 translate:
 	if (p.ttl <= 1)
 		return drop(0, DROP_TTL_EXCEEDED, &p, 0);
 	{
 		struct xlate x = { .l4off = l4off, .old_ip = daddr, .new_ip = new_ip, .old_port = local,
-				   .new_port = new_port ? new_port : local, .proto = p.proto, .dst = 1 };
+				   .new_port = new_port ? new_port : local, .proto = p.proto, .dst = 1,
+				   .kind = kind | LT_NAT_DST };
 
 		if (nat_rewrite(skb, &x))
 			return drop(0, DROP_MALFORMED, &p, 0);
@@ -908,6 +986,7 @@ static __noinline int gw_outbound(struct __sk_buff *skb, struct pkt *p, __u32 ou
 	__u32 *eip, new_ip = 0, reason, daddr = p->daddr;
 	__u16 local = 0, remote = 0, new_port;
 	int ported = nat_ports(p, 1, &local, &remote);
+	__u8 kind = LT_NAT_PORTMAP; /* live trace: enum lt_nat */
 
 	if (is_icmp_error(p)) {
 		reason = icmp_error_out(skb, p);
@@ -915,8 +994,10 @@ static __noinline int gw_outbound(struct __sk_buff *skb, struct pkt *p, __u32 ou
 			return drop(0, reason, p, 0);
 		goto out;
 	}
-	if (svc_vip_source(p)) /* a north-south service's reply (DSR): as is */
+	if (svc_vip_source(p)) { /* a north-south service's reply (DSR): as is */
+		LT_X(LT_NAT, LT_NAT_DSR, LT_AP(p->saddr, p->sport), LT_AP(p->saddr, p->sport), 0, 0);
 		goto out;
+	}
 	new_port = local;
 	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
 		prk.private_port = local;
@@ -927,6 +1008,7 @@ static __noinline int gw_outbound(struct __sk_buff *skb, struct pkt *p, __u32 ou
 		}
 	}
 	if (!new_ip) {
+		kind = LT_NAT_EIP;
 		eip = bpf_map_lookup_elem(&eip_by_private, &ek);
 		if (eip)
 			new_ip = *eip;
@@ -944,10 +1026,11 @@ static __noinline int gw_outbound(struct __sk_buff *skb, struct pkt *p, __u32 ou
 			return drop(0, reason, p, 0);
 		new_ip = q.new_ip;
 		new_port = q.new_port;
+		kind = q.fresh ? LT_NAT_NATGW_NEW : LT_NAT_NATGW;
 	}
 	{
 		struct xlate x = { .l4off = ETH_HLEN + p->ihl * 4, .old_ip = p->saddr, .new_ip = new_ip,
-				   .old_port = local, .new_port = new_port, .proto = p->proto };
+				   .old_port = local, .new_port = new_port, .proto = p->proto, .kind = kind };
 
 		if (nat_rewrite(skb, &x))
 			return drop(0, DROP_MALFORMED, p, 0);

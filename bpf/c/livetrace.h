@@ -23,6 +23,25 @@
  * packet sent over VXLAN matches again in meridian_from_overlay on the
  * receiving node (filters with port 0 only: there the packet comes from no
  * port of this node).
+ *
+ * Gateways and services (gateway.h, service.h). On a gateway, a packet a
+ * workload sends out of its VPC matches in meridian_from_overlay as any
+ * overlay packet, before translation; a packet from the fabric matches at
+ * the entry of meridian_from_uplink (LT_PROG_UPLINK, port-0 filters), as
+ * it arrived, in the VPC of the elastic IP, port mapping or NAT flow it is
+ * for (gw_trace_match: parsed again there, beside gw_inbound, not on
+ * from_overlay's chain). Their stages: LT_GW_IN (what the public address
+ * is to this gateway, or nothing: left to the host), LT_NAT (each rewrite,
+ * before -> after, and whose: elastic IP, NAT gateway flow, new or known,
+ * port mapping, a north-south VIP's reply left as is), LT_TUNNEL to the
+ * port's node, LT_GW_OUT (out of which interface to which next hop); a
+ * VIP's translation is LT_SERVICE (Maglev choice of a new flow, stored
+ * backend of an established one, north-south by MAC, a reply's source
+ * back to the VIP). Drops there go through drop_frame, as elsewhere.
+ * These stages carry more than port/a/b: lt_stage_x passes a kind and two
+ * address:port pairs in registers (no stack: gw_outbound and gw_inbound
+ * are on from_overlay's deepest call chain, at the verifier's 512 bytes),
+ * and nat_rewrite reports the translation from its xlate argument.
  */
 #pragma once
 
@@ -32,6 +51,7 @@
 enum lt_prog {
 	LT_PROG_PORT    = 1, /* meridian_from_port */
 	LT_PROG_OVERLAY = 2, /* meridian_from_overlay */
+	LT_PROG_UPLINK  = 3, /* meridian_from_uplink (a gateway, from the fabric) */
 };
 
 /* Stages; mirrored by datapath.TraceStage. Never renumber. */
@@ -48,6 +68,45 @@ enum lt_stage {
 	LT_DELIVER     = 10, /* port: the destination port */
 	LT_DROP        = 11, /* port: counted at; a: reason, b: rule (0: none) */
 	LT_END         = 12, /* a: the program's tc verdict */
+	/* The gateway and the services (gateway.h, service.h). These carry a
+	 * kind in lt_event.prog and two address:port pairs in saddr:sport
+	 * ("from") and daddr:dport ("to"), network order: lt_stage_x. */
+	LT_GW_IN       = 13, /* gw_inbound: kind enum lt_gw; from -> to the packet
+			      * (to: the public address); a: the elastic IP's VNI
+			      * or the NAT gateway id */
+	LT_NAT         = 14, /* a translation: kind enum lt_nat (| LT_NAT_DST: the
+			      * destination, else the source); from: before, to: after */
+	LT_GW_OUT      = 15, /* to the fabric: kind 0 the next hop's MAC known, 1
+			      * left to the kernel (bpf_redirect_neigh); a: ifindex,
+			      * b: next hop; from -> to the packet as it leaves */
+	LT_SERVICE     = 16, /* a VIP: kind enum lt_svc; from: vip:port, to: the
+			      * backend's address:port (LT_SVC_REPLY: the other way);
+			      * a: service id, b: backend id (LT_SVC_NEW, _STORED) */
+};
+
+/* LT_GW_IN: what the destination is to this gateway. */
+enum lt_gw {
+	LT_GW_NONE  = 0, /* no public address served here: left to the host */
+	LT_GW_EIP   = 1, /* an elastic IP */
+	LT_GW_NATGW = 2, /* an address of a NAT gateway */
+};
+
+/* LT_NAT: whose translation it was. */
+enum lt_nat {
+	LT_NAT_EIP       = 1, /* an elastic IP, 1:1 */
+	LT_NAT_NATGW     = 2, /* a NAT gateway's flow, known */
+	LT_NAT_NATGW_NEW = 3, /* a NAT gateway's new flow: a public port taken */
+	LT_NAT_PORTMAP   = 4, /* a NAT gateway's port mapping */
+	LT_NAT_DSR       = 5, /* source a north-south VIP: leaves as it is */
+	LT_NAT_DST       = 0x80,
+};
+
+/* LT_SERVICE: how the backend was found. */
+enum lt_svc {
+	LT_SVC_NEW    = 1, /* east-west, new flow: the Maglev table's choice */
+	LT_SVC_STORED = 2, /* east-west, established flow: its stored backend */
+	LT_SVC_LOCAL  = 3, /* north-south, on the backend's node: by its MAC */
+	LT_SVC_REPLY  = 4, /* a reply: source rewritten back to the VIP */
 };
 
 struct lt_filter {
@@ -88,13 +147,14 @@ struct lt_event {
 	__u32 pkt;       /* random per traced packet: groups its events */
 	__u32 seq;       /* order of the event within the packet */
 	__u8  stage;     /* enum lt_stage */
-	__u8  prog;      /* LT_ENTRY: enum lt_prog */
+	__u8  prog;      /* LT_ENTRY: enum lt_prog; LT_GW_IN..: the kind */
 	__u8  proto;     /* LT_ENTRY: the packet */
 	__u8  tcp_flags;
 	__u32 port;
 	__u32 a;
 	__u32 b;
-	__u32 vpc;       /* LT_ENTRY: the packet, network order */
+	__u32 vpc;       /* LT_ENTRY: the packet, network order (LT_GW_IN..:
+			  * saddr:sport and daddr:dport, see lt_stage_x) */
 	__u32 saddr;
 	__u32 daddr;
 	__u16 sport;
@@ -174,6 +234,27 @@ static __noinline void lt_stage(__u32 stage, __u32 port, __u32 a, __u32 b)
 	if (ev)
 		bpf_ringbuf_submit(ev, 0);
 }
+
+/* lt_stage_x is the hook of the gateway and service stages: stage_kind is
+ * stage | kind << 8, from and to are addr << 32 | port (both network order).
+ * Everything travels in registers: the callers (gw_outbound, gw_inbound)
+ * are on from_overlay's deepest call chain, at the verifier's stack limit. */
+static __noinline void lt_stage_x(__u32 stage_kind, __u64 from, __u64 to, __u32 a, __u32 b)
+{
+	struct lt_event *ev = lt_emit(stage_kind & 0xff, 0, a, b);
+
+	if (!ev)
+		return;
+	ev->prog = stage_kind >> 8;
+	ev->saddr = from >> 32;
+	ev->sport = from;
+	ev->daddr = to >> 32;
+	ev->dport = to;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* LT_AP packs an address and a port (network order) for lt_stage_x. */
+#define LT_AP(addr, port) ((__u64)(__u32)(addr) << 32 | (__u16)(port))
 
 static __always_inline int lt_take(__u32 slot, struct lt_filter *f)
 {
@@ -261,7 +342,9 @@ static __noinline void lt_match(struct pkt *p, __u32 prog, __u32 port)
 /* A build without the hooks, the baseline of BenchmarkLiveTraceOff. */
 #define LT_BEGIN(skb)                    do { } while (0)
 #define LT_MATCH(p, prog, port)          do { } while (0)
+#define LT_MATCH_UPLINK(skb)             do { } while (0)
 #define LT(stage, port, a, b)            do { } while (0)
+#define LT_X(stage, kind, from, to, a, b) do { } while (0)
 #define LT_DROP(skb, port, reason, rule) do { } while (0)
 #define lt_end(skb, verdict)             (verdict)
 #else
@@ -273,7 +356,11 @@ static __noinline void lt_match(struct pkt *p, __u32 prog, __u32 port)
  * chains (gateway hairpin), with no stack left for another call. */
 #define LT_BEGIN(skb)                  do { if (lt_active) { (skb)->cb[2] = 0; lt_reset(); } } while (0)
 #define LT_MATCH(p, prog, port)        do { if (lt_active) lt_match(p, prog, port); } while (0)
+/* gateway.h: gw_trace_match parses the uplink's packet itself */
+#define LT_MATCH_UPLINK(skb)           do { if (lt_active) gw_trace_match(skb); } while (0)
 #define LT(stage, port, a, b)          do { if (lt_active) lt_stage(stage, port, a, b); } while (0)
+#define LT_X(stage, kind, from, to, a, b) \
+	do { if (lt_active) lt_stage_x((stage) | (kind) << 8, from, to, a, b); } while (0)
 #define LT_DROP(skb, port, reason, rule) \
 	do { if (lt_active) { (skb)->cb[2] = reason; (skb)->cb[3] = rule; (skb)->cb[4] = port; } } while (0)
 

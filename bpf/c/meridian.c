@@ -576,11 +576,6 @@ static __noinline void ct_commit(struct pkt *p, struct ct_result *r)
 	}
 	n.svc_vip = r->svc_vip; /* service.h: reverse translation */
 	n.svc_port = r->svc_port;
-	if (r->fl) {
-		n.fl_on = 1;
-		n.fl_packets[0] = 1;
-		n.fl_bytes[0] = p->len;
-	}
 	ct_fill_key(&k, p, 0);
 	if (bpf_map_update_elem(&conntrack, &k, &n, BPF_ANY) == 0)
 		ct_stat(CT_STAT_INSERT);
@@ -1109,10 +1104,18 @@ int meridian_from_port(struct __sk_buff *skb)
 	return lt_end(skb, from_port(skb));
 }
 
+/* from_uplink: a gateway's packet from the fabric (gateway.h). */
+static __always_inline int from_uplink(struct __sk_buff *skb)
+{
+	LT_BEGIN(skb);            /* livetrace.h */
+	LT_MATCH_UPLINK(skb);
+	return gw_inbound(skb, 1);
+}
+
 SEC("tc")
 int meridian_from_uplink(struct __sk_buff *skb)
 {
-	return gw_inbound(skb, 1);
+	return lt_end(skb, from_uplink(skb));
 }
 
 /* ---- test entries: never attached by the Go loader ----
@@ -1153,5 +1156,5 @@ int meridian_from_port_test(struct __sk_buff *skb)
 SEC("tc")
 int meridian_from_uplink_test(struct __sk_buff *skb)
 {
-	return export_tunnel(skb, gw_inbound(skb, 1));
+	return export_tunnel(skb, lt_end(skb, from_uplink(skb)));
 }

@@ -163,7 +163,7 @@ static __noinline int svc_from_port(struct __sk_buff *skb, struct pkt *p, struct
 	struct lb_flow *f, nf = {};
 	struct svc_info *s;
 	struct ct_key fk = {};
-	__u32 vip = p->daddr;
+	__u32 vip = p->daddr, how = LT_SVC_NEW; /* how: live trace, enum lt_svc */
 	__u16 vport = p->dport;
 
 	s = svc_lookup(p->vpc, p->daddr, p->dport, p->proto);
@@ -183,8 +183,10 @@ static __noinline int svc_from_port(struct __sk_buff *skb, struct pkt *p, struct
 			p->daddr = b->addr;
 			p->dport = b->port;
 			ct_lookup(p, ct);
+			how = LT_SVC_STORED;
 			if (ct->e)
 				goto translate;
+			how = LT_SVC_NEW;
 			p->daddr = vip;
 			p->dport = vport;
 		}
@@ -201,6 +203,7 @@ static __noinline int svc_from_port(struct __sk_buff *skb, struct pkt *p, struct
 	nf.backend = bk.backend;
 	bpf_map_update_elem(&lb_flows, &fk, &nf, BPF_ANY);
 translate:
+	LT_X(LT_SERVICE, how, LT_AP(vip, vport), LT_AP(p->daddr, p->dport), bk.svc, bk.backend);
 	if (svc_dnat(skb, p, ct, vip, vport)) {
 		*reason = DROP_MALFORMED;
 		return -1;
@@ -237,6 +240,7 @@ static __noinline __u32 svc_from_overlay(struct __sk_buff *skb, struct pkt *p, s
 		return DROP_NOT_LOCAL;
 	p->daddr = b->addr;
 	p->dport = b->port;
+	LT_X(LT_SERVICE, LT_SVC_LOCAL, LT_AP(vip, vport), LT_AP(b->addr, b->port), s->id, 0);
 	if (svc_dnat(skb, p, ct, vip, vport))
 		return DROP_MALFORMED;
 	return 0;
@@ -260,6 +264,7 @@ static __noinline int svc_reply(struct __sk_buff *skb, struct pkt *p, struct ct_
 		return 0;
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return 0;
+	LT_X(LT_SERVICE, LT_SVC_REPLY, LT_AP(p->saddr, p->sport), LT_AP(e->svc_vip, e->svc_port), 0, 0);
 	x.l4off = ETH_HLEN + p->ihl * 4;
 	x.old_ip = p->saddr;
 	x.new_ip = e->svc_vip;

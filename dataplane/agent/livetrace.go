@@ -191,7 +191,7 @@ func (a *Agent) traceFilter(r *agentv1.LiveTraceRequest) (datapath.TraceFilter, 
 	if f.Dst, err = parseMatch("dst", r.Dst); err != nil {
 		return f, "", err
 	}
-	where := "packets arriving over VXLAN"
+	where := "packets arriving over VXLAN or, on a gateway, from the fabric"
 	if r.Port == "" {
 		return f, where, nil
 	}
@@ -218,7 +218,7 @@ func (a *Agent) traceFilter(r *agentv1.LiveTraceRequest) (datapath.TraceFilter, 
 		f.Port = p.GetId()
 		where = "packets sent by port " + p.GetName()
 	} else {
-		where = fmt.Sprintf("packets of VNI %d arriving over VXLAN (port %s is on node %s)", f.VPC, p.GetName(), p.GetNode())
+		where = fmt.Sprintf("packets of VNI %d arriving over VXLAN or, on a gateway, from the fabric (port %s is on node %s)", f.VPC, p.GetName(), p.GetNode())
 	}
 	return f, where, nil
 }
@@ -299,6 +299,9 @@ func dropReasonName(r datapath.DropReason) string {
 
 // dropStage is the model trace's stage of a drop reason.
 func dropStage(r datapath.DropReason) string {
+	if s, ok := gatewayDropStage(r); ok { // livetrace_gateway.go
+		return s
+	}
 	switch r {
 	case datapath.DropSGEgress, datapath.DropSGIngress, datapath.DropACLEgress, datapath.DropACLIngress:
 		return r.String()
@@ -361,6 +364,13 @@ func monotonicOffset() time.Duration {
 func (a *Agent) renderTrace(evs []datapath.TraceEvent) *agentv1.LiveTracePacket {
 	a.mu.Lock()
 	x := agentv1.IndexObjects(a.desired)
+	var gw *gwNames // livetrace_gateway.go; only for packets with such stages
+	for _, e := range evs {
+		if e.Stage >= datapath.TraceGatewayIn {
+			gw = newGWNames(a.desired)
+			break
+		}
+	}
 	a.mu.Unlock()
 	out := &agentv1.LiveTracePacket{Node: a.cfg.Node}
 	portName := func(id uint32) string {
@@ -409,17 +419,28 @@ func (a *Agent) renderTrace(evs []datapath.TraceEvent) *agentv1.LiveTracePacket 
 		}
 		return groupsOf(port)
 	}
-	var delivered, tunneled bool
+	var delivered, tunneled, fabric bool
+	var proto uint8     // the traced packet's
+	var gwObject string // what a drop at the gateway is about
 	for _, e := range evs {
 		st := &agentv1.LiveTraceStage{Stage: e.Stage.String(), Verdict: "pass"}
 		switch e.Stage {
 		case datapath.TraceEntry:
 			out.TimestampUnixNano = int64(e.Time + monotonicOffset())
 			out.Packet = describePacket(e)
-			if e.Prog == datapath.TraceFromOverlay {
+			proto = e.Protocol
+			switch e.Prog {
+			case datapath.TraceFromOverlay:
 				out.Entered = "overlay"
 				st.Detail = fmt.Sprintf("arrived over VXLAN (VNI %d) on node %s", e.VPC, a.cfg.Node)
-			} else {
+			case datapath.TraceFromUplink:
+				out.Entered = "uplink"
+				st.Object = e.Src.String()
+				st.Detail = fmt.Sprintf("arrived from the fabric on gateway %s's uplink", a.cfg.Node)
+				if e.VPC != 0 {
+					st.Detail += fmt.Sprintf(", for VNI %d", e.VPC)
+				}
+			default:
 				out.Entered = "port " + portName(e.Port)
 				st.Object = portName(e.Port)
 				st.Detail = fmt.Sprintf("sent by the port on node %s (VNI %d)", a.cfg.Node, e.VPC)
@@ -468,6 +489,11 @@ func (a *Agent) renderTrace(evs []datapath.TraceEvent) *agentv1.LiveTracePacket 
 				st.Rule = "outside"
 				st.Detail = "outside the VPC's routes: to the gateway at " + nodeOf(datapath.AddrOfU32(e.B))
 			}
+		case datapath.TraceGatewayIn, datapath.TraceNAT, datapath.TraceGatewayOut, datapath.TraceService:
+			if obj := gw.renderGateway(st, e, proto, out.Entered, portName); obj != "" {
+				gwObject = obj
+			}
+			fabric = fabric || e.Stage == datapath.TraceGatewayOut
 		case datapath.TraceTunnel:
 			tunneled = true
 			st.Detail = fmt.Sprintf("VXLAN VNI %d to %s", e.B, nodeOf(datapath.AddrOfU32(e.A)))
@@ -489,6 +515,13 @@ func (a *Agent) renderTrace(evs []datapath.TraceEvent) *agentv1.LiveTracePacket 
 			case datapath.DropSGEgress, datapath.DropSGIngress:
 				st.Object, st.Rule = groupsOf(e.Port), "none"
 				st.Detail = "no rule of the port's security groups allows it"
+			case datapath.DropNATNoFlow, datapath.DropEIPUnbound, datapath.DropNATProtocol, datapath.DropNoNATGateway,
+				datapath.DropNATExhausted, datapath.DropFIB:
+				st.Object = gwObject // the gateway stage's elastic IP or NAT gateway
+				if st.Object == "" {
+					st.Object = "gateway " + a.cfg.Node
+				}
+				st.Detail = "dropped at the gateway: " + reason.String()
 			default:
 				st.Object = portName(e.Port)
 				st.Detail = "dropped: " + reason.String()
@@ -497,10 +530,14 @@ func (a *Agent) renderTrace(evs []datapath.TraceEvent) *agentv1.LiveTracePacket 
 			switch {
 			case int32(e.A) == 2:
 				out.Verdict = "DROPPED"
+			case int32(e.A) == -1: // TCX_NEXT: not for the data path
+				out.Verdict = "TO_HOST"
 			case delivered:
 				out.Verdict = "DELIVERED"
 			case tunneled:
 				out.Verdict = "TUNNELED"
+			case fabric:
+				out.Verdict = "TO_FABRIC"
 			default:
 				out.Verdict = fmt.Sprintf("tc verdict %d", int32(e.A))
 			}

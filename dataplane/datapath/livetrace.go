@@ -28,7 +28,10 @@ type TraceFilter struct {
 	ID uint32
 	// Port: packets sent by this port (its data-path id). 0: any port and
 	// also packets arriving over VXLAN (after decapsulation), which come
-	// from no port of this node.
+	// from no port of this node, and, on a gateway, packets arriving from
+	// the fabric on its uplink (compared as they arrived, their VPC the
+	// VNI of the elastic IP, port mapping or NAT flow they are for; 0:
+	// none).
 	Port             uint32
 	VPC              uint32
 	Src, Dst         netip.Prefix // IPv4; the zero Prefix: any
@@ -223,6 +226,12 @@ const (
 	TraceDeliver    TraceStage = 10
 	TraceDrop       TraceStage = 11
 	TraceEnd        TraceStage = 12
+	// The gateway's and the services' stages carry a Kind and a From and
+	// To address:port (see TraceEvent).
+	TraceGatewayIn  TraceStage = 13 // Kind: GatewayMatch; To: the public address; A: the elastic IP's VNI or the NAT gateway id
+	TraceNAT        TraceStage = 14 // Kind: NATKind; From: before, To: after
+	TraceGatewayOut TraceStage = 15 // Kind: 0 next hop's MAC known, 1 left to the kernel; A: ifindex, B: next hop
+	TraceService    TraceStage = 16 // Kind: ServiceHow; From: VIP, To: backend (reply: reversed); A: service id, B: backend id
 )
 
 // Stage names are the model trace's (controller/trace), so that the two can
@@ -232,7 +241,41 @@ var traceStageNames = map[TraceStage]string{
 	TraceACLEgress: "acl-egress", TraceSGEgress: "sg-egress", TraceRoute: "route",
 	TraceACLIngress: "acl-ingress", TraceSGIngress: "sg-ingress", TraceTunnel: "tunnel",
 	TraceDeliver: "deliver", TraceDrop: "drop", TraceEnd: "verdict",
+	TraceGatewayIn: "gateway", TraceNAT: "nat", TraceGatewayOut: "uplink", TraceService: "load-balancer",
 }
+
+// GatewayMatch is what a packet's destination is to the gateway it reached
+// (TraceGatewayIn's Kind; C: enum lt_gw).
+type GatewayMatch uint8
+
+const (
+	GatewayNoMatch    GatewayMatch = 0 // no public address served here: left to the host
+	GatewayElasticIP  GatewayMatch = 1
+	GatewayNATAddress GatewayMatch = 2
+)
+
+// NATKind is whose translation a TraceNAT event reports, with NATDst set
+// if the destination was rewritten (else the source) (C: enum lt_nat).
+type NATKind uint8
+
+const (
+	NATElasticIP      NATKind = 1 // 1:1
+	NATGatewayFlow    NATKind = 2 // a NAT gateway's known flow
+	NATGatewayNewFlow NATKind = 3 // a NAT gateway's new flow: a public port taken
+	NATPortMapping    NATKind = 4
+	NATServiceReturn  NATKind = 5 // source a north-south VIP (direct server return): left as it is
+	NATDst            NATKind = 0x80
+)
+
+// ServiceHow is how a TraceService event found the backend (C: enum lt_svc).
+type ServiceHow uint8
+
+const (
+	ServiceMaglev ServiceHow = 1 // east-west new flow: the Maglev table's choice
+	ServiceStored ServiceHow = 2 // east-west established flow: its stored backend
+	ServiceLocal  ServiceHow = 3 // north-south, on the backend's node: by the backend port's MAC
+	ServiceReply  ServiceHow = 4 // a reply: source rewritten back to the VIP
+)
 
 func (s TraceStage) String() string {
 	if n, ok := traceStageNames[s]; ok {
@@ -241,10 +284,63 @@ func (s TraceStage) String() string {
 	return fmt.Sprintf("stage(%d)", uint8(s))
 }
 
+func (m GatewayMatch) String() string {
+	switch m {
+	case GatewayNoMatch:
+		return "none"
+	case GatewayElasticIP:
+		return "elastic-ip"
+	case GatewayNATAddress:
+		return "nat-gateway"
+	}
+	return fmt.Sprintf("gateway-match(%d)", uint8(m))
+}
+
+// Dst says whether the destination was rewritten (else the source).
+func (k NATKind) Dst() bool { return k&NATDst != 0 }
+
+// Of is the kind without NATDst.
+func (k NATKind) Of() NATKind { return k &^ NATDst }
+
+func (k NATKind) String() string {
+	dir := "snat "
+	if k.Dst() {
+		dir = "dnat "
+	}
+	switch k.Of() {
+	case NATElasticIP:
+		return dir + "elastic-ip"
+	case NATGatewayFlow:
+		return dir + "nat-gateway"
+	case NATGatewayNewFlow:
+		return dir + "nat-gateway-new"
+	case NATPortMapping:
+		return dir + "port-mapping"
+	case NATServiceReturn:
+		return "service-return"
+	}
+	return fmt.Sprintf("nat-kind(%#x)", uint8(k))
+}
+
+func (h ServiceHow) String() string {
+	switch h {
+	case ServiceMaglev:
+		return "maglev"
+	case ServiceStored:
+		return "stored"
+	case ServiceLocal:
+		return "local"
+	case ServiceReply:
+		return "reply"
+	}
+	return fmt.Sprintf("service-how(%d)", uint8(h))
+}
+
 // Where a traced packet entered (C: enum lt_prog).
 const (
 	TraceFromPort    = 1
 	TraceFromOverlay = 2
+	TraceFromUplink  = 3 // a gateway's interface toward the fabric
 )
 
 // TraceEvent is one stage of one traced packet.
@@ -257,8 +353,14 @@ type TraceEvent struct {
 	Port   uint32
 	// Stage data (livetrace.h enum lt_stage): conntrack state and reply;
 	// ACL rule id and ACL; SG rule id and established; route kind and
-	// port or node; tunnel remote and VNI; drop reason and rule; verdict.
+	// port or node; tunnel remote and VNI; drop reason and rule; verdict;
+	// the gateway's and services' stages: see their constants.
 	A, B uint32
+	// TraceGatewayIn, TraceNAT, TraceGatewayOut, TraceService: the
+	// variant (GatewayMatch, NATKind, ServiceHow) and two address:port
+	// pairs (ports 0 where the stage has none).
+	Kind     uint8
+	From, To netip.AddrPort
 	// LT_ENTRY only: where and what.
 	Prog             uint8
 	VPC              uint32
@@ -304,10 +406,15 @@ func (r *TraceReader) Read() (TraceEvent, error) {
 	}
 	ev := TraceEvent{Time: time.Duration(raw.Ts), ID: raw.ID, Packet: raw.Pkt, Seq: raw.Seq,
 		Stage: TraceStage(raw.Stage), Port: raw.Port, A: raw.A, B: raw.B}
-	if ev.Stage == TraceEntry {
+	switch ev.Stage {
+	case TraceEntry:
 		ev.Prog, ev.VPC, ev.Protocol, ev.TCPFlags = raw.Prog, raw.Vpc, raw.Proto, raw.TCPFlags
 		ev.Src, ev.Dst = addrOf(raw.Saddr), addrOf(raw.Daddr)
 		ev.SrcPort, ev.DstPort = be16(raw.Sport), be16(raw.Dport)
+	case TraceGatewayIn, TraceNAT, TraceGatewayOut, TraceService:
+		ev.Kind = raw.Prog
+		ev.From = netip.AddrPortFrom(addrOf(raw.Saddr), be16(raw.Sport))
+		ev.To = netip.AddrPortFrom(addrOf(raw.Daddr), be16(raw.Dport))
 	}
 	return ev, nil
 }
