@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
+
 	"github.com/meridian-sdn/meridian/fw"
 )
 
@@ -335,5 +337,115 @@ func TestLiveTraceService(t *testing.T) {
 		}
 		expectPath(t, "north-south", onePacket(t, r, 4), "source[port 0] load-balancer[local 198.51.100.50:443 -> 10.0.1.20:8443 svc 20 backend 0] "+
 			"route[kind 1] conntrack[state 0] acl-ingress[rule 0] sg-ingress[rule 2002 est 0] deliver[port 2] verdict[7]")
+	})
+}
+
+// stagesOf renders each packet of evs (grouped by packet, in order) as
+// its stage names with the gateway stages' kinds: "source(3) gateway(1)
+// nat(129) tunnel verdict", keyed by the filter id.
+func stagesOf(evs []TraceEvent) map[uint32][]string {
+	byPkt := map[uint32][]TraceEvent{}
+	var order []uint32
+	for _, e := range evs {
+		if _, ok := byPkt[e.Packet]; !ok {
+			order = append(order, e.Packet)
+		}
+		byPkt[e.Packet] = append(byPkt[e.Packet], e)
+	}
+	out := map[uint32][]string{}
+	for _, p := range order {
+		var names []string
+		for _, e := range byPkt[p] {
+			s := e.Stage.String()
+			switch e.Stage {
+			case TraceEntry:
+				s += fmt.Sprintf("(%d)", e.Prog)
+			case TraceGatewayIn, TraceNAT, TraceService:
+				s += fmt.Sprintf("(%d)", e.Kind)
+			}
+			names = append(names, s)
+		}
+		id := byPkt[p][0].ID
+		out[id] = append(out[id], fmt.Sprint(names))
+	}
+	return out
+}
+
+// TestLiveTraceGatewayRealTraffic: the attached programs of a workload node
+// and a gateway (gwTopology's real namespaces, VXLAN and uplink), an echo
+// from the outside host to w1's elastic IP and its reply, sent for real.
+// The request is traced on the gateway from its uplink (elastic IP, DNAT,
+// tunnel to w1's node) and on w1's node from the overlay to the delivery;
+// the reply on w1's node by its port filter (route outside, tunnel to the
+// gateway) and on the gateway from the overlay (SNAT to the elastic IP,
+// out of the uplink toward the outside host).
+func TestLiveTraceGatewayRealTraffic(t *testing.T) {
+	bpffs := privateBPFFS(t)
+	inNewNetns(t, func(node netns.NsHandle) {
+		g := newGatewayTopology(t, node, bpffs)
+		gr, err := g.dg.TraceEvents()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer gr.Close()
+		nr, err := g.dn.TraceEvents()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nr.Close()
+		out := netip.PrefixFrom(g.outIP, 32)
+		if err := g.dg.SetTraceFilters([]TraceFilter{{ID: 1, VPC: 100, Src: out, Protocol: fw.ProtoICMP}, {ID: 4, VPC: 100, Dst: out, Protocol: fw.ProtoICMP}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.dn.SetTraceFilters([]TraceFilter{{ID: 2, VPC: 100, Src: out, Protocol: fw.ProtoICMP}, {ID: 3, Port: 1, Dst: out, Protocol: fw.ProtoICMP}}); err != nil {
+			t.Fatal(err)
+		}
+		inNs(t, g.outNs, node, func() {
+			from, err := ping(t, g.eip, 4343)
+			if err != nil || from != g.eip {
+				t.Fatalf("ping %v: reply from %v, %v", g.eip, from, err)
+			}
+		})
+		gevs := traceEvents(t, gr, 200*time.Millisecond)
+		nevs := traceEvents(t, nr, 200*time.Millisecond)
+		want := map[string]map[uint32][]string{
+			"gateway": {
+				1: {"[source(3) gateway(1) nat(129) tunnel verdict]"},
+				4: {"[source(2) nat(1) uplink verdict]"},
+			},
+			"workload node": {
+				2: {"[source(2) route conntrack acl-ingress sg-ingress deliver verdict]"},
+				3: {"[source(1) anti-spoofing conntrack acl-egress sg-egress route tunnel verdict]"},
+			},
+		}
+		for name, evs := range map[string][]TraceEvent{"gateway": gevs, "workload node": nevs} {
+			if got := stagesOf(evs); fmt.Sprint(got) != fmt.Sprint(want[name]) {
+				t.Errorf("%s: %v\nwant %v\nevents: %s", name, got, want[name], path(evs))
+			}
+		}
+		for _, e := range gevs {
+			switch e.Stage {
+			case TraceTunnel:
+				if AddrOfU32(e.A) != g.nodeIP || e.B != 100 {
+					t.Errorf("gateway tunnel to %v VNI %d, want %v VNI 100", AddrOfU32(e.A), e.B, g.nodeIP)
+				}
+			case TraceNAT:
+				if k := NATKind(e.Kind); k.Dst() && (e.From.Addr() != g.eip || e.To.Addr() != g.w1.address) ||
+					!k.Dst() && (e.From.Addr() != g.w1.address || e.To.Addr() != g.eip) {
+					t.Errorf("gateway %v %v -> %v", k, e.From, e.To)
+				}
+			case TraceGatewayOut:
+				if int(e.A) != g.uplink.Attrs().Index || AddrOfU32(e.B) != g.outIP || e.To.Addr() != g.outIP || e.From.Addr() != g.eip {
+					t.Errorf("out of ifindex %d via %v (%v -> %v), want the uplink %d via %v (%v -> %v)",
+						e.A, AddrOfU32(e.B), e.From.Addr(), e.To.Addr(), g.uplink.Attrs().Index, g.outIP, g.eip, g.outIP)
+				}
+			}
+		}
+		for _, e := range nevs {
+			if e.Stage == TraceTunnel && AddrOfU32(e.A) != g.gwIP {
+				t.Errorf("workload node tunnels the reply to %v, want the gateway %v", AddrOfU32(e.A), g.gwIP)
+			}
+		}
+		t.Logf("gateway: %s\nworkload node: %s", path(gevs), path(nevs))
 	})
 }
