@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -33,6 +34,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -104,6 +106,41 @@ type flowLogCfg struct {
 	reject   bool
 	w        *jsonlWriter // nil: stream only
 	bucket   tokenBucket  // admission of new rejected flows
+	// due holds this flow log's followed flows in the order their
+	// windows end (one interval for all: arrival order is that order),
+	// so a flush takes the due ones from the front instead of visiting
+	// every followed flow at each tick. Entries of flows replaced or
+	// forgotten meanwhile are skipped (flowLogs.flows no longer has them).
+	due flowQueue
+}
+
+// flowQueue is a FIFO of followed flows.
+type flowQueue struct {
+	q    []*trackedFlow
+	head int
+}
+
+func (q *flowQueue) push(t *trackedFlow) {
+	if q.head > 1024 && q.head > len(q.q)/2 {
+		// Reuse the front half already taken.
+		n := copy(q.q, q.q[q.head:])
+		clear(q.q[n:])
+		q.q, q.head = q.q[:n], 0
+	}
+	q.q = append(q.q, t)
+}
+
+// front returns the first flow, nil when empty.
+func (q *flowQueue) front() *trackedFlow {
+	if q.head == len(q.q) {
+		return nil
+	}
+	return q.q[q.head]
+}
+
+func (q *flowQueue) pop() {
+	q.q[q.head] = nil
+	q.head++
 }
 
 // flowNames resolves the data path's numbers into API names.
@@ -130,6 +167,7 @@ type flowID struct {
 
 // trackedFlow is an accepted flow being logged.
 type trackedFlow struct {
+	id          flowID
 	cfg         *flowLogCfg
 	ev          datapath.FlowEvent
 	start       time.Time // first packet (first record) or the window's start
@@ -182,7 +220,7 @@ type flowLogs struct {
 	// from one flush to the next: at thousands of flows a second their
 	// allocations were much of the agent's GC work).
 	clock   monoClock
-	dueBuf  []flowID
+	dueBuf  []*trackedFlow
 	keyBuf  []datapath.FlowKey
 	lineBuf []byte
 	endBuf  []int
@@ -414,6 +452,18 @@ func (f *flowLogs) run(ctx context.Context) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		// The writer (counters, records, the file) runs at idle priority
+		// on a thread of its own: its work can wait for a CPU no workload
+		// wants, and records are due only at the end of an interval. On
+		// a saturated node records come late, and past flowTableMax
+		// followed flows new ones are counted, not logged
+		// (flowlog_table_full): workloads keep their CPU. The thread is
+		// never unlocked, so it ends with this goroutine and no other
+		// goroutine ever runs at this priority.
+		runtime.LockOSThread()
+		if err := unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_IDLE}, 0); err != nil {
+			f.log.Warn("flow-log writer keeps normal priority", "err", err)
+		}
 		t := time.NewTicker(flowTick)
 		defer t.Stop()
 		for {
@@ -493,7 +543,9 @@ func (f *flowLogs) newFlow(ev datapath.FlowEvent) {
 		f.tableFull++
 		return
 	}
-	f.flows[id] = &trackedFlow{cfg: fc, ev: ev, start: start, windowStart: start}
+	t := &trackedFlow{id: id, cfg: fc, ev: ev, start: start, windowStart: start}
+	f.flows[id] = t
+	fc.due.push(t)
 }
 
 // reject accounts a policy drop event to the flow log of its port.
@@ -556,22 +608,32 @@ func flowHash(k datapath.FlowKey) uint64 {
 func (f *flowLogs) flush(now time.Time, final bool) {
 	f.mu.Lock()
 	due, keys := f.dueBuf[:0], f.keyBuf[:0]
-	for id, t := range f.flows {
-		if final || now.Sub(t.windowStart) >= t.cfg.interval {
-			due = append(due, id)
-			keys = append(keys, id.key)
+	for _, fc := range f.cfgs {
+		for t := fc.due.front(); t != nil && (final || now.Sub(t.windowStart) >= fc.interval); t = fc.due.front() {
+			fc.due.pop()
+			if f.flows[t.id] == t {
+				due = append(due, t)
+				keys = append(keys, t.id.key)
+			}
 		}
 	}
 	f.mu.Unlock()
 	f.dueBuf, f.keyBuf = due, keys
 
-	// Counters are read without the lock: one map lookup per due flow.
+	// Counters are read without the lock, in one batch.
 	var cs []datapath.FlowCounters
 	var ok []bool
 	if len(keys) > 0 {
 		var err error
 		if cs, ok, err = f.dp.FlowCounters(keys); err != nil {
 			f.log.Warn("read flow counters", "err", err)
+			f.mu.Lock()
+			for _, t := range due { // again at the next tick
+				if f.flows[t.id] == t {
+					t.cfg.due.push(t)
+				}
+			}
+			f.mu.Unlock()
 			return
 		}
 	}
@@ -582,9 +644,8 @@ func (f *flowLogs) flush(now time.Time, final bool) {
 		f.outBuf = out
 	}
 	f.mu.Lock()
-	for i, id := range due {
-		t := f.flows[id]
-		if t == nil {
+	for i, t := range due {
+		if f.flows[t.id] != t {
 			continue // replaced or forgotten meanwhile
 		}
 		c := cs[i]
@@ -602,11 +663,13 @@ func (f *flowLogs) flush(now time.Time, final bool) {
 			out[t.cfg] = append(out[t.cfg], rec)
 		}
 		if ended || final {
-			delete(f.flows, id)
+			delete(f.flows, t.id)
 		} else {
 			t.windowStart, t.start = now, now
+			t.cfg.due.push(t)
 		}
 	}
+	clear(due) // the buffer keeps no ended flow alive
 	for id, r := range f.rejects {
 		if final || now.Sub(r.first) >= r.cfg.interval {
 			out[r.cfg] = append(out[r.cfg], f.rejectRecord(r, now))
