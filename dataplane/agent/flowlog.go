@@ -452,16 +452,17 @@ func (f *flowLogs) run(ctx context.Context) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		// The writer (counters, records, the file) runs at idle priority
-		// on a thread of its own: its work can wait for a CPU no workload
-		// wants, and records are due only at the end of an interval. On
-		// a saturated node records come late, and past flowTableMax
-		// followed flows new ones are counted, not logged
-		// (flowlog_table_full): workloads keep their CPU. The thread is
-		// never unlocked, so it ends with this goroutine and no other
-		// goroutine ever runs at this priority.
+		// The writer (counters, records, the file) runs at the lowest
+		// priority (nice 19) on a thread of its own: its work can wait for
+		// a CPU no workload wants, and records are due only at the end of
+		// an interval. On a saturated node records come late, and past
+		// flowTableMax followed flows new ones are counted, not logged
+		// (flowlog_table_full): workloads keep their CPU. Not SCHED_IDLE:
+		// its ~0.3% share could starve the writer for seconds on a busy
+		// node. The thread is never unlocked, so it ends with this
+		// goroutine and no other goroutine ever runs at this priority.
 		runtime.LockOSThread()
-		if err := unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_IDLE}, 0); err != nil {
+		if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19); err != nil {
 			f.log.Warn("flow-log writer keeps normal priority", "err", err)
 		}
 		t := time.NewTicker(flowTick)
