@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -67,8 +68,8 @@ type FlowRecord struct {
 	Version     int    `json:"version"`
 	AccountID   string `json:"account-id"`
 	InterfaceID string `json:"interface-id"`
-	SrcAddr     string `json:"srcaddr"`
-	DstAddr     string `json:"dstaddr"`
+	SrcAddr     netip.Addr `json:"srcaddr"`
+	DstAddr     netip.Addr `json:"dstaddr"`
 	SrcPort     uint16 `json:"srcport"`
 	DstPort     uint16 `json:"dstport"`
 	Protocol    uint8  `json:"protocol"`
@@ -112,6 +113,30 @@ type flowLogCfg struct {
 	// every followed flow at each tick. Entries of flows replaced or
 	// forgotten meanwhile are skipped (flowLogs.flows no longer has them).
 	due flowQueue
+}
+
+// flowFreeList keeps the structs of ended flows for new ones: a node
+// logging thousands of short connections a second would otherwise make one
+// garbage object per connection.
+type flowFreeList struct{ free []*trackedFlow }
+
+// spareMax bounds the free list: about one flush's worth of ended flows.
+const spareMax = 16384
+
+func (l *flowFreeList) get() *trackedFlow {
+	if n := len(l.free); n > 0 {
+		t := l.free[n-1]
+		l.free = l.free[:n-1]
+		return t
+	}
+	return new(trackedFlow)
+}
+
+func (l *flowFreeList) put(t *trackedFlow) {
+	if len(l.free) < spareMax {
+		*t = trackedFlow{} // keeps no config alive
+		l.free = append(l.free, t)
+	}
 }
 
 // flowQueue is a FIFO of followed flows.
@@ -225,6 +250,7 @@ type flowLogs struct {
 	lineBuf []byte
 	endBuf  []int
 	outBuf  map[*flowLogCfg][]FlowRecord // emptied, not freed, after each flush
+	spare   flowFreeList                 // ended flows' structs, for new ones (mu held)
 
 	// counters for /metrics
 	rejectLogged, rejectSampledOut, rejectLimited uint64
@@ -544,7 +570,8 @@ func (f *flowLogs) newFlow(ev datapath.FlowEvent) {
 		f.tableFull++
 		return
 	}
-	t := &trackedFlow{id: id, cfg: fc, ev: ev, start: start, windowStart: start}
+	t := f.spare.get()
+	*t = trackedFlow{id: id, cfg: fc, ev: ev, start: start, windowStart: start}
 	f.flows[id] = t
 	fc.due.push(t)
 }
@@ -665,6 +692,7 @@ func (f *flowLogs) flush(now time.Time, final bool) {
 		}
 		if ended || final {
 			delete(f.flows, t.id)
+			f.spare.put(t) // popped from its queue: nothing else refers to it
 		} else {
 			t.windowStart, t.start = now, now
 			t.cfg.due.push(t)
@@ -805,7 +833,7 @@ func (f *flowLogs) rejectRecord(rf *rejectedFlow, now time.Time) FlowRecord {
 func (f *flowLogs) baseRecord(fc *flowLogCfg, port uint32, k datapath.FlowKey, dir fw.Direction) FlowRecord {
 	r := FlowRecord{
 		Version: 2, AccountID: fc.cfg.Project,
-		SrcAddr: k.Src.String(), DstAddr: k.Dst.String(), SrcPort: k.SrcPort, DstPort: k.DstPort, Protocol: k.Protocol,
+		SrcAddr: k.Src, DstAddr: k.Dst, SrcPort: k.SrcPort, DstPort: k.DstPort, Protocol: k.Protocol,
 		LogStatus: "OK", VPCID: f.names.vpcs[k.VPC], Direction: dir.String(), Node: f.node, FlowLog: fc.cfg.Name,
 	}
 	if p := f.names.ports[port]; p != nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"net/netip"
 	"strconv"
 )
 
@@ -17,8 +18,8 @@ func appendRecordJSON(b []byte, r *FlowRecord) []byte {
 	b = strconv.AppendInt(b, int64(r.Version), 10)
 	b = appendStringField(b, `,"account-id":`, r.AccountID)
 	b = appendStringField(b, `,"interface-id":`, r.InterfaceID)
-	b = appendStringField(b, `,"srcaddr":`, r.SrcAddr)
-	b = appendStringField(b, `,"dstaddr":`, r.DstAddr)
+	b = appendAddrField(b, `,"srcaddr":`, r.SrcAddr)
+	b = appendAddrField(b, `,"dstaddr":`, r.DstAddr)
 	b = appendUintField(b, `,"srcport":`, uint64(r.SrcPort))
 	b = appendUintField(b, `,"dstport":`, uint64(r.DstPort))
 	b = appendUintField(b, `,"protocol":`, uint64(r.Protocol))
@@ -63,6 +64,16 @@ func appendUintField(b []byte, name string, v uint64) []byte {
 	return strconv.AppendUint(append(b, name...), v, 10)
 }
 
+// appendAddrField writes a as encoding/json does (its MarshalText: "" for
+// the zero Addr), without the string a.String() would allocate.
+func appendAddrField(b []byte, name string, a netip.Addr) []byte {
+	b = append(append(b, name...), '"')
+	if a.IsValid() {
+		b = a.AppendTo(b)
+	}
+	return append(b, '"')
+}
+
 func appendStringField(b []byte, name, s string) []byte {
 	return appendJSONString(append(b, name...), s)
 }
@@ -73,8 +84,7 @@ func appendStringField(b []byte, name, s string) []byte {
 // encoding/json itself, so the output is the same whatever s is.
 func appendJSONString(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+		if jsonEscaped[s[i]] {
 			q, _ := json.Marshal(s) // a string: cannot fail
 			return append(b, q...)
 		}
@@ -83,3 +93,13 @@ func appendJSONString(b []byte, s string) []byte {
 	b = append(b, s...)
 	return append(b, '"')
 }
+
+// jsonEscaped marks the bytes encoding/json writes other than as themselves
+// in a string: control characters, '"', '\\', the HTML characters and every
+// byte of a non-ASCII character.
+var jsonEscaped = func() (t [256]bool) {
+	for c := range t {
+		t[c] = c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&'
+	}
+	return t
+}()

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -12,7 +13,7 @@ import (
 // as encoding/json does: every optional field empty and set, extreme
 // numbers, and strings encoding/json escapes.
 func flowLogJSONCases() []FlowRecord {
-	base := FlowRecord{Version: 2, AccountID: "proj-1", InterfaceID: "web-0", SrcAddr: "10.0.1.10", DstAddr: "10.0.2.20",
+	base := FlowRecord{Version: 2, AccountID: "proj-1", InterfaceID: "web-0", SrcAddr: netip.MustParseAddr("10.0.1.10"), DstAddr: netip.MustParseAddr("10.0.2.20"),
 		SrcPort: 40000, DstPort: 80, Protocol: 6, Packets: 10, Bytes: 1500, Start: 1795000000, End: 1795000001,
 		Action: "ACCEPT", LogStatus: "OK", VPCID: "vpc-a", SubnetID: "sub-a", Direction: "egress",
 		ReversePackets: 9, ReverseBytes: 900, Rule: "allowed by security group web rule 3", Node: "node-1", FlowLog: "fl"}

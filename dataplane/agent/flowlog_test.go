@@ -263,7 +263,7 @@ func TestFlowLogRecords(t *testing.T) {
 			}
 		}
 		acc := find(rs, "projects/p/ports/web-1", "ACCEPT", 80)
-		if acc.SrcAddr != "10.0.1.10" || acc.DstAddr != "10.0.2.20" || acc.SrcPort != uint16(clientPort) || acc.Protocol != 6 ||
+		if acc.SrcAddr.String() != "10.0.1.10" || acc.DstAddr.String() != "10.0.2.20" || acc.SrcPort != uint16(clientPort) || acc.Protocol != 6 ||
 			acc.Direction != "egress" || acc.VPCID != "projects/p/vpcs/v" || acc.SubnetID != "projects/p/vpcs/v/subnets/web" ||
 			acc.AccountID != "projects/p" || acc.FlowLog != "projects/p/flowLogs/all" || acc.Node != "n1" || acc.LogStatus != "OK" ||
 			acc.Version != 2 || acc.Start == 0 || acc.End < acc.Start {
@@ -289,7 +289,7 @@ func TestFlowLogRecords(t *testing.T) {
 		}
 		in := find(rs, "projects/p/ports/db-1", "ACCEPT", 80)
 		if in.Direction != "ingress" || in.SGRuleID != 21 || in.SecurityGroup != "projects/p/securityGroups/db" ||
-			in.SrcAddr != "10.0.1.10" || in.SrcPort != uint16(clientPort) || in.SubnetID != "projects/p/vpcs/v/subnets/db" {
+			in.SrcAddr.String() != "10.0.1.10" || in.SrcPort != uint16(clientPort) || in.SubnetID != "projects/p/vpcs/v/subnets/db" {
 			t.Errorf("db-1 ACCEPT record: %+v", in)
 		}
 		ended := false
@@ -303,7 +303,7 @@ func TestFlowLogRecords(t *testing.T) {
 		}
 
 		sg := find(rs, "projects/p/ports/db-1", "REJECT", 22)
-		if sg.DropReason != "sg-ingress" || sg.Direction != "ingress" || sg.SrcAddr != "10.0.1.10" || sg.Protocol != 6 ||
+		if sg.DropReason != "sg-ingress" || sg.Direction != "ingress" || sg.SrcAddr.String() != "10.0.1.10" || sg.Protocol != 6 ||
 			sg.Packets < 1 || sg.Bytes < 40*sg.Packets || sg.Rule != "no security-group rule allows it (default deny)" {
 			t.Errorf("security-group REJECT record: %+v", sg)
 		}
