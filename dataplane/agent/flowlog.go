@@ -65,23 +65,23 @@ const (
 // FlowRecord is one flow-log record. The first fields are AWS VPC flow
 // logs' (version 2 and the v3/v5 ones that apply); the rest are Meridian's.
 type FlowRecord struct {
-	Version     int    `json:"version"`
-	AccountID   string `json:"account-id"`
-	InterfaceID string `json:"interface-id"`
+	Version     int        `json:"version"`
+	AccountID   string     `json:"account-id"`
+	InterfaceID string     `json:"interface-id"`
 	SrcAddr     netip.Addr `json:"srcaddr"`
 	DstAddr     netip.Addr `json:"dstaddr"`
-	SrcPort     uint16 `json:"srcport"`
-	DstPort     uint16 `json:"dstport"`
-	Protocol    uint8  `json:"protocol"`
-	Packets     uint64 `json:"packets"`
-	Bytes       uint64 `json:"bytes"`
-	Start       int64  `json:"start"`
-	End         int64  `json:"end"`
-	Action      string `json:"action"`
-	LogStatus   string `json:"log-status"`
-	VPCID       string `json:"vpc-id"`
-	SubnetID    string `json:"subnet-id"`
-	Direction   string `json:"flow-direction"`
+	SrcPort     uint16     `json:"srcport"`
+	DstPort     uint16     `json:"dstport"`
+	Protocol    uint8      `json:"protocol"`
+	Packets     uint64     `json:"packets"`
+	Bytes       uint64     `json:"bytes"`
+	Start       int64      `json:"start"`
+	End         int64      `json:"end"`
+	Action      string     `json:"action"`
+	LogStatus   string     `json:"log-status"`
+	VPCID       string     `json:"vpc-id"`
+	SubnetID    string     `json:"subnet-id"`
+	Direction   string     `json:"flow-direction"`
 	// Meridian's fields.
 	ReversePackets uint64 `json:"reverse-packets"`
 	ReverseBytes   uint64 `json:"reverse-bytes"`
