@@ -92,8 +92,10 @@ type FlowRecord struct {
 	SGRuleID       uint32 `json:"sg-rule-id,omitempty"`
 	DropReason     string `json:"drop-reason,omitempty"`
 	FlowEnded      bool   `json:"flow-ended,omitempty"`
-	Node           string `json:"node"`
-	FlowLog        string `json:"flow-log"`
+	// SkippedFlows: in a SKIPDATA record, how many flows were not logged.
+	SkippedFlows uint64 `json:"skipped-flows,omitempty"`
+	Node         string `json:"node"`
+	FlowLog      string `json:"flow-log"`
 
 	subnet uint32 // the port's subnet, for the ACL's name
 }
@@ -113,6 +115,12 @@ type flowLogCfg struct {
 	// every followed flow at each tick. Entries of flows replaced or
 	// forgotten meanwhile are skipped (flowLogs.flows no longer has them).
 	due flowQueue
+	// SKIPDATA (AWS's log status for "records were skipped during the
+	// aggregation interval"): flows this flow log should have logged but
+	// did not, for lack of capacity (its rate limit, the agent's table),
+	// since skipFrom. Sampling is not skipping: it is what was asked.
+	skipped  uint64
+	skipFrom time.Time
 }
 
 // flowFreeList keeps the structs of ended flows for new ones: a node
@@ -568,6 +576,7 @@ func (f *flowLogs) newFlow(ev datapath.FlowEvent) {
 		delete(f.flows, id)
 	} else if len(f.flows)+len(f.rejects) >= flowTableMax {
 		f.tableFull++
+		fc.skipped++
 		return
 	}
 	t := f.spare.get()
@@ -599,10 +608,12 @@ func (f *flowLogs) reject(ev datapath.DropEvent) {
 	}
 	if !fc.bucket.take(now) {
 		f.rejectLimited++
+		fc.skipped++
 		return
 	}
 	if len(f.flows)+len(f.rejects) >= flowTableMax {
 		f.tableFull++
+		fc.skipped++
 		return
 	}
 	f.rejectLogged++
@@ -699,6 +710,18 @@ func (f *flowLogs) flush(now time.Time, final bool) {
 		}
 	}
 	clear(due) // the buffer keeps no ended flow alive
+	for _, fc := range f.cfgs {
+		if fc.skipFrom.IsZero() {
+			fc.skipFrom = now
+		}
+		if final || now.Sub(fc.skipFrom) >= fc.interval {
+			if fc.skipped > 0 {
+				out[fc] = append(out[fc], f.skipRecord(fc, now))
+				fc.skipped = 0
+			}
+			fc.skipFrom = now
+		}
+	}
 	for id, r := range f.rejects {
 		if final || now.Sub(r.first) >= r.cfg.interval {
 			out[r.cfg] = append(out[r.cfg], f.rejectRecord(r, now))
@@ -750,6 +773,16 @@ func (f *flowLogs) flush(now time.Time, final bool) {
 		}
 		clear(rs) // no strings kept alive until the next flush
 		out[fc] = rs[:0]
+	}
+}
+
+// skipRecord says how many flows fc skipped since fc.skipFrom: AWS's
+// SKIPDATA record, with "-" where it has no flow data.
+func (f *flowLogs) skipRecord(fc *flowLogCfg, now time.Time) FlowRecord {
+	return FlowRecord{
+		Version: 2, AccountID: fc.cfg.Project, InterfaceID: "-", Action: "-", LogStatus: "SKIPDATA",
+		Start: fc.skipFrom.Unix(), End: now.Unix(), SkippedFlows: fc.skipped,
+		Rule: "flows not logged for lack of capacity (rate limit or table full)", Node: f.node, FlowLog: fc.cfg.Name,
 	}
 }
 

@@ -55,6 +55,9 @@ func appendRecordJSON(b []byte, r *FlowRecord) []byte {
 	if r.FlowEnded {
 		b = append(b, `,"flow-ended":true`...)
 	}
+	if r.SkippedFlows != 0 {
+		b = appendUintField(b, `,"skipped-flows":`, r.SkippedFlows)
+	}
 	b = appendStringField(b, `,"node":`, r.Node)
 	b = appendStringField(b, `,"flow-log":`, r.FlowLog)
 	return append(b, '}')

@@ -20,11 +20,13 @@ func flowLogJSONCases() []FlowRecord {
 	full := base
 	full.ACL, full.ACLRule, full.SecurityGroup, full.SGRuleID = "acl-1", 100, "web", 3
 	full.DropReason, full.FlowEnded = "acl_ingress", true
+	full.SkippedFlows = 12
 	maxed := full
 	maxed.SrcPort, maxed.DstPort, maxed.Protocol = 65535, 65535, 255
 	maxed.Packets, maxed.Bytes, maxed.ReversePackets, maxed.ReverseBytes = ^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0)
 	maxed.Start, maxed.End, maxed.Version = -1, 1<<62, -3
 	maxed.ACLRule, maxed.SGRuleID = ^uint32(0), ^uint32(0)
+	maxed.SkippedFlows = ^uint64(0)
 	odd := full
 	odd.AccountID = `a"b\c`
 	odd.InterfaceID = "<port>&"
