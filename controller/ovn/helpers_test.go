@@ -39,6 +39,8 @@ func objects(bodies ...proto.Message) map[string]*agentv1.Object {
 			o = &agentv1.Object{Key: owner("acl", v.Id), Body: &agentv1.Object_NetworkAcl{NetworkAcl: v}}
 		case *agentv1.RouteTable:
 			o = &agentv1.Object{Key: owner("rt", v.Id), Body: &agentv1.Object_RouteTable{RouteTable: v}}
+		case *agentv1.FlowLogConfig:
+			o = &agentv1.Object{Key: owner("flowlog", v.Id), Body: &agentv1.Object_FlowLog{FlowLog: v}}
 		default:
 			panic("objects: unsupported body")
 		}

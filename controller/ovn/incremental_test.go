@@ -111,9 +111,10 @@ func TestIncrementalPassesMatchFullPasses(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 7))
 	r := connect(t, ovntest.InMemoryNB(t), nil)
 	m := newMutator(rng)
+	m.flowLogs = true
 	objs := m.objects()
 	mustSync(t, r, objs)
-	full, incremental := 0, 0
+	full, incremental, metered := 0, 0, 0
 	for step := range 60 {
 		what := m.mutate()
 		objs = m.objects()
@@ -129,6 +130,9 @@ func TestIncrementalPassesMatchFullPasses(t *testing.T) {
 		if t.Failed() {
 			t.Fatalf("step %d (%s): NB differs from the rendering", step, what)
 		}
+		if len(meridianRows(r, nbdb.MeterTable)) > 0 {
+			metered++
+		}
 		res, err := r.Resync(testCtx(t), objs)
 		if err != nil {
 			t.Fatalf("step %d (%s): full pass: %v", step, what, err)
@@ -137,7 +141,10 @@ func TestIncrementalPassesMatchFullPasses(t *testing.T) {
 			t.Fatalf("step %d (%s): the full pass after the incremental one wrote %+v", step, what, res)
 		}
 	}
-	t.Logf("%d incremental passes, %d fell back to full passes", incremental, full)
+	t.Logf("%d incremental passes, %d fell back to full passes; flow-log meters in NB after %d", incremental, full, metered)
+	if metered == 0 {
+		t.Errorf("no step had a flow-log meter: the test does not cover logged ACLs")
+	}
 	if incremental < 50 {
 		t.Errorf("only %d of 60 passes were incremental", incremental)
 	}
@@ -212,16 +219,20 @@ type mutator struct {
 	acls    map[uint32]*agentv1.NetworkAcl
 	rts     map[uint32]*agentv1.RouteTable
 	lbs     map[uint32]*agentv1.LbService
+	fls     map[uint32]*agentv1.FlowLogConfig
 	next    uint32
 	// outside: also gateway nodes and north-south listeners (for a
 	// renderer with an external network).
 	outside bool
+	// flowLogs: also flow logs come, change and go (which ACLs are
+	// logged, and the meters).
+	flowLogs bool
 }
 
 func newMutator(rng *rand.Rand) *mutator {
 	m := &mutator{rng: rng, subnets: map[uint32]*agentv1.Subnet{}, ports: map[uint32]*agentv1.Port{},
 		sgs: map[uint32]*agentv1.SecurityGroup{}, acls: map[uint32]*agentv1.NetworkAcl{}, rts: map[uint32]*agentv1.RouteTable{},
-		lbs: map[uint32]*agentv1.LbService{}, next: 1000}
+		lbs: map[uint32]*agentv1.LbService{}, fls: map[uint32]*agentv1.FlowLogConfig{}, next: 1000}
 	for v := uint32(1); v <= 2; v++ {
 		m.vpcs = append(m.vpcs, &agentv1.Vpc{Id: v, Vni: 100 + v, Cidrs: []string{"10.0.0.0/8"}})
 		for s := range uint32(3) {
@@ -320,6 +331,9 @@ func (m *mutator) groups(vpc uint32) []uint32 {
 
 // mutate makes one random change and says what it was.
 func (m *mutator) mutate() string {
+	if m.flowLogs && m.rng.IntN(6) == 0 {
+		return m.changeFlowLog()
+	}
 	switch m.rng.IntN(15) {
 	case 12:
 		m.addLB()
@@ -444,6 +458,9 @@ func (m *mutator) objects() map[string]*agentv1.Object {
 	for _, id := range sortedIDs(m.rts) {
 		bodies = append(bodies, m.rts[id])
 	}
+	for _, id := range sortedIDs(m.fls) {
+		bodies = append(bodies, m.fls[id])
+	}
 	objs := objects(bodies...)
 	var outside []proto.Message
 	for _, id := range sortedIDs(m.lbs) {
@@ -453,4 +470,33 @@ func (m *mutator) objects() map[string]*agentv1.Object {
 		outside = append(outside, &agentv1.Gateway{Node: "gw1"}, &agentv1.Gateway{Node: "gw2"})
 	}
 	return withOutside(objs, outside...)
+}
+
+// changeFlowLog adds, changes or deletes a flow log of a random scope
+// (VPC, subnet or port), traffic type and rate limit: which ACL rows are
+// logged, with which meter, follows.
+func (m *mutator) changeFlowLog() string {
+	if len(m.fls) > 0 && m.rng.IntN(3) == 0 {
+		id, _ := pick(m.rng, m.fls)
+		delete(m.fls, id)
+		return "flow log deleted"
+	}
+	what := "flow log added"
+	id := m.id()
+	if len(m.fls) > 0 && m.rng.IntN(2) == 0 {
+		id, _ = pick(m.rng, m.fls)
+		what = "flow log changed"
+	}
+	vpc := m.vpcs[m.rng.IntN(len(m.vpcs))].Id
+	c := &agentv1.FlowLogConfig{Id: id, VpcId: vpc, TrafficType: []string{"ACCEPT", "REJECT", "ALL"}[m.rng.IntN(3)],
+		AggregationInterval: 1, RateLimit: uint32(m.rng.IntN(3) * 50), Burst: uint32(m.rng.IntN(2) * 10)}
+	switch m.rng.IntN(3) {
+	case 0:
+		c.SubnetId = vpc*10 + uint32(m.rng.IntN(3))
+	case 1:
+		pid, _ := pick(m.rng, m.ports)
+		c.PortId, c.VpcId = pid, m.ports[pid].VpcId
+	}
+	m.fls[id] = c
+	return what
 }

@@ -56,7 +56,10 @@ import (
 // One known difference remains: OVN lets the replies of an established,
 // allowed connection bypass all ACLs, where the eBPF path applies the
 // stateless network ACL to every packet, replies included.
-func (d *Desired) renderNetworkACL(ls *Row, s *agentv1.Subnet, a *agentv1.NetworkAcl) {
+//
+// Rows are named by rule number ("acl:N:K", "acl:N:default") for flow
+// logs, and logged as log says (see flowlog.go).
+func (d *Desired) renderNetworkACL(ls *Row, s *agentv1.Subnet, a *agentv1.NetworkAcl, log aclLog) {
 	own := owner("acl", a.GetId())
 	base := own + "/subnet/" + itoa(s.GetId())
 	for _, ingress := range []bool{false, true} {
@@ -71,8 +74,10 @@ func (d *Desired) renderNetworkACL(ls *Row, s *agentv1.Subnet, a *agentv1.Networ
 			}
 		}
 		classes := naclClasses(rules)
-		add := func(id, kind string, prio int, match string) {
-			d.add(nbdb.ACLTable, id, own, kind, &nbdb.ACL{Direction: dir, Action: nbdb.ACLActionDrop, Priority: prio, Match: match})
+		add := func(id, kind string, prio int, match, logName string) {
+			row := &nbdb.ACL{Direction: dir, Action: nbdb.ACLActionDrop, Priority: prio, Match: match}
+			log.set(row, logName)
+			d.add(nbdb.ACLTable, id, own, kind, row)
 			ls.Refs["acls"] = append(ls.Refs["acls"], id)
 		}
 		n := 0
@@ -85,6 +90,7 @@ func (d *Desired) renderNetworkACL(ls *Row, s *agentv1.Subnet, a *agentv1.Networ
 			}
 			id := base + "/rule/" + itoa(r.rule.GetId())
 			prio := PriorityNACLFirst - n
+			ruleName := NACLRuleLogName(a.GetId(), r.rule.GetNumber())
 			n++
 			var cs []naclClass
 			for _, c := range classes[r.fam] {
@@ -94,32 +100,32 @@ func (d *Desired) renderNetworkACL(ls *Row, s *agentv1.Subnet, a *agentv1.Networ
 			}
 			if ex, ok := sameExclusion(rules[:i], cs); ok {
 				if ex != nil {
-					add(id, "nacl-rule", prio, scope+" && "+r.match+*ex)
+					add(id, "nacl-rule", prio, scope+" && "+r.match+*ex, ruleName)
 				}
 				continue
 			}
 			for _, c := range cs {
 				if ex, ok := c.exclusion(rules[:i]); ok {
-					add(id+"/"+c.key(), "nacl-rule", prio, scope+" && "+join(r.match, c.terms(r))+ex)
+					add(id+"/"+c.key(), "nacl-rule", prio, scope+" && "+join(r.match, c.terms(r))+ex, ruleName)
 				}
 			}
 		}
 		id := base + "/default-" + name
 		if !slices.ContainsFunc(rules, func(r naclRule) bool { return r.allow }) {
-			add(id, "nacl-default", PriorityNACLDefault, scope+" && ip")
+			add(id, "nacl-default", PriorityNACLDefault, scope+" && ip", NACLDefaultLogName(a.GetId()))
 			continue
 		}
 		for _, fam := range []string{"ip4", "ip6"} {
 			wild := naclRule{fam: fam, proto: anyValue, typ: anyValue, code: anyValue}
 			if ex, ok := sameExclusion(rules, classes[fam]); ok {
 				if ex != nil {
-					add(id+"/"+fam, "nacl-default", PriorityNACLDefault, scope+" && "+fam+*ex)
+					add(id+"/"+fam, "nacl-default", PriorityNACLDefault, scope+" && "+fam+*ex, NACLDefaultLogName(a.GetId()))
 				}
 				continue
 			}
 			for _, c := range classes[fam] {
 				if ex, ok := c.exclusion(rules); ok {
-					add(id+"/"+fam+"/"+c.key(), "nacl-default", PriorityNACLDefault, scope+" && "+join(fam, c.terms(wild))+ex)
+					add(id+"/"+fam+"/"+c.key(), "nacl-default", PriorityNACLDefault, scope+" && "+join(fam, c.terms(wild))+ex, NACLDefaultLogName(a.GetId()))
 				}
 			}
 		}

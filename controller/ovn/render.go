@@ -108,6 +108,7 @@ func owner(kind string, id uint32) string { return kind + "/" + itoa(id) }
 // A Renderer is not safe for concurrent use.
 type Renderer struct {
 	sgACLs map[*agentv1.SecurityGroup][]*Row
+	sgLog  map[*agentv1.SecurityGroup]aclLog // how sgACLs' rows are logged (flow logs)
 	ports  map[*agentv1.Port]portRow
 	sizes  map[string]int // rows per table in the last rendering
 	gen    uint64         // renderings so far
@@ -133,7 +134,7 @@ type portRow struct {
 
 // NewRenderer returns a Renderer with nothing cached.
 func NewRenderer() *Renderer {
-	return &Renderer{sgACLs: map[*agentv1.SecurityGroup][]*Row{}, ports: map[*agentv1.Port]portRow{}}
+	return &Renderer{sgACLs: map[*agentv1.SecurityGroup][]*Row{}, sgLog: map[*agentv1.SecurityGroup]aclLog{}, ports: map[*agentv1.Port]portRow{}}
 }
 
 // NewRendererFor returns a Renderer that also renders elastic IPs and NAT
@@ -173,12 +174,13 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 			rr.sizes[table] = len(rows)
 		}
 	}()
-	allPorts := d.renderDefaultDeny()
+	plan := planFlowLogs(objs, x)
+	allPorts := d.renderDefaultDeny(plan.deny)
 	for _, id := range sortedIDs(x.VPCs) {
 		d.add(nbdb.LogicalRouterTable, owner("vpc", id), owner("vpc", id), "router", &nbdb.LogicalRouter{Name: RouterName(id)})
 	}
 	for _, id := range sortedIDs(x.Subnets) {
-		d.renderSubnet(x, x.Subnets[id])
+		d.renderSubnet(x, x.Subnets[id], plan.subnet[id])
 	}
 	remote := remoteGroups(x)
 	members := map[uint32][]string{} // sg -> LSP ids
@@ -200,8 +202,9 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 	// The groups' ACLs are most of all rows: the table of the last
 	// rendering is copied whole (much cheaper than 50,000 inserts) and
 	// only the rows of groups that changed are replaced.
-	cached, cachedSG := rr.sgACLs, rr.sgRows
+	cached, cachedSG, cachedLog := rr.sgACLs, rr.sgRows, rr.sgLog
 	rr.sgACLs = make(map[*agentv1.SecurityGroup][]*Row, len(x.SecurityGroups))
+	rr.sgLog = make(map[*agentv1.SecurityGroup]aclLog, len(x.SecurityGroups))
 	rr.sgRows = make(map[*agentv1.SecurityGroup]sgRows, len(x.SecurityGroups))
 	live := make(map[*agentv1.SecurityGroup]bool, len(x.SecurityGroups))
 	for _, g := range x.SecurityGroups {
@@ -224,15 +227,18 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 	}
 	for _, id := range sortedIDs(x.SecurityGroups) {
 		g := x.SecurityGroups[id]
+		// A group's rows are rendered again when the group changed or
+		// when flow logs start or stop covering one of its members.
 		acls, ok := cached[g]
-		if !ok {
-			acls = sgACLs(g)
+		if !ok || cachedLog[g] != plan.sg[id] {
+			acls = sgACLs(g, plan.sg[id])
 			for _, a := range acls {
 				acl[a.ID] = a
 				delta[a.ID] = true
 			}
 		}
 		rr.sgACLs[g] = acls
+		rr.sgLog[g] = plan.sg[id]
 		rr.sgRows[g] = d.renderSG(x, g, acls, members[id], remote[id], cachedSG[g])
 	}
 	rr.gen++
@@ -250,6 +256,7 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 	o := indexOutside(objs)
 	d.renderInternalLBs(x, o)
 	d.renderOutside(x, o, rr.ext)
+	d.renderMeters(plan)
 	return d
 }
 
@@ -258,7 +265,7 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 // allows, including ports with no groups at all; these ACLs do the same in
 // OVN. ARP and DHCP stay allowed because OVN answers them itself after the
 // ACL stage (the eBPF path answers them before its policy stage).
-func (d *Desired) renderDefaultDeny() *Row {
+func (d *Desired) renderDefaultDeny(log aclLog) *Row {
 	pg := d.add(nbdb.PortGroupTable, "global/ports", OwnerGlobal, "default-deny", &nbdb.PortGroup{Name: AllPortsGroup})
 	in, out := "inport == @"+AllPortsGroup, "outport == @"+AllPortsGroup
 	acls := []struct {
@@ -273,14 +280,17 @@ func (d *Desired) renderDefaultDeny() *Row {
 		{"global/ports/deny-to", nbdb.ACLDirectionToLport, out, nbdb.ACLActionDrop, PriorityDefaultDeny},
 	}
 	for _, a := range acls {
-		d.add(nbdb.ACLTable, a.id, OwnerGlobal, "default-deny",
-			&nbdb.ACL{Direction: a.dir, Match: a.match, Action: a.action, Priority: a.prio})
+		row := &nbdb.ACL{Direction: a.dir, Match: a.match, Action: a.action, Priority: a.prio}
+		if a.action == nbdb.ACLActionDrop {
+			log.set(row, DenySGLogName)
+		}
+		d.add(nbdb.ACLTable, a.id, OwnerGlobal, "default-deny", row)
 		pg.Refs["acls"] = append(pg.Refs["acls"], a.id)
 	}
 	return pg
 }
 
-func (d *Desired) renderSubnet(x *agentv1.Index, s *agentv1.Subnet) {
+func (d *Desired) renderSubnet(x *agentv1.Index, s *agentv1.Subnet, log aclLog) {
 	id := s.GetId()
 	own := owner("subnet", id)
 	ls := d.add(nbdb.LogicalSwitchTable, own, own, "switch", &nbdb.LogicalSwitch{Name: SwitchName(id)})
@@ -334,7 +344,7 @@ func (d *Desired) renderSubnet(x *agentv1.Index, s *agentv1.Subnet) {
 		d.add(nbdb.DHCPOptionsTable, own+"/dhcp4", own, "dhcp", &nbdb.DHCPOptions{Cidr: s.GetCidr(), Options: opts})
 	}
 	if a := x.NetworkACLs[s.GetNetworkAclId()]; a != nil {
-		d.renderNetworkACL(ls, s, a)
+		d.renderNetworkACL(ls, s, a, log)
 	}
 }
 
@@ -431,8 +441,8 @@ func b2i(b bool) int {
 	return 0
 }
 
-// sgACLs renders the ACLs of a group's rules.
-func sgACLs(g *agentv1.SecurityGroup) []*Row {
+// sgACLs renders the ACLs of a group's rules, logged as log says.
+func sgACLs(g *agentv1.SecurityGroup, log aclLog) []*Row {
 	own := owner("sg", g.GetId())
 	pg := PortGroupName(g.GetId())
 	out := make([]*Row, 0, len(g.GetRules()))
@@ -447,10 +457,12 @@ func sgACLs(g *agentv1.SecurityGroup) []*Row {
 		if r.GetIngress() {
 			dir, scope = nbdb.ACLDirectionToLport, "outport == @"+pg
 		}
-		out = append(out, newRow(nbdb.ACLTable, id, own, "sg-rule", &nbdb.ACL{
+		row := &nbdb.ACL{
 			Direction: dir, Action: nbdb.ACLActionAllowRelated, Priority: PrioritySG,
 			Match: scope + " && " + ruleMatch(r),
-		}))
+		}
+		log.set(row, SGRuleLogName(g.GetId(), r.GetId()))
+		out = append(out, newRow(nbdb.ACLTable, id, own, "sg-rule", row))
 	}
 	return out
 }

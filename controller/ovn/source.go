@@ -21,6 +21,7 @@ var renderedKinds = []*resource.Kind{
 	resource.KindVpc, resource.KindSubnet, resource.KindPort,
 	resource.KindSecurityGroup, resource.KindNetworkAcl, resource.KindRouteTable,
 	resource.KindElasticIp, resource.KindNatGateway,
+	resource.KindFlowLog, // which ACLs are logged, and their meters
 }
 
 // StoreSource drives a logical model from the controller's store, the way

@@ -393,7 +393,7 @@ func (p *pass) upsert(s *tableSpec, want *Row) (*unit, error) {
 	}
 	have, ok := p.actual[s.name].byID[want.ID]
 	if !ok {
-		return p.insert(s, want.ID, m)
+		return p.insertWithChildren(s, want, m)
 	}
 	key := verifiedKey{s.name, want.ID}
 	if v := p.verified[key]; v.want == want && v.have == have {
@@ -428,6 +428,43 @@ func (p *pass) insert(s *tableSpec, id string, m model.Model) (*unit, error) {
 	}
 	p.uuid[s.name][id] = named
 	return &unit{ops: ops, inserts: []rowRef{{s.name, id}}, counts: SyncResult{Created: 1}}, nil
+}
+
+// insertWithChildren inserts a row together with its inline children
+// (refSpec.inline: a meter's bands, which it cannot exist without), all in
+// one unit; other children are created in the children phase.
+func (p *pass) insertWithChildren(s *tableSpec, want *Row, m model.Model) (*unit, error) {
+	var pre unit
+	for _, ref := range s.refs {
+		if !ref.inline() {
+			continue
+		}
+		cs := specByName[ref.table]
+		var uuids []string
+		for _, cid := range want.Refs[ref.column] {
+			crow := p.d.Row(ref.table, cid)
+			if crow == nil {
+				return nil, fmt.Errorf("%s %s references missing %s %s", s.name, want.ID, ref.table, cid)
+			}
+			u, err := p.insert(cs, cid, crow.Model)
+			if err != nil {
+				return nil, err
+			}
+			pre.ops = append(pre.ops, u.ops...)
+			pre.inserts = append(pre.inserts, u.inserts...)
+			pre.counts.add(u.counts)
+			uuids = append(uuids, p.uuid[ref.table][cid])
+		}
+		s.field(m, ref.column).Set(reflect.ValueOf(uuids))
+	}
+	u, err := p.insert(s, want.ID, m)
+	if err != nil || len(pre.ops) == 0 {
+		return u, err
+	}
+	pre.ops = append(pre.ops, u.ops...)
+	pre.inserts = append(pre.inserts, u.inserts...)
+	pre.counts.add(u.counts)
+	return &pre, nil
 }
 
 // wantedRefs resolves the desired references of a column to UUIDs.
@@ -580,6 +617,13 @@ func (p *pass) childrenOf(roots bool) ([]unit, error) {
 					crow := p.d.Row(ref.table, cid)
 					if crow == nil {
 						return nil, fmt.Errorf("%s %s references missing %s %s", s.name, want.ID, ref.table, cid)
+					}
+					if ref.inline() && p.inserted[rowRef{ref.table, cid}] {
+						// Created with its parent in phase 1.
+						if p.scope != nil {
+							p.handled[rowRef{ref.table, cid}] = true
+						}
+						continue
 					}
 					_, inPlace := p.placed(ref.table, cid, pu)
 					if p.scope != nil {

@@ -34,6 +34,12 @@ type refSpec struct {
 	kind   refKind
 }
 
+// inline reports whether the children are created in the same insert as a
+// new parent, in phase 1, because the parent cannot exist without one (a
+// Meter's bands: at least one). Later changes to them are made in the
+// children phase like any child's.
+func (r refSpec) inline() bool { return r.kind == refChildren && r.table == nbdb.MeterBandTable }
+
 // tableSpec is what the reconciler manages in one NB table. Columns not
 // listed (status columns northd writes, references to tables Meridian does
 // not use yet) are never compared or written.
@@ -78,6 +84,11 @@ var specs = []*tableSpec{
 	{name: nbdb.LoadBalancerTable, root: true, typ: reflect.TypeFor[nbdb.LoadBalancer](),
 		columns: []string{"name", "vips", "protocol", "options", "ip_port_mappings", "selection_fields", "external_ids"},
 		refs:    []refSpec{{"health_check", nbdb.LoadBalancerHealthCheckTable, refChildren}}},
+	// Flow-log meters (flowlog.go); ACLs name them by name, not by
+	// reference.
+	{name: nbdb.MeterTable, root: true, typ: reflect.TypeFor[nbdb.Meter](),
+		columns: []string{"name", "unit", "fair", "external_ids"},
+		refs:    []refSpec{{"bands", nbdb.MeterBandTable, refChildren}}},
 	{name: nbdb.LogicalRouterPortTable, typ: reflect.TypeFor[nbdb.LogicalRouterPort](),
 		columns: []string{"name", "mac", "networks", "options", "external_ids"},
 		// Children of children: a new gateway port's chassis are linked by
@@ -95,13 +106,15 @@ var specs = []*tableSpec{
 		columns: []string{"name", "type", "addresses", "port_security", "options", "external_ids"},
 		refs:    []refSpec{{"dhcpv4_options", nbdb.DHCPOptionsTable, refOptional}}},
 	{name: nbdb.ACLTable, typ: reflect.TypeFor[nbdb.ACL](),
-		columns: []string{"action", "direction", "match", "priority", "name", "log", "severity", "options", "external_ids"}},
+		columns: []string{"action", "direction", "match", "priority", "name", "log", "severity", "meter", "options", "external_ids"}},
 	{name: nbdb.NATTable, typ: reflect.TypeFor[nbdb.NAT](),
 		columns: []string{"type", "external_ip", "logical_ip", "external_port_range", "external_mac", "logical_port", "options", "external_ids"}},
 	{name: nbdb.GatewayChassisTable, typ: reflect.TypeFor[nbdb.GatewayChassis](),
 		columns: []string{"name", "chassis_name", "priority", "options", "external_ids"}},
 	{name: nbdb.LoadBalancerHealthCheckTable, typ: reflect.TypeFor[nbdb.LoadBalancerHealthCheck](),
 		columns: []string{"vip", "options", "external_ids"}},
+	{name: nbdb.MeterBandTable, typ: reflect.TypeFor[nbdb.MeterBand](),
+		columns: []string{"action", "rate", "burst_size", "external_ids"}},
 }
 
 var specByName = func() map[string]*tableSpec {
