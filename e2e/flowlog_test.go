@@ -119,7 +119,7 @@ type flowFollower struct {
 	err     error         // meridianctl's error, after done
 }
 
-func startFlowFollower(t *testing.T, r *Run, node string) *flowFollower {
+func startFlowFollower(t *testing.T, r *Run, node string, filters ...string) *flowFollower {
 	t.Helper()
 	n, ok := r.State().node(node)
 	if !ok || n.AgentSocket == "" {
@@ -130,7 +130,8 @@ func startFlowFollower(t *testing.T, r *Run, node string) *flowFollower {
 	pr, pw := io.Pipe()
 	var stderr bytes.Buffer
 	go func() {
-		err := ctl.Run(ctx, []string{"--config=", "flowlogs", "--follow", "--agent-socket", n.AgentSocket},
+		args := append([]string{"--config=", "flowlogs", "--follow", "--agent-socket", n.AgentSocket}, filters...)
+		err := ctl.Run(ctx, args,
 			ctl.Streams{In: strings.NewReader(""), Out: pw, Err: &stderr}, func(string) string { return "" })
 		if err != nil {
 			err = fmt.Errorf("meridianctl flowlogs --follow on %s: %w (stderr %q)", node, err, stderr.String())
@@ -337,32 +338,55 @@ func desiredVersions(ctx context.Context, r *Run) (map[string]uint64, error) {
 	return out, nil
 }
 
-// waitApplied waits until every node's agent has acknowledged a desired
-// state newer than before without errors: a change to a flow log changes
-// the desired state of every node with ports in its VPC (all of them
-// here), so this is "the agents applied it".
+// flVPCNodes host the ports of VPC prod; node-3 hosts none.
+var flVPCNodes = []string{"node-1", "node-2"}
+
+// waitApplied waits until the agents of the nodes with ports in prod have
+// acknowledged a desired state newer than before without errors (a change
+// to a flow log of prod changes the desired state of every node with ports
+// in prod), and checks that no other node's desired state changed: flow
+// logs go to the nodes that need them only.
 func waitApplied(ctx context.Context, r *Run, before map[string]uint64) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	for _, n := range r.State().Nodes {
+	status := func(node string) (flowNodeStatus, error) {
+		var st flowNodeStatus
+		err := ctlJSON(ctx, r, &st, "node", "get", "nodes/"+node)
+		if err == nil && len(st.Status.Errors) > 0 {
+			err = fmt.Errorf("node %s reports errors: %+v", node, st.Status.Errors)
+		}
+		return st, err
+	}
+	for _, n := range flVPCNodes {
 		for {
-			var st flowNodeStatus
-			if err := ctlJSON(ctx, r, &st, "node", "get", "nodes/"+n.Name); err != nil {
+			st, err := status(n)
+			if err != nil {
 				return err
 			}
 			s := st.Status
-			if len(s.Errors) > 0 {
-				return fmt.Errorf("node %s reports errors: %+v", n.Name, s.Errors)
-			}
-			if s.Connected && s.DesiredVersion > before[n.Name] && s.AppliedVersion >= s.DesiredVersion {
+			if s.Connected && s.DesiredVersion > before[n] && s.AppliedVersion >= s.DesiredVersion {
 				break
 			}
 			select {
 			case <-ctx.Done():
 				return fmt.Errorf("node %s did not apply the change (desired %d, before %d, applied %d): %w",
-					n.Name, s.DesiredVersion, before[n.Name], s.AppliedVersion, ctx.Err())
+					n, s.DesiredVersion, before[n], s.AppliedVersion, ctx.Err())
 			case <-time.After(20 * time.Millisecond):
 			}
+		}
+	}
+	// The distributor computes every node's state from the same change:
+	// by now another node's would have changed too.
+	for n, v := range before {
+		if slices.Contains(flVPCNodes, n) {
+			continue
+		}
+		st, err := status(n)
+		if err != nil {
+			return err
+		}
+		if st.Status.DesiredVersion != v {
+			return fmt.Errorf("node %s hosts no port of %s, yet its desired state changed (version %d -> %d)", n, flVPC, v, st.Status.DesiredVersion)
 		}
 	}
 	return nil
@@ -483,6 +507,8 @@ func TestFlowLogs(t *testing.T) {
 	f1 := startFlowFollower(t, r, "node-1")
 	f2 := startFlowFollower(t, r, "node-2")
 	followers := []*flowFollower{f1, f2}
+	// The CLI's filters: node-2's records of app-1 by the VPC's flow log.
+	fApp := startFlowFollower(t, r, "node-2", "--port", flApp1, "--flow-log", flAll)
 	c := newFlowClient(r)
 	file := filepath.Join(r.RunDir(), "flowlogs", "all.jsonl")
 
@@ -570,6 +596,10 @@ func TestFlowLogs(t *testing.T) {
 					side.node, ok80, side.sg, side.sgRule, side.acl, side.aclRule, side.rule, s.line)
 			}
 		}
+		// The first record starts when the connection did (Unix seconds).
+		if st := side.recs[0].rec.Start; st < end80.Unix()-2 || st > end80.Unix() {
+			t.Errorf("%s: accepted %s: start %d, but the connection was at %d", side.node, ok80, st, end80.Unix())
+		}
 		p, b, rp, rb := sumRecords(side.recs)
 		// IP bytes: the payload plus the headers of every packet.
 		if p < 3 || rp < 2 || b <= flPayload || rb <= flPayload {
@@ -643,6 +673,24 @@ func TestFlowLogs(t *testing.T) {
 		}
 	}
 	checkFile(t)
+	// The filtered stream has exactly node-2's records of app-1 by "all".
+	var want2 []string
+	for _, s := range f2.since(0) {
+		if s.rec.InterfaceID == flApp1 && s.rec.FlowLog == flAll {
+			want2 = append(want2, s.line)
+		}
+	}
+	if err := waitLines(ctx, fApp, len(want2)); err != nil {
+		t.Fatal(err)
+	}
+	var got2 []string
+	for _, s := range fApp.since(0) {
+		got2 = append(got2, s.line)
+	}
+	if !slices.Equal(got2, want2) {
+		t.Errorf("meridianctl flowlogs --follow --port %s --flow-log %s printed\n%s\nwant\n%s",
+			flApp1, flAll, strings.Join(got2, "\n"), strings.Join(want2, "\n"))
+	}
 
 	// 4. A flow log on one port takes that port over from the VPC's
 	// (the narrowest wins) and goes when deleted: the time from the API
@@ -834,6 +882,26 @@ func firstRecordAfter(ctx context.Context, c *flowClient, f *flowFollower, mark 
 		return 0, err
 	}
 	return s.at.Sub(t0), nil
+}
+
+// waitLines waits until f has at least n records.
+func waitLines(ctx context.Context, f *flowFollower, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for f.mark() < n {
+		f.mu.Lock()
+		changed := f.changed
+		f.mu.Unlock()
+		if f.mark() >= n {
+			break
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %d records, want %d: %w", f.node, f.mark(), n, ctx.Err())
+		}
+	}
+	return nil
 }
 
 func roundAll(ds []time.Duration) []time.Duration {
