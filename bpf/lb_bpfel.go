@@ -103,8 +103,13 @@ const (
 	LbMapLbStats     = "lb_stats"
 	LbMapLbSvcStats  = "lb_svc_stats"
 	LbMapLbVips      = "lb_vips"
+	LbMapLtBuckets   = "lt_buckets"
+	LbMapLtCurs      = "lt_curs"
+	LbMapLtEvents    = "lt_events"
+	LbMapLtFilters   = "lt_filters"
 	LbProgLbXdp      = "lb_xdp"
 	LbProgLbXdpBench = "lb_xdp_bench"
+	LbVarLtActive    = "lt_active"
 )
 
 // LoadLb returns the embedded CollectionSpec for Lb.
@@ -165,12 +170,17 @@ type LbMapSpecs struct {
 	LbStats    *ebpf.MapSpec `ebpf:"lb_stats"`
 	LbSvcStats *ebpf.MapSpec `ebpf:"lb_svc_stats"`
 	LbVips     *ebpf.MapSpec `ebpf:"lb_vips"`
+	LtBuckets  *ebpf.MapSpec `ebpf:"lt_buckets"`
+	LtCurs     *ebpf.MapSpec `ebpf:"lt_curs"`
+	LtEvents   *ebpf.MapSpec `ebpf:"lt_events"`
+	LtFilters  *ebpf.MapSpec `ebpf:"lt_filters"`
 }
 
 // LbVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbVariableSpecs struct {
+	LtActive *ebpf.VariableSpec `ebpf:"lt_active"`
 }
 
 // LbObjects contains all objects after they have been loaded into the kernel.
@@ -201,6 +211,10 @@ type LbMaps struct {
 	LbStats    *ebpf.Map `ebpf:"lb_stats"`
 	LbSvcStats *ebpf.Map `ebpf:"lb_svc_stats"`
 	LbVips     *ebpf.Map `ebpf:"lb_vips"`
+	LtBuckets  *ebpf.Map `ebpf:"lt_buckets"`
+	LtCurs     *ebpf.Map `ebpf:"lt_curs"`
+	LtEvents   *ebpf.Map `ebpf:"lt_events"`
+	LtFilters  *ebpf.Map `ebpf:"lt_filters"`
 }
 
 func (m *LbMaps) Close() error {
@@ -213,6 +227,10 @@ func (m *LbMaps) Close() error {
 		m.LbStats,
 		m.LbSvcStats,
 		m.LbVips,
+		m.LtBuckets,
+		m.LtCurs,
+		m.LtEvents,
+		m.LtFilters,
 	)
 }
 
@@ -220,6 +238,7 @@ func (m *LbMaps) Close() error {
 //
 // It can be passed to LoadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbVariables struct {
+	LtActive *ebpf.Variable `ebpf:"lt_active"`
 }
 
 // LbPrograms contains all programs after they have been loaded into the kernel.

@@ -100,6 +100,30 @@ type lbGateway struct {
 	uplink  int                           // ifindex it is attached to (0: none)
 	applied map[uint32]*agentv1.LbService // by service ID, as last set
 	neighs  map[neighKey]bool             // managed neighbour entries this agent added
+	traceN  uint32                        // live-trace filter slots in use (livetrace.go)
+}
+
+// setTraceActive tells the loaded load balancer (and one loaded later)
+// how many live-trace filter slots to look at.
+func (g *lbGateway) setTraceActive(n uint32) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.traceN = n
+	if g.lb == nil {
+		return nil
+	}
+	return g.lb.SetTraceActive(n)
+}
+
+// backendOfSlot names the backend in a slot of the load balancer's table.
+func (g *lbGateway) backendOfSlot(slot uint32) (uint32, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.lb == nil {
+		return 0, false
+	}
+	_, b, ok := g.lb.BackendOfSlot(slot)
+	return b, ok
 }
 
 // neighKey is a next hop toward backend nodes: an address on a link.
@@ -346,9 +370,19 @@ func (a *Agent) lbPinDir() string {
 // load loads the load balancer, taking over the pinned one of an earlier
 // agent if any (its services, backends and connections); g.mu is held.
 func (g *lbGateway) load(a *Agent) error {
-	x, err := lb.Load(lb.Options{PinDir: a.lbPinDir()})
+	opts := lb.Options{PinDir: a.lbPinDir()}
+	if a.dp != nil { // VIP packets are traced on the data path's ring
+		opts.LiveTrace = a.dp.LiveTraceMaps()
+	}
+	x, err := lb.Load(opts)
 	if err != nil {
 		return fmt.Errorf("load the XDP load balancer: %w", err)
+	}
+	if g.traceN != 0 {
+		if err := x.SetTraceActive(g.traceN); err != nil {
+			x.Close()
+			return err
+		}
 	}
 	g.lb, g.applied = x, map[uint32]*agentv1.LbService{}
 	a.log.Info("north-south load balancer loaded", "recovered_services", len(x.ServiceIDs()))

@@ -93,12 +93,29 @@ func (lt *liveTracer) start(f datapath.TraceFilter) (*traceSession, error) {
 // install writes the slots' filters; under lt.mu.
 func (lt *liveTracer) install() error {
 	fs := make([]datapath.TraceFilter, len(lt.slots))
+	var n uint32 // slots the programs look at: up to the last one used
 	for i, s := range lt.slots {
 		if s != nil {
 			fs[i] = s.filter
+			n = uint32(i) + 1
 		}
 	}
-	return lt.a.dp.SetTraceFilters(fs)
+	// The XDP load balancer reads the same filters: it looks at fewer
+	// slots before they are rewritten and at more only after, as the
+	// data path's programs do (datapath.SetTraceFilters).
+	g := &lt.a.nslb
+	g.mu.Lock()
+	cur := g.traceN
+	g.mu.Unlock()
+	if n < cur {
+		if err := g.setTraceActive(n); err != nil {
+			return err
+		}
+	}
+	if err := lt.a.dp.SetTraceFilters(fs); err != nil {
+		return err
+	}
+	return g.setTraceActive(n)
 }
 
 // stop frees s's slot; the last trace closes the ring reader.
@@ -420,6 +437,8 @@ func (a *Agent) renderTrace(evs []datapath.TraceEvent) *agentv1.LiveTracePacket 
 		return groupsOf(port)
 	}
 	var delivered, tunneled, fabric bool
+	var xdp bool // entered the XDP load balancer: its verdicts are XDP's
+	var dst netip.AddrPort // the traced packet's destination, as it entered
 	var proto uint8     // the traced packet's
 	var gwObject string // what a drop at the gateway is about
 	for _, e := range evs {
@@ -429,10 +448,16 @@ func (a *Agent) renderTrace(evs []datapath.TraceEvent) *agentv1.LiveTracePacket 
 			out.TimestampUnixNano = int64(e.Time + monotonicOffset())
 			out.Packet = describePacket(e)
 			proto = e.Protocol
+			dst = netip.AddrPortFrom(e.Dst, e.DstPort)
 			switch e.Prog {
 			case datapath.TraceFromOverlay:
 				out.Entered = "overlay"
 				st.Detail = fmt.Sprintf("arrived over VXLAN (VNI %d) on node %s", e.VPC, a.cfg.Node)
+			case datapath.TraceFromLB:
+				out.Entered = "uplink"
+				xdp = true
+				st.Object = e.Src.String()
+				st.Detail = fmt.Sprintf("arrived from the fabric on gateway %s's uplink, for a load balancer's VIP (XDP, VNI %d)", a.cfg.Node, e.VPC)
 			case datapath.TraceFromUplink:
 				out.Entered = "uplink"
 				st.Object = e.Src.String()
@@ -490,6 +515,10 @@ func (a *Agent) renderTrace(evs []datapath.TraceEvent) *agentv1.LiveTracePacket 
 				st.Detail = "outside the VPC's routes: to the gateway at " + nodeOf(datapath.AddrOfU32(e.B))
 			}
 		case datapath.TraceGatewayIn, datapath.TraceNAT, datapath.TraceGatewayOut, datapath.TraceService:
+			if e.Stage == datapath.TraceService && datapath.ServiceHow(e.Kind) == datapath.ServiceXDP {
+				id, _ := a.nslb.backendOfSlot(e.B) // the slot -> LbBackend id
+				e.B = id
+			}
 			if obj := gw.renderGateway(st, e, proto, out.Entered, portName); obj != "" {
 				gwObject = obj
 			}
@@ -515,6 +544,12 @@ func (a *Agent) renderTrace(evs []datapath.TraceEvent) *agentv1.LiveTracePacket 
 			case datapath.DropSGEgress, datapath.DropSGIngress:
 				st.Object, st.Rule = groupsOf(e.Port), "none"
 				st.Detail = "no rule of the port's security groups allows it"
+			case datapath.DropLBNoBackend:
+				st.Object = portName(e.Port)
+				if e.Port == 0 { // the gateway's XDP load balancer
+					st.Object = "VIP " + dst.String()
+				}
+				st.Detail = "no usable backend: every backend is unhealthy, draining or removed"
 			case datapath.DropNATNoFlow, datapath.DropEIPUnbound, datapath.DropNATProtocol, datapath.DropNoNATGateway,
 				datapath.DropNATExhausted, datapath.DropFIB:
 				st.Object = gwObject // the gateway stage's elastic IP or NAT gateway
@@ -527,6 +562,10 @@ func (a *Agent) renderTrace(evs []datapath.TraceEvent) *agentv1.LiveTracePacket 
 				st.Detail = "dropped: " + reason.String()
 			}
 		case datapath.TraceEnd:
+			if xdp {
+				out.Verdict = xdpVerdict(int32(e.A), tunneled)
+				continue
+			}
 			switch {
 			case int32(e.A) == 2:
 				out.Verdict = "DROPPED"
@@ -546,4 +585,20 @@ func (a *Agent) renderTrace(evs []datapath.TraceEvent) *agentv1.LiveTracePacket 
 		out.Stages = append(out.Stages, st)
 	}
 	return out
+}
+
+// xdpVerdict is a traced packet's verdict in the XDP load balancer.
+func xdpVerdict(v int32, tunneled bool) string {
+	switch v {
+	case 1: // XDP_DROP
+		return "DROPPED"
+	case 2: // XDP_PASS: the gateway's tc programs and the host see it
+		return "TO_HOST"
+	case 3, 4: // XDP_TX, XDP_REDIRECT
+		if tunneled {
+			return "TUNNELED"
+		}
+		return "FORWARDED"
+	}
+	return fmt.Sprintf("xdp verdict %d", v)
 }

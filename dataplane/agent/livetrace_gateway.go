@@ -229,6 +229,15 @@ func (n *gwNames) renderGateway(st *agentv1.LiveTraceStage, e datapath.TraceEven
 			st.Detail = fmt.Sprintf("north-south: destination %s rewritten to %s %s, the local backend whose port's MAC the load balancer addressed", from, backend(), to)
 		case datapath.ServiceReply:
 			st.Detail = fmt.Sprintf("reply of a translated flow: source %s rewritten back to the VIP %s", from, to)
+		case datapath.ServiceXDP:
+			// renderTrace put the backend's id in B (0: not known here)
+			chosen := "a backend"
+			if e.B != 0 {
+				st.Rule = fmt.Sprintf("backend %d", e.B)
+				chosen = backend()
+			}
+			st.Detail = fmt.Sprintf("north-south: the gateway's load balancer chose %s (its connection table, else the Maglev table) on the node at %s; the packet goes there unchanged (direct server return)",
+				chosen, e.To.Addr())
 		}
 	}
 	return ""

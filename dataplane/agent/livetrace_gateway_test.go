@@ -109,6 +109,24 @@ func TestLiveTraceRendersGatewayStages(t *testing.T) {
 			{"source", "pass", outside.String(), "", ""},
 			{"gateway", "pass", "203.0.113.1", "", "left to the host's stack"},
 		}},
+		{"north-south VIP in the gateway's XDP load balancer", []datapath.TraceEvent{
+			entry(datapath.TraceFromLB, 100, "203.0.113.2", "10.0.9.9", 5555, 80),
+			{Stage: datapath.TraceService, Kind: uint8(datapath.ServiceXDP), From: ap("10.0.9.9:80"), To: ap("192.0.2.11:0"), A: 9, B: 3},
+			{Stage: datapath.TraceTunnel, A: nbo("192.0.2.11"), B: 100},
+			end(3), // XDP_TX
+		}, "uplink", "TUNNELED", "", []want{
+			{"source", "pass", outside.String(), "", "for a load balancer's VIP (XDP, VNI 100)"},
+			{"load-balancer", "pass", "projects/lt/loadBalancers/db/http", "", "chose a backend (its connection table, else the Maglev table) on the node at 192.0.2.11; the packet goes there unchanged"},
+			{"tunnel", "pass", "", "", "VXLAN VNI 100 to underlay 192.0.2.11"},
+		}},
+		{"north-south VIP without a backend", []datapath.TraceEvent{
+			entry(datapath.TraceFromLB, 100, "203.0.113.2", "10.0.9.9", 5555, 80),
+			{Stage: datapath.TraceDrop, A: uint32(datapath.DropLBNoBackend)},
+			end(1), // XDP_DROP
+		}, "uplink", "DROPPED", "LB_NO_BACKEND", []want{
+			{"source", "pass", outside.String(), "", "for a load balancer's VIP"},
+			{"load-balancer", "drop", "VIP 10.0.9.9:80", "", "no usable backend"},
+		}},
 		{"east-west service", []datapath.TraceEvent{
 			fromPort(entry(datapath.TraceFromPort, 100, "10.0.1.10", "10.0.9.9", 31000, 80), 1),
 			{Stage: datapath.TraceService, Kind: uint8(datapath.ServiceMaglev), From: ap("10.0.9.9:80"), To: ap("10.0.2.20:8080"), A: 9, B: 2},

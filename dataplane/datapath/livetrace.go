@@ -275,6 +275,10 @@ const (
 	ServiceStored ServiceHow = 2 // east-west established flow: its stored backend
 	ServiceLocal  ServiceHow = 3 // north-south, on the backend's node: by the backend port's MAC
 	ServiceReply  ServiceHow = 4 // a reply: source rewritten back to the VIP
+	// ServiceXDP: north-south, on a gateway (bpf/c/lb.c): B is the
+	// backend's slot in the load balancer's table (lb.LB.BackendOfSlot
+	// names it), To the backend's node; the packet is not rewritten (DSR).
+	ServiceXDP ServiceHow = 5
 )
 
 func (s TraceStage) String() string {
@@ -332,6 +336,8 @@ func (h ServiceHow) String() string {
 		return "local"
 	case ServiceReply:
 		return "reply"
+	case ServiceXDP:
+		return "xdp"
 	}
 	return fmt.Sprintf("service-how(%d)", uint8(h))
 }
@@ -341,7 +347,16 @@ const (
 	TraceFromPort    = 1
 	TraceFromOverlay = 2
 	TraceFromUplink  = 3 // a gateway's interface toward the fabric
+	TraceFromLB      = 4 // the XDP load balancer on a gateway's uplink (bpf/c/lb.c)
 )
+
+// LiveTraceMaps are the maps the live trace's programs share (filters,
+// budgets, per-CPU scratch, the ring), for another BPF object that traces
+// too (dataplane/lb: lb.Options.LiveTrace).
+func (d *Datapath) LiveTraceMaps() map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{"lt_filters": d.objs.LtFilters, "lt_buckets": d.objs.LtBuckets,
+		"lt_curs": d.objs.LtCurs, "lt_events": d.objs.LtEvents}
+}
 
 // TraceEvent is one stage of one traced packet.
 type TraceEvent struct {

@@ -77,6 +77,12 @@ type Options struct {
 	// the package comment); "" pins nothing. Maps pinned with other
 	// sizes must be removed first (Unpin).
 	PinDir string
+	// LiveTrace are the VPC data path's live-trace maps
+	// (datapath.LiveTraceMaps): with them a VIP's packet is traced here
+	// too (bpf/c/lb.c), on the same ring with the same filters, once
+	// SetTraceActive says how many filter slots there are. Without them
+	// the program has maps of its own that nothing reads.
+	LiveTrace map[string]*ebpf.Map
 }
 
 // Mode is how Attach hooks the program.
@@ -210,7 +216,9 @@ func Load(opts Options) (*LB, error) {
 	var mapOpts ebpf.MapOptions
 	if opts.PinDir != "" {
 		for name, m := range spec.Maps {
-			if !strings.HasPrefix(name, ".") { // data sections (none today) are per load
+			// Data sections (lt_active) and the live trace's maps are
+			// per load: a trace ends with the agent that ran it.
+			if !strings.HasPrefix(name, ".") && !strings.HasPrefix(name, "lt_") {
 				m.Pinning = ebpf.PinByName
 			}
 		}
@@ -225,7 +233,7 @@ func Load(opts Options) (*LB, error) {
 		beSlots:  slots{max: opts.MaxBackends},
 		gens:     make([]uint32, opts.MaxBackends),
 	}
-	if err := spec.LoadAndAssign(&l.objs, &ebpf.CollectionOptions{Maps: mapOpts}); err != nil {
+	if err := spec.LoadAndAssign(&l.objs, &ebpf.CollectionOptions{Maps: mapOpts, MapReplacements: opts.LiveTrace}); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("lb: load programs: %w\n%+v", err, ve)
@@ -246,6 +254,32 @@ func Load(opts Options) (*LB, error) {
 		return nil, fmt.Errorf("lb: recover state from %s: %w", opts.PinDir, err)
 	}
 	return l, nil
+}
+
+// SetTraceActive tells the program how many live-trace filter slots to
+// look at (0: no trace runs), as datapath.SetTraceFilters does for the VPC
+// data path's programs.
+func (l *LB) SetTraceActive(n uint32) error {
+	if err := l.objs.LtActive.Set(n); err != nil {
+		return fmt.Errorf("lb: set lt_active: %w", err)
+	}
+	return nil
+}
+
+// BackendOfSlot names the backend in slot of lb_backends (what the live
+// trace's LT_SVC_XDP stage reports): its service's and its own LbBackend
+// id.
+func (l *LB) BackendOfSlot(slot uint32) (service, backend uint32, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for id, svc := range l.services {
+		for bid, b := range svc.backends {
+			if b.slot == slot {
+				return id, bid, true
+			}
+		}
+	}
+	return 0, 0, false
 }
 
 // recover rebuilds the bookkeeping from the maps (non-empty only when they
