@@ -437,10 +437,10 @@ func (a *Agent) renderTrace(evs []datapath.TraceEvent) *agentv1.LiveTracePacket 
 		return groupsOf(port)
 	}
 	var delivered, tunneled, fabric bool
-	var xdp bool // entered the XDP load balancer: its verdicts are XDP's
+	var xdp bool           // entered the XDP load balancer: its verdicts are XDP's
 	var dst netip.AddrPort // the traced packet's destination, as it entered
-	var proto uint8     // the traced packet's
-	var gwObject string // what a drop at the gateway is about
+	var proto uint8        // the traced packet's
+	var gwObject string    // what a drop at the gateway is about
 	for _, e := range evs {
 		st := &agentv1.LiveTraceStage{Stage: e.Stage.String(), Verdict: "pass"}
 		switch e.Stage {
