@@ -40,6 +40,7 @@ func run(args []string) error {
 	roles := fs.String("roles", "compute", "comma-separated roles: compute, gateway, load-balancer")
 	uplink := fs.String("uplink", "", "gateway nodes: interface toward the fabric where elastic IPs and NAT gateways are served (unless the Gateway object names one)")
 	realization := fs.String("realization", "ebpf", "what forwards this node's traffic: ebpf (Meridian's data path) or ovn (OVS/OVN, programmed by ovn-controller)")
+	ovnLog := fs.String("ovn-controller-log", "", "with --realization ovn: ovn-controller's log file, whose acl_log lines become flow-log records (default "+agent.DefaultOVNControllerLog+"; \"none\": no flow logs on this node)")
 	ovsDB := fs.String("ovs-db", "", "with --realization ovn: the node's Open_vSwitch database, e.g. unix:/run/openvswitch/db.sock (default: ovs-vsctl's)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -76,6 +77,14 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--realization: %w", err)
 	}
+	switch {
+	case *ovnLog == "none":
+		*ovnLog = ""
+	case re != agent.RealizationOVN && *ovnLog != "":
+		return fmt.Errorf("--ovn-controller-log needs --realization ovn (eBPF nodes log flows from their data path)")
+	case re == agent.RealizationOVN && *ovnLog == "":
+		*ovnLog = agent.DefaultOVNControllerLog
+	}
 	if *stateDir == "" {
 		*stateDir = filepath.Join("/run/meridian", *node)
 	}
@@ -88,7 +97,7 @@ func run(args []string) error {
 	a, err := agent.New(agent.Config{
 		Node: *node, Controller: *ctl, Token: tok, UnderlayIP: ip, Socket: *socket, BPFFS: *bpffs,
 		StateDir: *stateDir, Metrics: *metrics, Roles: rl, Version: "dev", Log: log,
-		Realization: re, OVSDB: *ovsDB, Uplink: *uplink,
+		Realization: re, OVSDB: *ovsDB, Uplink: *uplink, OVNControllerLog: *ovnLog,
 	})
 	if err != nil {
 		return err

@@ -60,6 +60,10 @@ type Config struct {
 	// node's Open_vSwitch database ("" = ovs-vsctl's default). See ovn.go.
 	Realization Realization
 	OVSDB       string
+	// OVNControllerLog: with the OVN realization, ovn-controller's log
+	// file, whose acl_log lines become flow-log records (ovnflowlog.go);
+	// "" = no flow logs on this node.
+	OVNControllerLog string
 }
 
 // RouterMAC is the virtual router's MAC, the same on every node, so a
@@ -93,7 +97,8 @@ type Agent struct {
 	bgp    bgpAgent   // gateway nodes' BGP speaker (bgp.go)
 	syncm  syncClock  // received vs applied updates, for the sync lag metric (metrics_datapath.go)
 
-	flowlogs *flowLogs // flow logs (flowlog.go); nil in the OVN realization
+	flowlogs *flowLogs    // flow logs (flowlog.go); nil in the OVN realization
+	ovnflow  *ovnFlowLogs // flow logs of the OVN realization (ovnflowlog.go); nil without OVNControllerLog
 
 	// dropSubs: drop events for meridianctl capture --drops (capture.go).
 	dropSubs dropHub
@@ -122,6 +127,9 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: state dir: %w", err)
 	}
+	if err := validateOVNControllerLog(cfg); err != nil { // ovnflowlog.go
+		return nil, err
+	}
 	var dp *datapath.Datapath
 	var ovs *ovsNode
 	if cfg.Realization == RealizationOVN {
@@ -143,6 +151,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if dp != nil {
 		a.flowlogs = newFlowLogs(a.log, dp, cfg.Node)
+	}
+	if ovs != nil && cfg.OVNControllerLog != "" {
+		a.ovnflow = newOVNFlowLogs(a.log, cfg.Node, cfg.OVNControllerLog)
 	}
 	st, err := loadState(a.statePath())
 	if err != nil {
@@ -218,6 +229,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); a.watchDrops(ctx) }()
 		wg.Add(1)
 		go func() { defer wg.Done(); a.flowlogs.run(ctx) }()
+	}
+	if a.ovnflow != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.ovnflow.run(ctx) }()
 	}
 	if a.cfg.Metrics != "" {
 		wg.Add(1)

@@ -943,10 +943,10 @@ type flowLogServer struct {
 }
 
 func (s *flowLogServer) FollowFlowLogs(r *agentv1.FollowFlowLogsRequest, st agentv1.FlowLogLocalService_FollowFlowLogsServer) error {
-	if s.a.flowlogs == nil {
-		return status.Error(codes.FailedPrecondition, "flow logs need the eBPF data path; this node uses the OVN realization")
+	if s.a.flowlogs == nil && s.a.ovnflow == nil {
+		return status.Error(codes.FailedPrecondition, "flow logs need the eBPF data path, or on OVN nodes ovn-controller's log (--ovn-controller-log)")
 	}
-	fl, stop := s.a.flowlogs.follow(r.FlowLog, r.Port)
+	fl, stop := s.a.followFlowLogs(r.FlowLog, r.Port) // ovnflowlog.go
 	defer stop()
 	var sent uint64
 	for {

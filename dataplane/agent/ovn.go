@@ -187,5 +187,8 @@ func (a *Agent) reconcileOVN(desired map[string]*agentv1.Object, attach map[stri
 			}
 		}
 	}
+	if a.ovnflow != nil {
+		a.ovnflow.apply(desired, v, a.cfg.Node, func(key string, err error) { errs[key] = err.Error() })
+	}
 	return newApplied(), errs
 }
