@@ -514,26 +514,17 @@ func TestFlowLogs(t *testing.T) {
 
 	// 1. Create the VPC's flow log and wait for the first record of a
 	// new flow, keeping new connections coming meanwhile.
-	var createLatency []time.Duration
-	{
-		before, err := desiredVersions(ctx, r)
-		if err != nil {
-			t.Fatal(err)
-		}
+	var toRecord, toApplied []time.Duration
+	measure := func(name, doc string) int {
 		m2 := f2.mark()
-		t0 := time.Now()
-		if err := r.Apply(ctx, flowLogDoc(flAll, flVPC, "ALL", file)); err != nil {
-			t.Fatal(err)
-		}
-		lat, err := firstRecordAfter(ctx, c, f2, m2, t0, flAll)
+		rec, applied, err := createMeasured(ctx, r, c, f2, name, doc)
 		if err != nil {
 			t.Fatal(err)
 		}
-		createLatency = append(createLatency, lat)
-		if err := waitApplied(ctx, r, before); err != nil {
-			t.Fatal(err)
-		}
+		toRecord, toApplied = append(toRecord, rec), append(toApplied, applied)
+		return m2
 	}
+	measure(flAll, flowLogDoc(flAll, flVPC, "ALL", file))
 
 	// 2. One accepted connection across nodes and two refused ones.
 	ok80, end80, err := c.connect(ctx, "web-1", "app-1", 80, true)
@@ -697,23 +688,7 @@ func TestFlowLogs(t *testing.T) {
 	// call to the first record of a new flow, over a few flow logs.
 	for i := range 4 {
 		name := fmt.Sprintf("%s/flowLogs/lat-%d", flProject, i)
-		before, err := desiredVersions(ctx, r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m2 := f2.mark()
-		t0 := time.Now()
-		if err := r.Apply(ctx, flowLogDoc(name, flApp1, "ALL", "")); err != nil {
-			t.Fatal(err)
-		}
-		lat, err := firstRecordAfter(ctx, c, f2, m2, t0, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		createLatency = append(createLatency, lat)
-		if err := waitApplied(ctx, r, before); err != nil {
-			t.Fatal(err)
-		}
+		m2 := measure(name, flowLogDoc(name, flApp1, "ALL", ""))
 		for _, s := range f2.since(m2) {
 			if s.rec.FlowLog == name && s.rec.InterfaceID != flApp1 {
 				t.Errorf("flow log %s scoped to %s logged another port: %s", name, flApp1, s.line)
@@ -721,10 +696,13 @@ func TestFlowLogs(t *testing.T) {
 		}
 		changeAndWait(ctx, t, r, func() error { _, err := r.Ctl(ctx, "flow-log", "delete", name); return err })
 	}
-	slices.Sort(createLatency)
-	t.Logf("API call -> first record of a new flow (aggregation interval 1 s): p50 %v, min %v, max %v over %d flow logs: %v",
-		createLatency[len(createLatency)/2].Round(time.Millisecond), createLatency[0].Round(time.Millisecond),
-		createLatency[len(createLatency)-1].Round(time.Millisecond), len(createLatency), roundAll(createLatency))
+	slices.Sort(toRecord)
+	slices.Sort(toApplied)
+	t.Logf("API call -> first record of a new flow (aggregation interval 1 s): p50 %v, min %v, max %v over %d flow logs %v; "+
+		"API call -> both agents applied it: p50 %v %v",
+		toRecord[len(toRecord)/2].Round(time.Millisecond), toRecord[0].Round(time.Millisecond),
+		toRecord[len(toRecord)-1].Round(time.Millisecond), len(toRecord), roundAll(toRecord),
+		toApplied[len(toApplied)/2].Round(time.Millisecond), roundAll(toApplied))
 
 	// 5. Update to ACCEPT only: once applied, a refused flow leaves no
 	// REJECT record anywhere, an accepted one is still logged. The
@@ -751,8 +729,9 @@ func TestFlowLogs(t *testing.T) {
 	}
 	for _, f := range followers {
 		for _, s := range f.since(map[string]int{"node-1": m1, "node-2": m2}[f.node]) {
-			if s.rec.Action != "ACCEPT" {
-				t.Errorf("%s: flow log %s is ACCEPT only, yet: %s", f.node, flAll, s.line)
+			// The port flow logs of step 4 are gone: the VPC's logs app-1 again.
+			if s.rec.Action != "ACCEPT" || s.rec.FlowLog != flAll {
+				t.Errorf("%s: flow log %s is ACCEPT only and the only one, yet: %s", f.node, flAll, s.line)
 			}
 		}
 	}
@@ -839,6 +818,61 @@ func TestFlowLogs(t *testing.T) {
 		t.Errorf("%s grew after its flow log was deleted: %d -> %v bytes (%v)", file, st.Size(), st2.Size(), err)
 	}
 	checkFile(t)
+
+	// 8. An agent restart: its followers' streams end (the CLI says so
+	// and exits), and the restarted agent logs new flows again.
+	if err := r.Restart(ctx, "node-2-agent"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-f2.done:
+		t.Logf("node-2's stream ended with the agent: %v", f2.err)
+	case <-ctx.Done():
+		t.Fatal("meridianctl flowlogs --follow on node-2 still runs after its agent stopped")
+	}
+	f2b := startFlowFollower(t, r, "node-2")
+	t0 := time.Now()
+	var got seenRecord
+	for got.line == "" {
+		fl, _, err := c.connect(ctx, "web-2", "app-1", 80, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wctx, wcancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+		got, err = f2b.wait(wctx, 0, fl.String(), func(r flowRecord) bool { return fl.is(r, flWeb2) && r.FlowLog == flWeb })
+		wcancel()
+		if err != nil && time.Since(t0) > 15*time.Second {
+			t.Fatalf("no record after node-2's agent restarted: %v", err)
+		}
+	}
+	t.Logf("after node-2's agent restarted: first record %v after it served", time.Since(t0).Round(time.Millisecond))
+}
+
+// createMeasured creates a flow log with meridianctl apply and returns
+// how long after the call the first record of a new flow came (node-2's
+// stream f) and how long until both agents had applied it.
+func createMeasured(ctx context.Context, r *Run, c *flowClient, f *flowFollower, name, doc string) (toRecord, toApplied time.Duration, err error) {
+	before, err := desiredVersions(ctx, r)
+	if err != nil {
+		return 0, 0, err
+	}
+	mark := f.mark()
+	t0 := time.Now()
+	if err := r.Apply(ctx, doc); err != nil {
+		return 0, 0, err
+	}
+	type result struct {
+		took time.Duration
+		err  error
+	}
+	applied := make(chan result, 1)
+	go func() {
+		err := waitApplied(ctx, r, before)
+		applied <- result{time.Since(t0), err}
+	}()
+	toRecord, err = firstRecordAfter(ctx, c, f, mark, t0, name)
+	a := <-applied
+	return toRecord, a.took, errors.Join(err, a.err)
 }
 
 // firstRecordAfter opens a new accepted connection web-1 -> app-1:80 every
