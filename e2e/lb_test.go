@@ -404,6 +404,51 @@ func TestLoadBalancer(t *testing.T) {
 		}
 	})
 
+	// A VIP's packets, traced where they enter: the gateways' XDP load
+	// balancers report the backend chosen and the tunnel to its node.
+	t.Run("live-trace", func(t *testing.T) {
+		args := []string{"--config=", "live-trace", "--dst", lbVIP, "-p", "tcp", "--dport", "80",
+			"--count", "1", "--duration", "15s"}
+		for _, gw := range outsideGateways {
+			n, ok := r.State().node(gw)
+			if !ok || n.AgentSocket == "" {
+				t.Fatalf("gateway %s has no agent socket", gw)
+			}
+			args = append(args, "--agent-socket", n.AgentSocket)
+		}
+		type result struct {
+			out string
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			out, err := r.Ctl(ctx, args...)
+			done <- result{out, err}
+		}()
+		// Connections until a gateway has traced one (the filter is
+		// installed some time after the command starts; the gateway
+		// that did not carry one stops at --duration).
+		var res result
+	wait:
+		for {
+			select {
+			case res = <-done:
+				break wait
+			case <-time.After(200 * time.Millisecond):
+				spread(r, 1)
+			}
+		}
+		if res.err != nil {
+			t.Fatalf("live-trace: %v", res.err)
+		}
+		t.Logf("meridianctl live-trace on the gateways:\n%s", res.out)
+		for _, want := range []string{"load-balancer", "TUNNELED", "direct server return", "tunnel"} {
+			if !strings.Contains(res.out, want) {
+				t.Errorf("live-trace output lacks %q", want)
+			}
+		}
+	})
+
 	// A long-lived connection, and which gateway carries it.
 	long, err := dialFrom(r, "inet", lbVIP+":80", 2*time.Second)
 	if err != nil {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
 	"github.com/meridian-sdn/meridian/dataplane/datapath"
@@ -205,10 +207,13 @@ func (n *gwNames) renderGateway(st *agentv1.LiveTraceStage, e datapath.TraceEven
 		backend := func() string {
 			for _, b := range s.GetBackends() {
 				if (e.B != 0 && b.GetId() == e.B) || (e.B == 0 && b.GetAddress() == e.To.Addr().String() && b.GetPort() == uint32(e.To.Port())) {
-					if b.GetPortId() != 0 {
-						return fmt.Sprintf("backend %d (port %s)", b.GetId(), portName(b.GetPortId()))
+					at := net.JoinHostPort(b.GetAddress(), strconv.Itoa(int(b.GetPort())))
+					// A port of another node is not in this node's state:
+					// its number says nothing, its address does.
+					if name := portName(b.GetPortId()); b.GetPortId() != 0 && !strings.HasPrefix(name, "port ") {
+						return fmt.Sprintf("backend %d (port %s)", b.GetId(), name)
 					}
-					return fmt.Sprintf("backend %d", b.GetId())
+					return fmt.Sprintf("backend %d (%s)", b.GetId(), at)
 				}
 			}
 			if e.B != 0 {
