@@ -16,7 +16,9 @@ import (
 // controller's part is to log exactly the ACLs that can decide the fate of
 // a covered port's packets, named so that the agent can tell the rule:
 //
-//	security-group rule R of group G   "sg:G:R" (allow-related; logged when a member is covered by an ACCEPT or ALL flow log)
+//	security-group rule R of group G   "sg:G:R" (allow-related; logged when a member is covered by an ACCEPT or ALL flow log,
+//	                                    as a copy "ct.new && <rule>" one priority above the rule: OVN 23.03 evaluates and
+//	                                    logs allows for every packet but replies, the copy only for a flow's first)
 //	network ACL N, rule numbered K      "acl:N:K" (drop; logged when a port of the subnet is covered by a REJECT or ALL flow log)
 //	network ACL N, no rule matched      "acl:N:default"
 //	no security-group rule allows       "deny:sg" (the default deny of every port; logged when any port is covered by a REJECT or ALL flow log)

@@ -3,6 +3,7 @@ package ovn
 import (
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
@@ -28,6 +29,15 @@ func loggedACLs(t *testing.T, d *Desired) map[string]string {
 			t.Errorf("logged ACL %s: name %v, severity %v", r.ID, a.Name, a.Severity)
 			continue
 		}
+		if a.Action == nbdb.ACLActionAllowRelated {
+			// A logged allow is a copy of the rule for new connections
+			// only, above the rule, which stays.
+			orig := d.Row(nbdb.ACLTable, strings.TrimSuffix(r.ID, "/log"))
+			if !strings.HasSuffix(r.ID, "/log") || orig == nil || a.Priority != PrioritySGLogged ||
+				a.Match != "ct.new && "+orig.Model.(*nbdb.ACL).Match || orig.Model.(*nbdb.ACL).Priority != PrioritySG {
+				t.Errorf("logged allow %s: priority %d, match %q; rule %v", r.ID, a.Priority, a.Match, orig)
+			}
+		}
 		m := "-"
 		if a.Meter != nil {
 			m = *a.Meter
@@ -47,9 +57,9 @@ func TestRenderLogsTheACLsOfCoveredPorts(t *testing.T) {
 		return mergeObjects(fixture(), objects(c))
 	}
 	sg21 := map[string]string{
-		"sg/21/rule/1": "sg:21:1 mer-fl-9",
-		"sg/21/rule/2": "sg:21:2 mer-fl-9",
-		"sg/21/rule/3": "sg:21:3 mer-fl-9",
+		"sg/21/rule/1/log": "sg:21:1 mer-fl-9",
+		"sg/21/rule/2/log": "sg:21:2 mer-fl-9",
+		"sg/21/rule/3/log": "sg:21:3 mer-fl-9",
 	}
 	drops := map[string]string{
 		"global/ports/deny-from": "deny:sg mer-fl-9",
@@ -91,7 +101,7 @@ func TestRenderLogsTheACLsOfCoveredPorts(t *testing.T) {
 			drops, true},
 		{"no rate limit, no meter",
 			withLog(&agentv1.FlowLogConfig{Id: 9, VpcId: 1, PortId: 101, TrafficType: "ACCEPT"}),
-			map[string]string{"sg/21/rule/1": "sg:21:1 -", "sg/21/rule/2": "sg:21:2 -", "sg/21/rule/3": "sg:21:3 -"}, false},
+			map[string]string{"sg/21/rule/1/log": "sg:21:1 -", "sg/21/rule/2/log": "sg:21:2 -", "sg/21/rule/3/log": "sg:21:3 -"}, false},
 		{"a flow log of another VPC covers nothing",
 			withLog(&agentv1.FlowLogConfig{Id: 9, VpcId: 2, TrafficType: "ALL", RateLimit: 100}), map[string]string{}, false},
 	}

@@ -90,6 +90,7 @@ const (
 	PriorityInfra       = 32000 // ARP and DHCP to OVN's own responders
 	PriorityNACLFirst   = 29999 // a network ACL's first rule; later rules count down
 	PriorityNACLDefault = 20000 // a network ACL's closing deny
+	PrioritySGLogged    = 1002  // logged copies of security-group allows for new connections (flowlog.go)
 	PrioritySG          = 1001  // security-group allows (all equal: allows commute)
 	PriorityDefaultDeny = 1000  // ports without a matching security-group rule
 	maxNACLRules        = PriorityNACLFirst - PriorityNACLDefault
@@ -231,6 +232,12 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 		// when flow logs start or stop covering one of its members.
 		acls, ok := cached[g]
 		if !ok || cachedLog[g] != plan.sg[id] {
+			for _, r := range acls { // rows of the same group logged otherwise: the logged copies may go
+				if acl[r.ID] == r {
+					delete(acl, r.ID)
+					delta[r.ID] = true
+				}
+			}
 			acls = sgACLs(g, plan.sg[id])
 			for _, a := range acls {
 				acl[a.ID] = a
@@ -457,12 +464,23 @@ func sgACLs(g *agentv1.SecurityGroup, log aclLog) []*Row {
 		if r.GetIngress() {
 			dir, scope = nbdb.ACLDirectionToLport, "outport == @"+pg
 		}
-		row := &nbdb.ACL{
-			Direction: dir, Action: nbdb.ACLActionAllowRelated, Priority: PrioritySG,
-			Match: scope + " && " + ruleMatch(r),
+		match := scope + " && " + ruleMatch(r)
+		out = append(out, newRow(nbdb.ACLTable, id, own, "sg-rule", &nbdb.ACL{
+			Direction: dir, Action: nbdb.ACLActionAllowRelated, Priority: PrioritySG, Match: match,
+		}))
+		if log.on {
+			// OVN 23.03 evaluates (and logs) allow ACLs for every packet
+			// of a connection but its replies: a logged copy of the rule
+			// that matches only new connections, one priority above,
+			// logs each flow once, at its first packet; the rule itself
+			// passes the rest unlogged. Allows commute, so the copy
+			// changes no verdict.
+			row := &nbdb.ACL{
+				Direction: dir, Action: nbdb.ACLActionAllowRelated, Priority: PrioritySGLogged, Match: "ct.new && " + match,
+			}
+			log.set(row, SGRuleLogName(g.GetId(), r.GetId()))
+			out = append(out, newRow(nbdb.ACLTable, id+"/log", own, "sg-rule-log", row))
 		}
-		log.set(row, SGRuleLogName(g.GetId(), r.GetId()))
-		out = append(out, newRow(nbdb.ACLTable, id, own, "sg-rule", row))
 	}
 	return out
 }
@@ -471,14 +489,15 @@ func sgACLs(g *agentv1.SecurityGroup, log aclLog) []*Row {
 // rendered from: the member ports (by ID and object) and the families
 // other groups name the group for.
 type sgRows struct {
+	acls    []*Row // the group's ACL rows (again when flow logs start or stop logging them)
 	members []string
 	ports   []*agentv1.Port
 	remote  [2]bool
 	rows    []*Row
 }
 
-func (c sgRows) same(members []string, ports []*agentv1.Port, remote [2]bool) bool {
-	return c.rows != nil && c.remote == remote && slices.Equal(c.members, members) && slices.Equal(c.ports, ports)
+func (c sgRows) same(acls []*Row, members []string, ports []*agentv1.Port, remote [2]bool) bool {
+	return c.rows != nil && c.remote == remote && slices.Equal(c.acls, acls) && slices.Equal(c.members, members) && slices.Equal(c.ports, ports)
 }
 
 // renderSG adds a group's port group and address sets (its ACL rows are
@@ -492,7 +511,7 @@ func (d *Desired) renderSG(x *agentv1.Index, g *agentv1.SecurityGroup, acls []*R
 			ports[i] = x.Ports[portID(m)]
 		}
 	}
-	if last.same(members, ports, remoteFamilies) {
+	if last.same(acls, members, ports, remoteFamilies) {
 		for _, r := range last.rows {
 			d.put(r)
 		}
@@ -500,7 +519,7 @@ func (d *Desired) renderSG(x *agentv1.Index, g *agentv1.SecurityGroup, acls []*R
 	}
 	own := owner("sg", g.GetId())
 	pg := d.add(nbdb.PortGroupTable, own, own, "security-group", &nbdb.PortGroup{Name: PortGroupName(g.GetId())})
-	out := sgRows{members: members, ports: ports, remote: remoteFamilies, rows: []*Row{pg}}
+	out := sgRows{acls: acls, members: members, ports: ports, remote: remoteFamilies, rows: []*Row{pg}}
 	pg.Refs["ports"] = members
 	pg.Refs["acls"] = make([]string, 0, len(acls))
 	for _, a := range acls {

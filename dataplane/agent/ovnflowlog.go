@@ -13,12 +13,11 @@ package agent
 // its followers.
 //
 // What OVN tells and what it does not: the 5-tuple, the verdict, the
-// deciding rule and the direction, per packet it logged. An allow-related
-// ACL is evaluated only for packets that do not belong to an established
-// connection, so an accepted TCP or UDP flow is logged once, at its first
-// packet (each ICMP echo request is, as OVN does not see an echo as
-// established until its reply); a drop is logged for each packet, up to
-// the meter. There are no byte counts and no end of an accepted flow:
+// deciding rule and the direction, per packet it logged. OVN 23.03
+// evaluates allow ACLs for every packet of a connection but its replies,
+// so the controller logs copies of the allows that match only ct.new: an
+// accepted flow is logged once, at its first packet (a TCP SYN); a drop
+// is logged for each packet, up to the meter. There are no byte counts and no end of an accepted flow:
 // records of OVN nodes say so in log-status ("OVN-FIRST-PACKETS": packets
 // are the logged packets, bytes 0 because unknown) instead of inventing
 // counters. Lines of one flow (port, 5-tuple, rule, verdict) within the
