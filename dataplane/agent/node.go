@@ -156,6 +156,9 @@ func (a *Agent) metricsRegistry() *prometheus.Registry {
 	if a.flowlogs != nil {
 		reg.MustRegister(newFlowLogCollector(a.flowlogs))
 	}
+	if a.ovnflow != nil {
+		reg.MustRegister(newOVNFlowLogCollector(a.ovnflow)) // ovnflowlog.go
+	}
 	reg.MustRegister(newDatapathCollector(a))
 	reg.MustRegister(newLBCollector(&a.nslb)) // gateways: the XDP load balancer (lb.go)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meridian_agent_desired_version", Help: "Version of the desired state received."},

@@ -46,6 +46,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
 )
 
@@ -119,7 +121,7 @@ type ovnFlowLogs struct {
 	followers map[*flowFollower]struct{}
 
 	// counters
-	lines, unparsable, uncovered, sampledOut, limited, tableFull, records, writeErrors uint64
+	lines, newFlows, aggregated, unparsable, uncovered, sampledOut, limited, tableFull, records, writeErrors uint64
 }
 
 func newOVNFlowLogs(log *slog.Logger, node, path string) *ovnFlowLogs {
@@ -271,6 +273,7 @@ func (f *ovnFlowLogs) line(s string, now time.Time) {
 	id := ovnFlowID{port: port, src: l.Src, dst: l.Dst, srcPort: l.SrcPort, dstPort: l.DstPort, proto: l.Protocol,
 		name: l.Name, verdict: l.Verdict, egress: egress}
 	if x := f.flows[id]; x != nil {
+		f.aggregated++
 		x.packets++
 		x.last = l.Time
 		return
@@ -287,6 +290,7 @@ func (f *ovnFlowLogs) line(s string, now time.Time) {
 		f.tableFull++
 		return
 	}
+	f.newFlows++
 	f.flows[id] = &ovnFlow{fl: fl, first: l.Time, seen: now, last: l.Time, packets: 1}
 }
 
@@ -570,4 +574,47 @@ func inode(st os.FileInfo) uint64 {
 		return s.Ino
 	}
 	return 0
+}
+
+// ovnFlowLogCollector exports the OVN flow-log counters on /metrics.
+type ovnFlowLogCollector struct {
+	f       *ovnFlowLogs
+	lines   *prometheus.Desc
+	records *prometheus.Desc
+	tracked *prometheus.Desc
+	werr    *prometheus.Desc
+}
+
+func newOVNFlowLogCollector(f *ovnFlowLogs) *ovnFlowLogCollector {
+	return &ovnFlowLogCollector{
+		f: f,
+		lines: prometheus.NewDesc("meridian_agent_ovn_flowlog_lines_total",
+			"acl_log lines of ovn-controller's log, by what the agent did: logged (a new flow), aggregated (into a flow's record), "+
+				"uncovered (a port no flow log of this node covers), unparsable, sampled_out, rate_limited, table_full.",
+			[]string{"outcome"}, nil),
+		records: prometheus.NewDesc("meridian_agent_ovn_flowlog_records_total", "Flow-log records written from OVN's ACL log.", nil, nil),
+		tracked: prometheus.NewDesc("meridian_agent_ovn_flowlog_tracked_flows", "Flows aggregated until their interval ends.", nil, nil),
+		werr:    prometheus.NewDesc("meridian_agent_ovn_flowlog_write_errors_total", "Failed writes of flow-log files.", nil, nil),
+	}
+}
+
+func (c *ovnFlowLogCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.lines, c.records, c.tracked, c.werr} {
+		ch <- d
+	}
+}
+
+func (c *ovnFlowLogCollector) Collect(ch chan<- prometheus.Metric) {
+	f := c.f
+	f.mu.Lock()
+	counts := map[string]uint64{"logged": f.newFlows, "aggregated": f.aggregated, "uncovered": f.uncovered, "unparsable": f.unparsable,
+		"sampled_out": f.sampledOut, "rate_limited": f.limited, "table_full": f.tableFull}
+	records, tracked, werr := f.records, len(f.flows), f.writeErrors
+	f.mu.Unlock()
+	for outcome, v := range counts {
+		ch <- prometheus.MustNewConstMetric(c.lines, prometheus.CounterValue, float64(v), outcome)
+	}
+	ch <- prometheus.MustNewConstMetric(c.records, prometheus.CounterValue, float64(records))
+	ch <- prometheus.MustNewConstMetric(c.tracked, prometheus.GaugeValue, float64(tracked))
+	ch <- prometheus.MustNewConstMetric(c.werr, prometheus.CounterValue, float64(werr))
 }

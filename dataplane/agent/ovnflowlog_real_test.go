@@ -231,6 +231,9 @@ func TestFlowLogOnOVN(t *testing.T) {
 	if logged != lines {
 		t.Errorf("the records count %d packets, ovn-controller logged %d", logged, lines)
 	}
+	if lines > flood/2 {
+		t.Errorf("ovn-controller logged %d of %d packets: the meter (100/s) did not cut the flood", lines, flood)
+	}
 }
 
 // listenIn listens on addr in namespace ns until the test ends.

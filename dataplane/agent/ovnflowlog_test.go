@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
 )
 
@@ -89,6 +91,9 @@ func TestOVNFlowLogRecords(t *testing.T) {
 	f.line(aclLogDeny, now) // port 4: another node's
 	f.line("2026-11-27T12:45:23.434Z|00001|vlog|INFO|opened log file", now)
 	f.line(strings.Replace(aclLogTCP, "tp_dst=23", "tp_dst=x", 1), now)
+	// The local API's stream follows the same records (port 3's only).
+	fw, stopFollow := (&Agent{ovnflow: f}).followFlowLogs("", "projects/p/ports/p3")
+	defer stopFollow()
 	f.flush(now.Add(500*time.Millisecond), false)
 	if rs := readOVNRecords(t, path); len(rs) != 0 {
 		t.Fatalf("records before the interval ended: %+v", rs)
@@ -100,6 +105,14 @@ func TestOVNFlowLogRecords(t *testing.T) {
 		t.Fatalf("records %+v, want an ACCEPT and a REJECT", rs)
 	}
 	a, r := rs[0], rs[1]
+	select {
+	case lines := <-fw.ch:
+		if len(lines) != 1 || !strings.Contains(lines[0], `"acl-rule":100`) {
+			t.Errorf("follower of port 3 got %q", lines)
+		}
+	default:
+		t.Error("the follower got no records")
+	}
 	if a.Action != "ACCEPT" || a.InterfaceID != "projects/p/ports/p1" || a.Direction != "egress" || a.Protocol != 1 ||
 		a.SrcAddr.String() != "10.0.1.10" || a.DstAddr.String() != "10.0.1.11" || a.Packets != 1 || a.Bytes != 0 ||
 		a.SecurityGroup != "projects/p/securityGroups/web" || a.SGRuleID != 2 ||
@@ -114,11 +127,30 @@ func TestOVNFlowLogRecords(t *testing.T) {
 		r.SubnetID != "projects/p/subnets/b" {
 		t.Errorf("reject record %+v", r)
 	}
-	f.mu.Lock()
-	lines, bad, uncovered := f.lines, f.unparsable, f.uncovered
-	f.mu.Unlock()
-	if lines != 6 || bad != 1 || uncovered != 1 {
-		t.Errorf("lines %d, unparsable %d, uncovered %d; want 6, 1, 1", lines, bad, uncovered)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newOVNFlowLogCollector(f))
+	got := map[string]float64{}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			name := mf.GetName()
+			for _, l := range m.GetLabel() {
+				name += "/" + l.GetValue()
+			}
+			got[name] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	for name, want := range map[string]float64{
+		"meridian_agent_ovn_flowlog_lines_total/logged": 2, "meridian_agent_ovn_flowlog_lines_total/aggregated": 2,
+		"meridian_agent_ovn_flowlog_lines_total/uncovered": 1, "meridian_agent_ovn_flowlog_lines_total/unparsable": 1,
+		"meridian_agent_ovn_flowlog_records_total": 2, "meridian_agent_ovn_flowlog_tracked_flows": 0,
+	} {
+		if got[name] != want {
+			t.Errorf("%s = %v, want %v", name, got[name], want)
+		}
 	}
 
 	t.Run("traffic type, default deny and network ACL default", func(t *testing.T) {
