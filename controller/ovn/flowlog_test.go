@@ -1,14 +1,19 @@
 package ovn
 
 import (
+	"context"
 	"maps"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
+	mv1 "github.com/meridian-sdn/meridian/api/meridian/v1"
 	"github.com/meridian-sdn/meridian/controller/ovn/nbdb"
 	"github.com/meridian-sdn/meridian/controller/ovn/ovntest"
+	"github.com/meridian-sdn/meridian/controller/resource"
+	"github.com/meridian-sdn/meridian/controller/store"
 )
 
 // loggedACLs returns the logged ACL rows of a rendering: meridian:id ->
@@ -185,5 +190,49 @@ func TestFlowLogRowsReachNB(t *testing.T) {
 	}
 	if out := stack.NBCtl("--bare", "--columns=_uuid", "list", "Meter_Band"); out != "" {
 		t.Errorf("meter bands left: %q", out)
+	}
+}
+
+// TestRunFollowsFlowLogsInTheStore: a FlowLog resource written to the
+// store, compiled by package model as the controller does, logs the
+// covered port's ACLs with its meter; deleting it takes both away.
+func TestRunFollowsFlowLogsInTheStore(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "meridian.db"), store.Options{Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	vpc := &mv1.Vpc{Name: "projects/p/vpcs/v", CidrBlocks: []string{"10.0.0.0/16"}, Id: 1, Vni: 1001}
+	subnet := &mv1.Subnet{Name: "projects/p/vpcs/v/subnets/s", CidrBlock: "10.0.1.0/24", Id: 11}
+	p := &mv1.Port{Name: "projects/p/ports/web", Subnet: subnet.Name, MacAddress: "02:00:00:00:01:05",
+		FixedIps: []string{"10.0.1.5"}, Id: 105}
+	put(t, st, vpc, subnet, p)
+	r := runReconciler(t, ovntest.InMemoryNB(t), nil, st)
+	waitSynced(t, r, st.Revision())
+
+	fl := &mv1.FlowLog{Name: "projects/p/flowLogs/f", Vpc: vpc.Name, Resource: p.Name, TrafficType: "REJECT",
+		RateLimit: 50, Burst: 5, AggregationInterval: 60, Id: 7}
+	waitSynced(t, r, put(t, st, fl))
+	m, ok := meridianRows(r, nbdb.MeterTable)["flowlog/7"].(*nbdb.Meter)
+	if !ok || m.Name != "mer-fl-7" {
+		t.Fatalf("meter of the flow log: %+v", m)
+	}
+	deny, ok := meridianRows(r, nbdb.ACLTable)["global/ports/deny-to"].(*nbdb.ACL)
+	if !ok || !deny.Log || deny.Meter == nil || *deny.Meter != "mer-fl-7" || deny.Name == nil || *deny.Name != DenySGLogName {
+		t.Fatalf("default deny with a REJECT flow log on a port: %+v", deny)
+	}
+
+	rev, err := st.Update(context.Background(), func(tx store.Tx) error {
+		return tx.Delete(resource.KindFlowLog.Key(fl.Name))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSynced(t, r, rev)
+	if n := len(meridianRows(r, nbdb.MeterTable)); n != 0 {
+		t.Errorf("%d meters left after the flow log was deleted", n)
+	}
+	if deny := meridianRows(r, nbdb.ACLTable)["global/ports/deny-to"].(*nbdb.ACL); deny.Log || deny.Meter != nil {
+		t.Errorf("default deny still logged: %+v", deny)
 	}
 }
