@@ -392,6 +392,30 @@ func waitApplied(ctx context.Context, r *Run, before map[string]uint64) error {
 	return nil
 }
 
+// waitSynced waits until every agent is connected and has applied its
+// desired state, e.g. after the controller restarted.
+func waitSynced(ctx context.Context, r *Run) error {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	for _, n := range r.State().Nodes {
+		for {
+			var st flowNodeStatus
+			err := ctlJSON(ctx, r, &st, "node", "get", "nodes/"+n.Name)
+			s := st.Status
+			if err == nil && s.Connected && s.DesiredVersion > 0 && s.AppliedVersion >= s.DesiredVersion {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("node %s not in sync (connected %v, desired %d, applied %d, %v): %w",
+					n.Name, s.Connected, s.DesiredVersion, s.AppliedVersion, err, ctx.Err())
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
 // changeAndWait makes a change through meridianctl and waits until every
 // agent applied it.
 func changeAndWait(ctx context.Context, t *testing.T, r *Run, change func() error) {
@@ -495,10 +519,13 @@ func TestFlowLogs(t *testing.T) {
 		}
 		t.Cleanup(func() { l.Close() })
 	}
-	// web-2 serves the deletion check's barrier flows.
-	if l, err := listenEcho(mustNetns(t, r, "web-2"), TCP, 80); err != nil {
-		t.Fatal(err)
-	} else {
+	// web-2 serves the deletion check's barrier flows, and a port its
+	// security group refuses.
+	for _, port := range []uint16{80, 81} {
+		l, err := listenEcho(mustNetns(t, r, "web-2"), TCP, port)
+		if err != nil {
+			t.Fatal(err)
+		}
 		t.Cleanup(func() { l.Close() })
 	}
 	sgApp80 := sgRuleID(ctx, t, r, flAppSG, func(d, p string, min uint32) bool { return d == "INGRESS" && p == "tcp" && min == 80 })
@@ -517,9 +544,16 @@ func TestFlowLogs(t *testing.T) {
 	var toRecord, toApplied []time.Duration
 	measure := func(name, doc string) int {
 		m2 := f2.mark()
-		rec, applied, err := createMeasured(ctx, r, c, f2, name, doc)
+		rec, applied, stale, err := createMeasured(ctx, r, c, f2, name, doc)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if stale > 0 {
+			// A known agent bug (see the report of this test's commit): a
+			// flow-log slot freed by a deletion is reused at once, and
+			// new-flow events still in the ring from the deleted flow log
+			// are attributed to the new one.
+			t.Logf("%s: %d record(s) of flows begun before it was created (flows of the flow log deleted just before)", name, stale)
 		}
 		toRecord, toApplied = append(toRecord, rec), append(toApplied, applied)
 		return m2
@@ -846,20 +880,45 @@ func TestFlowLogs(t *testing.T) {
 		}
 	}
 	t.Logf("after node-2's agent restarted: first record %v after it served", time.Since(t0).Round(time.Millisecond))
+
+	// 9. A controller restart: the flow logs come back from its store, so
+	// the agents keep them (a controller that forgot them would have them
+	// deleted) and the next change still reaches them.
+	if err := r.Restart(ctx, "controller"); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitSynced(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	changeAndWait(ctx, t, r, func() error { return r.Apply(ctx, flowLogDoc(flWeb, flWebNet, "REJECT", "")) })
+	// web's group lets nothing in: app-1 -> web-2:81 is refused at web-2.
+	refused2, _, err := c.connect(ctx, "app-1", "web-2", 81, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := f2b.wait(ctx, 0, refused2.String(), func(r flowRecord) bool { return refused2.is(r, flWeb2) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.rec.Action != "REJECT" || s.rec.DropReason != "sg-ingress" || s.rec.FlowLog != flWeb || s.rec.Direction != "ingress" {
+		t.Errorf("after the controller restarted: want a REJECT (sg-ingress) of %s by %s, got %s", refused2, flWeb, s.line)
+	}
 }
 
 // createMeasured creates a flow log with meridianctl apply and returns
 // how long after the call the first record of a new flow came (node-2's
-// stream f) and how long until both agents had applied it.
-func createMeasured(ctx context.Context, r *Run, c *flowClient, f *flowFollower, name, doc string) (toRecord, toApplied time.Duration, err error) {
+// stream f), how long until both agents had applied it, and how many
+// records of it were of flows begun before it existed (see
+// firstRecordAfter).
+func createMeasured(ctx context.Context, r *Run, c *flowClient, f *flowFollower, name, doc string) (toRecord, toApplied time.Duration, stale int, err error) {
 	before, err := desiredVersions(ctx, r)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	mark := f.mark()
 	t0 := time.Now()
 	if err := r.Apply(ctx, doc); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	type result struct {
 		took time.Duration
@@ -870,26 +929,31 @@ func createMeasured(ctx context.Context, r *Run, c *flowClient, f *flowFollower,
 		err := waitApplied(ctx, r, before)
 		applied <- result{time.Since(t0), err}
 	}()
-	toRecord, err = firstRecordAfter(ctx, c, f, mark, t0, name)
+	toRecord, stale, err = firstRecordAfter(ctx, c, f, mark, t0, name)
 	a := <-applied
-	return toRecord, a.took, errors.Join(err, a.err)
+	return toRecord, a.took, stale, errors.Join(err, a.err)
 }
 
 // firstRecordAfter opens a new accepted connection web-1 -> app-1:80 every
 // 100 ms until node-2's stream (f, after mark) has a record of flow log
-// name, and returns how long after t0 (the API call) it came.
-func firstRecordAfter(ctx context.Context, c *flowClient, f *flowFollower, mark int, t0 time.Time, name string) (time.Duration, error) {
+// name for one of them, and returns how long after t0 (the API call) it
+// came, and how many records of name were of flows begun before t0.
+func firstRecordAfter(ctx context.Context, c *flowClient, f *flowFollower, mark int, t0 time.Time, name string) (time.Duration, int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
+	var mu sync.Mutex
+	started := map[uint16]time.Time{} // by source port
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			if _, _, err := c.connect(ctx, "web-1", "app-1", 80, true); err != nil && ctx.Err() == nil {
+			at := time.Now()
+			fl, _, err := c.connect(ctx, "web-1", "app-1", 80, true)
+			if err != nil && ctx.Err() == nil {
 				select {
 				case errc <- err:
 				default:
@@ -897,6 +961,9 @@ func firstRecordAfter(ctx context.Context, c *flowClient, f *flowFollower, mark 
 				cancel()
 				return
 			}
+			mu.Lock()
+			started[fl.sport] = at
+			mu.Unlock()
 			select {
 			case <-ctx.Done():
 				return
@@ -904,18 +971,34 @@ func firstRecordAfter(ctx context.Context, c *flowClient, f *flowFollower, mark 
 			}
 		}
 	}()
-	s, err := f.wait(ctx, mark, "a flow of "+name, func(r flowRecord) bool { return r.FlowLog == name })
+	ours := func(r flowRecord) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		_, ok := started[r.SrcPort]
+		return ok && r.SrcAddr == "10.0.1.11" && r.DstPort == 80
+	}
+	s, err := f.wait(ctx, mark, "a new flow of "+name, func(r flowRecord) bool { return r.FlowLog == name && ours(r) })
 	cancel()
 	wg.Wait()
 	select {
 	case cerr := <-errc:
-		return 0, cerr
+		return 0, 0, cerr
 	default:
 	}
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return s.at.Sub(t0), nil
+	// A record cannot come before its interval is over.
+	if d := s.at.Sub(started[s.rec.SrcPort]); d < time.Second {
+		return 0, 0, fmt.Errorf("the first record of %s came %v after its connection began, within the aggregation interval (1 s): %s", name, d, s.line)
+	}
+	stale := 0
+	for _, o := range f.since(mark) {
+		if o.rec.FlowLog == name && !ours(o.rec) {
+			stale++
+		}
+	}
+	return s.at.Sub(t0), stale, nil
 }
 
 // waitLines waits until f has at least n records.
