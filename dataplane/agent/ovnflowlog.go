@@ -491,6 +491,7 @@ type logTail struct {
 	ino     uint64
 	off     int64
 	partial []byte
+	buf     []byte // read buffer, kept between polls
 	started bool
 }
 
@@ -530,7 +531,10 @@ func (t *logTail) poll(line func(string)) error {
 
 // drain reads what was appended since the last read.
 func (t *logTail) drain(line func(string)) error {
-	buf := make([]byte, 64<<10)
+	if t.buf == nil {
+		t.buf = make([]byte, 64<<10)
+	}
+	buf := t.buf
 	for {
 		n, err := t.f.ReadAt(buf, t.off)
 		t.off += int64(n)
