@@ -675,28 +675,30 @@ func TestFlowLogs(t *testing.T) {
 	// either follower got, byte for byte. (Both agents run on this one
 	// host, so both nodes' records go to the same path; on real nodes
 	// each has its own file.)
+	files := []string{file} // every file_path the flow log had
 	checkFile := func(t *testing.T) {
 		t.Helper()
-		lines := readFlowFile(t, file)
 		have := map[string]bool{}
 		nodes := map[string]int{}
-		for _, l := range lines {
-			var rec flowRecord
-			if err := json.Unmarshal([]byte(l), &rec); err != nil {
-				t.Fatalf("%s: line %q is not a record: %v", file, l, err)
+		for _, path := range files {
+			for _, l := range readFlowFile(t, path) {
+				var rec flowRecord
+				if err := json.Unmarshal([]byte(l), &rec); err != nil {
+					t.Fatalf("%s: line %q is not a record: %v", path, l, err)
+				}
+				have[l] = true
+				nodes[rec.Node]++
 			}
-			have[l] = true
-			nodes[rec.Node]++
 		}
 		for _, f := range followers {
 			for _, s := range f.since(0) {
 				if s.rec.FlowLog == flAll && !have[s.line] {
-					t.Errorf("%s: streamed on %s but not in the file: %s", file, f.node, s.line)
+					t.Errorf("%v: streamed on %s but in no file: %s", files, f.node, s.line)
 				}
 			}
 		}
 		if nodes["node-1"] == 0 || nodes["node-2"] == 0 {
-			t.Errorf("%s: records by node %v, want both nodes'", file, nodes)
+			t.Errorf("%v: records by node %v, want both nodes'", files, nodes)
 		}
 	}
 	checkFile(t)
@@ -740,11 +742,19 @@ func TestFlowLogs(t *testing.T) {
 		toRecord[len(toRecord)-1].Round(time.Millisecond), len(toRecord), roundAll(toRecord),
 		toApplied[len(toApplied)/2].Round(time.Millisecond), roundAll(toApplied))
 
-	// 5. Update to ACCEPT only: once applied, a refused flow leaves no
-	// REJECT record anywhere, an accepted one is still logged. The
-	// accepted flow goes second: its record comes after the refused
-	// one's interval is over, so its arrival bounds the wait.
+	// 5. Update to ACCEPT only, to another file: once applied, a refused
+	// flow leaves no REJECT record anywhere, an accepted one is still
+	// logged, to the new file only. The accepted flow goes second: its
+	// record comes after the refused one's interval is over, so its
+	// arrival bounds the wait.
+	oldFile := file
+	file = filepath.Join(r.RunDir(), "flowlogs", "accepted.jsonl")
+	files = append(files, file)
 	changeAndWait(ctx, t, r, func() error { return r.Apply(ctx, flowLogDoc(flAll, flVPC, "ACCEPT", file)) })
+	oldSize, err := os.Stat(oldFile)
+	if err != nil {
+		t.Fatal(err)
+	}
 	m1, m2 := f1.mark(), f2.mark()
 	refused, _, err := c.connect(ctx, "web-1", "app-1", 81, false)
 	if err != nil {
@@ -770,6 +780,19 @@ func TestFlowLogs(t *testing.T) {
 				t.Errorf("%s: flow log %s is ACCEPT only and the only one, yet: %s", f.node, flAll, s.line)
 			}
 		}
+	}
+
+	for _, l := range readFlowFile(t, file) {
+		var rec flowRecord
+		if err := json.Unmarshal([]byte(l), &rec); err != nil || rec.Action != "ACCEPT" {
+			t.Errorf("%s: %q is not an ACCEPT record (%v)", file, l, err)
+		}
+	}
+	checkFile(t)
+	if st, err := os.Stat(oldFile); err != nil {
+		t.Error(err)
+	} else if st.Size() != oldSize.Size() {
+		t.Errorf("%s (the flow log's previous file) changed after the update was applied: %d -> %d bytes", oldFile, oldSize.Size(), st.Size())
 	}
 
 	// 6. Bad requests through meridianctl: refused with the field named,
@@ -850,8 +873,10 @@ func TestFlowLogs(t *testing.T) {
 			}
 		}
 	}
-	if st2, err := os.Stat(file); err != nil || st2.Size() != st.Size() {
-		t.Errorf("%s grew after its flow log was deleted: %d -> %v bytes (%v)", file, st.Size(), st2.Size(), err)
+	if st2, err := os.Stat(file); err != nil {
+		t.Error(err)
+	} else if st2.Size() != st.Size() {
+		t.Errorf("%s grew after its flow log was deleted: %d -> %d bytes", file, st.Size(), st2.Size())
 	}
 	checkFile(t)
 
