@@ -138,4 +138,13 @@ func TestDataPathOnRealOVN(t *testing.T) {
 		stack.NBCtl("--wait=hv", "sync")
 		check(t, []probe{{1, "10.0.2.10", true}})
 	})
+	// A flow log logging port 1's default deny splits the default deny
+	// into port 1's logged rows and the others' (flowlog.go): port 4 must
+	// stay cut off both ways, port 1 still reach what its group allows.
+	t.Run("a flow log on one port keeps the other ports' default deny", func(t *testing.T) {
+		mustSync(t, r, mergeObjects(datapathObjects(false), objects(
+			&agentv1.FlowLogConfig{Id: 9, VpcId: 1, PortId: 1, TrafficType: "REJECT", RateLimit: 100})))
+		stack.NBCtl("--wait=hv", "sync")
+		check(t, []probe{{1, "10.0.1.11", true}, {1, "10.0.1.12", false}, {4, "10.0.1.10", false}})
+	})
 }

@@ -50,8 +50,9 @@
 //	node             snat rows, port mappings as Load_Balancers; see renderOutside (gateway.go) for the
 //	                 mapping and the differences from the eBPF realization
 //	flow log F       log, name ("sg:G:R", "acl:N:K", "acl:N:default", "deny:sg"), severity and meter
-//	                 on the ACLs deciding the fate of the ports F covers; Meter "mer-fl-F" (and its
-//	                 Meter_Band) with F's rate limit; see flowlog.go
+//	                 on the ACLs deciding the fate of the ports F covers (allows as "ct.new" copies
+//	                 at 1002); Port_Group "mer_fl_F" with their logged default deny (the others'
+//	                 on "mer_ports_unlogged"); Meter "mer-fl-F" with F's rate limit; see flowlog.go
 //	LbService L      Load_Balancer "mer-lb-L" (+ Load_Balancer_Health_Check, ip_port_mappings for
 //	                 Service_Monitor) on the VPC's switches and router (internal) or on the
 //	                 router with its gateway port (north-south); see lb.go

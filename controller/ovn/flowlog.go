@@ -21,10 +21,11 @@ import (
 //	                                    logs allows for every packet but replies, the copy only for a flow's first)
 //	network ACL N, rule numbered K      "acl:N:K" (drop; logged when a port of the subnet is covered by a REJECT or ALL flow log)
 //	network ACL N, no rule matched      "acl:N:default"
-//	no security-group rule allows       "deny:sg" (the default deny of every port; logged when any port is covered by a REJECT or ALL flow log)
+//	no security-group rule allows       "deny:sg" (the default deny; for the ports a REJECT or ALL flow log covers, its
+//	                                    own rows on its own port group "mer_fl_F", the others' on "mer_ports_unlogged")
 //
 // An ACL row is shared by every port it applies to (a group's members, a
-// subnet's ports, all ports), so logging is per row: a row is logged when
+// subnet's ports), so logging is per row: a row is logged when
 // any port it applies to is covered, and the agent drops the lines of
 // ports no flow log covers. The names are well under OVN's 63 characters.
 //
@@ -90,8 +91,10 @@ type flowLogPlan struct {
 	logs   []*agentv1.FlowLogConfig // by id
 	sg     map[uint32]aclLog        // security group -> its rules' rows
 	subnet map[uint32]aclLog        // subnet -> its network ACL's rows
-	deny   aclLog                   // the default deny
-	meters map[uint32]bool          // flow logs whose meter a row names
+	// denyOf: the ports whose default deny is logged, by the flow log
+	// (REJECT or ALL) covering them.
+	denyOf map[uint32]*agentv1.FlowLogConfig
+	meters map[uint32]bool // flow logs whose meter a row names
 }
 
 // planFlowLogs finds, for every port, the flow log that logs it (the
@@ -99,7 +102,7 @@ type flowLogPlan struct {
 // rows to log; a row applying to ports of several flow logs takes the
 // lowest-numbered one's meter.
 func planFlowLogs(objs map[string]*agentv1.Object, x *agentv1.Index) flowLogPlan {
-	p := flowLogPlan{sg: map[uint32]aclLog{}, subnet: map[uint32]aclLog{}, meters: map[uint32]bool{}}
+	p := flowLogPlan{sg: map[uint32]aclLog{}, subnet: map[uint32]aclLog{}, denyOf: map[uint32]*agentv1.FlowLogConfig{}, meters: map[uint32]bool{}}
 	for _, o := range objs {
 		if c := o.GetFlowLog(); c != nil && c.GetVpcId() != 0 {
 			p.logs = append(p.logs, c)
@@ -115,23 +118,6 @@ func planFlowLogs(objs map[string]*agentv1.Object, x *agentv1.Index) flowLogPlan
 		}
 		return cur
 	}
-	sg, subnet := map[uint32]*agentv1.FlowLogConfig{}, map[uint32]*agentv1.FlowLogConfig{}
-	var deny *agentv1.FlowLogConfig
-	for _, port := range x.Ports {
-		c := coveringFlowLog(p.logs, port)
-		if c == nil {
-			continue
-		}
-		if c.GetTrafficType() != "REJECT" {
-			for _, g := range port.GetSecurityGroupIds() {
-				sg[g] = lower(sg[g], c)
-			}
-		}
-		if c.GetTrafficType() != "ACCEPT" {
-			subnet[port.GetSubnetId()] = lower(subnet[port.GetSubnetId()], c)
-			deny = lower(deny, c)
-		}
-	}
 	log := func(c *agentv1.FlowLogConfig) aclLog {
 		if c == nil {
 			return aclLog{}
@@ -143,13 +129,31 @@ func planFlowLogs(objs map[string]*agentv1.Object, x *agentv1.Index) flowLogPlan
 		}
 		return l
 	}
+	sg, subnet := map[uint32]*agentv1.FlowLogConfig{}, map[uint32]*agentv1.FlowLogConfig{}
+	for id, port := range x.Ports {
+		c := coveringFlowLog(p.logs, port)
+		if c == nil {
+			continue
+		}
+		if c.GetTrafficType() != "REJECT" {
+			for _, g := range port.GetSecurityGroupIds() {
+				sg[g] = lower(sg[g], c)
+			}
+		}
+		if c.GetTrafficType() != "ACCEPT" {
+			subnet[port.GetSubnetId()] = lower(subnet[port.GetSubnetId()], c)
+			if x.Subnets[port.GetSubnetId()] != nil { // else it has no switch port
+				p.denyOf[id] = c
+				log(c) // its meter
+			}
+		}
+	}
 	for g, c := range sg {
 		p.sg[g] = log(c)
 	}
 	for s, c := range subnet {
 		p.subnet[s] = log(c)
 	}
-	p.deny = log(deny)
 	return p
 }
 
@@ -193,4 +197,28 @@ func (d *Desired) renderMeters(p flowLogPlan) {
 		})
 		m.Refs["bands"] = []string{band}
 	}
+}
+
+// renderFlowLogDeny adds flow log c's port group, of the ports whose
+// default deny it logs (members are added by Render), with the logged
+// default deny on it (see renderDefaultDeny).
+func (d *Desired) renderFlowLogDeny(c *agentv1.FlowLogConfig) *Row {
+	own := owner("flowlog", c.GetId())
+	name := FlowLogPortGroupName(c.GetId())
+	pg := d.add(nbdb.PortGroupTable, own+"/ports", own, "flowlog-ports", &nbdb.PortGroup{Name: name})
+	pg.Refs["ports"] = []string{}
+	l := aclLog{on: true}
+	if c.GetRateLimit() > 0 {
+		l.meter = MeterName(c.GetId())
+	}
+	for _, a := range []struct{ id, dir, match string }{
+		{own + "/deny-from", nbdb.ACLDirectionFromLport, "inport == @" + name},
+		{own + "/deny-to", nbdb.ACLDirectionToLport, "outport == @" + name},
+	} {
+		row := &nbdb.ACL{Direction: a.dir, Match: a.match, Action: nbdb.ACLActionDrop, Priority: PriorityDefaultDeny}
+		l.set(row, DenySGLogName)
+		d.add(nbdb.ACLTable, a.id, own, "flowlog-deny", row)
+		pg.Refs["acls"] = append(pg.Refs["acls"], a.id)
+	}
+	return pg
 }

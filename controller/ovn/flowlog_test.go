@@ -67,8 +67,8 @@ func TestRenderLogsTheACLsOfCoveredPorts(t *testing.T) {
 		"sg/21/rule/3/log": "sg:21:3 mer-fl-9",
 	}
 	drops := map[string]string{
-		"global/ports/deny-from": "deny:sg mer-fl-9",
-		"global/ports/deny-to":   "deny:sg mer-fl-9",
+		"flowlog/9/deny-from": "deny:sg mer-fl-9",
+		"flowlog/9/deny-to":   "deny:sg mer-fl-9",
 	}
 	// Subnet 11's network ACL rows: rule 100 (ingress, telnet), rule 110
 	// (egress UDP) and the closing denies.
@@ -117,6 +117,19 @@ func TestRenderLogsTheACLsOfCoveredPorts(t *testing.T) {
 			if !maps.Equal(got, c.want) {
 				t.Errorf("logged ACLs:\n got %v\nwant %v", got, c.want)
 			}
+			// The default deny: logged on the flow log's own port group of
+			// the ports it covers, unlogged on the group of the others.
+			deny := d.Row(nbdb.ACLTable, "global/ports/deny-to").Model.(*nbdb.ACL)
+			fl, unlogged := d.Row(nbdb.PortGroupTable, "flowlog/9/ports"), d.Row(nbdb.PortGroupTable, "global/ports-unlogged")
+			if _, ok := c.want["flowlog/9/deny-to"]; ok {
+				if deny.Match != "outport == @"+UnloggedPortsGroup || fl == nil || unlogged == nil ||
+					!slices.Equal(fl.Refs["ports"], []string{"port/101"}) || !slices.Equal(unlogged.Refs["ports"], []string{"port/102", "port/103"}) ||
+					!slices.Equal(fl.Refs["acls"], []string{"flowlog/9/deny-from", "flowlog/9/deny-to"}) {
+					t.Errorf("default deny %q; flow log's port group %+v, unlogged ports %+v", deny.Match, fl, unlogged)
+				}
+			} else if deny.Match != "outport == @"+AllPortsGroup || fl != nil || unlogged != nil {
+				t.Errorf("default deny %q, port groups %+v %+v without a logged default deny", deny.Match, fl, unlogged)
+			}
 			meters := d.Rows(nbdb.MeterTable)
 			if !c.meterOn {
 				if len(meters) != 0 || len(d.Rows(nbdb.MeterBandTable)) != 0 {
@@ -150,7 +163,7 @@ func TestRenderLogsTheACLsOfCoveredPorts(t *testing.T) {
 		// 9). The drops are flow log 5's, for port 102 in subnet 11.
 		want := merged(sg21)
 		for id, v := range drops {
-			want[id] = v[:len(v)-len("mer-fl-9")] + "mer-fl-5"
+			want[strings.Replace(id, "flowlog/9/", "flowlog/5/", 1)] = v[:len(v)-len("mer-fl-9")] + "mer-fl-5"
 		}
 		if !maps.Equal(got, want) {
 			t.Errorf("logged ACLs:\n got %v\nwant %v", got, want)
@@ -217,9 +230,10 @@ func TestRunFollowsFlowLogsInTheStore(t *testing.T) {
 	if !ok || m.Name != "mer-fl-7" {
 		t.Fatalf("meter of the flow log: %+v", m)
 	}
-	deny, ok := meridianRows(r, nbdb.ACLTable)["global/ports/deny-to"].(*nbdb.ACL)
-	if !ok || !deny.Log || deny.Meter == nil || *deny.Meter != "mer-fl-7" || deny.Name == nil || *deny.Name != DenySGLogName {
-		t.Fatalf("default deny with a REJECT flow log on a port: %+v", deny)
+	deny, ok := meridianRows(r, nbdb.ACLTable)["flowlog/7/deny-to"].(*nbdb.ACL)
+	if !ok || !deny.Log || deny.Meter == nil || *deny.Meter != "mer-fl-7" || deny.Name == nil || *deny.Name != DenySGLogName ||
+		deny.Match != "outport == @mer_fl_7" {
+		t.Fatalf("logged default deny of the flow log's port: %+v", deny)
 	}
 
 	rev, err := st.Update(context.Background(), func(tx store.Tx) error {
@@ -232,7 +246,10 @@ func TestRunFollowsFlowLogsInTheStore(t *testing.T) {
 	if n := len(meridianRows(r, nbdb.MeterTable)); n != 0 {
 		t.Errorf("%d meters left after the flow log was deleted", n)
 	}
-	if deny := meridianRows(r, nbdb.ACLTable)["global/ports/deny-to"].(*nbdb.ACL); deny.Log || deny.Meter != nil {
-		t.Errorf("default deny still logged: %+v", deny)
+	if deny := meridianRows(r, nbdb.ACLTable)["global/ports/deny-to"].(*nbdb.ACL); deny.Log || deny.Match != "outport == @mer_ports" {
+		t.Errorf("default deny after the flow log went: %+v", deny)
+	}
+	if n := len(meridianRows(r, nbdb.PortGroupTable)); n != 1 {
+		t.Errorf("%d port groups left, want mer_ports only", n)
 	}
 }

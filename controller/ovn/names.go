@@ -24,7 +24,14 @@ const (
 	// AllPortsGroup holds every Meridian logical switch port: its ACLs deny
 	// what no security group allows.
 	AllPortsGroup = "mer_ports"
+	// UnloggedPortsGroup is the Port_Group of the Meridian ports whose
+	// default deny no flow log logs (only while some flow log does).
+	UnloggedPortsGroup = "mer_ports_unlogged"
 )
+
+// FlowLogPortGroupName is the Port_Group of the ports whose default deny
+// flow log id logs.
+func FlowLogPortGroupName(flowLog uint32) string { return "mer_fl_" + itoa(flowLog) }
 
 func itoa(id uint32) string { return strconv.FormatUint(uint64(id), 10) }
 

@@ -176,7 +176,8 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 		}
 	}()
 	plan := planFlowLogs(objs, x)
-	allPorts := d.renderDefaultDeny(plan.deny)
+	allPorts, unlogged := d.renderDefaultDeny(len(plan.denyOf) > 0)
+	denyGroups := map[*agentv1.FlowLogConfig]*Row{} // flow log -> its port group of logged default denies
 	for _, id := range sortedIDs(x.VPCs) {
 		d.add(nbdb.LogicalRouterTable, owner("vpc", id), owner("vpc", id), "router", &nbdb.LogicalRouter{Name: RouterName(id)})
 	}
@@ -196,6 +197,16 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 			continue
 		}
 		allPorts.Refs["ports"] = append(allPorts.Refs["ports"], lspID)
+		if c := plan.denyOf[id]; c != nil {
+			pg := denyGroups[c]
+			if pg == nil {
+				pg = d.renderFlowLogDeny(c)
+				denyGroups[c] = pg
+			}
+			pg.Refs["ports"] = append(pg.Refs["ports"], lspID)
+		} else if unlogged != nil {
+			unlogged.Refs["ports"] = append(unlogged.Refs["ports"], lspID)
+		}
 		for _, g := range p.GetSecurityGroupIds() {
 			members[g] = append(members[g], lspID)
 		}
@@ -272,9 +283,21 @@ func (rr *Renderer) Render(objs map[string]*agentv1.Object) *Desired {
 // allows, including ports with no groups at all; these ACLs do the same in
 // OVN. ARP and DHCP stay allowed because OVN answers them itself after the
 // ACL stage (the eBPF path answers them before its policy stage).
-func (d *Desired) renderDefaultDeny(log aclLog) *Row {
+//
+// With flow logs logging the default deny of some ports (scoped), the
+// deny rows here apply to the port group of the other ports
+// (UnloggedPortsGroup, returned second) and each flow log has logged deny
+// rows on a port group of its own (renderFlowLogDeny): the same priority
+// on disjoint ports, so no port's verdict depends on which one OVS picks.
+func (d *Desired) renderDefaultDeny(scoped bool) (all, unlogged *Row) {
 	pg := d.add(nbdb.PortGroupTable, "global/ports", OwnerGlobal, "default-deny", &nbdb.PortGroup{Name: AllPortsGroup})
 	in, out := "inport == @"+AllPortsGroup, "outport == @"+AllPortsGroup
+	denyIn, denyOut := in, out
+	if scoped {
+		unlogged = d.add(nbdb.PortGroupTable, "global/ports-unlogged", OwnerGlobal, "default-deny", &nbdb.PortGroup{Name: UnloggedPortsGroup})
+		unlogged.Refs["ports"] = []string{}
+		denyIn, denyOut = "inport == @"+UnloggedPortsGroup, "outport == @"+UnloggedPortsGroup
+	}
 	acls := []struct {
 		id, dir, match, action string
 		prio                   int
@@ -283,18 +306,15 @@ func (d *Desired) renderDefaultDeny(log aclLog) *Row {
 		{"global/ports/arp-to", nbdb.ACLDirectionToLport, out + " && arp", nbdb.ACLActionAllow, PriorityInfra},
 		{"global/ports/dhcp4", nbdb.ACLDirectionFromLport, in + " && ip4 && udp.src == 68 && udp.dst == 67", nbdb.ACLActionAllow, PriorityInfra},
 		{"global/ports/dhcp6", nbdb.ACLDirectionFromLport, in + " && ip6 && udp.src == 546 && udp.dst == 547", nbdb.ACLActionAllow, PriorityInfra},
-		{"global/ports/deny-from", nbdb.ACLDirectionFromLport, in, nbdb.ACLActionDrop, PriorityDefaultDeny},
-		{"global/ports/deny-to", nbdb.ACLDirectionToLport, out, nbdb.ACLActionDrop, PriorityDefaultDeny},
+		{"global/ports/deny-from", nbdb.ACLDirectionFromLport, denyIn, nbdb.ACLActionDrop, PriorityDefaultDeny},
+		{"global/ports/deny-to", nbdb.ACLDirectionToLport, denyOut, nbdb.ACLActionDrop, PriorityDefaultDeny},
 	}
 	for _, a := range acls {
-		row := &nbdb.ACL{Direction: a.dir, Match: a.match, Action: a.action, Priority: a.prio}
-		if a.action == nbdb.ACLActionDrop {
-			log.set(row, DenySGLogName)
-		}
-		d.add(nbdb.ACLTable, a.id, OwnerGlobal, "default-deny", row)
+		d.add(nbdb.ACLTable, a.id, OwnerGlobal, "default-deny",
+			&nbdb.ACL{Direction: a.dir, Match: a.match, Action: a.action, Priority: a.prio})
 		pg.Refs["acls"] = append(pg.Refs["acls"], a.id)
 	}
-	return pg
+	return pg, unlogged
 }
 
 func (d *Desired) renderSubnet(x *agentv1.Index, s *agentv1.Subnet, log aclLog) {
