@@ -167,10 +167,10 @@ func TestIncrementalLoadBalancersMatchFullPasses(t *testing.T) {
 	}
 	objs := m.objects()
 	mustSync(t, r, objs)
-	incremental, lbSteps := 0, 0
+	incremental, lbSteps, withHealthChecks := 0, 0, 0
 	for step := range 60 {
 		what := m.mutate()
-		if m.rng.IntN(2) == 0 { // listeners twice as often
+		if m.rng.IntN(2) == 0 && len(m.lbs) > 0 { // listeners twice as often (while there are some)
 			id, svc := pick(m.rng, m.lbs)
 			svc = proto.Clone(svc).(*agentv1.LbService)
 			m.lbs[id] = svc
@@ -190,6 +190,9 @@ func TestIncrementalLoadBalancersMatchFullPasses(t *testing.T) {
 		if t.Failed() {
 			t.Fatalf("step %d (%s): NB differs from the rendering", step, what)
 		}
+		if len(meridianRows(r, nbdb.LoadBalancerHealthCheckTable)) > 0 {
+			withHealthChecks++
+		}
 		res, err := r.Resync(testCtx(t), objs)
 		if err != nil {
 			t.Fatalf("step %d (%s): full pass: %v", step, what, err)
@@ -203,8 +206,11 @@ func TestIncrementalLoadBalancersMatchFullPasses(t *testing.T) {
 	if incremental < 50 {
 		t.Errorf("only %d of 60 passes were incremental", incremental)
 	}
-	if len(meridianRows(r, nbdb.LoadBalancerHealthCheckTable)) == 0 && len(meridianRows(r, nbdb.LoadBalancerTable)) > 2 {
-		t.Errorf("no health check survived 60 steps: the test does not cover them")
+	// Coverage, not chance: health checks come and go with the random
+	// changes, so whether one is left at the end is luck (it failed 1 run
+	// in 8); the passes that had some are what counts.
+	if withHealthChecks < 10 {
+		t.Errorf("only %d of 60 passes had health checks: the test does not cover them", withHealthChecks)
 	}
 }
 
