@@ -160,9 +160,10 @@ type MeridianFlowEvent struct {
 }
 
 type MeridianFlowlogBucket struct {
-	_      structs.HostLayout
-	Credit uint64
-	Last   uint64
+	_       structs.HostLayout
+	Credit  uint64
+	Last    uint64
+	Skipped uint64
 }
 
 type MeridianFlowlogCfg struct {
@@ -397,6 +398,7 @@ const (
 	MeridianMapAclRules                 = "acl_rules"
 	MeridianMapConntrack                = "conntrack"
 	MeridianMapCtStats                  = "ct_stats"
+	MeridianMapDropBudgets              = "drop_budgets"
 	MeridianMapDropEvents               = "drop_events"
 	MeridianMapDrops                    = "drops"
 	MeridianMapEgress                   = "egress"
@@ -441,6 +443,7 @@ const (
 	MeridianProgMeridianFromPortTest    = "meridian_from_port_test"
 	MeridianProgMeridianFromUplink      = "meridian_from_uplink"
 	MeridianProgMeridianFromUplinkTest  = "meridian_from_uplink_test"
+	MeridianVarDropCapture              = "drop_capture"
 	MeridianVarLtActive                 = "lt_active"
 )
 
@@ -504,6 +507,7 @@ type MeridianMapSpecs struct {
 	AclRules       *ebpf.MapSpec `ebpf:"acl_rules"`
 	Conntrack      *ebpf.MapSpec `ebpf:"conntrack"`
 	CtStats        *ebpf.MapSpec `ebpf:"ct_stats"`
+	DropBudgets    *ebpf.MapSpec `ebpf:"drop_budgets"`
 	DropEvents     *ebpf.MapSpec `ebpf:"drop_events"`
 	Drops          *ebpf.MapSpec `ebpf:"drops"`
 	Egress         *ebpf.MapSpec `ebpf:"egress"`
@@ -548,7 +552,8 @@ type MeridianMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type MeridianVariableSpecs struct {
-	LtActive *ebpf.VariableSpec `ebpf:"lt_active"`
+	DropCapture *ebpf.VariableSpec `ebpf:"drop_capture"`
+	LtActive    *ebpf.VariableSpec `ebpf:"lt_active"`
 }
 
 // MeridianObjects contains all objects after they have been loaded into the kernel.
@@ -577,6 +582,7 @@ type MeridianMaps struct {
 	AclRules       *ebpf.Map `ebpf:"acl_rules"`
 	Conntrack      *ebpf.Map `ebpf:"conntrack"`
 	CtStats        *ebpf.Map `ebpf:"ct_stats"`
+	DropBudgets    *ebpf.Map `ebpf:"drop_budgets"`
 	DropEvents     *ebpf.Map `ebpf:"drop_events"`
 	Drops          *ebpf.Map `ebpf:"drops"`
 	Egress         *ebpf.Map `ebpf:"egress"`
@@ -625,6 +631,7 @@ func (m *MeridianMaps) Close() error {
 		m.AclRules,
 		m.Conntrack,
 		m.CtStats,
+		m.DropBudgets,
 		m.DropEvents,
 		m.Drops,
 		m.Egress,
@@ -670,7 +677,8 @@ func (m *MeridianMaps) Close() error {
 //
 // It can be passed to LoadMeridianObjects or ebpf.CollectionSpec.LoadAndAssign.
 type MeridianVariables struct {
-	LtActive *ebpf.Variable `ebpf:"lt_active"`
+	DropCapture *ebpf.Variable `ebpf:"drop_capture"`
+	LtActive    *ebpf.Variable `ebpf:"lt_active"`
 }
 
 // MeridianPrograms contains all programs after they have been loaded into the kernel.

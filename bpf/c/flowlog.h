@@ -55,6 +55,8 @@ struct flowlog_cfg {
 struct flowlog_bucket {
 	__u64 credit;    /* ns of credit */
 	__u64 last;      /* bpf_ktime_get_ns of the last refill */
+	__u64 skipped;   /* new flows chosen by sampling but not logged
+			  * (bucket empty, ring full): the agent's SKIPDATA */
 };
 
 /* One new flow seen by a port with a flow log. Addresses and ports in
@@ -116,17 +118,13 @@ static __always_inline void fl_stat(__u32 idx)
 		*v += 1;
 }
 
-/* fl_take takes one event's credit from this CPU's bucket of the slot. */
-static __always_inline int fl_take(__u32 slot, struct flowlog_cfg *cfg)
+/* fl_take takes one event's credit from b, this CPU's bucket of the slot. */
+static __always_inline int fl_take(struct flowlog_bucket *b, struct flowlog_cfg *cfg)
 {
-	struct flowlog_bucket *b;
 	__u64 now, credit;
 
 	if (!cfg->cost_ns)
 		return 1;
-	b = bpf_map_lookup_elem(&flowlog_buckets, &slot);
-	if (!b)
-		return 0;
 	now = bpf_ktime_get_ns();
 	credit = b->credit + (now - b->last);
 	if (credit > cfg->burst_ns)
@@ -165,6 +163,7 @@ static __noinline int fl_emit(__u32 port, __u32 slot_dir, struct pkt *p,
 			      __u32 acl_rule, __u32 sg_rule)
 {
 	__u32 slot = slot_dir & 0xff, dir = slot_dir >> 8;
+	struct flowlog_bucket *b;
 	struct flowlog_cfg *cfg;
 	struct flow_event *ev;
 
@@ -175,12 +174,19 @@ static __noinline int fl_emit(__u32 port, __u32 slot_dir, struct pkt *p,
 		fl_stat(FL_STAT_SAMPLED_OUT);
 		return 0;
 	}
-	if (!fl_take(slot, cfg)) {
+	/* Chosen: from here on a flow not logged is counted in the slot's
+	 * bucket too, so the agent can say per flow log what it missed. */
+	b = bpf_map_lookup_elem(&flowlog_buckets, &slot);
+	if (!b)
+		return 0;
+	if (!fl_take(b, cfg)) {
+		b->skipped++; /* per-CPU value: no atomics needed */
 		fl_stat(FL_STAT_RATE_LIMITED);
 		return 0;
 	}
 	ev = bpf_ringbuf_reserve(&flow_events, sizeof(*ev), 0);
 	if (!ev) {
+		b->skipped++;
 		fl_stat(FL_STAT_RING_FULL);
 		return 0;
 	}

@@ -200,6 +200,37 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } drop_events SEC(".maps");
 
+/* Drops of every reason go to drop_events only while a `meridianctl capture
+ * --drops` runs on the node: the agent sets drop_capture to the number of
+ * such captures and clears it when it starts (a crashed agent's captures
+ * are gone). With none, drop_frame pays one load of this global (no helper
+ * call, no map lookup) for a drop that is not a policy drop. Its own
+ * section, so that .bss keeps the layout the live-trace code relies on. */
+volatile __u32 drop_capture SEC(".data.drop_capture");
+
+/* The non-policy drop events' budget: a token bucket per CPU (no atomics,
+ * no shared cache line), so that a flood of malformed or spoofed frames
+ * costs at most DROP_EV_RATE events per second per CPU and leaves the ring
+ * to the policy drops the flow logs need. suppressed counts what it held
+ * back. */
+#define DROP_EV_COST_NS  (1000 * 1000ULL)    /* 1,000 events/s per CPU */
+#define DROP_EV_BURST_NS (64 * DROP_EV_COST_NS)
+/* ...and never while the ring is over half full: the reader is behind. */
+#define DROP_EV_HEADROOM (1 << 17)
+
+struct drop_budget {
+	__u64 credit;     /* ns of credit */
+	__u64 last;       /* bpf_ktime_get_ns of the last refill */
+	__u64 suppressed; /* non-policy drop events held back */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct drop_budget);
+} drop_budgets SEC(".maps");
+
 /* Parsed IPv4 packet; addresses and ports in network byte order. */
 struct pkt {
 	__u32 vpc;
@@ -263,16 +294,33 @@ static __noinline void fill_event(struct drop_event *ev, __u32 port, __u32 reaso
 	ev->reason = reason;
 	ev->rule = rule;
 	ev->port = port;
+	ev->pad[0] = 0;
+	ev->pad[1] = 0;
+	if (!p) {
+		/* dropped before the packet was parsed: the frame says it all */
+		ev->vpc = 0;
+		ev->saddr = 0;
+		ev->daddr = 0;
+		ev->sport = 0;
+		ev->dport = 0;
+		ev->proto = 0;
+		ev->dir = port ? DIR_EGRESS : DIR_INGRESS;
+		return;
+	}
 	ev->vpc = p->vpc;
 	ev->saddr = p->saddr;
 	ev->daddr = p->daddr;
 	ev->sport = p->sport;
 	ev->dport = p->dport;
 	ev->proto = p->proto;
-	ev->dir = (reason == DROP_SG_EGRESS || reason == DROP_ACL_EGRESS) ?
-			  DIR_EGRESS : DIR_INGRESS;
-	ev->pad[0] = 0;
-	ev->pad[1] = 0;
+	/* Policy drops: the side whose policy dropped. Others: counted at a
+	 * port they are (but for a destination's unknown subnet) frames the
+	 * port sent; at no port, they came from the overlay or an uplink. */
+	if (is_policy_drop(reason))
+		ev->dir = (reason == DROP_SG_EGRESS || reason == DROP_ACL_EGRESS) ?
+				  DIR_EGRESS : DIR_INGRESS;
+	else
+		ev->dir = port ? DIR_EGRESS : DIR_INGRESS;
 	if (p->proto == IPPROTO_ICMP) {
 		/* type and code say more than the echo id */
 		ev->sport = 0;
@@ -280,14 +328,48 @@ static __noinline void fill_event(struct drop_event *ev, __u32 port, __u32 reaso
 	}
 }
 
-/* drop counts the drop for (port, reason) and, for policy drops, tells
- * userspace which rule (0: none allowed) and which flow it was, with the
- * first DROP_SNAP bytes of the frame (meridianctl capture --drops). */
+/* drop_budget_take takes one non-policy drop event's credit from this
+ * CPU's budget. key points at a __u32 0 of the caller's (no stack here:
+ * drop_frame ends the deepest call chains). */
+static __always_inline int drop_budget_take(__u32 *key)
+{
+	struct drop_budget *b = bpf_map_lookup_elem(&drop_budgets, key);
+	__u64 now, credit;
+
+	if (!b)
+		return 0;
+	if (bpf_ringbuf_query(&drop_events, BPF_RB_AVAIL_DATA) > DROP_EV_HEADROOM)
+		goto hold;
+	now = bpf_ktime_get_ns();
+	credit = b->credit + (now - b->last);
+	if (credit > DROP_EV_BURST_NS)
+		credit = DROP_EV_BURST_NS;
+	b->last = now;
+	if (credit < DROP_EV_COST_NS) {
+		b->credit = credit;
+		goto hold;
+	}
+	b->credit = credit - DROP_EV_COST_NS;
+	return 1;
+hold:
+	b->suppressed++;
+	return 0;
+}
+
+/* drop counts the drop for (port, reason) and tells userspace, with the
+ * first DROP_SNAP bytes of the frame (meridianctl capture --drops): always
+ * for policy drops, which rule (0: none allowed) and which flow it was
+ * (the agent's policy-drop log and flow logs read them); for the other
+ * reasons only while a drop capture runs (drop_capture), within the
+ * budget, with a zero tuple when the packet was not parsed yet.
+ * Its stack must not grow: it is the last frame of the deepest call chains
+ * (from_overlay's is at the verifier's 512-byte limit). */
 static __noinline int drop_frame(struct __sk_buff *skb, __u32 port, __u32 reason,
 				 struct pkt *p, __u32 rule)
 {
 	struct drop_key k = { .port = port, .reason = reason };
 	__u64 one = 1, *cnt;
+	struct drop_event *ev;
 	__u32 len;
 
 	LT_DROP(skb, port, reason, rule); /* livetrace.h */
@@ -297,22 +379,30 @@ static __noinline int drop_frame(struct __sk_buff *skb, __u32 port, __u32 reason
 	else
 		bpf_map_update_elem(&drops, &k, &one, BPF_NOEXIST);
 
-	if (p && is_policy_drop(reason)) {
-		struct drop_event *ev;
-
-		ev = bpf_ringbuf_reserve(&drop_events, sizeof(*ev), 0);
-		if (!ev)
-			return TC_ACT_SHOT; /* reader too slow: the counter still counts */
-		fill_event(ev, port, reason, p, rule);
-		len = skb->len;
-		ev->len = len;
-		ev->cap_len = 0;
-		if (len > DROP_SNAP)
-			len = DROP_SNAP;
-		if (len >= ETH_HLEN && bpf_skb_load_bytes(skb, 0, ev->data, len) == 0)
-			ev->cap_len = len;
-		bpf_ringbuf_submit(ev, 0);
+	if (!(p && is_policy_drop(reason))) {
+#ifdef MERIDIAN_NO_DROP_CAPTURE
+		/* the baseline of BenchmarkDropCaptureOff: policy drops only */
+		return TC_ACT_SHOT;
+#else
+		if (!drop_capture)
+			return TC_ACT_SHOT;
+		k.port = 0; /* k is done with: its first word is the budget's key */
+		if (!drop_budget_take(&k.port))
+			return TC_ACT_SHOT;
+#endif
 	}
+	ev = bpf_ringbuf_reserve(&drop_events, sizeof(*ev), 0);
+	if (!ev)
+		return TC_ACT_SHOT; /* reader too slow: the counter still counts */
+	fill_event(ev, port, reason, p, rule);
+	len = skb->len;
+	ev->len = len;
+	ev->cap_len = 0;
+	if (len > DROP_SNAP)
+		len = DROP_SNAP;
+	if (len >= ETH_HLEN && bpf_skb_load_bytes(skb, 0, ev->data, len) == 0)
+		ev->cap_len = len;
+	bpf_ringbuf_submit(ev, 0);
 	return TC_ACT_SHOT;
 }
 

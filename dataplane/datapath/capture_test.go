@@ -3,8 +3,12 @@ package datapath
 import (
 	"bytes"
 	"errors"
+	"net/netip"
+	"os"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
@@ -85,4 +89,100 @@ func TestOpenCaptureRefusesBadInput(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestNonPolicyDropEventsOnlyWhileCapturing: a spoofed-source frame and a
+// frame to an address without a route make no event while no drop capture
+// runs (only their counters move); with one, each makes an event with its
+// reason, its port, the frame's head and, for the spoofed frame (dropped
+// before it was parsed), a zero tuple; a flood of malformed frames gets at
+// most the budget's burst and rate; at 0 again the events stop.
+func TestNonPolicyDropEventsOnlyWhileCapturing(t *testing.T) {
+	f := newFixture(t)
+	events, err := f.d.DropEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
+	if n, err := f.d.DropCapture(); err != nil || n != 0 {
+		t.Fatalf("a new data path's drop_capture: %d, %v; want 0", n, err)
+	}
+	spoofed := from(portA, portB.IPs[0])
+	spoofed.src = netip.MustParseAddr("10.0.1.99")
+	noRoute := from(portA, netip.MustParseAddr("10.77.0.1")) // outside every route, no gateway
+	send := func() {
+		t.Helper()
+		f.expectDrop(t, portA, spoofed.bytes(t), portA.ID, DropSpoofIP)
+		f.expectDrop(t, portA, noRoute.bytes(t), portA.ID, DropNoRoute)
+	}
+
+	send()
+	noEvent(t, events)
+
+	if err := f.d.SetDropCapture(1); err != nil {
+		t.Fatal(err)
+	}
+	send()
+	ev := nextEvent(t, events)
+	sf := spoofed.bytes(t)
+	if ev.Reason != DropSpoofIP || ev.Port != portA.ID || ev.Rule != 0 || ev.Direction != fw.Egress ||
+		ev.Src.IsValid() && !ev.Src.IsUnspecified() || ev.Length != len(sf) || !bytes.Equal(ev.Frame, sf[:min(len(sf), DropSnap)]) {
+		t.Errorf("spoofed frame's event: %+v; want spoofed-ip at port %d, egress, no tuple, the frame", ev, portA.ID)
+	}
+	ev = nextEvent(t, events)
+	if ev.Reason != DropNoRoute || ev.Port != portA.ID || ev.Dst != netip.MustParseAddr("10.77.0.1") || ev.Src != portA.IPs[0] {
+		t.Errorf("unroutable frame's event: %+v; want no-route at port %d from %v to 10.77.0.1", ev, portA.ID, portA.IPs[0])
+	}
+	noEvent(t, events)
+
+	// A flood: the budget lets through its burst (64 per CPU) and 1,000
+	// per second per CPU, and counts the rest as suppressed.
+	before, err := f.d.DropEventsSuppressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	malformed := append([]byte(nil), sf...)
+	malformed[14] = 0x43 // IPv4 header length 12 bytes: malformed
+	const flood = 5000
+	start := time.Now()
+	for range flood {
+		if ret, _ := f.fromPort(t, portA, malformed); ret != actShot {
+			t.Fatalf("malformed frame: verdict %d, want drop", ret)
+		}
+	}
+	elapsed := time.Since(start)
+	got := 0
+	for {
+		events.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		ev, err := events.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Reason != DropMalformed {
+			t.Fatalf("flood event %+v, want malformed", ev)
+		}
+		got++
+	}
+	after, err := f.d.DropEventsSuppressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpus := runtime.NumCPU()
+	limit := cpus * (64 + int(1000*elapsed.Seconds()) + 1)
+	t.Logf("%d malformed frames in %v: %d events, %d suppressed", flood, elapsed, got, after-before)
+	if got == 0 || got > limit {
+		t.Errorf("%d events for a flood of %d, want 1..%d", got, flood, limit)
+	}
+	if uint64(got)+after-before != flood {
+		t.Errorf("%d events + %d suppressed != %d drops", got, after-before, flood)
+	}
+
+	if err := f.d.SetDropCapture(0); err != nil {
+		t.Fatal(err)
+	}
+	send()
+	noEvent(t, events)
 }

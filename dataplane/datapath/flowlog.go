@@ -148,6 +148,26 @@ func (d *Datapath) FlowLogStats() (FlowLogStats, error) {
 	return s, nil
 }
 
+// FlowLogSlotSkipped is how many new flows of slot's ports were chosen by
+// sampling but not logged (over the rate limit, or the event ring full),
+// summed over CPUs: what an AWS-style SKIPDATA record reports. The count
+// only grows, also across a slot's reuse by another flow log: a reader
+// takes differences between its reads.
+func (d *Datapath) FlowLogSlotSkipped(slot uint8) (uint64, error) {
+	if slot == 0 {
+		return 0, errors.New("flow-log slot skips: slot 0 means no flow log")
+	}
+	var perCPU []bpf.MeridianFlowlogBucket
+	if err := d.objs.FlowlogBuckets.Lookup(uint32(slot), &perCPU); err != nil {
+		return 0, fmt.Errorf("read flow-log bucket of slot %d: %w", slot, err)
+	}
+	var n uint64
+	for _, b := range perCPU {
+		n += b.Skipped
+	}
+	return n, nil
+}
+
 // FlowKey is a flow as conntrack keys it: the originator's direction.
 // For ICMP echo, ports are derived from the identifier (see parse_ipv4).
 type FlowKey struct {

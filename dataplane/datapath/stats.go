@@ -114,11 +114,51 @@ func (d *Datapath) ConntrackStats() (ConntrackStats, error) {
 	return s, nil
 }
 
-// DropEvent describes one packet dropped by policy.
+// IsPolicy says whether r is a security-group or network-ACL drop: the
+// drops whose events always reach the ring and carry a rule.
+func (r DropReason) IsPolicy() bool { return r >= DropSGEgress && r <= DropACLIngress }
+
+// SetDropCapture tells the data path how many drop captures run on the
+// node: while n > 0 it sends an event for a drop of every reason (within a
+// per-CPU budget, see drop_budgets), not only policy drops. The agent
+// counts its captures; the variable lives in the loaded programs, so a new
+// Datapath starts at 0 whatever a crashed agent left.
+func (d *Datapath) SetDropCapture(n uint32) error {
+	if err := d.objs.DropCapture.Set(n); err != nil {
+		return fmt.Errorf("set drop_capture to %d: %w", n, err)
+	}
+	return nil
+}
+
+// DropCapture is the data path's count of running drop captures.
+func (d *Datapath) DropCapture() (uint32, error) {
+	var n uint32
+	if err := d.objs.DropCapture.Get(&n); err != nil {
+		return 0, fmt.Errorf("read drop_capture: %w", err)
+	}
+	return n, nil
+}
+
+// DropEventsSuppressed is how many non-policy drop events the per-CPU
+// budget held back (a flood during a drop capture), summed over CPUs.
+func (d *Datapath) DropEventsSuppressed() (uint64, error) {
+	var perCPU [][3]uint64 // struct drop_budget: credit, last, suppressed
+	if err := d.objs.DropBudgets.Lookup(uint32(0), &perCPU); err != nil {
+		return 0, fmt.Errorf("read drop event budget: %w", err)
+	}
+	var n uint64
+	for _, b := range perCPU {
+		n += b[2]
+	}
+	return n, nil
+}
+
+// DropEvent describes one dropped packet: every policy drop, and drops of
+// the other reasons while a drop capture runs (SetDropCapture).
 type DropEvent struct {
 	Reason    DropReason
-	Rule      uint32 // ACL rule that denied; 0: default deny / no rule allows
-	Port      uint32 // port whose policy dropped it
+	Rule      uint32 // ACL rule that denied; 0: default deny / no rule allows / not a policy drop
+	Port      uint32 // port whose policy dropped it, or where it was counted (0: none yet)
 	Direction fw.Direction
 	VPC       uint32
 	Src, Dst  netip.Addr
@@ -139,7 +179,7 @@ type EventReader struct {
 	r *ringbuf.Reader
 }
 
-// DropEvents opens a reader of policy drop events. Only one reader should
+// DropEvents opens a reader of drop events. Only one reader should
 // consume the ring at a time.
 func (d *Datapath) DropEvents() (*EventReader, error) {
 	r, err := ringbuf.NewReader(d.objs.DropEvents)
