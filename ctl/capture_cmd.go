@@ -359,7 +359,12 @@ func newPcapngSink(out io.Writer, snaplen uint32, where string) (*pcapngSink, er
 }
 
 // dropComment is what a dropped frame's packet comment says.
+// Only policy drops (security groups, network ACLs) have a rule: the
+// other reasons (spoofed-ip, no-route, malformed, ...) are the data path's.
 func dropComment(p *agentv1.CapturedPacket) string {
+	if !strings.HasPrefix(p.DropReason, "sg-") && !strings.HasPrefix(p.DropReason, "acl-") {
+		return fmt.Sprintf("drop reason=%s port=%d direction=%s", p.DropReason, p.DropPort, p.DropDirection)
+	}
 	rule := strconv.FormatUint(uint64(p.DropRule), 10)
 	if p.DropRuleNumber != 0 {
 		rule += fmt.Sprintf(" (#%d)", p.DropRuleNumber)

@@ -228,6 +228,18 @@ func verdictText(r *agentv1.ReplayResult) string {
 		if r.DropPort != 0 {
 			s += fmt.Sprintf(", port %d", r.DropPort)
 		}
+		if r.RuleKnown {
+			switch {
+			case strings.HasPrefix(r.DropReason, "sg-"):
+				s += ", no security-group rule allows"
+			case r.DropRule == 0:
+				s += ", default deny"
+			case r.DropAcl != "":
+				s += fmt.Sprintf(", rule #%d of %s", r.DropRuleNumber, r.DropAcl)
+			default:
+				s += fmt.Sprintf(", rule id %d", r.DropRule)
+			}
+		}
 		s += ")"
 	case "deliver":
 		s += fmt.Sprintf(" to port %d", r.OutPort)

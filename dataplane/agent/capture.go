@@ -310,6 +310,40 @@ func runCapture(ctx context.Context, src captureSource, max uint64, send func(*a
 type dropHub struct {
 	mu   sync.Mutex
 	subs map[*dropSub]struct{}
+
+	// captureMu orders the changes of the data path's drop_capture, the
+	// number of drop captures running (captures), which makes it send
+	// events for drops of every reason, not only policy drops.
+	captureMu sync.Mutex
+	captures  uint32
+
+	// readers is how many readers of the ring publish here (watchDrops):
+	// without one, nobody waits for an event that will not come.
+	readers atomic.Int32
+}
+
+// captureStarted counts a drop capture in the data path. On error
+// nothing changed.
+func (h *dropHub) captureStarted(dp *datapath.Datapath) error {
+	h.captureMu.Lock()
+	defer h.captureMu.Unlock()
+	if err := dp.SetDropCapture(h.captures + 1); err != nil {
+		return err
+	}
+	h.captures++
+	return nil
+}
+
+// captureEnded uncounts one; the count drops even if the data path could
+// not be told (it would then send more events than wanted, within its
+// budget, until the next change).
+func (h *dropHub) captureEnded(dp *datapath.Datapath) error {
+	h.captureMu.Lock()
+	defer h.captureMu.Unlock()
+	if h.captures > 0 {
+		h.captures--
+	}
+	return dp.SetDropCapture(h.captures)
 }
 
 type dropSub struct {
@@ -381,6 +415,12 @@ func (a *Agent) openDropCapture(r *agentv1.CaptureRequest, filter []unix.SockFil
 		}
 		src.vm = vm
 	}
+	// Only while a drop capture runs does the data path send the drops
+	// of every reason (a load of a global otherwise); policy drops it
+	// always sends, for the log and the flow logs.
+	if err := src.hub.captureStarted(a.dp); err != nil {
+		return nil, "", 0, status.Errorf(codes.Internal, "drop capture: %v", err)
+	}
 	src.sub = src.hub.subscribe()
 	return src, where, id, nil
 }
@@ -438,6 +478,9 @@ func (d *dropSource) kernelDrops() uint64 { return d.sub.dropped.Load() }
 func (d *dropSource) close() {
 	d.once.Do(func() {
 		d.hub.unsubscribe(d.sub)
+		if err := d.hub.captureEnded(d.a.dp); err != nil {
+			d.a.log.Error("drop capture ended: data path not told", "err", err)
+		}
 		close(d.done)
 	})
 }

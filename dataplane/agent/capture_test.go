@@ -23,6 +23,7 @@ import (
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
@@ -299,6 +300,46 @@ func (n *captureNode) traffic(t *testing.T) {
 	}
 }
 
+// badTraffic sends from web-1 what the data path drops for reasons of its
+// own, not by policy: a UDP datagram to db-1:9999 with a spoofed source
+// (10.0.1.99, written raw on web-1's eth0) and one to 192.0.2.1:9, an
+// address outside every route of the VPC with no gateway (no-route).
+func (n *captureNode) badTraffic(t *testing.T) {
+	t.Helper()
+	n.in(t, n.nsWeb, func() {
+		ifc, err := net.InterfaceByName("eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ip4 := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP,
+			SrcIP: net.IPv4(10, 0, 1, 99).To4(), DstIP: net.IPv4(10, 0, 2, 20).To4()}
+		udp := &layers.UDP{SrcPort: 5555, DstPort: 9999}
+		if err := udp.SetNetworkLayerForChecksum(ip4); err != nil {
+			t.Fatal(err)
+		}
+		buf := gopacket.NewSerializeBuffer()
+		if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+			&layers.Ethernet{SrcMAC: ifc.HardwareAddr, DstMAC: RouterMAC, EthernetType: layers.EthernetTypeIPv4}, ip4, udp,
+			gopacket.Payload("spoofed")); err != nil {
+			t.Fatal(err)
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		if err := unix.Sendto(fd, buf.Bytes(), 0, &unix.SockaddrLinklayer{Ifindex: ifc.Index, Halen: 6}); err != nil {
+			t.Fatalf("send the spoofed frame: %v", err)
+		}
+		u, err := net.Dial("udp4", "192.0.2.1:9")
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.Write([]byte("nowhere"))
+		u.Close()
+	})
+}
+
 // tsharkFields reads a capture with tshark, one []string of fields per packet.
 func tsharkFields(t *testing.T, path string, fields ...string) [][]string {
 	t.Helper()
@@ -390,7 +431,11 @@ func TestCaptureReplaysLikeLive(t *testing.T) {
 		web := n.start(t, ctx, "capture", "--port", capWeb, "--direction", "from-port", "-w", webPcap, d, "tcp")
 		db := n.start(t, ctx, "capture", "--port", "2", "--direction", "to-port", "-w", dbPcap, d)
 		drops := n.start(t, ctx, "capture", "--drops", "-w", dropsPcap, d)
+		if c, err := dp.DropCapture(); err != nil || c != 1 {
+			t.Fatalf("during one drop capture the data path counts %d (%v), want 1", c, err)
+		}
 		n.traffic(t)
+		n.badTraffic(t)
 		for _, r := range []*ctlRun{web, db, drops} {
 			r.wait(t)
 			t.Logf("meridianctl: %s", r.err)
@@ -426,16 +471,38 @@ func TestCaptureReplaysLikeLive(t *testing.T) {
 		}
 		t.Logf("drop comments: %v", comments)
 		for k, want := range map[string]string{
-			"6/22":  "drop reason=sg-ingress rule=0 port=2 direction=ingress",
-			"6/23":  "drop reason=acl-egress rule=70 (#100) port=1 direction=egress",
-			"17/53": "drop reason=sg-ingress rule=0 port=2 direction=ingress",
+			"6/22":    "drop reason=sg-ingress rule=0 port=2 direction=ingress",
+			"6/23":    "drop reason=acl-egress rule=70 (#100) port=1 direction=egress",
+			"17/53":   "drop reason=sg-ingress rule=0 port=2 direction=ingress",
+			"17/9999": "drop reason=spoofed-ip port=1 direction=egress", // not a policy drop: no rule
+			"17/9":    "drop reason=no-route port=1 direction=egress",
 		} {
 			if comments[k] != want {
 				t.Errorf("drop of %s: comment %q, want %q", k, comments[k], want)
 			}
 		}
-		if len(comments) != 3 {
-			t.Errorf("drops %v: want only 22, 23 and 53", comments)
+		policy := 0
+		for _, c := range comments {
+			if strings.Contains(c, " rule=") {
+				policy++
+			}
+		}
+		if policy != 3 {
+			t.Errorf("drops %v: want policy drops of only 22, 23 and 53", comments)
+		}
+		if c, err := dp.DropCapture(); err != nil || c != 0 {
+			t.Fatalf("after the drop capture the data path counts %d (%v), want 0", c, err)
+		}
+
+		// With no drop capture, the same frames make no events: a
+		// subscriber of the agent's drop reader sees nothing of them.
+		sub := n.a.dropSubs.subscribe()
+		n.badTraffic(t)
+		time.Sleep(300 * time.Millisecond)
+		n.a.dropSubs.unsubscribe(sub)
+		close(sub.ch)
+		for ev := range sub.ch {
+			t.Errorf("no drop capture runs, yet an event: %v at port %d", ev.Reason, ev.Port)
 		}
 
 		// Replay web-1's capture: each frame's verdict is what happened live.
@@ -445,10 +512,14 @@ func TestCaptureReplaysLikeLive(t *testing.T) {
 		}
 		var resp struct {
 			Results []struct {
-				Index      uint32
-				Verdict    string
-				DropReason string
-				OutPort    uint32
+				Index          uint32
+				Verdict        string
+				DropReason     string
+				OutPort        uint32
+				RuleKnown      bool
+				DropRule       uint32
+				DropRuleNumber uint32
+				DropAcl        string
 			}
 		}
 		if err := json.Unmarshal([]byte(out), &resp); err != nil {
@@ -483,11 +554,32 @@ func TestCaptureReplaysLikeLive(t *testing.T) {
 			if got != live {
 				t.Errorf("frame %d (%s): replay %q, live %q", i+1, k, got, live)
 			}
+			// The deciding rule, as the drop capture named it.
+			switch {
+			case r.DropReason == "acl-egress" && (!r.RuleKnown || r.DropRule != 70 || r.DropRuleNumber != 100 || r.DropAcl != "acl 7"):
+				t.Errorf("frame %d (%s): ACL drop by rule %d #%d of %q (known %v), want rule 70, #100 of acl 7", i+1, k, r.DropRule, r.DropRuleNumber, r.DropAcl, r.RuleKnown)
+			case r.DropReason == "sg-ingress" && (!r.RuleKnown || r.DropRule != 0):
+				t.Errorf("frame %d (%s): security-group drop by rule %d (known %v), want 0: no rule allows", i+1, k, r.DropRule, r.RuleKnown)
+			}
 			verdicts[got]++
 		}
 		t.Logf("replayed %d frames: %v", len(frames), verdicts)
 		if verdicts["drop sg-ingress"] < 1 || verdicts["drop acl-egress"] < 1 || verdicts["deliver"] < 4 {
 			t.Fatalf("verdicts %v: want deliveries and both kinds of drop", verdicts)
+		}
+		// As the CLI prints it.
+		out, err = n.meridianctl(t, "replay", webPcap, "--port", capWeb)
+		if err != nil {
+			t.Fatalf("replay: %v\n%s", err, out)
+		}
+		for _, want := range []string{
+			"  verdict: drop (acl-egress, port 1, rule #100 of acl 7)\n",
+			"    egress network ACL: dropped (acl-egress, counted at port 1): rule #100 of network ACL acl 7 (rule id 70)\n",
+			"  verdict: drop (sg-ingress, port 2, no security-group rule allows)\n",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("replay output lacks %q:\n%s", want, out)
+			}
 		}
 	})
 }

@@ -50,7 +50,10 @@ func (a *Agent) setupNode() error {
 }
 
 // watchDrops turns policy drop events from the data path into structured
-// logs: who dropped what, by which rule.
+// logs (who dropped what, by which rule) and flow-log rejects, and hands
+// every drop event to the captures and replays that subscribed. Drops of
+// other reasons (sent only while a drop capture runs) are the captures':
+// they are neither logged nor flow-logged (no policy rejected them).
 func (a *Agent) watchDrops(ctx context.Context) {
 	r, err := a.dp.DropEvents()
 	if err != nil {
@@ -58,6 +61,17 @@ func (a *Agent) watchDrops(ctx context.Context) {
 		return
 	}
 	defer r.Close()
+	// A crashed agent's drop captures are gone: no data path left over
+	// should keep sending every drop (a new one starts at 0 anyway).
+	a.dropSubs.captureMu.Lock()
+	if a.dropSubs.captures == 0 {
+		if err := a.dp.SetDropCapture(0); err != nil {
+			a.log.Error("clear drop capture", "err", err)
+		}
+	}
+	a.dropSubs.captureMu.Unlock()
+	a.dropSubs.readers.Add(1)
+	defer a.dropSubs.readers.Add(-1)
 	for ctx.Err() == nil {
 		r.SetDeadline(time.Now().Add(500 * time.Millisecond))
 		ev, err := r.Read()
@@ -71,6 +85,9 @@ func (a *Agent) watchDrops(ctx context.Context) {
 			return
 		}
 		a.dropSubs.publish(ev)
+		if !ev.Reason.IsPolicy() {
+			continue
+		}
 		if a.flowlogs != nil {
 			a.flowlogs.reject(ev)
 		}

@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -37,6 +40,13 @@ func (s *localServer) Replay(ctx context.Context, r *agentv1.ReplayRequest) (*ag
 	if err := ctx.Err(); err != nil {
 		return nil, status.FromContextError(err).Err()
 	}
+	// The test run sends a policy drop's event as a real drop does: with
+	// the rule that decided. Subscribed before the run, none is missed.
+	var sub *dropSub
+	if a.dropSubs.readers.Load() > 0 {
+		sub = a.dropSubs.subscribe()
+		defer a.dropSubs.unsubscribe(sub)
+	}
 	res, err := a.dp.Replay(id, dir, r.Packets)
 	if errors.Is(err, datapath.ErrReplayPortNotHere) {
 		return nil, status.Errorf(codes.NotFound, "port %s is not on node %s (no port of the data path has id %d)", r.Port, a.cfg.Node, id)
@@ -65,7 +75,125 @@ func (s *localServer) Replay(ctx context.Context, r *agentv1.ReplayRequest) (*ag
 		}
 		out.Results[i] = pr
 	}
+	if sub != nil {
+		a.replayRules(ctx, sub, r.Packets, res, out.Results)
+	}
 	return out, nil
+}
+
+// replayWaitEvents bounds the wait for the drop events of a replay's
+// policy drops (the ring's reader is normally microseconds behind).
+const replayWaitEvents = time.Second
+
+// replayRules fills the deciding rule of each policy drop of a replay from
+// the drop events the test runs sent, in order. An event is a replayed
+// frame's if it has its reason and port and the frame's head (or, if the
+// data path rewrote the frame before it dropped it, its length, source MAC
+// and address and IP id): real drops meanwhile are passed over.
+func (a *Agent) replayRules(ctx context.Context, sub *dropSub, frames [][]byte, res []datapath.ReplayResult, out []*agentv1.ReplayResult) {
+	var want []int
+	for i, x := range res {
+		if x.Verdict == datapath.VerdictDrop && x.Reason.IsPolicy() {
+			want = append(want, i)
+		}
+	}
+	if len(want) == 0 {
+		return
+	}
+	timer := time.NewTimer(replayWaitEvents)
+	defer timer.Stop()
+	var acls map[uint32]aclRuleRef
+	for len(want) > 0 {
+		var ev datapath.DropEvent
+		select {
+		case ev = <-sub.ch:
+		case <-timer.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+		for j, i := range want {
+			if !replayedFrame(ev, frames[i], res[i]) {
+				continue
+			}
+			pr := out[i]
+			pr.RuleKnown, pr.DropRule = true, ev.Rule
+			if ev.Rule != 0 && (ev.Reason == datapath.DropACLEgress || ev.Reason == datapath.DropACLIngress) {
+				if acls == nil {
+					acls = a.aclRules()
+				}
+				ref, ok := acls[ev.Rule]
+				pr.DropRuleNumber, pr.DropAcl = ref.number, ref.acl
+				if !ok {
+					pr.DropAcl = ""
+				}
+			}
+			pr.Stages = withRule(pr.Stages, pr)
+			want = append(want[:j], want[j+1:]...)
+			break
+		}
+	}
+}
+
+func replayedFrame(ev datapath.DropEvent, frame []byte, r datapath.ReplayResult) bool {
+	if ev.Reason != r.Reason || ev.Port != r.DropPort || ev.Length != len(frame) {
+		return false
+	}
+	if bytes.Equal(ev.Frame, frame[:min(len(frame), datapath.DropSnap)]) {
+		return true
+	}
+	// rewritten before the drop (a service VIP's DNAT): what stays
+	return len(ev.Frame) >= 30 && len(frame) >= 30 && bytes.Equal(ev.Frame[6:12], frame[6:12]) &&
+		bytes.Equal(ev.Frame[18:20], frame[18:20]) && bytes.Equal(ev.Frame[26:30], frame[26:30])
+}
+
+type aclRuleRef struct {
+	acl    string
+	number uint32
+}
+
+// aclRules maps each network ACL rule of the desired state (by id) to its
+// ACL's name and its number there.
+func (a *Agent) aclRules() map[uint32]aclRuleRef {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m := map[uint32]aclRuleRef{}
+	for _, o := range a.desired {
+		acl := o.GetNetworkAcl()
+		if acl == nil {
+			continue
+		}
+		name := acl.Name
+		if name == "" {
+			name = "acl " + strconv.FormatUint(uint64(acl.Id), 10)
+		}
+		for _, r := range acl.Rules {
+			m[r.Id] = aclRuleRef{acl: name, number: r.Number}
+		}
+	}
+	return m
+}
+
+// withRule names the deciding rule in the stage that dropped.
+func withRule(stages []string, r *agentv1.ReplayResult) []string {
+	var by string
+	switch {
+	case strings.HasPrefix(r.DropReason, "sg-"):
+		by = "no security-group rule allows"
+	case r.DropRule == 0:
+		by = "the network ACL's default deny (rule *)"
+	case r.DropAcl != "":
+		by = fmt.Sprintf("rule #%d of network ACL %s (rule id %d)", r.DropRuleNumber, r.DropAcl, r.DropRule)
+	default:
+		by = fmt.Sprintf("network ACL rule id %d (no longer in the desired state)", r.DropRule)
+	}
+	out := append([]string(nil), stages...)
+	for i, s := range out {
+		if strings.Contains(s, ": dropped ("+r.DropReason) {
+			out[i] = s + ": " + by
+		}
+	}
+	return out
 }
 
 // replayPort resolves a port given by name (from the node's desired state)

@@ -33,7 +33,10 @@ type LiveTraceRequest struct {
 	// projects/{p}/ports/{port} or a port id. On the port's node: the packets
 	// it sends. On another node: the packets of the port's VPC arriving over
 	// VXLAN (after decapsulation), so that a trace follows a packet across
-	// nodes. Empty: packets arriving over VXLAN only.
+	// nodes. Empty: packets from any port of the node, packets arriving over
+	// VXLAN and, on a gateway, packets arriving from the fabric on its
+	// uplink (matched as they arrived, their VPC the VNI of the elastic IP,
+	// port mapping or NAT flow they are for).
 	Port       string `protobuf:"bytes,1,opt,name=port,proto3" json:"port,omitempty"`
 	Vni        uint32 `protobuf:"varint,2,opt,name=vni,proto3" json:"vni,omitempty"` // the VPC (its VNI); 0: the port's, or any
 	Src        string `protobuf:"bytes,3,opt,name=src,proto3" json:"src,omitempty"`  // address or CIDR (IPv4)
@@ -152,12 +155,20 @@ func (x *LiveTraceRequest) GetRate() uint32 {
 
 // LiveTraceStage is one stage a traced packet went through in the data path.
 type LiveTraceStage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Stage         string                 `protobuf:"bytes,1,opt,name=stage,proto3" json:"stage,omitempty"`     // the model trace's names: source, anti-spoofing, conntrack, acl-egress, sg-egress, route, tunnel, acl-ingress, sg-ingress, deliver
-	Verdict       string                 `protobuf:"bytes,2,opt,name=verdict,proto3" json:"verdict,omitempty"` // pass, drop, skip, deliver
-	Object        string                 `protobuf:"bytes,3,opt,name=object,proto3" json:"object,omitempty"`   // the deciding object's API name, when the node knows it
-	Rule          string                 `protobuf:"bytes,4,opt,name=rule,proto3" json:"rule,omitempty"`       // network ACL: "<number>" ("*" the default deny); security groups: "#<rule id>", "none" (no rule allows)
-	Detail        string                 `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The model trace's names: source, anti-spoofing, conntrack, acl-egress,
+	// sg-egress, route, forward, tunnel, acl-ingress, sg-ingress, deliver;
+	// and the outside world's and services' (bpf/c/livetrace.h stages 13-16):
+	// gateway (a gateway's packet from the fabric: the elastic IP or NAT
+	// gateway it is for), nat (a translation, source or destination, before
+	// and after), uplink (leaving a gateway toward the fabric), load-balancer
+	// (a service VIP: the backend chosen, or a reply rewritten back to the
+	// VIP). A drop is shown at the stage that dropped (drop when none fits).
+	Stage         string `protobuf:"bytes,1,opt,name=stage,proto3" json:"stage,omitempty"`
+	Verdict       string `protobuf:"bytes,2,opt,name=verdict,proto3" json:"verdict,omitempty"` // pass, drop, skip (security groups of an established flow), deliver
+	Object        string `protobuf:"bytes,3,opt,name=object,proto3" json:"object,omitempty"`   // the deciding object's API name, when the node knows it
+	Rule          string `protobuf:"bytes,4,opt,name=rule,proto3" json:"rule,omitempty"`       // network ACL: "<number>" ("*" the default deny); security groups: "#<rule id>", "none" (no rule allows)
+	Detail        string `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -232,12 +243,16 @@ type LiveTracePacket struct {
 	Node              string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	TimestampUnixNano int64                  `protobuf:"varint,2,opt,name=timestamp_unix_nano,json=timestampUnixNano,proto3" json:"timestamp_unix_nano,omitempty"`
 	Packet            string                 `protobuf:"bytes,3,opt,name=packet,proto3" json:"packet,omitempty"`   // e.g. "tcp 10.0.1.10:40000 -> 10.0.2.20:22 [SYN]"
-	Entered           string                 `protobuf:"bytes,4,opt,name=entered,proto3" json:"entered,omitempty"` // "port projects/p/ports/a" or "overlay"
+	Entered           string                 `protobuf:"bytes,4,opt,name=entered,proto3" json:"entered,omitempty"` // "port projects/p/ports/a", "overlay" or "uplink" (a gateway's, from the fabric)
 	Stages            []*LiveTraceStage      `protobuf:"bytes,5,rep,name=stages,proto3" json:"stages,omitempty"`
-	Verdict           string                 `protobuf:"bytes,6,opt,name=verdict,proto3" json:"verdict,omitempty"`                         // DELIVERED, TUNNELED, DROPPED, or the program's return code
-	DropReason        string                 `protobuf:"bytes,7,opt,name=drop_reason,json=dropReason,proto3" json:"drop_reason,omitempty"` // as the model trace's: SG_INGRESS, ACL_EGRESS, ...
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// DELIVERED (to a port of this node), TUNNELED (VXLAN to a node or a
+	// gateway), DROPPED, TO_FABRIC (a gateway sent it out of its uplink,
+	// beyond Meridian), TO_HOST (not for the data path: left to the host's
+	// stack), or "tc verdict N" (the program's return code) otherwise.
+	Verdict       string `protobuf:"bytes,6,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	DropReason    string `protobuf:"bytes,7,opt,name=drop_reason,json=dropReason,proto3" json:"drop_reason,omitempty"` // as the model trace's: SG_INGRESS, ACL_EGRESS, ...
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LiveTracePacket) Reset() {

@@ -676,19 +676,26 @@ func (x *ReplayRequest) GetPackets() [][]byte {
 }
 
 type ReplayResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Index         uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`                                  // position in the request, from 0
-	Verdict       string                 `protobuf:"bytes,2,opt,name=verdict,proto3" json:"verdict,omitempty"`                               // drop, deliver, tunnel, arp-reply, pass
-	DropReason    string                 `protobuf:"bytes,3,opt,name=drop_reason,json=dropReason,proto3" json:"drop_reason,omitempty"`       // for drop: the data path's reason, e.g. sg-ingress
-	DropPort      uint32                 `protobuf:"varint,4,opt,name=drop_port,json=dropPort,proto3" json:"drop_port,omitempty"`            // for drop: the port whose policy or state dropped it (0: none yet)
-	OutPort       uint32                 `protobuf:"varint,5,opt,name=out_port,json=outPort,proto3" json:"out_port,omitempty"`               // for deliver: the destination port on this node
-	TunnelRemote  string                 `protobuf:"bytes,6,opt,name=tunnel_remote,json=tunnelRemote,proto3" json:"tunnel_remote,omitempty"` // for tunnel: the node (or gateway) the frame is encapsulated to
-	Vni           uint32                 `protobuf:"varint,7,opt,name=vni,proto3" json:"vni,omitempty"`
-	ConntrackHit  bool                   `protobuf:"varint,8,opt,name=conntrack_hit,json=conntrackHit,proto3" json:"conntrack_hit,omitempty"` // the packet belonged to a tracked connection (security groups skipped)
-	Stages        []string               `protobuf:"bytes,9,rep,name=stages,proto3" json:"stages,omitempty"`                                  // the pipeline stages, in order, as far as the verdict shows them
-	FrameOut      []byte                 `protobuf:"bytes,10,opt,name=frame_out,json=frameOut,proto3" json:"frame_out,omitempty"`             // the frame as the data path left it (deliver, tunnel, arp-reply)
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Index        uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`                                  // position in the request, from 0
+	Verdict      string                 `protobuf:"bytes,2,opt,name=verdict,proto3" json:"verdict,omitempty"`                               // drop, deliver, tunnel, arp-reply, pass
+	DropReason   string                 `protobuf:"bytes,3,opt,name=drop_reason,json=dropReason,proto3" json:"drop_reason,omitempty"`       // for drop: the data path's reason, e.g. sg-ingress
+	DropPort     uint32                 `protobuf:"varint,4,opt,name=drop_port,json=dropPort,proto3" json:"drop_port,omitempty"`            // for drop: the port whose policy or state dropped it (0: none yet)
+	OutPort      uint32                 `protobuf:"varint,5,opt,name=out_port,json=outPort,proto3" json:"out_port,omitempty"`               // for deliver: the destination port on this node
+	TunnelRemote string                 `protobuf:"bytes,6,opt,name=tunnel_remote,json=tunnelRemote,proto3" json:"tunnel_remote,omitempty"` // for tunnel: the node (or gateway) the frame is encapsulated to
+	Vni          uint32                 `protobuf:"varint,7,opt,name=vni,proto3" json:"vni,omitempty"`
+	ConntrackHit bool                   `protobuf:"varint,8,opt,name=conntrack_hit,json=conntrackHit,proto3" json:"conntrack_hit,omitempty"` // the packet belonged to a tracked connection (security groups skipped)
+	Stages       []string               `protobuf:"bytes,9,rep,name=stages,proto3" json:"stages,omitempty"`                                  // the pipeline stages, in order, as far as the verdict shows them
+	FrameOut     []byte                 `protobuf:"bytes,10,opt,name=frame_out,json=frameOut,proto3" json:"frame_out,omitempty"`             // the frame as the data path left it (deliver, tunnel, arp-reply)
+	// Policy drops (sg-*, acl-*): what decided, read from the drop event the
+	// test run sent. rule_known is false when no event was read (the agent's
+	// reader behind or not running); the fields below are then unset.
+	RuleKnown      bool   `protobuf:"varint,11,opt,name=rule_known,json=ruleKnown,proto3" json:"rule_known,omitempty"`
+	DropRule       uint32 `protobuf:"varint,12,opt,name=drop_rule,json=dropRule,proto3" json:"drop_rule,omitempty"`                     // network ACL drop: the rule's id; 0: the ACL's default deny (*) or, for a security group, no rule allows
+	DropRuleNumber uint32 `protobuf:"varint,13,opt,name=drop_rule_number,json=dropRuleNumber,proto3" json:"drop_rule_number,omitempty"` // network ACL drop by a rule: its number in the ACL
+	DropAcl        string `protobuf:"bytes,14,opt,name=drop_acl,json=dropAcl,proto3" json:"drop_acl,omitempty"`                         // network ACL drop: the ACL's name (or "acl <id>" if the desired state lacks it)
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ReplayResult) Reset() {
@@ -789,6 +796,34 @@ func (x *ReplayResult) GetFrameOut() []byte {
 		return x.FrameOut
 	}
 	return nil
+}
+
+func (x *ReplayResult) GetRuleKnown() bool {
+	if x != nil {
+		return x.RuleKnown
+	}
+	return false
+}
+
+func (x *ReplayResult) GetDropRule() uint32 {
+	if x != nil {
+		return x.DropRule
+	}
+	return 0
+}
+
+func (x *ReplayResult) GetDropRuleNumber() uint32 {
+	if x != nil {
+		return x.DropRuleNumber
+	}
+	return 0
+}
+
+func (x *ReplayResult) GetDropAcl() string {
+	if x != nil {
+		return x.DropAcl
+	}
+	return ""
 }
 
 type ReplayResponse struct {
@@ -1306,7 +1341,7 @@ const file_agent_v1_local_proto_rawDesc = "" +
 	"\tDirection\x12\x19\n" +
 	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tFROM_PORT\x10\x01\x12\v\n" +
-	"\aTO_PORT\x10\x02\"\xa8\x02\n" +
+	"\aTO_PORT\x10\x02\"\xa9\x03\n" +
 	"\fReplayResult\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x18\n" +
 	"\averdict\x18\x02 \x01(\tR\averdict\x12\x1f\n" +
@@ -1319,7 +1354,12 @@ const file_agent_v1_local_proto_rawDesc = "" +
 	"\rconntrack_hit\x18\b \x01(\bR\fconntrackHit\x12\x16\n" +
 	"\x06stages\x18\t \x03(\tR\x06stages\x12\x1b\n" +
 	"\tframe_out\x18\n" +
-	" \x01(\fR\bframeOut\"B\n" +
+	" \x01(\fR\bframeOut\x12\x1d\n" +
+	"\n" +
+	"rule_known\x18\v \x01(\bR\truleKnown\x12\x1b\n" +
+	"\tdrop_rule\x18\f \x01(\rR\bdropRule\x12(\n" +
+	"\x10drop_rule_number\x18\r \x01(\rR\x0edropRuleNumber\x12\x19\n" +
+	"\bdrop_acl\x18\x0e \x01(\tR\adropAcl\"B\n" +
 	"\x0eReplayResponse\x120\n" +
 	"\aresults\x18\x01 \x03(\v2\x16.agent.v1.ReplayResultR\aresults\"\x85\x03\n" +
 	"\x0eCaptureRequest\x12\x12\n" +
