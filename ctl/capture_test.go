@@ -127,6 +127,10 @@ func TestPcapngSinkComments(t *testing.T) {
 	if got := dropComment(&agentv1.CapturedPacket{DropReason: "acl-egress", DropRule: 70, DropRuleNumber: 100, DropPort: 1, DropDirection: "egress"}); got != "drop reason=acl-egress rule=70 (#100) port=1 direction=egress" {
 		t.Fatal(got)
 	}
+	// A drop that is not by policy has no rule to name.
+	if got := dropComment(&agentv1.CapturedPacket{DropReason: "spoofed-ip", DropPort: 1, DropDirection: "egress"}); got != "drop reason=spoofed-ip port=1 direction=egress" {
+		t.Fatal(got)
+	}
 }
 
 // notHereAgent is an agent's local API on which no port is attached.
