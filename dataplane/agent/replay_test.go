@@ -86,6 +86,12 @@ func newReplayNode(t *testing.T) *replayNode {
 		desired: map[string]*agentv1.Object{
 			"port/1": {Key: "port/1", Body: &agentv1.Object_Port{Port: &agentv1.Port{Id: 1, Name: "projects/p/ports/a", VpcId: 100, SubnetId: 1}}},
 		}}
+	// The drop events read as in Run: replay names a policy drop's rule
+	// from the event its test run sent.
+	ctx, cancel := context.WithCancel(context.Background())
+	watched := make(chan struct{})
+	go func() { defer close(watched); a.watchDrops(ctx) }()
+	t.Cleanup(func() { cancel(); <-watched })
 	// A short path: unix socket paths are limited to 108 bytes.
 	sdir, err := os.MkdirTemp("", "mrpl")
 	if err != nil {
@@ -194,8 +200,8 @@ func TestReplayCapture(t *testing.T) {
 	t.Logf("meridianctl replay:\n%s", out)
 	for _, want := range []string{
 		"packet 1: 10.0.1.10:40000 -> 10.0.1.20:80 TCP SYN\n  verdict: deliver to port 2\n",
-		"packet 2: 10.0.1.10:40001 -> 10.0.1.20:22 TCP SYN\n  verdict: drop (sg-ingress, port 2)\n",
-		"    ingress security groups: dropped (sg-ingress, counted at port 2)\n",
+		"packet 2: 10.0.1.10:40001 -> 10.0.1.20:22 TCP SYN\n  verdict: drop (sg-ingress, port 2, no security-group rule allows)\n",
+		"    ingress security groups: dropped (sg-ingress, counted at port 2): no security-group rule allows\n",
 		"packet 3: 10.0.1.99:40002 -> 10.0.1.20:80 TCP SYN\n  verdict: drop (spoofed-ip, port 1)\n",
 		"3 packets: 1 deliver, 2 drop\n",
 	} {
@@ -263,8 +269,8 @@ func TestReplayPcapngToPort(t *testing.T) {
 	t.Logf("meridianctl replay --direction to-port:\n%s", out)
 	for _, want := range []string{
 		"packet 1: 10.0.2.40:1234 -> 10.0.1.20:80 TCP SYN\n  verdict: deliver to port 2\n    from the overlay: VNI 100",
-		"packet 2: 10.0.2.40:1234 -> 10.0.1.20:23 TCP SYN\n  verdict: drop (sg-ingress, port 2)\n",
-		"    route: local port 2\n    ingress network ACL: passed\n    ingress security groups: dropped (sg-ingress, counted at port 2)\n",
+		"packet 2: 10.0.2.40:1234 -> 10.0.1.20:23 TCP SYN\n  verdict: drop (sg-ingress, port 2, no security-group rule allows)\n",
+		"    route: local port 2\n    ingress network ACL: passed\n    ingress security groups: dropped (sg-ingress, counted at port 2): no security-group rule allows\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
