@@ -955,7 +955,23 @@ static __always_inline int handle_arp(struct __sk_buff *skb, __u32 port_id, stru
 #include "gateway.h"
 #include "service.h"
 
-static __always_inline int from_port(struct __sk_buff *skb)
+/* REPLAY_RULES: in the test entries only (replay is a constant 1 there,
+ * 0 in the attached programs, where it compiles to nothing), the rules
+ * that allowed a packet, for `meridianctl replay`: a test run returns the
+ * context. Egress in mark and priority, ingress in cb[3] and cb[4] (cb[2]
+ * is the live trace's drop reason, cb[0..1] the tunnel key). Written where
+ * the flow log takes them, so that nothing stays live longer. */
+#define REPLAY_RULES(replay, acl_out, sg_out, acl_in, sg_in)			\
+	do {									\
+		if (replay) {							\
+			skb->mark = (acl_out);					\
+			skb->priority = (sg_out);				\
+			skb->cb[3] = (acl_in);					\
+			skb->cb[4] = (sg_in);					\
+		}								\
+	} while (0)
+
+static __always_inline int from_port(struct __sk_buff *skb, const int replay)
 {
 	__u32 ifindex = skb->ingress_ifindex;
 	struct port_info *port, *dst = NULL;
@@ -1069,6 +1085,7 @@ static __always_inline int from_port(struct __sk_buff *skb)
 			return drop(dst_id, DROP_SG_INGRESS, &p, 0);
 		LT(LT_SG_INGRESS, dst_id, fl_sg_in, ct.e != NULL);
 		flowlog_new(&p, &ct, port_id, port, dst_id, dst, fl_acl_out, fl_sg_out, fl_acl_in, fl_sg_in);
+		REPLAY_RULES(replay, fl_acl_out, fl_sg_out, fl_acl_in, fl_sg_in);
 		ct_commit(&p, &ct);
 		if (svc_reply(skb, &p, &ct))
 			return drop(port_id, DROP_MALFORMED, &p, 0);
@@ -1084,6 +1101,7 @@ static __always_inline int from_port(struct __sk_buff *skb)
 	if (!cfg || !cfg->vxlan_ifindex)
 		return drop(port_id, DROP_NO_ROUTE, &p, 0);
 	flowlog_new(&p, &ct, port_id, port, 0, NULL, fl_acl_out, fl_sg_out, 0, 0);
+	REPLAY_RULES(replay, fl_acl_out, fl_sg_out, 0, 0);
 	ct_commit(&p, &ct);
 	if (svc_reply(skb, &p, &ct)) /* a north-south reply: source VIP */
 		return drop(port_id, DROP_MALFORMED, &p, 0);
@@ -1108,7 +1126,8 @@ static __always_inline int from_port(struct __sk_buff *skb)
 /* from_overlay runs the receiving half of the pipeline for a decapsulated
  * frame of VPC vpc. Packets of VXLAN are trusted to come from Meridian
  * nodes: the sender ran anti-spoofing, egress policy and the TTL rule. */
-static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vpc, __u32 outer_src)
+static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vpc, __u32 outer_src,
+					const int replay)
 {
 	struct route_key rk = { .prefixlen = 64, .vpc = vpc };
 	struct port_info *dst;
@@ -1171,6 +1190,7 @@ static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vpc, __u32 
 		return drop(dst_id, DROP_SG_INGRESS, &p, 0);
 	LT(LT_SG_INGRESS, dst_id, fl_sg_in, ct.e != NULL);
 	flowlog_new(&p, &ct, 0, NULL, dst_id, dst, 0, 0, rule, fl_sg_in);
+	REPLAY_RULES(replay, 0, 0, rule, fl_sg_in);
 	ct_commit(&p, &ct);
 	LT(LT_DELIVER, dst_id, 0, 0);
 	return svc_deliver(skb, &p, &ct, dst); /* a service reply: source VIP */
@@ -1185,13 +1205,13 @@ int meridian_from_overlay(struct __sk_buff *skb)
 	 * leave it to whatever is chained after us. */
 	if (bpf_skb_get_tunnel_key(skb, &tk, sizeof(tk), 0) < 0)
 		return TCX_NEXT;
-	return lt_end(skb, from_overlay(skb, tk.tunnel_id, bpf_htonl(tk.remote_ipv4)));
+	return lt_end(skb, from_overlay(skb, tk.tunnel_id, bpf_htonl(tk.remote_ipv4), 0));
 }
 
 SEC("tc")
 int meridian_from_port(struct __sk_buff *skb)
 {
-	return lt_end(skb, from_port(skb));
+	return lt_end(skb, from_port(skb, 0));
 }
 
 /* from_uplink: a gateway's packet from the fabric (gateway.h). */
@@ -1234,13 +1254,13 @@ static __always_inline int export_tunnel(struct __sk_buff *skb, int verdict)
 SEC("tc")
 int meridian_from_overlay_mark(struct __sk_buff *skb)
 {
-	return export_tunnel(skb, lt_end(skb, from_overlay(skb, skb->mark, skb->cb[0])));
+	return export_tunnel(skb, lt_end(skb, from_overlay(skb, skb->mark, skb->cb[0], 1)));
 }
 
 SEC("tc")
 int meridian_from_port_test(struct __sk_buff *skb)
 {
-	return export_tunnel(skb, lt_end(skb, from_port(skb)));
+	return export_tunnel(skb, lt_end(skb, from_port(skb, 1)));
 }
 
 SEC("tc")

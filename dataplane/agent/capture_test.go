@@ -520,6 +520,9 @@ func TestCaptureReplaysLikeLive(t *testing.T) {
 				DropRule       uint32
 				DropRuleNumber uint32
 				DropAcl        string
+				AllowKnown     bool
+				AclEgressRule  uint32
+				AclIngressRule uint32
 			}
 		}
 		if err := json.Unmarshal([]byte(out), &resp); err != nil {
@@ -560,6 +563,9 @@ func TestCaptureReplaysLikeLive(t *testing.T) {
 				t.Errorf("frame %d (%s): ACL drop by rule %d #%d of %q (known %v), want rule 70, #100 of acl 7", i+1, k, r.DropRule, r.DropRuleNumber, r.DropAcl, r.RuleKnown)
 			case r.DropReason == "sg-ingress" && (!r.RuleKnown || r.DropRule != 0):
 				t.Errorf("frame %d (%s): security-group drop by rule %d (known %v), want 0: no rule allows", i+1, k, r.DropRule, r.RuleKnown)
+			case r.Verdict == "deliver" && (!r.AllowKnown || r.AclEgressRule != 71 || r.AclIngressRule != 0):
+				// web-1's subnet ACL lets it out by rule 71 (#200); db-1's subnet has none
+				t.Errorf("frame %d (%s): delivered, allowed by ACL rules %d out, %d in (known %v); want 71 out, none in", i+1, k, r.AclEgressRule, r.AclIngressRule, r.AllowKnown)
 			}
 			verdicts[got]++
 		}
@@ -576,6 +582,8 @@ func TestCaptureReplaysLikeLive(t *testing.T) {
 			"  verdict: drop (acl-egress, port 1, rule #100 of acl 7)\n",
 			"    egress network ACL: dropped (acl-egress, counted at port 1): rule #100 of network ACL acl 7 (rule id 70)\n",
 			"  verdict: drop (sg-ingress, port 2, no security-group rule allows)\n",
+			"    egress network ACL: passed: rule #200 of network ACL acl 7 (rule id 71)\n",
+			"    ingress network ACL: passed: no network ACL\n",
 		} {
 			if !strings.Contains(out, want) {
 				t.Errorf("replay output lacks %q:\n%s", want, out)

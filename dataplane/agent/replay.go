@@ -73,6 +73,11 @@ func (s *localServer) Replay(ctx context.Context, r *agentv1.ReplayRequest) (*ag
 		if x.TunnelRemote.IsValid() {
 			pr.TunnelRemote = x.TunnelRemote.String()
 		}
+		if al := x.Allowed; al != nil {
+			pr.AllowKnown = true
+			pr.AclEgressRule, pr.SgEgressRule, pr.AclIngressRule, pr.SgIngressRule = al.ACLEgress, al.SGEgress, al.ACLIngress, al.SGIngress
+			pr.Stages = a.withAllowingRules(pr.Stages, *al, x.ConntrackHit)
+		}
 		out.Results[i] = pr
 	}
 	if sub != nil {
@@ -169,6 +174,64 @@ func (a *Agent) aclRules() map[uint32]aclRuleRef {
 		}
 		for _, r := range acl.Rules {
 			m[r.Id] = aclRuleRef{acl: name, number: r.Number}
+		}
+	}
+	return m
+}
+
+// withAllowingRules names, in the policy stages a forwarded packet passed,
+// the rule that allowed it.
+func (a *Agent) withAllowingRules(stages []string, al datapath.AllowedBy, established bool) []string {
+	acls := a.aclRules()
+	sgs := a.sgRules()
+	acl := func(id uint32) string {
+		if id == 0 {
+			return "no network ACL"
+		}
+		if ref, ok := acls[id]; ok {
+			return fmt.Sprintf("rule #%d of network ACL %s (rule id %d)", ref.number, ref.acl, id)
+		}
+		return fmt.Sprintf("network ACL rule id %d", id)
+	}
+	sg := func(id uint32) string {
+		if g, ok := sgs[id]; ok {
+			return fmt.Sprintf("rule %d of security group %s", id, g)
+		}
+		return fmt.Sprintf("security-group rule %d", id)
+	}
+	out := append([]string(nil), stages...)
+	for i, s := range out {
+		switch {
+		case s == "egress network ACL: passed":
+			out[i] = s + ": " + acl(al.ACLEgress)
+		case s == "ingress network ACL: passed":
+			out[i] = s + ": " + acl(al.ACLIngress)
+		case s == "egress security groups: passed" && !established && al.SGEgress != 0:
+			out[i] = s + ": " + sg(al.SGEgress)
+		case s == "ingress security groups: passed" && !established && al.SGIngress != 0:
+			out[i] = s + ": " + sg(al.SGIngress)
+		}
+	}
+	return out
+}
+
+// sgRules maps each security-group rule of the desired state (by id) to
+// its group's name.
+func (a *Agent) sgRules() map[uint32]string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m := map[uint32]string{}
+	for _, o := range a.desired {
+		g := o.GetSecurityGroup()
+		if g == nil {
+			continue
+		}
+		name := g.Name
+		if name == "" {
+			name = "sg " + strconv.FormatUint(uint64(g.Id), 10)
+		}
+		for _, r := range g.Rules {
+			m[r.Id] = name
 		}
 	}
 	return m

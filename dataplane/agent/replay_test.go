@@ -200,6 +200,8 @@ func TestReplayCapture(t *testing.T) {
 	t.Logf("meridianctl replay:\n%s", out)
 	for _, want := range []string{
 		"packet 1: 10.0.1.10:40000 -> 10.0.1.20:80 TCP SYN\n  verdict: deliver to port 2\n",
+		"    egress security groups: passed: security-group rule 11\n", // the rules that allowed it
+		"    ingress security groups: passed: security-group rule 21\n",
 		"packet 2: 10.0.1.10:40001 -> 10.0.1.20:22 TCP SYN\n  verdict: drop (sg-ingress, port 2, no security-group rule allows)\n",
 		"    ingress security groups: dropped (sg-ingress, counted at port 2): no security-group rule allows\n",
 		"packet 3: 10.0.1.99:40002 -> 10.0.1.20:80 TCP SYN\n  verdict: drop (spoofed-ip, port 1)\n",

@@ -56,6 +56,18 @@ type ReplayResult struct {
 	ConntrackHit bool     // part of a tracked connection: security groups were not consulted
 	Stages       []string // the pipeline's stages up to the verdict, in order
 	Frame        []byte   // the frame as the data path left it (nil for drops)
+	// Allowed: for VerdictDeliver and VerdictTunnel, the rules that let the
+	// packet through (from the test entries' context; see REPLAY_RULES in
+	// bpf/c/meridian.c). Rule ids as the controller gave them; 0: no
+	// network ACL, or security groups skipped (ConntrackHit), or a side
+	// this node does not run (the egress side of a ReplayToPort, the
+	// ingress side of a tunnelled packet).
+	Allowed *AllowedBy
+}
+
+// AllowedBy are the rules that allowed a forwarded packet.
+type AllowedBy struct {
+	ACLEgress, SGEgress, ACLIngress, SGIngress uint32
 }
 
 // Errors of Replay that are the caller's: nothing ran.
@@ -75,6 +87,7 @@ const (
 // skb context words (struct __sk_buff, in 32-bit words).
 const (
 	ctxMark           = 2
+	ctxPriority       = 8
 	ctxIngressIfindex = 9
 	ctxCB0            = 12
 	ctxWords          = 48
@@ -209,6 +222,13 @@ func (d *Datapath) replayOne(prog *ebpf.Program, cpu int, port uint32, info bpf.
 	default:
 		r.Verdict = VerdictPass
 		r.Frame = trimFrame(data, frame)
+	}
+	if r.Verdict == VerdictDeliver || r.Verdict == VerdictTunnel {
+		// The test entries leave the allowing rules in the context.
+		r.Allowed = &AllowedBy{ACLIngress: ctxOut[ctxCB0+3], SGIngress: ctxOut[ctxCB0+4]}
+		if dir == ReplayFromPort {
+			r.Allowed.ACLEgress, r.Allowed.SGEgress = ctxOut[ctxMark], ctxOut[ctxPriority]
+		}
 	}
 	r.Stages = stages(dir, port, info, r)
 	return r, nil

@@ -45,6 +45,17 @@ func TestReplayFromPort(t *testing.T) {
 		t.Fatalf("allowed SYN: %+v", r)
 	}
 	checkDelivered(t, res[0].Frame, portB, 64)
+	// The rules that allowed it: A's egress rule (allowAll: 1001) and B's
+	// rule 21 (TCP 80 in); no network ACL on the subnet.
+	if a := res[0].Allowed; a == nil || *a != (AllowedBy{SGEgress: 1001, SGIngress: 21}) {
+		t.Fatalf("allowed SYN allowed by %+v, want A's egress rule 1001 and B's ingress rule 21", a)
+	}
+	if a := res[3].Allowed; a == nil || *a != (AllowedBy{SGEgress: 1001}) {
+		t.Fatalf("tunnelled SYN allowed by %+v, want A's egress rule 1001 (the other node runs the ingress side)", a)
+	}
+	if res[1].Allowed != nil || res[4].Allowed != nil {
+		t.Fatalf("a drop or an ARP reply with allowing rules: %+v, %+v", res[1].Allowed, res[4].Allowed)
+	}
 	if r := res[1]; r.Verdict != VerdictDrop || r.Reason != DropSGIngress || r.DropPort != portB.ID || r.Frame != nil {
 		t.Fatalf("SYN to B:22: %+v", r)
 	}
@@ -113,6 +124,9 @@ func TestReplayToPort(t *testing.T) {
 	}
 	if r := res[0]; r.Verdict != VerdictDeliver || r.OutPort != portB.ID {
 		t.Fatalf("from the overlay, allowed: %+v", r)
+	}
+	if a := res[0].Allowed; a == nil || *a != (AllowedBy{SGIngress: 21}) {
+		t.Fatalf("from the overlay, allowed by %+v; want B's ingress rule 21 only (the sender's node ran the egress side)", a)
 	}
 	if r := res[1]; r.Verdict != VerdictDrop || r.Reason != DropSGIngress || r.DropPort != portB.ID {
 		t.Fatalf("from the overlay, denied: %+v", r)

@@ -694,6 +694,15 @@ type ReplayResult struct {
 	DropRule       uint32 `protobuf:"varint,12,opt,name=drop_rule,json=dropRule,proto3" json:"drop_rule,omitempty"`                     // network ACL drop: the rule's id; 0: the ACL's default deny (*) or, for a security group, no rule allows
 	DropRuleNumber uint32 `protobuf:"varint,13,opt,name=drop_rule_number,json=dropRuleNumber,proto3" json:"drop_rule_number,omitempty"` // network ACL drop by a rule: its number in the ACL
 	DropAcl        string `protobuf:"bytes,14,opt,name=drop_acl,json=dropAcl,proto3" json:"drop_acl,omitempty"`                         // network ACL drop: the ACL's name (or "acl <id>" if the desired state lacks it)
+	// Forwarded packets (deliver, tunnel): the ids of the rules that allowed
+	// them, as the test run reports them; 0: no network ACL, security groups
+	// skipped (conntrack_hit), or a side this node does not run (egress for
+	// TO_PORT, ingress for a tunnelled packet). The stages name them.
+	AllowKnown     bool   `protobuf:"varint,15,opt,name=allow_known,json=allowKnown,proto3" json:"allow_known,omitempty"`
+	AclEgressRule  uint32 `protobuf:"varint,16,opt,name=acl_egress_rule,json=aclEgressRule,proto3" json:"acl_egress_rule,omitempty"`
+	SgEgressRule   uint32 `protobuf:"varint,17,opt,name=sg_egress_rule,json=sgEgressRule,proto3" json:"sg_egress_rule,omitempty"`
+	AclIngressRule uint32 `protobuf:"varint,18,opt,name=acl_ingress_rule,json=aclIngressRule,proto3" json:"acl_ingress_rule,omitempty"`
+	SgIngressRule  uint32 `protobuf:"varint,19,opt,name=sg_ingress_rule,json=sgIngressRule,proto3" json:"sg_ingress_rule,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -824,6 +833,41 @@ func (x *ReplayResult) GetDropAcl() string {
 		return x.DropAcl
 	}
 	return ""
+}
+
+func (x *ReplayResult) GetAllowKnown() bool {
+	if x != nil {
+		return x.AllowKnown
+	}
+	return false
+}
+
+func (x *ReplayResult) GetAclEgressRule() uint32 {
+	if x != nil {
+		return x.AclEgressRule
+	}
+	return 0
+}
+
+func (x *ReplayResult) GetSgEgressRule() uint32 {
+	if x != nil {
+		return x.SgEgressRule
+	}
+	return 0
+}
+
+func (x *ReplayResult) GetAclIngressRule() uint32 {
+	if x != nil {
+		return x.AclIngressRule
+	}
+	return 0
+}
+
+func (x *ReplayResult) GetSgIngressRule() uint32 {
+	if x != nil {
+		return x.SgIngressRule
+	}
+	return 0
 }
 
 type ReplayResponse struct {
@@ -1341,7 +1385,7 @@ const file_agent_v1_local_proto_rawDesc = "" +
 	"\tDirection\x12\x19\n" +
 	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tFROM_PORT\x10\x01\x12\v\n" +
-	"\aTO_PORT\x10\x02\"\xa9\x03\n" +
+	"\aTO_PORT\x10\x02\"\xea\x04\n" +
 	"\fReplayResult\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x18\n" +
 	"\averdict\x18\x02 \x01(\tR\averdict\x12\x1f\n" +
@@ -1359,7 +1403,13 @@ const file_agent_v1_local_proto_rawDesc = "" +
 	"rule_known\x18\v \x01(\bR\truleKnown\x12\x1b\n" +
 	"\tdrop_rule\x18\f \x01(\rR\bdropRule\x12(\n" +
 	"\x10drop_rule_number\x18\r \x01(\rR\x0edropRuleNumber\x12\x19\n" +
-	"\bdrop_acl\x18\x0e \x01(\tR\adropAcl\"B\n" +
+	"\bdrop_acl\x18\x0e \x01(\tR\adropAcl\x12\x1f\n" +
+	"\vallow_known\x18\x0f \x01(\bR\n" +
+	"allowKnown\x12&\n" +
+	"\x0facl_egress_rule\x18\x10 \x01(\rR\raclEgressRule\x12$\n" +
+	"\x0esg_egress_rule\x18\x11 \x01(\rR\fsgEgressRule\x12(\n" +
+	"\x10acl_ingress_rule\x18\x12 \x01(\rR\x0eaclIngressRule\x12&\n" +
+	"\x0fsg_ingress_rule\x18\x13 \x01(\rR\rsgIngressRule\"B\n" +
 	"\x0eReplayResponse\x120\n" +
 	"\aresults\x18\x01 \x03(\v2\x16.agent.v1.ReplayResultR\aresults\"\x85\x03\n" +
 	"\x0eCaptureRequest\x12\x12\n" +
