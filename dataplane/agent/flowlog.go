@@ -115,6 +115,9 @@ type flowLogCfg struct {
 	// every followed flow at each tick. Entries of flows replaced or
 	// forgotten meanwhile are skipped (flowLogs.flows no longer has them).
 	due flowQueue
+	// since is CLOCK_MONOTONIC when the flow log got its slot: a new-flow
+	// event from before is of the slot's previous owner.
+	since time.Duration
 	// SKIPDATA (AWS's log status for "records were skipped during the
 	// aggregation interval"): flows this flow log should have logged but
 	// did not, for lack of capacity (its rate limit, the agent's table),
@@ -242,6 +245,7 @@ type flowLogs struct {
 
 	mu        sync.Mutex
 	cfgs      map[uint32]*flowLogCfg // by FlowLogConfig id
+	lastSlot  uint8                  // the data-path slot given out last
 	bySlot    map[uint8]*flowLogCfg
 	portCfg   map[uint32]*flowLogCfg // local port -> the flow log logging it
 	names     flowNames
@@ -341,25 +345,31 @@ func (f *flowLogs) apply(desired map[string]*agentv1.Object, v *agentv1.Index, l
 	defer f.mu.Unlock()
 	f.names = names
 	next := map[uint32]*flowLogCfg{}
+	// Every slot in use before this pass stays taken during it, also the
+	// slots of flow logs going away: a new flow log given such a slot
+	// would be cleared below with the old one's, and the old one's events
+	// still in the ring would be taken for its own. New flow logs take the
+	// free slots round-robin after the last one given out, so a freed slot
+	// is given again only after all the others (and events from before a
+	// slot was given are dropped in newFlow in any case).
 	usedSlots := map[uint8]bool{}
-	for _, c := range want {
-		if old := f.cfgs[c.Id]; old != nil {
-			usedSlots[old.slot] = true
-		}
+	for _, fc := range f.cfgs {
+		usedSlots[fc.slot] = true
 	}
-	nextSlot := uint8(1)
+	var since time.Duration // CLOCK_MONOTONIC now, read once for new flow logs
 	for _, c := range want {
 		fc := f.cfgs[c.Id]
 		if fc == nil {
-			for nextSlot != 0 && usedSlots[nextSlot] {
-				nextSlot++
-			}
-			if nextSlot == 0 || int(nextSlot) > datapath.FlowLogSlots {
+			slot, ok := f.freeSlot(usedSlots)
+			if !ok {
 				fail("flowlog/"+strconv.Itoa(int(c.Id)), fmt.Errorf("flow log %s: more than %d flow logs on this node", c.Name, datapath.FlowLogSlots))
 				continue
 			}
-			fc = &flowLogCfg{slot: nextSlot}
-			usedSlots[nextSlot] = true
+			if since == 0 {
+				since, _ = datapath.MonotonicNow() // 0 on error: nothing dropped
+			}
+			fc = &flowLogCfg{slot: slot, since: since}
+			usedSlots[slot] = true
 		}
 		if err := f.configure(fc, c); err != nil {
 			fail("flowlog/"+strconv.Itoa(int(c.Id)), fmt.Errorf("flow log %s: %w", c.Name, err))
@@ -451,7 +461,7 @@ func (f *flowLogs) configure(fc *flowLogCfg, c *agentv1.FlowLogConfig) error {
 		}
 	}
 	if fc.w != nil {
-		fc.w.max = max
+		fc.w.setMax(max)
 	}
 	if fc.cfg == nil || fc.cfg.RateLimit != c.RateLimit || fc.cfg.Burst != c.Burst {
 		fc.bucket = newTokenBucket(c.RateLimit, c.Burst)
@@ -473,6 +483,18 @@ func (f *flowLogs) forget(fc *flowLogCfg) {
 			delete(f.rejects, id)
 		}
 	}
+}
+
+// freeSlot takes the next slot after the last one given out that is not in
+// used (f.mu held).
+func (f *flowLogs) freeSlot(used map[uint8]bool) (uint8, bool) {
+	for range datapath.FlowLogSlots {
+		f.lastSlot = f.lastSlot%datapath.FlowLogSlots + 1 // 1..FlowLogSlots
+		if !used[f.lastSlot] {
+			return f.lastSlot, true
+		}
+	}
+	return 0, false
 }
 
 // run reads new-flow events and writes records until ctx is done.
@@ -566,8 +588,8 @@ func (f *flowLogs) newFlow(ev datapath.FlowEvent) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fc := f.bySlot[ev.Slot]
-	if fc == nil || !fc.accept {
-		return // a flow log removed while its events were in the ring
+	if fc == nil || !fc.accept || ev.Mono < fc.since {
+		return // a flow log removed (or the slot's previous one) while its events were in the ring
 	}
 	id := flowID{port: ev.Port, key: ev.Key}
 	if old := f.flows[id]; old != nil {
@@ -753,12 +775,18 @@ func (f *flowLogs) flush(now time.Time, final bool) {
 			ends = append(ends, len(buf))
 		}
 		f.lineBuf, f.endBuf = buf, ends
-		if fc.w != nil {
-			if err := fc.w.writeLines(buf, ends); err != nil {
+		f.mu.Lock() // configure replaces fc.w and fc.cfg under f.mu
+		w, name := fc.w, fc.cfg.Name
+		f.mu.Unlock()
+		if w != nil {
+			if err := w.writeLines(buf, ends); errors.Is(err, errWriterClosed) {
+				// the flow log was removed or moved to another file
+				// meanwhile: its last records go nowhere, as its flows
+			} else if err != nil {
 				f.mu.Lock()
 				f.writeErrors++
 				f.mu.Unlock()
-				f.log.Warn("write flow log", "flow_log", fc.cfg.Name, "path", fc.w.path, "err", err)
+				f.log.Warn("write flow log", "flow_log", name, "path", w.path, "err", err)
 			}
 		}
 		if len(followers) > 0 {
@@ -768,7 +796,7 @@ func (f *flowLogs) flush(now time.Time, final bool) {
 				lines[i], from = all[from:ends[i]-1], ends[i]
 			}
 			for _, fl := range followers {
-				fl.send(fc.cfg.Name, rs, lines)
+				fl.send(name, rs, lines)
 			}
 		}
 		clear(rs) // no strings kept alive until the next flush
@@ -973,11 +1001,21 @@ func (s *flowLogServer) FollowFlowLogs(r *agentv1.FollowFlowLogsRequest, st agen
 // would grow past max, so a flow log never fills the node's disk with more
 // than twice max.
 type jsonlWriter struct {
-	path string
-	max  int64
-	mu   sync.Mutex
-	f    *os.File
-	size int64
+	path   string
+	mu     sync.Mutex
+	max    int64
+	f      *os.File
+	size   int64
+	closed bool // by close: writes fail (errWriterClosed), nothing reopens the file
+}
+
+// errWriterClosed: the writer's flow log was removed or changed its file.
+var errWriterClosed = errors.New("flow-log writer closed")
+
+func (w *jsonlWriter) setMax(max int64) {
+	w.mu.Lock()
+	w.max = max
+	w.mu.Unlock()
 }
 
 func (w *jsonlWriter) open() error {
@@ -1013,6 +1051,9 @@ func (w *jsonlWriter) write(lines []string) error {
 func (w *jsonlWriter) writeLines(buf []byte, ends []int) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.closed {
+		return errWriterClosed
+	}
 	if w.f == nil {
 		if err := w.open(); err != nil {
 			return err
@@ -1057,6 +1098,7 @@ func (w *jsonlWriter) close() {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.closed = true
 	if w.f != nil {
 		w.f.Close()
 		w.f = nil

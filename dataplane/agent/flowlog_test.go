@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -20,9 +22,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"google.golang.org/protobuf/proto"
 
 	agentv1 "github.com/meridian-sdn/meridian/api/agent/v1"
 	"github.com/meridian-sdn/meridian/dataplane/datapath"
+	"github.com/meridian-sdn/meridian/fw"
 )
 
 // flowWorkload is a workload namespace plugged into a port of the node
@@ -508,4 +512,62 @@ func acceptedFlows(recs []FlowRecord) (int, map[string]bool) {
 		}
 	}
 	return accepted, flows
+}
+
+// TestFlowLogSlotsAreNotReusedAtOnce: a flow log replacing another gets a
+// slot of its own (not the one being freed, which the same pass clears),
+// freed slots come back only after the others, and a new-flow event from
+// before a flow log got its slot (the ring is read every 100 ms) is not
+// taken for one of its flows.
+func TestFlowLogSlotsAreNotReusedAtOnce(t *testing.T) {
+	inPrivateNetns(t, func(dp *datapath.Datapath) {
+		newFlowWorkload(t, "flweb", "02:00:00:00:01:0a", "10.0.1.10/24", "10.0.1.1")
+		newFlowWorkload(t, "fldb", "02:00:00:00:02:14", "10.0.2.20/24", "10.0.2.1")
+		world := flowLogWorld(filepath.Join(t.TempDir(), "a.jsonl"), 1, 0, 0)
+		f := newFlowLogAgent(t, dp, world).flowlogs
+		fail := func(key string, err error) { t.Errorf("%s: %v", key, err) }
+		apply := func(ids ...uint32) map[uint32]*flowLogCfg {
+			w := map[string]*agentv1.Object{}
+			for k, o := range world {
+				if o.GetFlowLog() == nil {
+					w[k] = o
+				}
+			}
+			for _, id := range ids {
+				c := proto.Clone(world["flowlog/9"].GetFlowLog()).(*agentv1.FlowLogConfig)
+				c.Id, c.Name = id, fmt.Sprintf("projects/p/flowLogs/f%d", id)
+				w[fmt.Sprintf("flowlog/%d", id)] = &agentv1.Object{Key: fmt.Sprintf("flowlog/%d", id), Body: &agentv1.Object_FlowLog{FlowLog: c}}
+			}
+			f.apply(w, agentv1.IndexObjects(w), map[uint32]bool{1: true, 2: true}, fail)
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return maps.Clone(f.cfgs)
+		}
+		first := apply(20)[20]
+		second := apply(21)[21] // 20 goes, 21 comes, in one pass
+		if second.slot == first.slot {
+			t.Fatalf("flow log 21 took slot %d of flow log 20, freed in the same pass", first.slot)
+		}
+		if s, err := dp.PortFlowLog(1); err != nil || s != second.slot {
+			t.Fatalf("port 1's slot %d (%v), want flow log 21's %d", s, err, second.slot)
+		}
+		third := apply(22)[22]
+		if third.slot == first.slot || third.slot == second.slot {
+			t.Fatalf("slots %d, %d, %d: a freed slot came back before the others", first.slot, second.slot, third.slot)
+		}
+
+		// An event of the slot from before its flow log had it.
+		ev := datapath.FlowEvent{Key: datapath.FlowKey{VPC: 100, Src: netip.MustParseAddr("10.0.1.10"), Dst: netip.MustParseAddr("10.0.2.20"),
+			SrcPort: 1000, DstPort: 80, Protocol: 6}, Port: 1, Slot: third.slot, Direction: fw.Egress, Mono: third.since - time.Millisecond}
+		f.newFlow(ev)
+		ev.Key.SrcPort, ev.Mono = 1001, third.since+time.Millisecond
+		f.newFlow(ev)
+		f.mu.Lock()
+		n := len(f.flows)
+		_, old := f.flows[flowID{port: 1, key: datapath.FlowKey{VPC: 100, Src: ev.Key.Src, Dst: ev.Key.Dst, SrcPort: 1000, DstPort: 80, Protocol: 6}}]
+		f.mu.Unlock()
+		if n != 1 || old {
+			t.Fatalf("%d flows followed (the older event's too: %v), want only the one after the flow log got its slot", n, old)
+		}
+	})
 }

@@ -233,7 +233,7 @@ func (fl *ovnFlowLog) configure(c *agentv1.FlowLogConfig) {
 		}
 	}
 	if fl.w != nil {
-		fl.w.max = max
+		fl.w.setMax(max)
 	}
 	if fl.cfg == nil || fl.cfg.RateLimit != c.RateLimit || fl.cfg.Burst != c.Burst {
 		fl.bucket = newTokenBucket(c.RateLimit, c.Burst)
@@ -332,12 +332,17 @@ func (f *ovnFlowLogs) flush(now time.Time, final bool) {
 			buf = append(appendRecordJSON(buf, &rs[i]), '\n')
 			ends[i] = len(buf)
 		}
-		if fl.w != nil {
-			if err := fl.w.writeLines(buf, ends); err != nil {
+		f.mu.Lock() // configure replaces fl.w and fl.cfg under f.mu
+		w, name := fl.w, fl.cfg.Name
+		f.mu.Unlock()
+		if w != nil {
+			if err := w.writeLines(buf, ends); errors.Is(err, errWriterClosed) {
+				// removed or moved to another file meanwhile
+			} else if err != nil {
 				f.mu.Lock()
 				f.writeErrors++
 				f.mu.Unlock()
-				f.log.Warn("write flow log", "flow_log", fl.cfg.Name, "path", fl.w.path, "err", err)
+				f.log.Warn("write flow log", "flow_log", name, "path", w.path, "err", err)
 			}
 		}
 		if len(followers) > 0 {
@@ -346,7 +351,7 @@ func (f *ovnFlowLogs) flush(now time.Time, final bool) {
 				lines[i], from = string(buf[from:ends[i]-1]), ends[i]
 			}
 			for _, fw := range followers {
-				fw.send(fl.cfg.Name, rs, lines)
+				fw.send(name, rs, lines)
 			}
 		}
 	}
