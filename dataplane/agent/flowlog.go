@@ -124,6 +124,10 @@ type flowLogCfg struct {
 	// since skipFrom. Sampling is not skipping: it is what was asked.
 	skipped  uint64
 	skipFrom time.Time
+	// dataSkipped is the data path's count of this slot's skipped new
+	// flows (rate limit, ring full) at the last SKIPDATA window: the
+	// count only grows, across owners of the slot; differences are ours.
+	dataSkipped uint64
 }
 
 // flowFreeList keeps the structs of ended flows for new ones: a node
@@ -369,6 +373,9 @@ func (f *flowLogs) apply(desired map[string]*agentv1.Object, v *agentv1.Index, l
 				since, _ = datapath.MonotonicNow() // 0 on error: nothing dropped
 			}
 			fc = &flowLogCfg{slot: slot, since: since}
+			if n, err := f.dp.FlowLogSlotSkipped(slot); err == nil {
+				fc.dataSkipped = n // the slot's earlier owners' skips are not ours
+			}
 			usedSlots[slot] = true
 		}
 		if err := f.configure(fc, c); err != nil {
@@ -737,6 +744,11 @@ func (f *flowLogs) flush(now time.Time, final bool) {
 			fc.skipFrom = now
 		}
 		if final || now.Sub(fc.skipFrom) >= fc.interval {
+			// One read of a per-CPU array entry per flow log and interval.
+			if n, err := f.dp.FlowLogSlotSkipped(fc.slot); err == nil && n >= fc.dataSkipped {
+				fc.skipped += n - fc.dataSkipped
+				fc.dataSkipped = n
+			}
 			if fc.skipped > 0 {
 				out[fc] = append(out[fc], f.skipRecord(fc, now))
 				fc.skipped = 0

@@ -425,7 +425,13 @@ func TestFlowLogFlood(t *testing.T) {
 			logged := after[`meridian_agent_flowlog_new_flows_total{outcome="logged"}`] - before[`meridian_agent_flowlog_new_flows_total{outcome="logged"}`]
 			// records_total moves just after the lines are written.
 			written := after["meridian_agent_flowlog_records_total"] >= float64(accepted)
-			if (logged > 0 && float64(len(flowsSeen)) == logged && written) || time.Now().After(deadline) {
+			// and the SKIPDATA records of the windows the flood spanned
+			skippedNow := 0.0
+			for _, k := range []string{`meridian_agent_flowlog_new_flows_total{outcome="rate_limited"}`, `meridian_agent_flowlog_new_flows_total{outcome="ring_full"}`,
+				`meridian_agent_flowlog_rejected_flows_total{outcome="rate_limited"}`, "meridian_agent_flowlog_table_full_total"} {
+				skippedNow += after[k] - before[k]
+			}
+			if (logged > 0 && float64(len(flowsSeen)) == logged && written && float64(skipDataFlows(recs)) >= skippedNow) || time.Now().After(deadline) {
 				break
 			}
 		}
@@ -456,6 +462,12 @@ func TestFlowLogFlood(t *testing.T) {
 		}
 		if n := after["meridian_agent_flowlog_records_total"]; int(n) < accepted {
 			t.Errorf("records_total %v, file has %d", n, accepted)
+		}
+		// What was not logged for lack of capacity is in SKIPDATA records,
+		// flow for flow (sampled-out flows are not skipped: asked for).
+		skipped := limited + ringFull + d(`meridian_agent_flowlog_rejected_flows_total{outcome="rate_limited"}`) + d("meridian_agent_flowlog_table_full_total")
+		if got := skipDataFlows(recs); float64(got) != skipped || got == 0 {
+			t.Errorf("SKIPDATA records count %d skipped flows, /metrics %v (want equal, > 0)", got, skipped)
 		}
 	})
 }
@@ -502,6 +514,17 @@ func TestFlowLogFileRotation(t *testing.T) {
 // logs), so checks against what the data path logged count flows, not lines.
 // (db-1's kernel answers a UDP sweep with ICMP port unreachables: one more
 // flow, as ICMP errors share their flow's key.)
+// skipDataFlows sums the skipped-flows of the SKIPDATA records.
+func skipDataFlows(recs []FlowRecord) uint64 {
+	var n uint64
+	for _, r := range recs {
+		if r.LogStatus == "SKIPDATA" {
+			n += r.SkippedFlows
+		}
+	}
+	return n
+}
+
 func acceptedFlows(recs []FlowRecord) (int, map[string]bool) {
 	accepted := 0
 	flows := map[string]bool{}
