@@ -33,10 +33,11 @@ type LiveTraceRequest struct {
 	// projects/{p}/ports/{port} or a port id. On the port's node: the packets
 	// it sends. On another node: the packets of the port's VPC arriving over
 	// VXLAN (after decapsulation), so that a trace follows a packet across
-	// nodes. Empty: packets from any port of the node, packets arriving over
-	// VXLAN and, on a gateway, packets arriving from the fabric on its
-	// uplink (matched as they arrived, their VPC the VNI of the elastic IP,
-	// port mapping or NAT flow they are for).
+	// nodes. Empty: packets arriving over VXLAN and, on a gateway, packets
+	// arriving from the fabric on its uplink (its tc program and its XDP load
+	// balancer; matched as they arrived, their VPC the VNI of the elastic IP,
+	// port mapping, NAT flow or load balancer they are for); not the
+	// packets the node's ports send (name the port for those).
 	Port       string `protobuf:"bytes,1,opt,name=port,proto3" json:"port,omitempty"`
 	Vni        uint32 `protobuf:"varint,2,opt,name=vni,proto3" json:"vni,omitempty"` // the VPC (its VNI); 0: the port's, or any
 	Src        string `protobuf:"bytes,3,opt,name=src,proto3" json:"src,omitempty"`  // address or CIDR (IPv4)
