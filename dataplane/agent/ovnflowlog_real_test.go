@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -93,7 +94,28 @@ func TestFlowLogOnOVN(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); f.run(runCtx) }()
 	defer func() { stop(); <-done }()
-	time.Sleep(2 * ovnLogPoll) // the follower has opened the log at its end
+	// The follower opens the log at its end: until it has, what OVN logs
+	// is not read. A marker line it counts (an acl_log line it cannot
+	// parse), written until it is counted, says it has.
+	marker := fmt.Sprintf("%s|00001|acl_log(ovn_pinctrl0)|INFO|test marker, not an ACL log\n", time.Now().UTC().Format("2006-01-02T15:04:05.000Z"))
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		lf, err := os.OpenFile(ctlLog, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lf.WriteString(marker)
+		lf.Close()
+		time.Sleep(ovnLogPoll)
+		f.mu.Lock()
+		seen := f.unparsable
+		f.mu.Unlock()
+		if seen > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the OVN flow-log follower read nothing of ovn-controller's log in 10 s")
+		}
+	}
 
 	// waitFor polls the flow-log file until a record matches.
 	waitFor := func(what string, match func(FlowRecord) bool) (FlowRecord, time.Time) {
