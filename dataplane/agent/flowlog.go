@@ -102,13 +102,8 @@ type FlowRecord struct {
 
 // flowLogCfg is one flow log applied on this node.
 type flowLogCfg struct {
-	cfg      *agentv1.FlowLogConfig
-	slot     uint8
-	interval time.Duration
-	accept   bool
-	reject   bool
-	w        *jsonlWriter // nil: stream only
-	bucket   tokenBucket  // admission of new rejected flows
+	flowLogOutput
+	slot uint8
 	// due holds this flow log's followed flows in the order their
 	// windows end (one interval for all: arrival order is that order),
 	// so a flush takes the due ones from the front instead of visiting
@@ -445,37 +440,54 @@ func (f *flowLogs) apply(desired map[string]*agentv1.Object, v *agentv1.Index, l
 // configure (re)applies c to fc: data-path slot, file, bucket.
 func (f *flowLogs) configure(fc *flowLogCfg, c *agentv1.FlowLogConfig) error {
 	slot := datapath.FlowLogSlot{Sample: c.Sampling, Rate: c.RateLimit, Burst: c.Burst}
-	fc.accept = c.TrafficType != "REJECT"
-	fc.reject = c.TrafficType != "ACCEPT"
-	if fc.accept {
+	if c.TrafficType != "REJECT" {
 		slot.Traffic |= datapath.FlowLogAccept
 	}
-	if fc.reject {
+	if c.TrafficType != "ACCEPT" {
 		slot.Traffic |= datapath.FlowLogReject
 	}
 	if err := f.dp.SetFlowLogSlot(fc.slot, slot); err != nil {
 		return err
 	}
+	fc.flowLogOutput.configure(c)
+	return nil
+}
+
+// flowLogOutput is what a flow log's records go through on this node, on
+// eBPF and OVN nodes alike: its settings, its file and the admission of
+// new rejected flows.
+type flowLogOutput struct {
+	cfg            *agentv1.FlowLogConfig
+	interval       time.Duration
+	accept, reject bool
+	w              *jsonlWriter // nil: stream only
+	bucket         tokenBucket  // admission of new rejected flows
+}
+
+// configure applies c (f.mu held): a new file path gets a new writer (the
+// old one is closed), a new rate a new bucket.
+func (o *flowLogOutput) configure(c *agentv1.FlowLogConfig) {
+	o.accept = c.TrafficType != "REJECT"
+	o.reject = c.TrafficType != "ACCEPT"
 	max := int64(c.MaxFileBytes)
 	if max <= 0 {
 		max = defaultMaxFileBytes
 	}
-	if fc.w == nil || fc.w.path != c.FilePath {
-		fc.w.close()
-		fc.w = nil
+	if o.w == nil || o.w.path != c.FilePath {
+		o.w.close()
+		o.w = nil
 		if c.FilePath != "" {
-			fc.w = &jsonlWriter{path: c.FilePath}
+			o.w = &jsonlWriter{path: c.FilePath}
 		}
 	}
-	if fc.w != nil {
-		fc.w.setMax(max)
+	if o.w != nil {
+		o.w.setMax(max)
 	}
-	if fc.cfg == nil || fc.cfg.RateLimit != c.RateLimit || fc.cfg.Burst != c.Burst {
-		fc.bucket = newTokenBucket(c.RateLimit, c.Burst)
+	if o.cfg == nil || o.cfg.RateLimit != c.RateLimit || o.cfg.Burst != c.Burst {
+		o.bucket = newTokenBucket(c.RateLimit, c.Burst)
 	}
-	fc.cfg = c
-	fc.interval = time.Duration(c.AggregationInterval) * time.Second
-	return nil
+	o.cfg = c
+	o.interval = time.Duration(c.AggregationInterval) * time.Second
 }
 
 // forget drops the tracked flows of a flow log that went away.

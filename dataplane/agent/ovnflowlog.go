@@ -69,12 +69,7 @@ const (
 
 // ovnFlowLog is one flow log applied on an OVN node.
 type ovnFlowLog struct {
-	cfg      *agentv1.FlowLogConfig
-	interval time.Duration
-	accept   bool
-	reject   bool
-	w        *jsonlWriter // nil: stream only
-	bucket   tokenBucket
+	flowLogOutput
 }
 
 // ovnFlowID is what one record aggregates: the lines of one flow at one
@@ -216,30 +211,6 @@ func (f *ovnFlowLogs) apply(desired map[string]*agentv1.Object, v *agentv1.Index
 		}
 	}
 	f.portCfg, f.names = portCfg, names
-}
-
-func (fl *ovnFlowLog) configure(c *agentv1.FlowLogConfig) {
-	fl.accept = c.TrafficType != "REJECT"
-	fl.reject = c.TrafficType != "ACCEPT"
-	max := int64(c.MaxFileBytes)
-	if max <= 0 {
-		max = defaultMaxFileBytes
-	}
-	if fl.w == nil || fl.w.path != c.FilePath {
-		fl.w.close()
-		fl.w = nil
-		if c.FilePath != "" {
-			fl.w = &jsonlWriter{path: c.FilePath}
-		}
-	}
-	if fl.w != nil {
-		fl.w.setMax(max)
-	}
-	if fl.cfg == nil || fl.cfg.RateLimit != c.RateLimit || fl.cfg.Burst != c.Burst {
-		fl.bucket = newTokenBucket(c.RateLimit, c.Burst)
-	}
-	fl.cfg = c
-	fl.interval = time.Duration(c.AggregationInterval) * time.Second
 }
 
 // line accounts one line of ovn-controller's log.
