@@ -577,10 +577,7 @@ static __noinline void lb_lt_match(const struct lb_flow *flow, __u32 vpc, __u32 
 		f = bpf_map_lookup_elem(&lt_filters, &key);
 		if (!f || !f->id)
 			continue;
-		if (f->port || (f->vpc && f->vpc != vpc) ||
-		    ((flow->saddr ^ f->saddr) & f->smask) || ((flow->daddr ^ f->daddr) & f->dmask) ||
-		    (f->proto && f->proto != flow->proto) ||
-		    (f->sport && f->sport != flow->sport) || (f->dport && f->dport != flow->dport))
+		if (lt_skips(f, 0, vpc, flow->saddr, flow->daddr, flow->sport, flow->dport, flow->proto))
 			continue;
 		if (!lt_take(key, f))
 			return;

@@ -86,10 +86,7 @@ static __noinline void lt_match(struct pkt *p, __u32 prog, __u32 port)
 		f = bpf_map_lookup_elem(&lt_filters, &key);
 		if (!f || !f->id)
 			continue;
-		if (f->port != port || (f->vpc && f->vpc != p->vpc) ||
-		    ((p->saddr ^ f->saddr) & f->smask) || ((p->daddr ^ f->daddr) & f->dmask) ||
-		    (f->proto && f->proto != p->proto) ||
-		    (f->sport && f->sport != p->sport) || (f->dport && f->dport != p->dport))
+		if (lt_skips(f, port, p->vpc, p->saddr, p->daddr, p->sport, p->dport, p->proto))
 			continue;
 		if (!lt_take(key, f))
 			return;

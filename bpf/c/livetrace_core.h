@@ -225,6 +225,18 @@ static __noinline void lt_stage_x(__u32 stage_kind, __u64 from, __u64 to, __u32 
 /* LT_AP packs an address and a port (network order) for lt_stage_x. */
 #define LT_AP(addr, port) ((__u64)(__u32)(addr) << 32 | (__u16)(port))
 
+/* lt_skips is 1 when filter f does not take a packet with this tuple that
+ * came from port (0: the overlay or an uplink): the one definition of what
+ * a filter matches, for every traced program. */
+static __always_inline int lt_skips(const struct lt_filter *f, __u32 port, __u32 vpc, __u32 saddr,
+				    __u32 daddr, __u16 sport, __u16 dport, __u8 proto)
+{
+	return f->port != port || (f->vpc && f->vpc != vpc) ||
+	       ((saddr ^ f->saddr) & f->smask) || ((daddr ^ f->daddr) & f->dmask) ||
+	       (f->proto && f->proto != proto) ||
+	       (f->sport && f->sport != sport) || (f->dport && f->dport != dport);
+}
+
 static __always_inline int lt_take(__u32 slot, struct lt_filter *f)
 {
 	struct lt_bucket *b = bpf_map_lookup_elem(&lt_buckets, &slot);
