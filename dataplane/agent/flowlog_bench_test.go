@@ -271,10 +271,12 @@ func median(xs []float64) float64 {
 // back (which goes first alternates), and each pair gives a ratio: the
 // machine's drift (other tenants of a shared VM, a loaded 2-vCPU box)
 // moves both halves of a pair alike, so the median of the pair ratios is
-// steadier than a ratio of medians. 3 iperf3 pairs, 7 churn pairs. Before
-// each measurement the agent has finished with the previous one's flows
-// (settle). Reported: medians, the median pair ratio on/off (1.0 = no
-// cost; target >= 0.95) and the lowest and highest pair ratio.
+// steadier than a ratio of medians. 3 iperf3 pairs, 7 churn pairs; then 5
+// churn pairs against a flow log with the API's defaults (1,000 new flows/s
+// per node: *-defaults). Before each measurement the agent has finished
+// with the previous one's flows (settle). Reported: medians, the median pair
+// ratio on/off (1.0 = no cost; target >= 0.95) and the lowest and highest
+// pair ratio, for the rate and for connections per CPU-second.
 func BenchmarkFlowLogCost(b *testing.B) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Fatal("iperf3 is required (hack/deps.sh installs it)")
@@ -284,9 +286,12 @@ func BenchmarkFlowLogCost(b *testing.B) {
 		web := newFlowWorkload(b, "flweb", "02:00:00:00:01:0a", "10.0.1.10/24", "10.0.1.1")
 		db := newFlowWorkload(b, "fldb", "02:00:00:00:02:14", "10.0.2.20/24", "10.0.2.1")
 		on := flowLogWorld(path, 1, 1000000, 1000000)
+		// A flow log as the API makes it when only its scope is given:
+		// sampling 1, 1,000 new flows/s per node, burst 1,000.
+		byDefault := flowLogWorld(path, 1, 1000, 1000)
 		off := flowLogWorld(path, 1, 0, 0)
 		delete(off, "flowlog/9")
-		for _, w := range []map[string]*agentv1.Object{on, off} {
+		for _, w := range []map[string]*agentv1.Object{on, byDefault, off} {
 			// db-1 takes TCP 81 too (the churn's port)
 			sg2 := w["sg/2"].GetSecurityGroup()
 			sg2.Rules = append(sg2.Rules, &agentv1.Rule{Id: 23, Ingress: true, Protocol: 6, PortMin: 81, PortMax: 81, IcmpType: -1, IcmpCode: -1})
@@ -316,12 +321,13 @@ func BenchmarkFlowLogCost(b *testing.B) {
 			}
 		}
 		version := uint64(10)
+		onWorld := on // what "on" is for pair
 		// pair measures off and on back to back (first: which goes first).
 		pair := func(first bool, measure func(enabled bool)) {
 			for _, enabled := range []bool{first, !first} {
 				version++
 				if enabled {
-					apply(on, version)
+					apply(onWorld, version)
 				} else {
 					apply(off, version)
 				}
@@ -369,6 +375,19 @@ func BenchmarkFlowLogCost(b *testing.B) {
 			b.ReportMetric(slices.Min(cRatio), "connrate-ratio-min")
 			b.ReportMetric(slices.Max(cRatio), "connrate-ratio-max")
 			b.ReportMetric(median(cpuRatio), "conns-per-cpu-ratio")
+			// The same churn against a flow log with the API's defaults.
+			onWorld = byDefault
+			var dRatio, dCPURatio []float64
+			for p := range 5 {
+				var r [2]churn
+				pair(p%2 == 1, func(enabled bool) { r[at(enabled)] = connRate(b, web, churnSrv, 2*time.Second) })
+				dRatio = append(dRatio, r[1].rate/r[0].rate)
+				dCPURatio = append(dCPURatio, float64(r[0].cpu)/float64(r[1].cpu))
+			}
+			onWorld = on
+			b.Logf("with the API's defaults (1,000 flows/s): pair ratios connections/s %.3f, connections per CPU-second %.3f", dRatio, dCPURatio)
+			b.ReportMetric(median(dRatio), "connrate-ratio-defaults")
+			b.ReportMetric(median(dCPURatio), "conns-per-cpu-ratio-defaults")
 			b.ReportMetric(slices.Min(cpuRatio), "conns-per-cpu-ratio-min")
 			b.ReportMetric(slices.Max(cpuRatio), "conns-per-cpu-ratio-max")
 		}
