@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -307,7 +308,16 @@ func BenchmarkFlowLogCost(b *testing.B) {
 		}
 		defer func() { cancel(); srv.Wait() }()
 		churnSrv := startChurnServer(b, db.ns, "10.0.2.20:81")
-		time.Sleep(300 * time.Millisecond) // iperf3 -s binding its port
+		// iperf3 -s binds its port some time after it starts.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			out, err := exec.Command("nsenter", "--net="+nsPath(db.ns), "--", "ss", "-Hltn", "sport = :80").Output()
+			if err == nil && len(bytes.TrimSpace(out)) > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("iperf3 -s not listening on port 80 after 10 s (ss: %v)", err)
+			}
+		}
 
 		apply := func(w map[string]*agentv1.Object, version uint64) {
 			var ups []*agentv1.Object

@@ -225,21 +225,28 @@ func TestFlowLogOnOVN(t *testing.T) {
 		return rec.Protocol == 17 && rec.DstPort == 9999 && rec.Direction == "ingress"
 	}
 	fl, _ := waitFor("REJECT of the flood", isFlood)
-	time.Sleep(1500 * time.Millisecond) // any later line of it in a record of its own
-	var logged uint64
-	for _, rec := range readOVNRecords(t, path) {
-		if isFlood(rec) {
-			logged += rec.Packets
+	// The flood's last log lines reach a record at the next flush: wait
+	// until the records count every flood line ovn-controller wrote (the
+	// checks below say what differs if they never do).
+	var logged, lines uint64
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		logged, lines = 0, 0
+		for _, rec := range readOVNRecords(t, path) {
+			if isFlood(rec) {
+				logged += rec.Packets
+			}
 		}
-	}
-	b, err := os.ReadFile(ctlLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lines uint64
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, "acl_log") && strings.Contains(l, "direction=to-lport: udp") && strings.Contains(l, "tp_dst=9999") {
-			lines++
+		b, err := os.ReadFile(ctlLog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, "acl_log") && strings.Contains(l, "direction=to-lport: udp") && strings.Contains(l, "tp_dst=9999") {
+				lines++
+			}
+		}
+		if (logged > 0 && logged == lines) || time.Now().After(deadline) {
+			break
 		}
 	}
 	limit := uint64(100*max(1, sent.Seconds()+0.5)) + 100 // the rate over the flood, and a burst's worth

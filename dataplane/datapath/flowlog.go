@@ -162,8 +162,8 @@ func (d *Datapath) FlowLogSlotSkipped(slot uint8) (uint64, error) {
 		return 0, fmt.Errorf("read flow-log bucket of slot %d: %w", slot, err)
 	}
 	var n uint64
-	for _, b := range perCPU {
-		n += b.Skipped
+	for _, bucket := range perCPU {
+		n += bucket.Skipped
 	}
 	return n, nil
 }
